@@ -1,0 +1,198 @@
+"""The `newsletter` command: dev, serve, migrate, purge."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import socket
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from service import logs
+from service.settings import REQUIRED, Settings, SettingsError
+
+log = logging.getLogger("newsletter.cli")
+
+DEV_DIR = Path(".newsletter")
+# Seconds uvicorn gives open connections after SIGTERM; the Kubernetes grace period and
+# preStop pause are sized around it (see k8s/).
+GRACEFUL_SHUTDOWN_S = 20
+
+
+def _settings(
+    environ: Mapping[str, str] | None = None, required: Sequence[str] = REQUIRED
+) -> Settings:
+    try:
+        return Settings.from_env(environ, required=required)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"newsletter: configuration error: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run_async(main: Callable[[], object]) -> None:
+    try:
+        asyncio.run(main())  # type: ignore[arg-type]
+    except Exception as exc:  # one line with context instead of a traceback
+        print(f"newsletter: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    from service import db, migrations
+
+    con = await db.connect(settings)
+    try:
+        return await migrations.migrate(con)
+    finally:
+        await con.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(required=("DATABASE_URL",))
+    logs.configure(settings.log_level)
+
+    async def main() -> None:
+        applied = await _migrate(settings)
+        log.info("migrations done", extra={"count": len(applied)})
+
+    _run_async(main)
+    return 0
+
+
+def _uvicorn(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    from service.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        lifespan="on",
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings()
+    logs.configure(settings.log_level)
+    if not args.no_migrate:
+        _run_async(lambda: _migrate(settings))
+    _uvicorn(settings, args.host, args.port)
+    return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dev_secrets(directory: Path) -> dict[str, str]:
+    """Generated once and kept, so that links in caught mails keep working."""
+    path = directory / "secrets.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    values = {
+        "SECRET_KEYS": secrets.token_urlsafe(48),
+        "ADMIN_TOKENS": secrets.token_urlsafe(24),
+    }
+    path.write_text(json.dumps(values, indent=2))
+    path.chmod(0o600)
+    return values
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    import pgserver
+
+    DEV_DIR.mkdir(exist_ok=True)
+    (DEV_DIR / ".gitignore").write_text("*\n")
+    generated = _dev_secrets(DEV_DIR)
+    server = pgserver.get_server(DEV_DIR / "pgdata", cleanup_mode="stop")
+    public_url = f"http://127.0.0.1:{args.port}"
+    environ = dict(os.environ)
+    environ.update(
+        DATABASE_URL=server.get_uri(),
+        SMTP_URL=f"smtp://127.0.0.1:{_free_port()}",
+        PUBLIC_URL=public_url,
+        SECRET_KEYS=environ.get("SECRET_KEYS") or generated["SECRET_KEYS"],
+        ADMIN_TOKENS=environ.get("ADMIN_TOKENS") or generated["ADMIN_TOKENS"],
+    )
+    environ.setdefault("OUTBOX_POLL_INTERVAL", "1s")
+    settings = _settings(environ).replace(dev=True)
+    logs.configure(settings.log_level)
+    _run_async(lambda: _migrate(settings))
+    print(
+        "\n".join(
+            (
+                "",
+                "newsletter dev is running (embedded PostgreSQL, mail catcher; never for production)",
+                f"  demo signup page   {public_url}/",
+                f"  caught mail        {public_url}/dev/mail",
+                f"  admin dashboard    {public_url}/admin",
+                f"  admin token        {settings.admin_tokens[0]}  (stored in {DEV_DIR}/secrets.json)",
+                f"  data               {DEV_DIR.resolve()}",
+                "",
+            )
+        ),
+        flush=True,
+    )
+    _uvicorn(settings, "127.0.0.1", args.port)
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    from service import retention
+
+    settings = _settings(required=("DATABASE_URL",))
+    logs.configure(settings.log_level)
+
+    async def main() -> None:
+        from service import db
+
+        con = await db.connect(settings)
+        try:
+            counts = await retention.purge(con, settings)
+        finally:
+            await con.close()
+        log.info("purge done", extra={"count": sum(counts.values())})
+        print(json.dumps(counts))
+
+    _run_async(main)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="newsletter", description="Newsletter double opt-in and open-tracking service."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="run everything on embedded defaults (never in production)")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.set_defaults(func=cmd_dev)
+    serve = sub.add_parser("serve", help="run the production server")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-migrate", action="store_true", help="skip migrations at start")
+    serve.set_defaults(func=cmd_serve)
+    sub.add_parser("migrate", help="apply pending migrations and exit").set_defaults(
+        func=cmd_migrate
+    )
+    sub.add_parser("purge", help="run the retention pass and exit").set_defaults(func=cmd_purge)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,41 @@
+"""The asyncpg connection pool, configured from settings."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from service.settings import Settings
+
+
+async def _init_connection(con: asyncpg.Connection) -> None:
+    # Every timestamp the service writes or compares is UTC.
+    await con.execute("SET TIME ZONE 'UTC'")
+
+
+async def create_pool(settings: Settings) -> asyncpg.Pool:
+    """A pool that also works behind PgBouncer in transaction mode.
+
+    With `DB_STATEMENT_CACHE_SIZE=0` asyncpg uses unnamed prepared statements only, which
+    PgBouncer's transaction pooling requires.
+    """
+    return await asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        statement_cache_size=settings.db_statement_cache_size,
+        command_timeout=settings.db_command_timeout,
+        init=_init_connection,
+        server_settings={"application_name": "newsletter"},
+    )
+
+
+async def connect(settings: Settings) -> asyncpg.Connection:
+    """A single connection for one-shot commands (migrate, purge)."""
+    con = await asyncpg.connect(
+        settings.database_url,
+        statement_cache_size=settings.db_statement_cache_size,
+        command_timeout=max(settings.db_command_timeout, 300),
+        server_settings={"application_name": "newsletter-cli"},
+    )
+    await _init_connection(con)
+    return con

@@ -1,0 +1,75 @@
+"""One JSON object per line on stdout.
+
+Log calls pass only non-personal fields through `extra=`; this formatter writes the
+message as `event` and a fixed allow-list of extra fields, so an email address, IP,
+user agent or token that slipped into some library's `extra` never reaches the output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+# Fields a log call may add. Nothing personal belongs on this list.
+ALLOWED_FIELDS = (
+    "route",
+    "method",
+    "status",
+    "duration_ms",
+    "file",
+    "count",
+    "kind",
+    "job_id",
+    "campaign_id",
+    "subscriber_id",
+    "attempts",
+    "smtp_code",
+    "error",
+    "reason",
+    "url",
+    "task",
+    "dropped",
+    "delay_s",
+)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        for field in ALLOWED_FIELDS:
+            value = getattr(record, field, None)
+            if value is not None:
+                entry[field] = value
+        if record.exc_info and record.exc_info[0] is not None:
+            # The exception class only: messages of database and SMTP errors can quote
+            # the values (an address) that caused them.
+            entry["exception"] = record.exc_info[0].__name__
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def configure(level: str = "info", stream: Any = None) -> None:
+    """Route the service's and uvicorn's loggers to one JSON handler."""
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    # uvicorn's access log writes the client IP and the raw path (which holds tokens);
+    # the service writes its own access lines with the route template instead.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers[:] = []
+    access.propagate = False
+    access.disabled = True

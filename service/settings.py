@@ -1,0 +1,402 @@
+"""Every setting of the service, read from the environment once and validated at start.
+
+`Settings.from_env()` collects *all* problems before failing, so an operator fixing a
+deployment sees every wrong variable in one go, one line each, with no traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from email.headerregistry import Address
+from email.utils import parseaddr
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+REQUIRED = ("DATABASE_URL", "SMTP_URL", "PUBLIC_URL", "SECRET_KEYS")
+
+IP_MODES = ("full", "truncated", "none")
+TRACKING_MODES = ("notice", "consent", "off")
+PIXEL_MODES = ("wait", "answer-first")
+
+
+class SettingsError(Exception):
+    """Raised with every problem found; `problems` holds one line per variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(text: str) -> float:
+    """`"15s"`, `"10m"`, `"48h"`, `"395d"`, `"250ms"` or bare seconds -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration like 15s, 10m, 48h or 395d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class SmtpTarget:
+    hostname: str
+    port: int
+    username: str | None
+    password: str | None
+    use_tls: bool  # implicit TLS (smtps://)
+    start_tls: bool | None  # None: aiosmtplib's default (STARTTLS when offered)
+    validate_certs: bool
+
+
+def parse_smtp_url(url: str) -> SmtpTarget:
+    """`smtp://user:pass@host:587?starttls=true`, `smtps://host:465`, `smtp://host:25`."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ValueError("must start with smtp:// or smtps://")
+    if not parts.hostname:
+        raise ValueError("has no host")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"has a bad port ({exc})") from None
+    query = dict(
+        pair.split("=", 1) if "=" in pair else (pair, "true")
+        for pair in parts.query.split("&")
+        if pair
+    )
+    unknown = set(query) - {"starttls", "verify"}
+    if unknown:
+        raise ValueError(f"has unknown options {sorted(unknown)} (known: starttls, verify)")
+
+    def flag(name: str) -> bool | None:
+        if name not in query:
+            return None
+        value = query[name].lower()
+        if value not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"option {name}={query[name]!r} must be true or false")
+        return value in ("true", "1", "yes")
+
+    implicit = parts.scheme == "smtps"
+
+    return SmtpTarget(
+        hostname=parts.hostname,
+        port=port or (465 if implicit else 25),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        use_tls=implicit,
+        start_tls=False if implicit else flag("starttls"),
+        validate_certs=flag("verify") is not False,
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration. Field docs are the README's source of truth."""
+
+    # -- required (by `serve`; `migrate` and `purge` need only DATABASE_URL) -----
+    database_url: str = ""
+    smtp_url: str = "smtp://localhost:25"
+    public_url: str = "http://localhost:8000"
+    secret_keys: tuple[str, ...] = ()
+    # -- mail --------------------------------------------------------------------
+    mail_from: str = ""
+    smtp_timeout: float = 30.0
+    dkim_private_key_file: str = ""
+    dkim_selector: str = ""
+    dkim_domain: str = ""
+    # -- admin -------------------------------------------------------------------
+    admin_tokens: tuple[str, ...] = ()
+    session_max_age: float = 8 * 3600
+    # -- network -----------------------------------------------------------------
+    forwarded_allow_ips: str = "127.0.0.1"
+    cors_origins: tuple[str, ...] = ()
+    # -- database ----------------------------------------------------------------
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    db_statement_cache_size: int = 100
+    db_command_timeout: float = 10.0
+    # -- signup and confirmation -------------------------------------------------
+    thank_you_url: str = ""
+    confirmed_url: str = ""
+    email_check_deliverability: bool = False
+    consent_text_version: str = "v1"
+    honeypot_field: str = "website"
+    max_body_bytes: int = 8192
+    confirm_max_age: float = 48 * 3600
+    scanner_window: float = 15.0
+    rate_confirm_per_day: int = 3
+    rate_confirm_min_interval: float = 600.0
+    rate_signup_per_ip_hour: int = 20
+    # -- mailer (outbox) ---------------------------------------------------------
+    outbox_max_attempts: int = 8
+    outbox_poll_interval: float = 5.0
+    outbox_backoff_base: float = 30.0
+    outbox_backoff_max: float = 6 * 3600
+    # -- pixel and privacy -------------------------------------------------------
+    tracking_mode: str = "consent"
+    ip_mode: str = "truncated"
+    pixel_mode: str = "wait"
+    pixel_wait_max: float = 2.0
+    pixel_queue_max: int = 20000
+    pixel_batch_max: int = 1000
+    machine_open_window: float = 10.0
+    geoip_mmdb: str = ""
+    open_retention: float = 395 * 86400
+    purge_interval: float = 3600.0
+    # -- process -----------------------------------------------------------------
+    log_level: str = "info"
+    dev: bool = False
+
+    @property
+    def smtp(self) -> SmtpTarget:
+        return parse_smtp_url(self.smtp_url)
+
+    @property
+    def public_base(self) -> str:
+        return self.public_url.rstrip("/")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, required: Sequence[str] = REQUIRED
+    ) -> Settings:
+        return _load(os.environ if environ is None else environ, tuple(required))
+
+
+# (env var, field, parser); parsers raise ValueError with a message that completes
+# "VARIABLE <message>".
+def _url(schemes: tuple[str, ...]):
+    def parse(text: str) -> str:
+        parts = urlsplit(text)
+        if parts.scheme not in schemes or not parts.netloc:
+            raise ValueError(
+                f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}"
+            )
+        return text
+
+    return parse
+
+
+def _optional_url(text: str) -> str:
+    return _url(("http", "https"))(text) if text else ""
+
+
+def _public_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL, e.g. https://news.example.com")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment")
+    return text.rstrip("/")
+
+
+def _smtp(text: str) -> str:
+    parse_smtp_url(text)
+    return text
+
+
+def _keys(text: str) -> tuple[str, ...]:
+    keys = _split(text)
+    if not keys:
+        raise ValueError("must hold at least one key")
+    short = [i + 1 for i, key in enumerate(keys) if len(key) < 32]
+    if short:
+        raise ValueError(f"entries must be at least 32 characters (too short: key {short})")
+    return keys
+
+
+def _tokens(text: str) -> tuple[str, ...]:
+    tokens = _split(text)
+    if any(len(token) < 16 for token in tokens):
+        raise ValueError("entries must be at least 16 characters")
+    return tokens
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    origins = _split(text)
+    for origin in origins:
+        parts = urlsplit(origin)
+        if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc):
+            raise ValueError(f"entry {origin!r} must be an origin like https://www.example.com")
+        if parts.path not in ("", "/") and origin != "*":
+            raise ValueError(f"entry {origin!r} must be an origin without a path")
+    return tuple(o.rstrip("/") for o in origins)
+
+
+def _mail_from(text: str) -> str:
+    name, address = parseaddr(text)
+    if "@" not in address or any(c in text for c in "\r\n"):
+        raise ValueError("must be an address like 'Example News <news@example.com>'")
+    Address(display_name=name, addr_spec=address)  # raises on malformed parts
+    return text
+
+
+def _int(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"must be a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(low: float, high: float):
+    def parse(text: str) -> float:
+        value = parse_duration(text)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:g}s and {high:g}s, got {value:g}s")
+        return value
+
+    return parse
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"must be true or false, got {text!r}")
+
+
+def _choice(choices: tuple[str, ...]):
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def _text(max_len: int):
+    def parse(text: str) -> str:
+        if len(text) > max_len or any(ord(c) < 32 for c in text):
+            raise ValueError(f"must be at most {max_len} printable characters")
+        return text
+
+    return parse
+
+
+def _field_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,40}", text):
+        raise ValueError("must be a simple form field name")
+    if text in ("email", "name", "tracking", "source"):
+        raise ValueError(f"must not be a real field of the form ({text!r})")
+    return text
+
+
+def _forwarded(text: str) -> str:
+    for part in _split(text):
+        if part == "*" or part.startswith("unix:"):
+            continue
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            raise ValueError(f"entry {part!r} is not an IP address, network or *") from None
+    return text
+
+
+def _file(text: str) -> str:
+    if text and not os.path.isfile(text):
+        raise ValueError(f"names a file that does not exist: {text}")
+    return text
+
+
+_DAY = 86400.0
+VARIABLES: tuple[tuple[str, str, Any], ...] = (
+    ("DATABASE_URL", "database_url", _url(("postgresql", "postgres"))),
+    ("SMTP_URL", "smtp_url", _smtp),
+    ("PUBLIC_URL", "public_url", _public_url),
+    ("SECRET_KEYS", "secret_keys", _keys),
+    ("MAIL_FROM", "mail_from", _mail_from),
+    ("SMTP_TIMEOUT", "smtp_timeout", _seconds(1, 600)),
+    ("DKIM_PRIVATE_KEY_FILE", "dkim_private_key_file", _file),
+    ("DKIM_SELECTOR", "dkim_selector", _text(63)),
+    ("DKIM_DOMAIN", "dkim_domain", _text(253)),
+    ("ADMIN_TOKENS", "admin_tokens", _tokens),
+    ("SESSION_MAX_AGE", "session_max_age", _seconds(60, 30 * _DAY)),
+    ("FORWARDED_ALLOW_IPS", "forwarded_allow_ips", _forwarded),
+    ("CORS_ORIGINS", "cors_origins", _origins),
+    ("DB_POOL_MIN", "db_pool_min", _int(0, 100)),
+    ("DB_POOL_MAX", "db_pool_max", _int(1, 200)),
+    ("DB_STATEMENT_CACHE_SIZE", "db_statement_cache_size", _int(0, 10000)),
+    ("DB_COMMAND_TIMEOUT", "db_command_timeout", _seconds(0.1, 600)),
+    ("THANK_YOU_URL", "thank_you_url", _optional_url),
+    ("CONFIRMED_URL", "confirmed_url", _optional_url),
+    ("EMAIL_CHECK_DELIVERABILITY", "email_check_deliverability", _bool),
+    ("CONSENT_TEXT_VERSION", "consent_text_version", _text(64)),
+    ("HONEYPOT_FIELD", "honeypot_field", _field_name),
+    ("MAX_BODY_BYTES", "max_body_bytes", _int(1024, 1024 * 1024)),
+    ("CONFIRM_MAX_AGE", "confirm_max_age", _seconds(60, 30 * _DAY)),
+    ("SCANNER_WINDOW", "scanner_window", _seconds(0, 600)),
+    ("RATE_CONFIRM_PER_DAY", "rate_confirm_per_day", _int(1, 100)),
+    ("RATE_CONFIRM_MIN_INTERVAL", "rate_confirm_min_interval", _seconds(0, _DAY)),
+    ("RATE_SIGNUP_PER_IP_HOUR", "rate_signup_per_ip_hour", _int(1, 1_000_000)),
+    ("OUTBOX_MAX_ATTEMPTS", "outbox_max_attempts", _int(1, 100)),
+    ("OUTBOX_POLL_INTERVAL", "outbox_poll_interval", _seconds(0.05, 3600)),
+    ("OUTBOX_BACKOFF_BASE", "outbox_backoff_base", _seconds(0.01, _DAY)),
+    ("OUTBOX_BACKOFF_MAX", "outbox_backoff_max", _seconds(0.01, 7 * _DAY)),
+    ("TRACKING_MODE", "tracking_mode", _choice(TRACKING_MODES)),
+    ("IP_MODE", "ip_mode", _choice(IP_MODES)),
+    ("PIXEL_MODE", "pixel_mode", _choice(PIXEL_MODES)),
+    ("PIXEL_WAIT_MAX", "pixel_wait_max", _seconds(0.01, 60)),
+    ("PIXEL_QUEUE_MAX", "pixel_queue_max", _int(100, 10_000_000)),
+    ("PIXEL_BATCH_MAX", "pixel_batch_max", _int(1, 100_000)),
+    ("MACHINE_OPEN_WINDOW", "machine_open_window", _seconds(0, 3600)),
+    ("GEOIP_MMDB", "geoip_mmdb", _file),
+    ("OPEN_RETENTION", "open_retention", _seconds(_DAY, 20 * 365 * _DAY)),
+    ("PURGE_INTERVAL", "purge_interval", _seconds(1, 7 * _DAY)),
+    ("LOG_LEVEL", "log_level", _choice(("debug", "info", "warning", "error"))),
+)
+
+
+def _load(environ: Mapping[str, str], required: tuple[str, ...] = REQUIRED) -> Settings:
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, field, parse in VARIABLES:
+        raw = environ.get(name)
+        if raw is None or (raw.strip() == "" and name in REQUIRED):
+            if name in required:
+                problems.append(f"{name} is not set (required)")
+            continue
+        try:
+            values[field] = parse(raw.strip())
+        except ValueError as exc:
+            problems.append(f"{name} {exc}")
+    if not problems:
+        problems.extend(_cross_checks(values))
+    if problems:
+        raise SettingsError(problems)
+    if not values.get("mail_from"):
+        host = urlsplit(values.get("public_url", "")).hostname or "localhost"
+        values["mail_from"] = f"Newsletter <newsletter@{host}>"
+    return Settings(**values)
+
+
+def _cross_checks(values: dict[str, Any]) -> list[str]:
+    problems = []
+    if values.get("db_pool_min", 2) > values.get("db_pool_max", 10):
+        problems.append("DB_POOL_MIN must not be larger than DB_POOL_MAX")
+    dkim = [values.get(f) for f in ("dkim_private_key_file", "dkim_selector", "dkim_domain")]
+    if any(dkim) and not all(dkim):
+        problems.append("DKIM_PRIVATE_KEY_FILE, DKIM_SELECTOR and DKIM_DOMAIN must be set together")
+    if values.get("outbox_backoff_base", 30) > values.get("outbox_backoff_max", 6 * 3600):
+        problems.append("OUTBOX_BACKOFF_BASE must not be larger than OUTBOX_BACKOFF_MAX")
+    return problems

@@ -1,0 +1,224 @@
+"""Test helpers: a real SMTP sink, throwaway databases, real uvicorn processes."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_KEY = "test-secret-key-0123456789-abcdefghijklmnop"
+OLD_TEST_KEY = "old-secret-key-9876543210-zyxwvutsrqponmlk"
+ADMIN_TOKEN = "test-admin-token-0123456789"
+PUBLIC_URL = "http://newsletter.test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL pointing at another database."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+async def create_database(admin_url: str, template: str) -> str:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    con = await asyncpg.connect(admin_url)
+    try:
+        await con.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await con.close()
+    return name
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    con = await asyncpg.connect(admin_url)
+    try:
+        await con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await con.close()
+
+
+@dataclass
+class Received:
+    sender: str
+    recipients: list[str]
+    message: EmailMessage
+    raw: bytes
+
+    @property
+    def to(self) -> str:
+        return self.recipients[0]
+
+    def part(self, subtype: str) -> str:
+        body = self.message.get_body(preferencelist=(subtype,))
+        return body.get_content() if body is not None else ""
+
+
+class SmtpSink:
+    """A real SMTP server (aiosmtpd) on loopback that keeps what it receives.
+
+    `fail_next(code, times)` makes the next DATA commands answer with that code, for
+    retry and rejection tests; `stop()`/`start()` simulate an unreachable relay.
+    """
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.messages: list[Received] = []
+        self._failures: list[str] = []
+        self._server: asyncio.AbstractServer | None = None
+        self.connections = 0
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def fail_next(self, reply: str, times: int = 1) -> None:
+        self._failures.extend([reply] * times)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self._failures:
+            return self._failures.pop(0)
+        raw = envelope.original_content or envelope.content
+        message = email.message_from_bytes(raw, policy=email.policy.default)
+        self.messages.append(
+            Received(envelope.mail_from, list(envelope.rcpt_tos), message, raw)  # type: ignore[arg-type]
+        )
+        return "250 OK"
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> SMTP:
+            self.connections += 1
+            return SMTP(self, hostname="sink.test", decode_data=False)
+
+        self._server = await loop.create_server(factory, host="127.0.0.1", port=self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"expected {count} messages within {timeout}s, got {len(self.messages)}"
+                )
+            await asyncio.sleep(0.02)
+        return self.messages[:count]
+
+    def to(self, address: str) -> list[Received]:
+        return [m for m in self.messages if address in m.recipients]
+
+
+def base_env(database_url: str, smtp_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "SMTP_"))}
+    env.update(
+        DATABASE_URL=database_url,
+        SMTP_URL=smtp_url,
+        PUBLIC_URL=PUBLIC_URL,
+        SECRET_KEYS=TEST_KEY,
+        ADMIN_TOKENS=ADMIN_TOKEN,
+        MAIL_FROM="Test News <news@newsletter.test>",
+    )
+    env.update(extra)
+    return env
+
+
+class ServiceProcess:
+    """`python -m service serve` in a real uvicorn process on a free port."""
+
+    def __init__(self, env: Mapping[str, str], *args: str, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.env = dict(env)
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"svc-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServiceProcess:
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                *self.args,
+            ],
+            env=self.env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    async def wait_ready(self, timeout: float = 30.0, path: str = "/healthz") -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient() as client:
+            while time.monotonic() < deadline:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise AssertionError(
+                        f"service exited with {self.proc.returncode}:\n{self.output()}"
+                    )
+                try:
+                    if (await client.get(self.url + path, timeout=1)).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"service not ready within {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if hasattr(self, "_log"):
+            self._log.close()
