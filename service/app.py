@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Route
 from service import db, health, pages
 from service.observability import Metrics, ObservabilityMiddleware
 from service.settings import Settings
+from service.tokens import Tokens
 
 log = logging.getLogger("newsletter.app")
 
@@ -56,4 +57,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.templates = pages.environment()
+    app.state.tokens = Tokens(settings.secret_keys, settings.confirm_max_age)
     return app

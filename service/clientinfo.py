@@ -1,0 +1,43 @@
+"""What the service may know about the client of a request, reduced per IP_MODE.
+
+The client address is the one uvicorn resolved: `X-Forwarded-For` is believed only
+from the proxies in `FORWARDED_ALLOW_IPS`, so a client cannot forge its own IP.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from starlette.requests import HTTPConnection
+
+MAX_USER_AGENT = 512
+
+
+def client_ip(request: HTTPConnection) -> str | None:
+    client = request.scope.get("client")
+    if not client:
+        return None
+    try:
+        return str(ipaddress.ip_address(client[0]))
+    except ValueError:
+        return None
+
+
+def reduce_ip(ip: str | None, mode: str) -> str | None:
+    """`full` keeps the address, `truncated` keeps the /24 (IPv4) or /48 (IPv6), `none` drops it."""
+    if ip is None or mode == "none":
+        return None
+    if mode == "full":
+        return ip
+    address = ipaddress.ip_address(ip)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
+
+
+def user_agent(request: HTTPConnection) -> str | None:
+    value = request.headers.get("user-agent")
+    if not value:
+        return None
+    return "".join(c for c in value[:MAX_USER_AGENT] if c.isprintable())

@@ -1,0 +1,121 @@
+"""Signed tokens for every link in an email, one salt per purpose.
+
+The first of `SECRET_KEYS` signs and every key verifies, so keys rotate without
+breaking links in mail already sent. Confirmation and cancel tokens expire
+(`CONFIRM_MAX_AGE`); unsubscribe, tracking-withdrawal and pixel tokens never do,
+because old emails must keep working. Ids travel in base 36 to keep URLs short.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from itsdangerous import BadData, Signer, TimestampSigner
+
+CONFIRM = "newsletter.confirm"
+CANCEL = "newsletter.cancel"
+UNSUBSCRIBE = "newsletter.unsubscribe"
+TRACKING = "newsletter.tracking"
+PIXEL = "newsletter.pixel"
+
+
+class InvalidToken(Exception):
+    """Forged, malformed or (for timed tokens) expired."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason  # 'forged', 'malformed' or 'expired'; safe to log
+
+
+def _b36(number: int) -> str:
+    if number < 0:
+        raise ValueError("ids are positive")
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        number, rest = divmod(number, 36)
+        out = digits[rest] + out
+        if not number:
+            return out
+
+
+def _from_b36(text: str) -> int:
+    if not text or len(text) > 13 or not text.isalnum() or not text.isascii():
+        raise InvalidToken("malformed")
+    return int(text, 36)
+
+
+@dataclass(frozen=True)
+class PixelClaim:
+    subscriber_id: int
+    campaign_id: int
+
+
+class Tokens:
+    def __init__(self, secret_keys: tuple[str, ...], confirm_max_age: float) -> None:
+        if not secret_keys:
+            raise ValueError("at least one secret key is needed")
+        # itsdangerous signs with the *last* key of the list; ours signs with the first.
+        keys = list(reversed(secret_keys))
+        self.confirm_max_age = confirm_max_age
+        self._timed = {
+            salt: TimestampSigner(keys, salt=salt, sep=".") for salt in (CONFIRM, CANCEL)
+        }
+        self._plain = {
+            salt: Signer(keys, salt=salt, sep=".") for salt in (UNSUBSCRIBE, TRACKING, PIXEL)
+        }
+
+    # -- timed -------------------------------------------------------------------
+    def _timed_sign(self, salt: str, subscriber_id: int) -> str:
+        return self._timed[salt].sign(_b36(subscriber_id)).decode()
+
+    def _timed_verify(self, salt: str, token: str) -> int:
+        from itsdangerous import SignatureExpired
+
+        try:
+            value = self._timed[salt].unsign(token, max_age=self.confirm_max_age)
+        except SignatureExpired:
+            raise InvalidToken("expired") from None
+        except BadData:
+            raise InvalidToken("forged") from None
+        return _from_b36(value.decode())
+
+    def confirm(self, subscriber_id: int) -> str:
+        return self._timed_sign(CONFIRM, subscriber_id)
+
+    def verify_confirm(self, token: str) -> int:
+        return self._timed_verify(CONFIRM, token)
+
+    def cancel(self, subscriber_id: int) -> str:
+        return self._timed_sign(CANCEL, subscriber_id)
+
+    def verify_cancel(self, token: str) -> int:
+        return self._timed_verify(CANCEL, token)
+
+    # -- never expire ----------------------------------------------------------
+    def _plain_verify(self, salt: str, token: str) -> str:
+        if len(token) > 200:
+            raise InvalidToken("malformed")
+        try:
+            return self._plain[salt].unsign(token).decode()
+        except BadData:
+            raise InvalidToken("forged") from None
+
+    def unsubscribe(self, subscriber_id: int) -> str:
+        return self._plain[UNSUBSCRIBE].sign(_b36(subscriber_id)).decode()
+
+    def verify_unsubscribe(self, token: str) -> int:
+        return _from_b36(self._plain_verify(UNSUBSCRIBE, token))
+
+    def tracking(self, subscriber_id: int) -> str:
+        return self._plain[TRACKING].sign(_b36(subscriber_id)).decode()
+
+    def verify_tracking(self, token: str) -> int:
+        return _from_b36(self._plain_verify(TRACKING, token))
+
+    def pixel(self, subscriber_id: int, campaign_id: int) -> str:
+        return self._plain[PIXEL].sign(f"{_b36(subscriber_id)}-{_b36(campaign_id)}").decode()
+
+    def verify_pixel(self, token: str) -> PixelClaim:
+        subscriber, _, campaign = self._plain_verify(PIXEL, token).partition("-")
+        return PixelClaim(_from_b36(subscriber), _from_b36(campaign))
