@@ -126,7 +126,7 @@ async def mail_item(request: Request) -> Response:
         request,
         "dev_mail_item.html",
         mail=mail,
-        headers=headers,
+        mail_headers=headers,
         text=mail.part("plain"),
         has_html=bool(mail.part("html")),
         csp=pages.CSP.replace("default-src 'none'", "default-src 'none'; frame-src 'self'"),

@@ -67,6 +67,10 @@ def configure(level: str = "info", stream: Any = None) -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    # Libraries may quote request URLs or SQL values in their messages: only their
+    # warnings and errors are wanted, and those are rare.
+    for name in ("httpx", "httpcore", "asyncpg", "aiosmtplib", "mail.log", "multipart"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     # uvicorn's access log writes the client IP and the raw path (which holds tokens);
     # the service writes its own access lines with the route template instead.
     access = logging.getLogger("uvicorn.access")

@@ -1,0 +1,144 @@
+import asyncio
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from service import migrations
+from service.migrations import MigrationError
+from tests import support
+
+
+@pytest.fixture
+async def empty_db(pg_admin_url: str):
+    con = await asyncpg.connect(pg_admin_url)
+    name = "m_" + support.uuid.uuid4().hex[:10]
+    await con.execute(f'CREATE DATABASE "{name}"')
+    await con.close()
+    url = support.with_database(pg_admin_url, name)
+    yield url
+    await support.drop_database(pg_admin_url, name)
+
+
+def write(directory: Path, files: dict[str, str]) -> Path:
+    directory.mkdir(exist_ok=True)
+    for name, sql in files.items():
+        (directory / name).write_text(sql)
+    return directory
+
+
+async def test_files_are_applied_in_numeric_order_and_recorded(empty_db: str, tmp_path) -> None:
+    directory = write(
+        tmp_path / "sql",
+        {
+            "002_second.sql": "INSERT INTO log VALUES ('second');",
+            "001_first.sql": "CREATE TABLE log (what text); INSERT INTO log VALUES ('first');",
+            "010_tenth.sql": "INSERT INTO log VALUES ('tenth');",
+        },
+    )
+    con = await asyncpg.connect(empty_db)
+    try:
+        assert await migrations.migrate(con, directory) == [
+            "001_first.sql",
+            "002_second.sql",
+            "010_tenth.sql",
+        ]
+        assert [r["what"] for r in await con.fetch("SELECT what FROM log")] == [
+            "first",
+            "second",
+            "tenth",
+        ]
+        recorded = await con.fetch("SELECT name, sha256 FROM schema_migrations ORDER BY name")
+        assert [r["name"] for r in recorded] == ["001_first.sql", "002_second.sql", "010_tenth.sql"]
+        assert all(len(r["sha256"]) == 64 for r in recorded)
+        assert await migrations.migrate(con, directory) == []
+    finally:
+        await con.close()
+
+
+async def test_a_changed_applied_file_is_refused(empty_db: str, tmp_path) -> None:
+    directory = write(tmp_path / "sql", {"001_a.sql": "CREATE TABLE a (x int);"})
+    con = await asyncpg.connect(empty_db)
+    try:
+        await migrations.migrate(con, directory)
+        (directory / "001_a.sql").write_text("CREATE TABLE a (x bigint);")
+        write(directory, {"002_b.sql": "CREATE TABLE b (x int);"})
+        with pytest.raises(MigrationError, match=r"001_a\.sql was changed after it was applied"):
+            await migrations.migrate(con, directory)
+        assert await con.fetchval("SELECT to_regclass('b')") is None
+    finally:
+        await con.close()
+
+
+async def test_a_failing_migration_is_rolled_back_whole(empty_db: str, tmp_path) -> None:
+    directory = write(
+        tmp_path / "sql", {"001_bad.sql": "CREATE TABLE half (x int); SELECT * FROM missing;"}
+    )
+    con = await asyncpg.connect(empty_db)
+    try:
+        with pytest.raises(MigrationError, match=r"001_bad\.sql failed: UndefinedTableError"):
+            await migrations.migrate(con, directory)
+        assert await con.fetchval("SELECT to_regclass('half')") is None
+        assert await con.fetchval("SELECT count(*) FROM schema_migrations") == 0
+    finally:
+        await con.close()
+
+
+async def test_no_transaction_marker_allows_concurrent_index(empty_db: str, tmp_path) -> None:
+    directory = write(
+        tmp_path / "sql",
+        {
+            "001_t.sql": "CREATE TABLE t (x int);",
+            "002_idx.sql": "-- migrate: no-transaction\nCREATE INDEX CONCURRENTLY t_x ON t (x);",
+        },
+    )
+    con = await asyncpg.connect(empty_db)
+    try:
+        await migrations.migrate(con, directory)
+        assert await con.fetchval("SELECT to_regclass('t_x')") is not None
+    finally:
+        await con.close()
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"1_short.sql": ""}, "must be named NNN_name.sql"),
+        ({"001_Upper.sql": ""}, "must be named NNN_name.sql"),
+        ({"001_a.sql": "", "001_b.sql": ""}, "share the number 1"),
+    ],
+)
+def test_badly_named_files_are_refused(tmp_path, files: dict, message: str) -> None:
+    with pytest.raises(MigrationError, match=message):
+        migrations.discover(write(tmp_path / "sql", files))
+
+
+async def test_concurrent_runners_apply_each_migration_exactly_once(
+    empty_db: str, tmp_path
+) -> None:
+    # The sleep widens the race window: without the lock both runners would apply it.
+    directory = write(
+        tmp_path / "sql",
+        {
+            "001_slow.sql": "SELECT pg_sleep(0.3); CREATE TABLE counter (n int);",
+            "002_count.sql": "INSERT INTO counter VALUES (1);",
+        },
+    )
+    connections = [await asyncpg.connect(empty_db) for _ in range(4)]
+    try:
+        results = await asyncio.gather(*(migrations.migrate(c, directory) for c in connections))
+        assert sorted(len(r) for r in results) == [0, 0, 0, 2]
+        assert await connections[0].fetchval("SELECT count(*) FROM counter") == 1
+    finally:
+        for con in connections:
+            await con.close()
+
+
+async def test_the_real_schema_migrates_from_scratch(empty_db: str) -> None:
+    con = await asyncpg.connect(empty_db)
+    try:
+        applied = await migrations.migrate(con)
+        assert applied == [m.name for m in migrations.discover()]
+        assert await con.fetchval("SELECT to_regclass('subscribers')") is not None
+    finally:
+        await con.close()
