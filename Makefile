@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PORT   ?= 8000
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench clean system-deps
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (set PYTHON=python3.11)")'
@@ -31,6 +31,15 @@ test: lint
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# Optional system packages some tests use (they skip, saying so, without them):
+# chromium + chromium-driver (browser test), pgbouncer (transaction-pooling test), wrk (bench).
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium chromium-driver pgbouncer wrk >/dev/null && echo "system packages installed" \
+	    || echo "could not install the optional system packages; the tests that need them will skip"; \
+	else echo "run as root on Debian/Ubuntu, or install: chromium chromium-driver pgbouncer wrk"; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
