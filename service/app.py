@@ -10,7 +10,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
-from service import db, health, pages
+from service import admin_api, db, health, pages, recorder, retention, unsubscribe
+from service import pixel, stats, tracking_consent
 from service.observability import Metrics, ObservabilityMiddleware
 from service.settings import Settings
 from service.tokens import Tokens
@@ -24,11 +25,47 @@ def routes(settings: Settings) -> list[BaseRoute]:
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),
+        Route("/unsubscribe/{token}", unsubscribe.page, methods=["GET"]),
+        Route("/unsubscribe/{token}", unsubscribe.unsubscribe, methods=["POST"]),
+        Route("/o/{token}.gif", pixel.pixel, methods=["GET", "HEAD"]),
+        Route("/tracking/{token}", tracking_consent.show, methods=["GET"]),
+        Route("/tracking/{token}", tracking_consent.post, methods=["POST"]),
+        Route(
+            "/admin/api/campaigns/{campaign_id:int}/stats", stats.stats_endpoint, methods=["GET"]
+        ),
+        Route("/admin/api/campaigns", admin_api.list_campaigns, methods=["GET"]),
+        Route("/admin/api/campaigns", admin_api.create_campaign, methods=["POST"]),
+        Route("/admin/api/campaigns/{campaign_id:int}", admin_api.get_campaign, methods=["GET"]),
+        Route(
+            "/admin/api/campaigns/{campaign_id:int}/send",
+            admin_api.send_campaign,
+            methods=["POST"],
+        ),
+        Route(
+            "/admin/api/campaigns/{campaign_id:int}/recipients",
+            admin_api.campaign_recipients,
+            methods=["GET"],
+        ),
+        Route("/admin/api/subscribers/{email:path}", admin_api.export_subscriber, methods=["GET"]),
+        Route(
+            "/admin/api/subscribers/{email:path}", admin_api.erase_subscriber, methods=["DELETE"]
+        ),
     ]
+    from service import dashboard
+
+    public += dashboard.routes()
+    if settings.bench_endpoints:
+        from service import bench_endpoints
+
+        public += bench_endpoints.routes()
     if settings.dev:
         from service import devmode
 
         public += devmode.routes()
+    elif settings.demo_page:
+        from service import devmode
+
+        public.append(Route("/", devmode.demo, methods=["GET"]))
     return public
 
 
@@ -44,6 +81,8 @@ def create_app(settings: Settings) -> Starlette:
                 await stack.enter_async_context(devmode.mail_catcher(app))
             app.state.pool = await db.create_pool(settings)
             stack.push_async_callback(app.state.pool.close)
+            await stack.enter_async_context(recorder.running(app))
+            await stack.enter_async_context(retention.running(app))
             log.info("started")
             yield
             log.info("stopping")

@@ -118,6 +118,7 @@ class Settings:
     # -- admin -------------------------------------------------------------------
     admin_tokens: tuple[str, ...] = ()
     session_max_age: float = 8 * 3600
+    demo_page: bool = False  # the demo signup form at / outside dev mode (staging, e2e test)
     # -- network -----------------------------------------------------------------
     forwarded_allow_ips: str = "127.0.0.1"
     cors_origins: tuple[str, ...] = ()
@@ -152,6 +153,8 @@ class Settings:
     pixel_batch_max: int = 1000
     machine_open_window: float = 10.0
     geoip_mmdb: str = ""
+    apple_proxy_ranges_file: str = ""
+    bench_endpoints: bool = False  # bench-only reference routes; never in production
     open_retention: float = 395 * 86400
     purge_interval: float = 3600.0
     # -- process -----------------------------------------------------------------
@@ -332,6 +335,7 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("DKIM_DOMAIN", "dkim_domain", _text(253)),
     ("ADMIN_TOKENS", "admin_tokens", _tokens),
     ("SESSION_MAX_AGE", "session_max_age", _seconds(60, 30 * _DAY)),
+    ("DEMO_PAGE", "demo_page", _bool),
     ("FORWARDED_ALLOW_IPS", "forwarded_allow_ips", _forwarded),
     ("CORS_ORIGINS", "cors_origins", _origins),
     ("DB_POOL_MIN", "db_pool_min", _int(0, 100)),
@@ -361,6 +365,8 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("PIXEL_BATCH_MAX", "pixel_batch_max", _int(1, 100_000)),
     ("MACHINE_OPEN_WINDOW", "machine_open_window", _seconds(0, 3600)),
     ("GEOIP_MMDB", "geoip_mmdb", _file),
+    ("APPLE_PROXY_RANGES_FILE", "apple_proxy_ranges_file", _file),
+    ("BENCH_ENDPOINTS", "bench_endpoints", _bool),
     ("OPEN_RETENTION", "open_retention", _seconds(_DAY, 20 * 365 * _DAY)),
     ("PURGE_INTERVAL", "purge_interval", _seconds(1, 7 * _DAY)),
     ("LOG_LEVEL", "log_level", _choice(("debug", "info", "warning", "error"))),

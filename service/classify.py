@@ -1,0 +1,186 @@
+"""Who fetched the pixel: the mail client and system, and whether a person was behind it.
+
+The rules live in one data file, `service/data/machine_opens.json`, so that they can be
+read, reviewed and tested as a table. Three answers are possible:
+
+- a machine open (Apple's privacy prefetch, Gmail's prefetch, link scanners, bots,
+  HTTP libraries): `machine_reason` says which rule matched;
+- a person behind an image proxy (Gmail, Yahoo): a human open whose IP, and so country,
+  belong to the proxy, not to the reader;
+- a person with their own mail client or browser.
+
+Opens within `MACHINE_OPEN_WINDOW` seconds of the send are marked by the recorder's SQL,
+which knows `deliveries.sent_at`. User agents repeat a lot (a few hundred distinct strings
+make up nearly every open), so the user-agent part is cached; the IP part is a binary
+search over sorted ranges.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import functools
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import ua_parser
+
+RULES_FILE = Path(__file__).resolve().parent / "data" / "machine_opens.json"
+MAX_USER_AGENT = 512
+UA_CACHE_SIZE = 8192
+
+
+@dataclass(frozen=True)
+class UserAgentClass:
+    client: str | None
+    os: str | None
+    machine_reason: str | None  # None: a person (possibly behind a proxy)
+    proxied: bool  # the fetching IP is a provider's proxy, not the reader's
+
+
+@dataclass(frozen=True)
+class Verdict:
+    client: str | None
+    os: str | None
+    machine_reason: str | None
+    country_known: bool  # False when the IP is a proxy's: its country says nothing
+
+
+class Ranges:
+    """IP networks as merged, sorted integer intervals, one list per IP version."""
+
+    def __init__(self, networks: list[str]) -> None:
+        spans: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+        for text in networks:
+            net = ipaddress.ip_network(text.strip(), strict=False)
+            spans[net.version].append((int(net.network_address), int(net.broadcast_address)))
+        self._starts: dict[int, list[int]] = {}
+        self._ends: dict[int, list[int]] = {}
+        for version, items in spans.items():
+            merged: list[tuple[int, int]] = []
+            for start, end in sorted(items):
+                if merged and start <= merged[-1][1] + 1:
+                    merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+                else:
+                    merged.append((start, end))
+            self._starts[version] = [start for start, _ in merged]
+            self._ends[version] = [end for _, end in merged]
+
+    def __contains__(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        value = int(address)
+        i = bisect.bisect_right(self._starts[address.version], value) - 1
+        return i >= 0 and value <= self._ends[address.version][i]
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._starts.values())
+
+
+def read_ranges_csv(path: str) -> list[str]:
+    """Networks from the first column of a CSV such as Apple's `egress-ip-ranges.csv`."""
+    networks = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row in csv.reader(handle):
+            if not row or row[0].lstrip().startswith("#"):
+                continue
+            try:
+                ipaddress.ip_network(row[0].strip(), strict=False)
+            except ValueError:
+                continue  # a header line or a comment
+            networks.append(row[0].strip())
+    return networks
+
+
+def _sanitise(user_agent: str) -> str:
+    return "".join(c for c in user_agent[:MAX_USER_AGENT] if c.isprintable())
+
+
+class Classifier:
+    """The rules of the data file, compiled once per process."""
+
+    def __init__(self, rules: dict, extra_networks: list[str] | None = None) -> None:
+        self._exact: dict[str, str] = {}
+        self._contains: list[tuple[str, str]] = []
+        for rule in rules["machine_user_agents"]:
+            if "exact" in rule:
+                self._exact[rule["exact"]] = rule["reason"]
+            for needle in rule.get("contains", ()):
+                self._contains.append((needle.lower(), rule["reason"]))
+        self._proxies = [
+            (needle.lower(), rule["client"])
+            for rule in rules["proxy_user_agents"]
+            for needle in rule["contains"]
+        ]
+        self._spider_reason = rules["spider_reason"]
+        self._mail_clients = [
+            (re.compile(rule["regex"]), rule["client"]) for rule in rules["mail_clients"]
+        ]
+        self._networks: list[tuple[Ranges, str]] = [
+            (Ranges(rule["networks"]), rule["reason"]) for rule in rules["machine_networks"]
+        ]
+        if extra_networks:
+            self._networks.append((Ranges(extra_networks), "apple_mpp"))
+        self.user_agent = functools.lru_cache(maxsize=UA_CACHE_SIZE)(self._user_agent)
+
+    @classmethod
+    def from_files(cls, rules_file: Path = RULES_FILE, apple_ranges_file: str = "") -> Classifier:
+        rules = json.loads(rules_file.read_text(encoding="utf-8"))
+        extra = read_ranges_csv(apple_ranges_file) if apple_ranges_file else None
+        return cls(rules, extra)
+
+    def _user_agent(self, raw: str | None) -> UserAgentClass:
+        """Classify one user-agent string (cached: the same strings come again and again)."""
+        if not raw:
+            return UserAgentClass(None, None, "no_user_agent", False)
+        ua = _sanitise(raw)
+        reason = self._exact.get(ua.strip())
+        if reason:
+            return UserAgentClass(None, None, reason, False)
+        lowered = ua.lower()
+        for needle, reason in self._contains:
+            if needle in lowered:
+                return UserAgentClass(None, None, reason, False)
+        parsed = ua_parser.parse(ua)
+        os_family = parsed.os.family if parsed.os and parsed.os.family != "Other" else None
+        for needle, client in self._proxies:
+            if needle in lowered:
+                return UserAgentClass(client, None, None, True)
+        if parsed.device and parsed.device.family == "Spider":
+            return UserAgentClass(None, None, self._spider_reason, False)
+        for pattern, client in self._mail_clients:
+            if pattern.search(ua):
+                return UserAgentClass(client, os_family, None, False)
+        family = parsed.user_agent.family if parsed.user_agent else None
+        if family == "Other":
+            family = None
+        return UserAgentClass(family, os_family, None, False)
+
+    def network_reason(self, ip: str | None) -> str | None:
+        if not ip:
+            return None
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        if address.version == 6 and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        for ranges, reason in self._networks:
+            if address in ranges:
+                return reason
+        return None
+
+    def classify(self, user_agent: str | None, ip: str | None) -> Verdict:
+        ua = self.user_agent(user_agent)
+        reason = ua.machine_reason or self.network_reason(ip)
+        if reason and not ua.machine_reason:
+            return Verdict(ua.client, ua.os, reason, country_known=False)
+        return Verdict(ua.client, ua.os, reason, country_known=not (ua.proxied or reason))
+
+
+def sanitise_user_agent(raw: str | None) -> str | None:
+    """The user agent as stored: printable characters only, at most MAX_USER_AGENT."""
+    if not raw:
+        return None
+    return _sanitise(raw) or None

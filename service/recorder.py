@@ -1,0 +1,259 @@
+"""Group commit for pixel opens: one writer task per process, one statement per batch.
+
+Requests append their event to the batch being collected and (in PIXEL_MODE=wait) await
+that batch's future. The writer swaps the collected batch out, classifies it, writes it
+with one `INSERT … SELECT FROM unnest(…)` statement (see `record_opens` in
+`sql/queries/pixel.sql`) and resolves the future. While one batch is being written the
+next one fills up, so under load a single commit carries hundreds of opens, and under
+light load an open is written at once.
+
+Why a list and one future per batch rather than an `asyncio.Queue` and one future per
+request: the profile of the pixel under load showed per-request queue and future work as
+the largest cost outside the HTTP server; a batch needs only one wake-up and one future.
+The bound is the same: at most PIXEL_QUEUE_MAX events wait in memory; beyond it an open
+is dropped and counted (`pixel_opens_dropped{reason="queue_full"}`).
+
+Waiting is bounded without a timer per request: each batch's future also resolves
+PIXEL_WAIT_MAX seconds after the batch was opened, so no request waits longer than that,
+even while the database is down. A batch that fails for a transient reason (connection
+lost, database restarting, deadlock) is retried with backoff for up to RETRY_FOR
+seconds, then dropped and counted (`reason="database"`). On shutdown the writer drains
+everything collected before the pool closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+from starlette.applications import Starlette
+
+from service import geo
+from service.classify import Classifier, sanitise_user_agent
+from service.clientinfo import reduce_ip
+from service.observability import Metrics
+from service.queries import queries
+from service.settings import Settings
+
+log = logging.getLogger("newsletter.recorder")
+
+RETRY_FOR = 30.0  # seconds a failing batch is retried before its opens are dropped
+SHUTDOWN_FLUSH_MAX = 15.0  # within uvicorn's graceful period and Kubernetes' grace
+_BACKOFF = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+
+_TRANSIENT = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+)
+
+
+@dataclass(slots=True)
+class Open:
+    """One pixel fetch as the request saw it; the IP is still the full address here."""
+
+    subscriber_id: int
+    campaign_id: int
+    at: float  # time.time()
+    ip: str | None
+    user_agent: str | None
+
+
+class Recorder:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        metrics: Metrics,
+        classifier: Classifier | None = None,
+        retry_for: float = RETRY_FOR,
+    ) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.metrics = metrics
+        self.classifier = classifier or Classifier.from_files(
+            apple_ranges_file=settings.apple_proxy_ranges_file
+        )
+        self.country = geo.resolver(settings.geoip_mmdb)
+        self.retry_for = retry_for
+        self.wait = settings.pixel_mode == "wait"
+        self._query = queries("pixel").record_opens
+        self._loop = asyncio.get_running_loop()
+        self._pending: list[Open] = []
+        self._done = self._new_future()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    # -- the request side ----------------------------------------------------------
+    def submit(self, event: Open) -> asyncio.Future[bool] | None:
+        """Add an open to the current batch; the batch's future, or None if dropped."""
+        if len(self._pending) >= self.settings.pixel_queue_max:
+            self.metrics.opens_dropped.labels("queue_full").inc()
+            return None
+        self._pending.append(event)
+        self._wakeup.set()
+        return self._done
+
+    # -- the writer ------------------------------------------------------------------
+    def _new_future(self) -> asyncio.Future[bool]:
+        future: asyncio.Future[bool] = self._loop.create_future()
+        if self.wait:
+            self._loop.call_later(self.settings.pixel_wait_max, _resolve, future, False)
+        return future
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="pixel-recorder")
+
+    async def stop(self, flush_max: float = SHUTDOWN_FLUSH_MAX) -> None:
+        """Write everything collected so far, then end the writer."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), flush_max)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            lost = len(self._pending)
+            if lost:
+                self.metrics.opens_dropped.labels("shutdown").inc(lost)
+            log.error("recorder flush timed out", extra={"dropped": lost})
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                continue
+            batch, done = self._pending, self._done
+            self._pending, self._done = [], self._new_future()
+            try:
+                await self._write(batch)
+            except Exception:  # never let the writer die; the opens are counted as lost
+                log.exception("recorder batch failed", extra={"dropped": len(batch)})
+                self.metrics.opens_dropped.labels("error").inc(len(batch))
+            finally:
+                _resolve(done, True)
+
+    async def _write(self, batch: list[Open]) -> None:
+        size = self.settings.pixel_batch_max
+        for start in range(0, len(batch), size):
+            chunk = batch[start : start + size]
+            args = self._arguments(chunk)
+            if await self._execute_with_retry(args, len(chunk)):
+                self.metrics.pixel_batches.observe(len(chunk))
+
+    def _arguments(self, chunk: list[Open]) -> dict[str, object]:
+        """Classify, locate and reduce each open; personal fields stay in memory only."""
+        classify, country, ip_mode = self.classifier.classify, self.country, self.settings.ip_mode
+        columns: dict[str, list] = {
+            name: []
+            for name in (
+                "subscriber_ids",
+                "campaign_ids",
+                "ats",
+                "ips",
+                "user_agents",
+                "clients",
+                "oses",
+                "countries",
+                "reasons",
+            )
+        }
+        for event in chunk:
+            ip = _address(event.ip)
+            verdict = classify(event.user_agent, ip)
+            columns["subscriber_ids"].append(event.subscriber_id)
+            columns["campaign_ids"].append(event.campaign_id)
+            columns["ats"].append(datetime.fromtimestamp(event.at, UTC))
+            columns["ips"].append(reduce_ip(ip, ip_mode) if ip else None)
+            columns["user_agents"].append(sanitise_user_agent(event.user_agent))
+            columns["clients"].append(verdict.client)
+            columns["oses"].append(verdict.os)
+            columns["countries"].append(country(ip) if ip and verdict.country_known else None)
+            columns["reasons"].append(verdict.machine_reason)
+        return {
+            **columns,
+            "tracking_mode": self.settings.tracking_mode,
+            "machine_window": self.settings.machine_open_window,
+        }
+
+    async def _execute_with_retry(self, args: dict[str, object], count: int) -> bool:
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                async with self.pool.acquire() as con, con.transaction():
+                    row = await self._query.fetchrow(con, **args)
+            except _TRANSIENT as exc:
+                waited = time.monotonic() - started
+                if waited >= self.retry_for or (self._closing and waited >= 1.0):
+                    self.metrics.opens_dropped.labels("database").inc(count)
+                    log.error(
+                        "recorder dropped a batch",
+                        extra={"dropped": count, "error": exc.__class__.__name__},
+                    )
+                    return False
+                delay = _BACKOFF[min(attempt, len(_BACKOFF) - 1)]
+                attempt += 1
+                if attempt == 1:
+                    log.warning(
+                        "recorder retrying a batch",
+                        extra={"count": count, "error": exc.__class__.__name__},
+                    )
+                await asyncio.sleep(delay)
+                continue
+            assert row is not None
+            personal, live = row["personal"], row["live"]
+            if personal:
+                self.metrics.opens_recorded.labels("personal").inc(personal)
+            if live - personal:
+                self.metrics.opens_recorded.labels("anonymous").inc(live - personal)
+            return True
+
+
+def _address(ip: str | None) -> str | None:
+    """The address in canonical form (IPv4-mapped IPv6 as IPv4); None if it is not one."""
+    if not ip:
+        return None
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if address.version == 6 and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return str(address)
+
+
+def _resolve(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+@contextlib.asynccontextmanager
+async def running(app: Starlette) -> AsyncIterator[Recorder]:
+    """The app's recorder, for the lifespan: entered after the pool, flushed before it closes."""
+    recorder = Recorder(app.state.pool, app.state.settings, app.state.metrics)
+    app.state.recorder = recorder
+    recorder.start()
+    try:
+        yield recorder
+    finally:
+        await recorder.stop()
