@@ -10,8 +10,21 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
-from service import admin_api, db, health, pages, recorder, retention, unsubscribe
-from service import pixel, stats, tracking_consent
+from service import (
+    admin_api,
+    confirmation,
+    db,
+    health,
+    outbox,
+    pages,
+    pixel,
+    recorder,
+    retention,
+    signup,
+    stats,
+    tracking_consent,
+    unsubscribe,
+)
 from service.observability import Metrics, ObservabilityMiddleware
 from service.settings import Settings
 from service.tokens import Tokens
@@ -25,6 +38,8 @@ def routes(settings: Settings) -> list[BaseRoute]:
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),
+        *signup.routes(settings),
+        *confirmation.routes(),
         Route("/unsubscribe/{token}", unsubscribe.page, methods=["GET"]),
         Route("/unsubscribe/{token}", unsubscribe.unsubscribe, methods=["POST"]),
         Route("/o/{token}.gif", pixel.pixel, methods=["GET", "HEAD"]),
@@ -82,6 +97,7 @@ def create_app(settings: Settings) -> Starlette:
             app.state.pool = await db.create_pool(settings)
             stack.push_async_callback(app.state.pool.close)
             await stack.enter_async_context(recorder.running(app))
+            await stack.enter_async_context(outbox.running(app))
             await stack.enter_async_context(retention.running(app))
             log.info("started")
             yield

@@ -1,0 +1,199 @@
+"""`/admin/api/*` for campaigns and for access and erasure requests.
+
+Every endpoint is wrapped in `admin_auth.require_admin` (bearer token, constant-time
+comparison). Answers are JSON with `Cache-Control: no-store`: several hold personal data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from service import campaigns, erasure
+from service.admin_auth import require_admin
+from service.campaign_mail import Links
+
+log = logging.getLogger("newsletter.admin_api")
+
+NO_STORE = {"Cache-Control": "no-store"}
+MAX_ID = 2**63 - 1
+RECIPIENT_BATCH = 1000  # rows per cursor fetch and per chunk written to the client
+LIST_LIMIT_DEFAULT = 100
+LIST_LIMIT_MAX = 500
+
+
+def _json(content: Any, status_code: int = 200) -> JSONResponse:
+    return JSONResponse(content, status_code=status_code, headers=NO_STORE)
+
+
+def _error(status_code: int, error: str, detail: str, **extra: Any) -> JSONResponse:
+    return _json({"error": error, "detail": detail, **extra}, status_code)
+
+
+def _not_found(what: str) -> JSONResponse:
+    return _error(404, "not_found", f"no such {what}")
+
+
+def _campaign_id(request: Request) -> int | None:
+    """The path's campaign id, or None when it cannot name a campaign (too large)."""
+    value = request.path_params["campaign_id"]
+    return value if 0 < value <= MAX_ID else None
+
+
+async def _json_body(request: Request, limit: int) -> tuple[Any, JSONResponse | None]:
+    declared = request.headers.get("content-length", "")
+    if declared and (not declared.isdigit() or int(declared) > limit):
+        return None, _error(413, "too_large", f"the body must be at most {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None, _error(413, "too_large", f"the body must be at most {limit} bytes")
+    try:
+        return json.loads(body), None
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None, _error(400, "malformed", "the body must be a JSON object")
+
+
+# -- campaigns --------------------------------------------------------------------
+
+
+@require_admin
+async def create_campaign(request: Request) -> Response:
+    payload, problem = await _json_body(request, campaigns.MAX_REQUEST_BYTES)
+    if problem is not None:
+        return problem
+    clean, errors = campaigns.validate_campaign(payload)
+    if errors:
+        return _error(422, "invalid", "some fields are not valid", fields=errors)
+    async with request.app.state.pool.acquire() as con:
+        campaign_id = await campaigns.create_campaign(con, **clean)
+    log.info("campaign created", extra={"campaign_id": campaign_id})
+    return _json({"id": campaign_id}, 201)
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 19 or not low <= int(raw) <= high:
+        return None
+    return int(raw)
+
+
+@require_admin
+async def list_campaigns(request: Request) -> Response:
+    """Newest first, `?limit=` (1-500, default 100) and `?before=<id>` to page."""
+    limit = _int_param(request, "limit", LIST_LIMIT_DEFAULT, 1, LIST_LIMIT_MAX)
+    before = _int_param(request, "before", MAX_ID, 1, MAX_ID)
+    if limit is None or before is None:
+        return _error(422, "invalid", f"limit must be 1-{LIST_LIMIT_MAX} and before a campaign id")
+    async with request.app.state.pool.acquire() as con:
+        rows = await campaigns.q.list_campaigns.fetch(con, before=before, limit=limit)
+    items = [campaigns.campaign_json(row) for row in rows]
+    next_before = items[-1]["id"] if len(items) == limit else None
+    return _json({"campaigns": items, "next_before": next_before})
+
+
+@require_admin
+async def get_campaign(request: Request) -> Response:
+    campaign_id = _campaign_id(request)
+    row = None
+    if campaign_id is not None:
+        async with request.app.state.pool.acquire() as con:
+            row = await campaigns.q.get_campaign.fetchrow(con, id=campaign_id)
+    if row is None:
+        return _not_found("campaign")
+    return _json(campaigns.campaign_json(row))
+
+
+@require_admin
+async def send_campaign(request: Request) -> Response:
+    """Queues the campaign for every active subscriber not yet mailed it; `202`."""
+    campaign_id = _campaign_id(request)
+    if campaign_id is None:
+        return _not_found("campaign")
+    try:
+        async with request.app.state.pool.acquire() as con:
+            queued = await campaigns.queue_send(con, campaign_id)
+    except campaigns.CampaignNotFound:
+        return _not_found("campaign")
+    log.info("campaign queued", extra={"campaign_id": campaign_id, "count": queued})
+    return _json({"queued": queued}, 202)
+
+
+async def _recipient_lines(app: Starlette, campaign_id: int) -> AsyncIterator[bytes]:
+    """NDJSON from a server-side cursor: at most RECIPIENT_BATCH rows in memory."""
+    settings, tokens = app.state.settings, app.state.tokens
+    query = campaigns.q.active_recipients
+    async with app.state.pool.acquire() as con:
+        async with con.transaction(readonly=True, isolation="repeatable_read"):
+            lines: list[str] = []
+            async for row in con.cursor(query.sql, prefetch=RECIPIENT_BATCH):
+                links = Links.mint(
+                    settings, tokens, row["id"], campaign_id, row["tracking_consent"]
+                )
+                record = {
+                    "email": row["email"],
+                    "name": row["name"],
+                    "pixel_url": links.pixel_url,
+                    "unsubscribe_url": links.unsubscribe_url,
+                    "tracking_url": links.tracking_url or None,
+                }
+                lines.append(json.dumps(record, ensure_ascii=False))
+                if len(lines) >= RECIPIENT_BATCH:
+                    yield ("\n".join(lines) + "\n").encode()
+                    lines = []
+            if lines:
+                yield ("\n".join(lines) + "\n").encode()
+
+
+@require_admin
+async def campaign_recipients(request: Request) -> Response:
+    """One NDJSON line per active subscriber, for sending through another mail system."""
+    campaign_id = _campaign_id(request)
+    exists = False
+    if campaign_id is not None:
+        async with request.app.state.pool.acquire() as con:
+            exists = await campaigns.q.campaign_exists.fetchval(con, id=campaign_id)
+    if campaign_id is None or not exists:
+        return _not_found("campaign")
+    return StreamingResponse(
+        _recipient_lines(request.app, campaign_id),
+        media_type="application/x-ndjson",
+        headers=NO_STORE,
+    )
+
+
+# -- access and erasure requests ----------------------------------------------------
+
+
+@require_admin
+async def export_subscriber(request: Request) -> Response:
+    """Everything stored about the address (GDPR Art. 15), `404` if nothing."""
+    email = request.path_params["email"]
+    data = None
+    if 0 < len(email) <= erasure.MAX_EMAIL_LENGTH:
+        async with request.app.state.pool.acquire() as con:
+            data = await erasure.export_subscriber(con, email, request.app.state.settings)
+    if data is None:
+        return _not_found("subscriber")
+    return _json(data)
+
+
+@require_admin
+async def erase_subscriber(request: Request) -> Response:
+    """Erases the address as an unsubscribe does; `204` whether or not it existed."""
+    email = request.path_params["email"]
+    if 0 < len(email) <= erasure.MAX_EMAIL_LENGTH:
+        settings = request.app.state.settings
+        if await erasure.erase(request.app.state.pool, settings, email=email):
+            request.app.state.metrics.unsubscribes.labels("admin").inc()
+            log.info("subscriber erased", extra={"kind": "admin"})
+    return Response(status_code=204, headers=NO_STORE)

@@ -1,0 +1,141 @@
+"""The outbox composer of a campaign email: the operator's templates rendered for one
+subscriber, with that subscriber's own links.
+
+Every campaign email carries (RFC 2369, RFC 8058, sender guidelines of the big mailbox
+providers): a visible unsubscribe link in the footer of both parts, the headers
+`List-Unsubscribe: <{PUBLIC_URL}/unsubscribe/{token}>` and `List-Unsubscribe-Post:
+List-Unsubscribe=One-Click`, the subscriber's own 1x1 pixel at the end of the HTML
+body, and, in TRACKING_MODE=consent for a subscriber who consented, a link to withdraw
+that consent.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from service.campaigns import compile_template
+from service.queries import queries
+from service.settings import Settings
+from service.tokens import Tokens
+
+if TYPE_CHECKING:
+    from service.emails import MailContext
+
+q = queries("campaigns")
+
+_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+_LINE_BREAKS = re.compile(r"[\r\n]+")
+
+
+@dataclass(frozen=True)
+class Links:
+    """The links of one subscriber in one campaign."""
+
+    unsubscribe_url: str
+    pixel_url: str
+    tracking_url: str  # empty unless the subscriber may withdraw tracking consent
+
+    @classmethod
+    def mint(
+        cls,
+        settings: Settings,
+        tokens: Tokens,
+        subscriber_id: int,
+        campaign_id: int,
+        tracking_consent: bool,
+    ) -> Links:
+        base = settings.public_base
+        tracking = settings.tracking_mode == "consent" and tracking_consent
+        return cls(
+            unsubscribe_url=f"{base}/unsubscribe/{tokens.unsubscribe(subscriber_id)}",
+            pixel_url=f"{base}/o/{tokens.pixel(subscriber_id, campaign_id)}.gif",
+            tracking_url=f"{base}/tracking/{tokens.tracking(subscriber_id)}" if tracking else "",
+        )
+
+
+def list_unsubscribe_headers(links: Links) -> dict[str, str]:
+    # One line, https URI only: relays that re-fold long headers break DKIM signatures.
+    return {
+        "List-Unsubscribe": f"<{links.unsubscribe_url}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+
+
+def render(
+    ctx: MailContext,
+    *,
+    subject: str,
+    html: str,
+    text: str,
+    variables: dict[str, Any],
+    links: Links,
+) -> tuple[str, str, str]:
+    """(subject, html, text) of one email: the operator's templates and our footer."""
+    footer = {"links": links}
+    rendered_subject = compile_template(subject, False).render(**variables)
+    rendered_html = compile_template(html, True).render(**variables)
+    rendered_text = compile_template(text, False).render(**variables)
+    html_footer = ctx.templates.get_template("campaign_footer.html").render(**footer)
+    text_footer = ctx.templates.get_template("campaign_footer.txt").render(**footer)
+    # The footer and pixel go just before </body> when the operator wrote a whole
+    # document, else at the very end.
+    ends = list(_BODY_END.finditer(rendered_html))
+    if ends:
+        at = ends[-1].start()
+        rendered_html = rendered_html[:at] + html_footer + rendered_html[at:]
+    else:
+        rendered_html = rendered_html + html_footer
+    subject_line = _LINE_BREAKS.sub(" ", rendered_subject).strip()
+    return subject_line, rendered_html, rendered_text.rstrip("\n") + "\n\n" + text_footer
+
+
+async def compose(
+    con: asyncpg.Connection, job: asyncpg.Record, ctx: MailContext
+) -> EmailMessage | None:
+    """The email of one claimed `campaign` outbox job, or None when it must not be sent
+    (the subscriber left or is not active, or this delivery already went out)."""
+    # Imported here: emails.py imports this module for its COMPOSERS table.
+    from service.emails import build_message, recipient_header
+
+    row = await q.mail_for_job.fetchrow(
+        con, campaign_id=job["campaign_id"], subscriber_id=job["subscriber_id"]
+    )
+    if row is None:
+        return None
+    links = Links.mint(
+        ctx.settings, ctx.tokens, job["subscriber_id"], job["campaign_id"], row["tracking_consent"]
+    )
+    subject, html, text = render(
+        ctx,
+        subject=row["subject"],
+        html=row["html"],
+        text=row["text"],
+        variables=template_variables(ctx.settings, row["email"], row["name"], links),
+        links=links,
+    )
+    return build_message(
+        ctx.settings,
+        to=recipient_header(row["email"], " ".join((row["name"] or "").split()) or None),
+        subject=subject,
+        text=text,
+        html=html,
+        headers=list_unsubscribe_headers(links),
+    )
+
+
+def template_variables(
+    settings: Settings, email: str, name: str | None, links: Links
+) -> dict[str, Any]:
+    """What an operator's template sees (documented in the README)."""
+    return {
+        "name": name or "",
+        "email": email,
+        "unsubscribe_url": links.unsubscribe_url,
+        "tracking_url": links.tracking_url,
+        "public_url": settings.public_base,
+    }

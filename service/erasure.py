@@ -1,0 +1,153 @@
+"""Erasure (unsubscribe, `DELETE /admin/api/subscribers/{email}`) and access requests.
+
+Every table with personal data references `subscribers(id) ON DELETE CASCADE`, so
+deleting the subscriber row deletes consent evidence, deliveries and open events in one
+statement. Two things need doing by hand, in this order, in the same transaction:
+
+1. the subscriber's outbox jobs, first: the outbox worker keeps a job row locked while
+   it talks SMTP, so this waits for an in-flight send, and once the erasure commits no
+   email can leave (the worker's next claim finds no job, its composer no subscriber);
+2. the rate-limit rows keyed by an HMAC of the address (no foreign key can reach them).
+
+The anonymous aggregates (campaign counters, `campaign_counts`, `list_daily`) stay.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+import asyncpg
+from email_validator import EmailNotValidError, validate_email
+
+from service import ratelimit
+from service.queries import queries
+from service.settings import Settings
+
+q = queries("erasure")
+
+MAX_EMAIL_LENGTH = 320
+_ATTEMPTS = 3
+
+
+async def erase_subscriber(
+    con: asyncpg.Connection, subscriber_id: int, settings: Settings | None = None
+) -> bool:
+    """Deletes every row about the subscriber in one transaction; True if it existed.
+
+    `settings` gives the key of the address's rate-limit rows; without it those rows are
+    left to retention (they are keyed by an HMAC and expire within two days).
+    """
+    async with con.transaction():
+        await q.delete_outbox.execute(con, id=subscriber_id)
+        email = await q.subscriber_email.fetchval(con, id=subscriber_id)
+        if email is not None and settings is not None:
+            await q.delete_address_rate_limits.execute(
+                con, key=ratelimit.address_key(settings, email)
+            )
+        status = await q.delete_subscriber.fetchval(con, id=subscriber_id)
+        if status == "active":
+            await q.count_unsubscribe.execute(con)
+        return status is not None
+
+
+async def erase(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    *,
+    subscriber_id: int | None = None,
+    email: str | None = None,
+) -> bool:
+    """`erase_subscriber` (by id) or `erase_by_email` on a pooled connection, run again
+    when PostgreSQL broke a deadlock with a concurrent sign-up of the same address."""
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            async with pool.acquire() as con:
+                if email is not None:
+                    return await erase_by_email(con, settings, email)
+                if subscriber_id is None:
+                    raise TypeError("erase needs subscriber_id or email")
+                return await erase_subscriber(con, subscriber_id, settings)
+        except asyncpg.DeadlockDetectedError:
+            if attempt == _ATTEMPTS:
+                raise
+    return False
+
+
+def _candidates(email: str) -> list[str]:
+    """The address as given and as sign-up stores it (normalised), without duplicates."""
+    found = [email]
+    try:
+        normalised = validate_email(email, check_deliverability=False).normalized
+    except EmailNotValidError:
+        return found
+    if normalised.lower() != email.lower():
+        found.append(normalised)
+    return found
+
+
+async def erase_by_email(con: asyncpg.Connection, settings: Settings, email: str) -> bool:
+    """Erasure request for an address; True if a subscriber was deleted. Also deletes
+    the address's rate-limit rows when no subscriber is left (e.g. a cancelled sign-up)."""
+    if len(email) > MAX_EMAIL_LENGTH:
+        return False
+    erased = False
+    async with con.transaction():
+        for candidate in _candidates(email):
+            subscriber_id = await q.find_subscriber.fetchval(con, email=candidate)
+            if subscriber_id is not None:
+                erased |= await erase_subscriber(con, subscriber_id, settings)
+            await q.delete_address_rate_limits.execute(
+                con, key=ratelimit.address_key(settings, candidate)
+            )
+    return erased
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value
+
+
+def _rows(records: list[asyncpg.Record]) -> list[dict[str, Any]]:
+    return [{k: _jsonable(v) for k, v in record.items()} for record in records]
+
+
+async def export_subscriber(
+    con: asyncpg.Connection, email: str, settings: Settings | None = None
+) -> dict[str, Any] | None:
+    """Everything stored about an address (access request, GDPR Art. 15), or None.
+
+    With `settings`, also the address's rate-limit rows (found by their HMAC key).
+    """
+    if len(email) > MAX_EMAIL_LENGTH:
+        return None
+    subscriber = None
+    rate_limits: list[dict[str, Any]] = []
+    async with con.transaction(readonly=True, isolation="repeatable_read"):
+        for candidate in _candidates(email):
+            subscriber = subscriber or await q.export_subscriber.fetchrow(con, email=candidate)
+            if settings is not None:
+                rate_limits += _rows(
+                    await q.export_rate_limits.fetch(
+                        con, key=ratelimit.address_key(settings, candidate)
+                    )
+                )
+        if subscriber is None and not rate_limits:
+            return None
+        export: dict[str, Any] = {
+            "subscriber": None,
+            "consent_events": [],
+            "opens": [],
+            "deliveries": [],
+            "queued_emails": [],
+            "rate_limits": rate_limits,
+        }
+        if subscriber is not None:
+            sid = subscriber["id"]
+            export["subscriber"] = {k: _jsonable(v) for k, v in subscriber.items() if k != "id"}
+            export["consent_events"] = _rows(await q.export_consent_events.fetch(con, id=sid))
+            export["opens"] = _rows(await q.export_opens.fetch(con, id=sid))
+            export["deliveries"] = _rows(await q.export_deliveries.fetch(con, id=sid))
+            export["queued_emails"] = _rows(await q.export_outbox.fetch(con, id=sid))
+        return export

@@ -1,0 +1,76 @@
+-- Campaigns: storing, listing, queueing a send, rendering one email, recipients export.
+
+-- name: insert_campaign
+INSERT INTO campaigns (name, subject, html, text)
+VALUES (:name, :subject, :html, :text)
+RETURNING id;
+
+-- name: get_campaign
+SELECT c.id, c.name, c.subject, c.html, c.text, c.created_at, c.first_sent_at,
+       c.recipients, c.sent, c.failed,
+       (SELECT count(*) FROM outbox o WHERE o.campaign_id = c.id) AS queued
+FROM campaigns c
+WHERE c.id = :id;
+
+-- name: list_campaigns
+-- Newest first; `before` is the last id of the previous page (keyset pagination).
+SELECT id, name, subject, created_at, first_sent_at, recipients, sent, failed
+FROM campaigns
+WHERE id < :before
+ORDER BY id DESC
+LIMIT :limit;
+
+-- name: campaign_exists
+SELECT EXISTS (SELECT 1 FROM campaigns WHERE id = :id);
+
+-- name: lock_campaign
+-- Serialises two sends of the same campaign; the second one then queues nobody twice.
+SELECT id FROM campaigns WHERE id = :id FOR UPDATE;
+
+-- name: count_active
+SELECT count(*) FROM subscribers WHERE status = 'active';
+
+-- name: queue_campaign
+-- One delivery row and one outbox job per active subscriber not yet queued for this
+-- campaign (the deliveries primary key makes a second send mail nobody twice).
+WITH queued AS (
+    INSERT INTO deliveries (campaign_id, subscriber_id)
+    SELECT :campaign_id, s.id FROM subscribers s WHERE s.status = 'active'
+    ON CONFLICT DO NOTHING
+    RETURNING subscriber_id
+), jobs AS (
+    INSERT INTO outbox (kind, subscriber_id, campaign_id)
+    SELECT 'campaign', subscriber_id, :campaign_id FROM queued
+    RETURNING 1
+)
+SELECT count(*) FROM jobs;
+
+-- name: add_recipients
+UPDATE campaigns
+SET recipients = recipients + :queued,
+    first_sent_at = CASE WHEN :queued > 0 THEN coalesce(first_sent_at, now())
+                         ELSE first_sent_at END
+WHERE id = :campaign_id;
+
+-- name: notify_outbox
+-- Wakes the outbox worker of every replica (service/outbox.py listens on this channel).
+SELECT pg_notify('newsletter_outbox', '');
+
+-- name: mail_for_job
+-- What the composer needs for one claimed campaign job; nothing when the subscriber is
+-- gone or no longer active, or this delivery already went out.
+SELECT s.email, s.name, s.tracking_consent, c.subject, c.html, c.text
+FROM deliveries d
+JOIN subscribers s ON s.id = d.subscriber_id
+JOIN campaigns c ON c.id = d.campaign_id
+WHERE d.campaign_id = :campaign_id
+  AND d.subscriber_id = :subscriber_id
+  AND d.sent_at IS NULL
+  AND s.status = 'active';
+
+-- name: active_recipients
+-- Streamed through a server-side cursor by the recipients export.
+SELECT id, email, name, tracking_consent
+FROM subscribers
+WHERE status = 'active'
+ORDER BY id;
