@@ -1,0 +1,149 @@
+"""Email messages: building them safely, and the composers the outbox worker calls per job kind.
+
+A composer turns a claimed outbox row into a message (or None: the job is dropped
+without sending, e.g. the subscriber confirmed meanwhile). Every header value is
+checked for CR/LF here, so no field a person typed can add a header.
+"""
+
+from __future__ import annotations
+
+import email.policy
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid, parseaddr
+
+import asyncpg
+import jinja2
+from email_validator import EmailNotValidError, validate_email
+
+from service import campaign_mail
+from service.queries import queries
+from service.settings import Settings
+from service.tokens import Tokens
+
+CONFIRM_SUBJECT = "Please confirm your subscription"
+_HEADER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+
+
+class HeaderInjection(ValueError):
+    """A header name or value would have broken out of its line."""
+
+
+def _check_header(name: str, value: str) -> None:
+    if not name or not set(name) <= _HEADER_NAME_CHARS:
+        raise HeaderInjection(f"bad header name {name!r}")
+    if any(c in value for c in "\r\n\0"):
+        raise HeaderInjection(f"header {name} holds a line break")
+
+
+def smtp_address(address: str) -> tuple[str, bool]:
+    """The address to give the SMTP server, and whether it needs SMTPUTF8.
+
+    Internationalised domains travel as IDNA (`xn--`), which every relay accepts; only
+    a non-ASCII local part needs the SMTPUTF8 extension.
+    """
+    try:
+        valid = validate_email(address, check_deliverability=False)
+    except EmailNotValidError:
+        raise ValueError("not a valid address") from None
+    if valid.ascii_email:
+        return valid.ascii_email, False
+    return valid.normalized, True
+
+
+def recipient_header(address: str, name: str | None = None) -> str:
+    """`Name <address>` with the name quoted or encoded as the email package decides."""
+    envelope, utf8 = smtp_address(address)
+    if utf8 or not name:
+        return envelope
+    return str(Address(display_name=name, addr_spec=envelope))
+
+
+def build_message(
+    settings: Settings,
+    *,
+    to: str,
+    subject: str,
+    text: str,
+    html: str,
+    headers: dict[str, str] | None = None,
+) -> EmailMessage:
+    """A multipart/alternative message from MAIL_FROM; refuses CR/LF in any header."""
+    extra = headers or {}
+    for name, value in {"To": to, "Subject": subject, **extra}.items():
+        _check_header(name, value)
+    message = EmailMessage(policy=email.policy.SMTP)
+    message["From"] = settings.mail_from
+    message["To"] = to
+    message["Subject"] = subject
+    message["Date"] = formatdate(usegmt=True)
+    domain = parseaddr(settings.mail_from)[1].rpartition("@")[2] or "localhost"
+    message["Message-ID"] = make_msgid(domain=domain)
+    for name, value in extra.items():
+        message[name] = value
+    # Quoted-printable keeps lines short and 7-bit: no relay needs to re-encode the
+    # body, which would break a DKIM signature.
+    message.set_content(text, cte="quoted-printable")
+    message.add_alternative(html, subtype="html", cte="quoted-printable")
+    return message
+
+
+def envelope_recipients(message: EmailMessage) -> tuple[list[str], bool]:
+    """The `To` addresses as the SMTP server gets them, and whether SMTPUTF8 is needed."""
+    recipients, utf8 = [], False
+    for address in message["To"].addresses:
+        envelope, needs = smtp_address(address.addr_spec)
+        recipients.append(envelope)
+        utf8 = utf8 or needs
+    return recipients, utf8
+
+
+def to_bytes(message: EmailMessage, smtputf8: bool = False) -> bytes:
+    """Wire form; raw UTF-8 headers only when the recipient's address needs them."""
+    return message.as_bytes(policy=email.policy.SMTPUTF8 if smtputf8 else email.policy.SMTP)
+
+
+@dataclass(frozen=True)
+class MailContext:
+    settings: Settings
+    tokens: Tokens
+    templates: jinja2.Environment
+
+
+Composer = Callable[
+    [asyncpg.Connection, asyncpg.Record, MailContext], Awaitable[EmailMessage | None]
+]
+
+
+async def compose_confirmation(
+    con: asyncpg.Connection, job: asyncpg.Record, ctx: MailContext
+) -> EmailMessage | None:
+    """The double opt-in email; None once the subscriber is no longer pending."""
+    row = await queries("outbox").confirm_recipient.fetchrow(
+        con, subscriber_id=job["subscriber_id"]
+    )
+    if row is None or row["status"] != "pending":
+        return None
+    base = ctx.settings.public_base
+    values = {
+        "name": row["name"],
+        "confirm_url": f"{base}/confirm/{ctx.tokens.confirm(job['subscriber_id'])}",
+        "cancel_url": f"{base}/cancel/{ctx.tokens.cancel(job['subscriber_id'])}",
+        "hours": round(ctx.settings.confirm_max_age / 3600),
+        "public_url": base,
+    }
+    return build_message(
+        ctx.settings,
+        to=recipient_header(row["email"], row["name"]),
+        subject=CONFIRM_SUBJECT,
+        text=ctx.templates.get_template("email/confirm.txt").render(values),
+        html=ctx.templates.get_template("email/confirm.html").render(values),
+    )
+
+
+COMPOSERS: dict[str, Composer] = {
+    "confirm": compose_confirmation,
+    "campaign": campaign_mail.compose,
+}
