@@ -1,0 +1,27 @@
+"""The operator's dashboard under `/admin`: server-rendered pages, no script."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute, Route
+
+from service.dashboard import views
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/admin", views.overview, methods=["GET"]),
+        Route("/admin/login", views.login_form, methods=["GET"]),
+        Route("/admin/login", views.login, methods=["POST"]),
+        Route("/admin/logout", views.logout, methods=["POST"]),
+        Route("/admin/static/admin.css", views.stylesheet, methods=["GET"]),
+        Route("/admin/campaigns", views.campaign_list, methods=["GET"]),
+        Route("/admin/campaigns", views.create_campaign, methods=["POST"]),
+        Route("/admin/campaigns/new", views.new_campaign_form, methods=["GET"]),
+        Route("/admin/campaigns/{campaign_id:int}", views.campaign_page, methods=["GET"]),
+        Route("/admin/campaigns/{campaign_id:int}/send", views.send_confirm, methods=["GET"]),
+        Route("/admin/campaigns/{campaign_id:int}/send", views.send, methods=["POST"]),
+        Route("/admin/subscribers", views.subscribers_form, methods=["GET"]),
+        Route("/admin/subscribers", views.lookup, methods=["POST"]),
+        Route("/admin/subscribers/export", views.export, methods=["POST"]),
+        Route("/admin/subscribers/erase", views.erase, methods=["POST"]),
+    ]

@@ -1,0 +1,431 @@
+"""The dashboard's pages: sign-in, list overview, campaigns, sending, subscriber requests.
+
+Reads come from anonymous aggregates where they exist (list_daily, campaign counters),
+so the pages keep their numbers after people unsubscribe or are erased. Writes go
+through the campaign and erasure services that the admin API uses as well.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from service import campaigns, charts, erasure
+from service.dashboard import auth
+from service.dashboard.auth import FormError, Session, read_form, signed_in
+from service.dashboard.render import page, problem
+from service.queries import queries
+from service.stats import campaign_stats
+
+log = logging.getLogger("newsletter.dashboard")
+q = queries("dashboard")
+
+DAYS = 30
+CAMPAIGN_LIMIT = 200
+CAMPAIGN_FORM_LIMIT = 1024 * 1024
+MAX_ID = 2**63 - 1
+STYLESHEET = Path(__file__).resolve().parent.parent / "static" / "admin.css"
+MACHINE_OPENS_NOTE = (
+    "Machine opens are fetches of the tracking image that no person caused (Apple Mail "
+    "Privacy Protection loading every image on arrival, Gmail's prefetch, security "
+    "scanners checking new mail within seconds), so they are counted apart from the "
+    "opens of people."
+)
+
+
+def _rate(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f} %" if whole else "n/a"
+
+
+async def _form_or_problem(
+    request: Request, session: Session, limit: int = auth.FORM_LIMIT
+) -> dict[str, str] | Response:
+    """The posted form when its CSRF token belongs to the session, else the error page."""
+    try:
+        form = await read_form(request, limit)
+    except FormError as exc:
+        return problem(request, exc.status, exc.message, csrf=session.csrf)
+    if not auth.csrf_ok(session, form):
+        return problem(
+            request,
+            403,
+            "This form has expired or did not come from this dashboard. "
+            "Reload the page and try again.",
+            csrf=session.csrf,
+        )
+    return form
+
+
+# -- static --------------------------------------------------------------------------
+async def stylesheet(request: Request) -> Response:
+    return Response(
+        STYLESHEET.read_bytes(),
+        media_type="text/css",
+        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+# -- sign-in -------------------------------------------------------------------------
+def _login_page(request: Request, status_code: int = 200, error: str = "") -> Response:
+    token, cookie = auth.new_login_token(request)
+    configured = bool(request.app.state.settings.admin_tokens)
+    response = page(
+        request,
+        "login.html",
+        status_code=status_code if configured else 503,
+        login_token=token,
+        error=error,
+        configured=configured,
+    )
+    auth.set_login_cookie(request, response, cookie)
+    return response
+
+
+async def login_form(request: Request) -> Response:
+    if await auth.current_session(request) is not None:
+        return RedirectResponse("/admin", status_code=303)
+    return _login_page(request)
+
+
+async def login(request: Request) -> Response:
+    if not request.app.state.settings.admin_tokens:
+        return _login_page(request)
+    try:
+        form = await read_form(request)
+    except FormError as exc:
+        return problem(request, exc.status, exc.message)
+    if not auth.login_token_matches(request, form.get("login_token", "")):
+        return _login_page(request, 403, "The sign-in form expired. Please try again.")
+    response = RedirectResponse("/admin", status_code=303)
+    if not await auth.sign_in(request, response, form.get("token", "").strip()):
+        log.info("dashboard sign-in refused")
+        return _login_page(request, 401, "That admin token is not valid.")
+    log.info("dashboard sign-in")
+    return response
+
+
+@signed_in
+async def logout(request: Request, session: Session) -> Response:
+    form = await _form_or_problem(request, session)
+    if isinstance(form, Response):
+        return form
+    response = RedirectResponse("/admin/login", status_code=303)
+    await auth.sign_out(request, session, response)
+    return response
+
+
+# -- list overview -------------------------------------------------------------------
+def daily_rows(records: list[Any], today: date, days: int = DAYS) -> list[dict[str, Any]]:
+    """One row per day of the period, oldest first, days without activity as zeros."""
+    by_day = {r["day"]: r for r in records}
+    rows = []
+    for offset in range(days - 1, -1, -1):
+        day = today - timedelta(days=offset)
+        r = by_day.get(day)
+        signups = r["signups"] if r else 0
+        confirmations = r["confirmations"] if r else 0
+        rows.append(
+            {
+                "day": day,
+                "signups": signups,
+                "confirmations": confirmations,
+                "rate": _rate(confirmations, signups),
+                "unsubscribes": r["unsubscribes"] if r else 0,
+            }
+        )
+    return rows
+
+
+@signed_in
+async def overview(request: Request, session: Session) -> Response:
+    today = datetime.now(UTC).date()
+    since = today - timedelta(days=DAYS - 1)
+    async with request.app.state.pool.acquire() as con:
+        statuses = {r["status"]: r["n"] for r in await q.subscribers_by_status.fetch(con)}
+        records = await q.list_daily_since.fetch(con, since=since)
+        totals = await q.list_totals.fetchrow(con, since=since)
+    rows = daily_rows(records, today)
+    chart = charts.columns(
+        "daily",
+        f"Sign-ups, confirmations and unsubscribes per day, last {DAYS} days",
+        [r["day"].strftime("%m-%d") for r in rows],
+        [
+            charts.Series("Sign-ups", [r["signups"] for r in rows]),
+            charts.Series("Confirmations", [r["confirmations"] for r in rows], charts.PALETTE[2]),
+            charts.Series("Unsubscribes", [r["unsubscribes"] for r in rows], charts.PALETTE[1]),
+        ],
+        stacked=False,
+        unit="events",
+    )
+    return page(
+        request,
+        "overview.html",
+        csrf=session.csrf,
+        active=statuses.get("active", 0),
+        pending=statuses.get("pending", 0),
+        days=DAYS,
+        rows=list(reversed(rows)),
+        totals=totals,
+        total_rate=_rate(totals["confirmations"], totals["signups"]),
+        chart=chart,
+    )
+
+
+# -- campaigns -----------------------------------------------------------------------
+@signed_in
+async def campaign_list(request: Request, session: Session) -> Response:
+    async with request.app.state.pool.acquire() as con:
+        records = await q.campaign_list.fetch(con, limit=CAMPAIGN_LIMIT)
+    campaigns = [
+        dict(
+            r,
+            open_rate=_rate(r["unique_opens"], r["sent"]),
+            human_opens=r["opens"] - r["machine_opens"],
+        )
+        for r in records
+    ]
+    return page(request, "campaigns.html", csrf=session.csrf, campaigns=campaigns)
+
+
+def _campaign_id(request: Request) -> int | None:
+    campaign_id = request.path_params["campaign_id"]
+    return campaign_id if 0 < campaign_id <= MAX_ID else None
+
+
+async def _campaign(request: Request, con: Any) -> Any:
+    campaign_id = _campaign_id(request)
+    return None if campaign_id is None else await q.campaign_by_id.fetchrow(con, id=campaign_id)
+
+
+def stats_charts(stats: dict[str, Any]) -> dict[str, Any]:
+    """The three charts of a campaign page and the rows of their tables."""
+    hours = sorted(stats.get("by_hour") or [], key=lambda h: h["hour"])
+    hour_rows = [
+        {
+            "hour": h["hour"],
+            "human": h["opens"] - h["machine_opens"],
+            "machine": h["machine_opens"],
+        }
+        for h in hours
+    ]
+    if hour_rows:  # a continuous axis: hours without opens are shown as gaps
+        present = {h["hour"]: h for h in hour_rows}
+        hour_rows = [
+            present.get(hour, {"hour": hour, "human": 0, "machine": 0})
+            for hour in range(0, max(present) + 1)
+        ]
+    country_rows = [(c["country"] or "unknown", c["opens"]) for c in stats.get("by_country") or []]
+    client_rows = [(c["client"] or "unknown", c["opens"]) for c in stats.get("by_client") or []]
+    return {
+        "hours": hour_rows,
+        "countries": sorted(country_rows, key=lambda r: (-r[1], r[0])),
+        "clients": sorted(client_rows, key=lambda r: (-r[1], r[0])),
+        "hours_chart": charts.columns(
+            "hours",
+            "Opens by hour after the send, people and machines",
+            [f"{r['hour']}h" for r in hour_rows],
+            [
+                charts.Series("People", [r["human"] for r in hour_rows]),
+                charts.Series("Machines", [r["machine"] for r in hour_rows], charts.PALETTE[1]),
+            ],
+            unit="opens",
+        ),
+        "countries_chart": charts.bars("countries", "Opens by country", country_rows, unit="opens"),
+        "clients_chart": charts.bars(
+            "clients", "Opens by mail client", client_rows, unit="opens", color=charts.PALETTE[2]
+        ),
+    }
+
+
+@signed_in
+async def campaign_page(request: Request, session: Session) -> Response:
+    async with request.app.state.pool.acquire() as con:
+        campaign = await _campaign(request, con)
+        stats = await campaign_stats(con, campaign["id"]) if campaign else None
+    if campaign is None or stats is None:
+        return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
+    queued = request.query_params.get("queued", "")
+    return page(
+        request,
+        "campaign.html",
+        csrf=session.csrf,
+        campaign=campaign,
+        stats=stats,
+        open_rate=_rate(stats.get("unique_opens", 0), campaign["sent"]),
+        queued=int(queued) if queued.isdigit() and len(queued) < 10 else None,
+        note=MACHINE_OPENS_NOTE,
+        **stats_charts(stats),
+    )
+
+
+@signed_in
+async def new_campaign_form(request: Request, session: Session) -> Response:
+    return page(request, "campaign_new.html", csrf=session.csrf, values={}, errors={})
+
+
+@signed_in
+async def create_campaign(request: Request, session: Session) -> Response:
+    form = await _form_or_problem(request, session, CAMPAIGN_FORM_LIMIT)
+    if isinstance(form, Response):
+        return form
+    payload = {key: form.get(key, "") for key in ("name", "subject", "html", "text")}
+    clean, errors = campaigns.validate_campaign(payload)
+    if errors:
+        return page(
+            request,
+            "campaign_new.html",
+            csrf=session.csrf,
+            status_code=422,
+            values=payload,
+            errors=errors,
+        )
+    async with request.app.state.pool.acquire() as con:
+        campaign_id = await campaigns.create_campaign(
+            con,
+            name=clean["name"],
+            subject=clean["subject"],
+            html=clean["html"],
+            text=clean["text"],
+        )
+    log.info("campaign created from dashboard", extra={"campaign_id": campaign_id})
+    return RedirectResponse(f"/admin/campaigns/{campaign_id}", status_code=303)
+
+
+@signed_in
+async def send_confirm(request: Request, session: Session) -> Response:
+    """The confirmation step: how many people the send will mail, before it happens."""
+    async with request.app.state.pool.acquire() as con:
+        campaign = await _campaign(request, con)
+        if campaign is None:
+            return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
+        active = await campaigns.count_recipients(con)
+        already = await q.campaign_delivered_count.fetchval(con, id=campaign["id"])
+    return page(
+        request,
+        "send_confirm.html",
+        csrf=session.csrf,
+        campaign=campaign,
+        active=active,
+        already=already,
+        to_send=max(active - already, 0),
+    )
+
+
+@signed_in
+async def send(request: Request, session: Session) -> Response:
+    form = await _form_or_problem(request, session)
+    if isinstance(form, Response):
+        return form
+    async with request.app.state.pool.acquire() as con:
+        campaign = await _campaign(request, con)
+        if campaign is None:
+            return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
+        try:
+            queued = await campaigns.queue_send(con, campaign["id"])
+        except campaigns.CampaignNotFound:  # deleted between the two statements
+            return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
+    log.info(
+        "campaign send queued from dashboard",
+        extra={"campaign_id": campaign["id"], "count": queued},
+    )
+    return RedirectResponse(f"/admin/campaigns/{campaign['id']}?queued={queued}", status_code=303)
+
+
+# -- subscriber requests (access and erasure) ---------------------------------------
+def _email(form: dict[str, str]) -> str | None:
+    email = form.get("email", "").strip()
+    if not email or len(email) > 320 or "@" not in email:
+        return None
+    if any(ord(c) < 32 or c == "\x7f" for c in email):
+        return None
+    return email
+
+
+@signed_in
+async def subscribers_form(request: Request, session: Session) -> Response:
+    return page(request, "subscribers.html", csrf=session.csrf, email="", found=None, error="")
+
+
+async def _posted_email(
+    request: Request, session: Session
+) -> tuple[str, dict[str, str]] | Response:
+    """The address of a posted subscriber form, or the page that says what is wrong."""
+    form = await _form_or_problem(request, session)
+    if isinstance(form, Response):
+        return form
+    email = _email(form)
+    if email is None:
+        return page(
+            request,
+            "subscribers.html",
+            csrf=session.csrf,
+            status_code=400,
+            email=form.get("email", "")[:320],
+            found=None,
+            error="Enter an email address, like name@example.com.",
+        )
+    return email, form
+
+
+@signed_in
+async def lookup(request: Request, session: Session) -> Response:
+    posted = await _posted_email(request, session)
+    if isinstance(posted, Response):
+        return posted
+    email, _form = posted
+    async with request.app.state.pool.acquire() as con:
+        data = await erasure.export_subscriber(con, email, request.app.state.settings)
+    return page(
+        request,
+        "subscribers.html",
+        csrf=session.csrf,
+        email=email,
+        found=data is not None,
+        data=json.dumps(data, indent=2, default=str, ensure_ascii=False) if data else "",
+        error="",
+    )
+
+
+@signed_in
+async def export(request: Request, session: Session) -> Response:
+    """The access request: everything stored about the address, as a JSON download."""
+    posted = await _posted_email(request, session)
+    if isinstance(posted, Response):
+        return posted
+    email, _form = posted
+    async with request.app.state.pool.acquire() as con:
+        data = await erasure.export_subscriber(con, email, request.app.state.settings)
+    if data is None:
+        return problem(request, 404, "Nothing is stored about that address.", csrf=session.csrf)
+    log.info("subscriber export from dashboard")
+    return Response(
+        json.dumps(data, indent=2, default=str, ensure_ascii=False),
+        media_type="application/json",
+        headers={
+            "Content-Disposition": 'attachment; filename="subscriber-export.json"',
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+@signed_in
+async def erase(request: Request, session: Session) -> Response:
+    """First post: the confirmation page; second post (confirm=yes): the erasure."""
+    posted = await _posted_email(request, session)
+    if isinstance(posted, Response):
+        return posted
+    email, form = posted
+    if form.get("confirm") != "yes":
+        return page(request, "erase_confirm.html", csrf=session.csrf, email=email)
+    erased = await erasure.erase(request.app.state.pool, request.app.state.settings, email=email)
+    if erased:
+        request.app.state.metrics.unsubscribes.labels(channel="dashboard").inc()
+        log.info("subscriber erased from dashboard")
+    return page(request, "erased.html", csrf=session.csrf, email=email, erased=erased)

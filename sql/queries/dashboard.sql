@@ -1,0 +1,54 @@
+-- name: insert_session
+-- A new dashboard session; expired ones are removed by `delete_expired_sessions`.
+INSERT INTO admin_sessions (id_hash, token_hash, csrf, expires_at)
+VALUES (:id_hash, :token_hash, :csrf, now() + make_interval(secs => :max_age));
+
+-- name: delete_expired_sessions
+DELETE FROM admin_sessions WHERE expires_at <= now();
+
+-- name: get_session
+SELECT token_hash, csrf, expires_at
+FROM admin_sessions
+WHERE id_hash = :id_hash AND expires_at > now();
+
+-- name: delete_session
+DELETE FROM admin_sessions WHERE id_hash = :id_hash;
+
+-- name: subscribers_by_status
+SELECT status, count(*) AS n FROM subscribers GROUP BY status;
+
+-- name: list_daily_since
+-- Anonymous daily counters (no personal data: they survive erasures).
+SELECT day, signups, confirmations, unsubscribes
+FROM list_daily
+WHERE day >= :since
+ORDER BY day;
+
+-- name: list_totals
+SELECT coalesce(sum(signups), 0)::bigint AS signups,
+       coalesce(sum(confirmations), 0)::bigint AS confirmations,
+       coalesce(sum(unsubscribes), 0)::bigint AS unsubscribes
+FROM list_daily
+WHERE day >= :since;
+
+-- name: campaign_list
+-- Every campaign with its anonymous total counters (newest first).
+SELECT c.id, c.name, c.subject, c.created_at, c.first_sent_at,
+       c.recipients, c.sent, c.failed,
+       coalesce(t.opens, 0) AS opens,
+       coalesce(t.machine_opens, 0) AS machine_opens,
+       coalesce(t.unique_opens, 0) AS unique_opens
+FROM campaigns c
+LEFT JOIN campaign_counts t
+       ON t.campaign_id = c.id AND t.dimension = 'total' AND t.key = ''
+ORDER BY c.id DESC
+LIMIT :limit;
+
+-- name: campaign_by_id
+SELECT id, name, subject, html, text, created_at, first_sent_at, recipients, sent, failed
+FROM campaigns
+WHERE id = :id;
+
+-- name: campaign_delivered_count
+-- Subscribers (still on the list) already queued for this campaign: a second send skips them.
+SELECT count(*) FROM deliveries WHERE campaign_id = :id;
