@@ -12,6 +12,14 @@ async def _init_connection(con: asyncpg.Connection) -> None:
     await con.execute("SET TIME ZONE 'UTC'")
 
 
+async def _reset_connection(con: asyncpg.Connection) -> None:
+    # asyncpg's reset on release ends in RESET ALL. Behind PgBouncer in transaction
+    # mode that RESET lands on some server connection and PgBouncer then replays its
+    # time zone to this client's later transactions; set UTC again so it replays UTC.
+    await con.reset()
+    await con.execute("SET TIME ZONE 'UTC'")
+
+
 async def create_pool(settings: Settings) -> asyncpg.Pool:
     """A pool that also works behind PgBouncer in transaction mode.
 
@@ -25,7 +33,9 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         statement_cache_size=settings.db_statement_cache_size,
         command_timeout=settings.db_command_timeout,
         init=_init_connection,
-        server_settings={"application_name": "newsletter"},
+        reset=_reset_connection,
+        # In the startup packet, UTC is also the session default RESET ALL returns to.
+        server_settings={"application_name": "newsletter", "timezone": "UTC"},
     )
 
 
@@ -35,7 +45,7 @@ async def connect(settings: Settings) -> asyncpg.Connection:
         settings.database_url,
         statement_cache_size=settings.db_statement_cache_size,
         command_timeout=max(settings.db_command_timeout, 300),
-        server_settings={"application_name": "newsletter-cli"},
+        server_settings={"application_name": "newsletter-cli", "timezone": "UTC"},
     )
     await _init_connection(con)
     return con

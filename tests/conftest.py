@@ -157,3 +157,35 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 @pytest.fixture
 def admin_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {support.ADMIN_TOKEN}"}
+
+
+# -- optional: the whole suite through PgBouncer in transaction mode -------------------
+# TEST_VIA_PGBOUNCER=1 builds every in-process app (everything made by make_settings)
+# against a real PgBouncer in transaction pooling mode (tests/pgbouncer.py, Debian's
+# package) with DB_STATEMENT_CACHE_SIZE=0, as the replicas run behind CloudNativePG's
+# Pooler. The tests' own connections (`db`, `database_url`) and real `serve` processes
+# stay direct, as do the migrations (a session-level advisory lock). Unset: no change.
+if os.environ.get("TEST_VIA_PGBOUNCER") == "1":
+    from tests import pgbouncer as _pgbouncer
+
+    _direct_make_settings = make_settings.__wrapped__
+
+    @pytest.fixture(scope="session")
+    def pgbouncer_server(pg_admin_url: str) -> Any:
+        if _pgbouncer.executable() is None:
+            pytest.exit(f"TEST_VIA_PGBOUNCER=1 but {_pgbouncer.NOT_INSTALLED}", returncode=4)
+        with _pgbouncer.running(pg_admin_url) as bouncer:
+            yield bouncer
+
+    @pytest.fixture
+    def make_settings(
+        database_url: str, smtp: support.SmtpSink, pgbouncer_server: Any
+    ) -> Callable[..., Settings]:
+        direct = _direct_make_settings(database_url, smtp)
+
+        def make(**overrides: Any) -> Settings:
+            overrides.setdefault("database_url", pgbouncer_server.url_for(database_url))
+            overrides.setdefault("db_statement_cache_size", 0)
+            return direct(**overrides)
+
+        return make
