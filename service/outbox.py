@@ -35,6 +35,14 @@ from service.smtp import Mailer, Permanent, RelayUnavailable, SmtpFailure, Trans
 CHANNEL = "newsletter_outbox"
 STOP_GRACE_S = 10.0
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# The database itself is gone (as opposed to one job's query failing).
+CONNECTION_ERRORS = (
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    OSError,
+    TimeoutError,
+)
 
 log = logging.getLogger("newsletter.outbox")
 q = queries("outbox")
@@ -158,7 +166,7 @@ class Worker:
             raw = emails.to_bytes(message, smtputf8)
             if dkim.enabled(self.settings):
                 raw = dkim.sign(raw, self.settings)
-        except DB_ERRORS:
+        except CONNECTION_ERRORS:
             raise
         except Exception as exc:  # one broken job must not stop the queue
             log.error(

@@ -1,0 +1,343 @@
+import asyncio
+import base64
+import logging
+import subprocess
+from collections import Counter
+
+import asyncpg
+import dkim as dkimpy
+import pytest
+
+from service import emails, outbox
+from tests import support
+from tests.conftest import running
+from tests.signup_helpers import outbox_empty, subscribe, wait_until
+
+
+class SlowSink(support.SmtpSink):
+    """Holds every DATA command until `release` is set, to look inside an in-flight send."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_data = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        self.in_data.set()
+        await self.release.wait()
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def _add_pending(db: asyncpg.Connection, count: int) -> None:
+    await db.execute(
+        "WITH s AS (INSERT INTO subscribers (email) SELECT 'p' || i || '@example.com'"
+        " FROM generate_series(1, $1) i RETURNING id)"
+        " INSERT INTO outbox (kind, subscriber_id) SELECT 'confirm', id FROM s",
+        count,
+    )
+
+
+def _metric(app, name: str, **labels: str) -> float:
+    return app.state.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_mail_queued_while_the_relay_is_down_goes_out_once_it_is_back(
+    app_factory, db, smtp
+) -> None:
+    await smtp.stop()
+    async with app_factory() as (_app, client):
+        assert (await subscribe(client, "down@example.com")).status_code == 200
+        await asyncio.sleep(0.5)
+        assert smtp.messages == []
+        job = await db.fetchrow("SELECT attempts FROM outbox")
+        assert job["attempts"] == 0  # an unreachable relay uses up no attempts
+        await smtp.start()
+        [message] = await smtp.wait_for(1)
+        await wait_until(lambda: outbox_empty(db))
+    assert message.to == "down@example.com"
+
+
+async def test_transient_4xx_is_retried_with_backoff_and_then_delivered(
+    app, client, db, smtp
+) -> None:
+    smtp.fail_next("451 4.3.0 try later", times=2)
+    await subscribe(client, "retry@example.com")
+    [message] = await smtp.wait_for(1)
+    assert message.to == "retry@example.com"
+    await wait_until(lambda: outbox_empty(db))
+    assert _metric(app, "emails_failed_total", kind="confirm", outcome="retried") == 2
+    assert _metric(app, "emails_sent_total", kind="confirm") == 1
+
+
+async def test_retry_records_attempts_error_and_a_later_run_at(app_factory, db, smtp) -> None:
+    smtp.fail_next("452 mailbox full")
+    async with app_factory(outbox_backoff_base=60, outbox_backoff_max=120) as (_app, client):
+        await subscribe(client, "later@example.com")
+        job = await wait_until(
+            lambda: db.fetchrow(
+                "SELECT attempts, last_error, run_at - now() AS wait FROM outbox WHERE attempts > 0"
+            )
+        )
+    assert job["attempts"] == 1
+    assert job["last_error"].startswith("452")
+    assert 25 < job["wait"].total_seconds() <= 60  # jittered into the upper half of 60 s
+    assert "later@example.com" not in job["last_error"]
+
+
+async def test_permanent_5xx_is_dropped_with_a_metric_and_a_log_line_without_the_address(
+    app, client, db, smtp, caplog
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    smtp.fail_next("550 5.1.1 no such user")
+    await subscribe(client, "nobody@example.com")
+    await wait_until(lambda: outbox_empty(db))
+    await asyncio.sleep(0.2)
+    assert smtp.messages == []
+    assert _metric(app, "emails_failed_total", kind="confirm", outcome="rejected") == 1
+    dropped = [r for r in caplog.records if r.getMessage().startswith("email dropped")]
+    assert dropped and dropped[0].smtp_code == 550
+    for record in caplog.records:
+        if not record.name.startswith("newsletter"):
+            continue  # the SMTP sink's own debug log
+        assert "nobody@example.com" not in record.getMessage()
+        assert "nobody@example.com" not in str(record.__dict__)
+    assert await db.fetchval("SELECT status FROM subscribers") == "pending"
+
+
+async def test_transient_failures_give_up_after_the_maximum_attempts(app_factory, db, smtp) -> None:
+    smtp.fail_next("421 busy", times=3)
+    async with app_factory(outbox_max_attempts=3) as (app, client):
+        await subscribe(client, "busy@example.com")
+        await wait_until(lambda: outbox_empty(db))
+        assert _metric(app, "emails_failed_total", kind="confirm", outcome="gave_up") == 1
+        await asyncio.sleep(0.2)
+    assert smtp.messages == []
+
+
+async def test_two_app_instances_on_one_database_never_send_a_job_twice(
+    make_settings, db, smtp
+) -> None:
+    await _add_pending(db, 60)
+    settings = make_settings(outbox_poll_interval=0.05)
+    async with running(settings) as (first, _c1), running(settings) as (second, _c2):
+        await smtp.wait_for(60, timeout=20)
+        await wait_until(lambda: outbox_empty(db))
+        await asyncio.sleep(0.3)
+        sent = [_metric(app, "emails_sent_total", kind="confirm") for app in (first, second)]
+    counts = Counter(m.to for m in smtp.messages)
+    assert len(counts) == 60 and set(counts.values()) == {1}
+    assert sum(sent) == 60
+
+
+async def test_one_smtp_connection_is_kept_open_between_jobs(app, client, db, smtp) -> None:
+    for i in range(5):
+        await subscribe(client, f"c{i}@example.com")
+    await smtp.wait_for(5)
+    assert smtp.connections == 1
+
+
+async def test_notify_wakes_the_worker_without_waiting_for_the_poll(app_factory, db, smtp) -> None:
+    async with app_factory(outbox_poll_interval=60) as (_app, client):
+        await asyncio.sleep(0.3)  # the worker is asleep on LISTEN now
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await subscribe(client, "fast@example.com")
+        await smtp.wait_for(1, timeout=5)
+        assert loop.time() - start < 5
+
+
+async def test_polling_finds_jobs_queued_without_notify(app_factory, db, smtp) -> None:
+    async with app_factory(outbox_poll_interval=0.1) as (_app, _client):
+        await asyncio.sleep(0.2)
+        await _add_pending(db, 1)  # no NOTIFY
+        await smtp.wait_for(1, timeout=5)
+
+
+async def test_claimed_job_stays_locked_during_the_send_and_no_subscriber_row_is_locked(
+    make_settings, db
+) -> None:
+    sink = SlowSink()
+    await sink.start()
+    try:
+        async with running(make_settings(smtp_url=sink.url)) as (_app, client):
+            await subscribe(client, "slow@example.com")
+            await asyncio.wait_for(sink.in_data.wait(), 10)
+            async with db.transaction():
+                with pytest.raises(asyncpg.LockNotAvailableError):
+                    await db.execute("SELECT 1 FROM outbox FOR UPDATE NOWAIT")
+            async with db.transaction():
+                await db.execute("SELECT 1 FROM subscribers FOR UPDATE NOWAIT")
+            sink.release.set()
+            await sink.wait_for(1)
+            await wait_until(lambda: outbox_empty(db))
+    finally:
+        sink.release.set()
+        await sink.stop()
+
+
+async def test_erasure_that_deletes_outbox_rows_first_waits_for_the_send_in_flight(
+    make_settings, db
+) -> None:
+    sink = SlowSink()
+    await sink.start()
+    try:
+        async with running(make_settings(smtp_url=sink.url)) as (_app, client):
+            await subscribe(client, "erase@example.com")
+            await asyncio.wait_for(sink.in_data.wait(), 10)
+
+            async def erase() -> None:
+                async with db.transaction():
+                    await db.execute("DELETE FROM outbox")
+                    await db.execute("DELETE FROM subscribers")
+
+            erasure = asyncio.create_task(erase())
+            await asyncio.sleep(0.2)
+            assert not erasure.done()  # blocked behind the claimed job
+            sink.release.set()
+            await asyncio.wait_for(erasure, 10)
+            await asyncio.sleep(0.3)
+    finally:
+        sink.release.set()
+        await sink.stop()
+    assert len(sink.messages) == 1
+    assert await db.fetchval("SELECT count(*) FROM subscribers") == 0
+
+
+async def _campaign_job(db: asyncpg.Connection, email: str) -> tuple[int, int]:
+    campaign_id = await db.fetchval(
+        "INSERT INTO campaigns (name, subject, html, text) VALUES"
+        " ('c', 'Spring news', '<p>news</p>', 'news') RETURNING id"
+    )
+    subscriber_id = await db.fetchval(
+        "INSERT INTO subscribers (email, status, confirmed_at) VALUES ($1, 'active', now())"
+        " RETURNING id",
+        email,
+    )
+    await db.execute(
+        "INSERT INTO deliveries (campaign_id, subscriber_id) VALUES ($1, $2)",
+        campaign_id,
+        subscriber_id,
+    )
+    await db.execute("UPDATE campaigns SET recipients = recipients + 1 WHERE id = $1", campaign_id)
+    await db.execute(
+        "INSERT INTO outbox (kind, subscriber_id, campaign_id) VALUES ('campaign', $1, $2)",
+        subscriber_id,
+        campaign_id,
+    )
+    return campaign_id, subscriber_id
+
+
+async def _tiny_campaign_composer(con, job, ctx):
+    row = await con.fetchrow(
+        "SELECT s.email, c.subject, c.text, c.html FROM subscribers s, campaigns c"
+        " WHERE s.id = $1 AND c.id = $2",
+        job["subscriber_id"],
+        job["campaign_id"],
+    )
+    return emails.build_message(
+        ctx.settings,
+        to=row["email"],
+        subject=row["subject"],
+        text=row["text"],
+        html=row["html"],
+        headers={"List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
+    )
+
+
+async def test_sent_campaign_job_marks_the_delivery_and_counts_the_campaign(
+    app_factory, db, smtp, monkeypatch
+) -> None:
+    monkeypatch.setitem(emails.COMPOSERS, "campaign", _tiny_campaign_composer)
+    campaign_id, subscriber_id = await _campaign_job(db, "reader@example.com")
+    async with app_factory() as (app, _client):
+        [message] = await smtp.wait_for(1)
+        await wait_until(lambda: outbox_empty(db))
+        assert _metric(app, "emails_sent_total", kind="campaign") == 1
+    assert message.message["Subject"] == "Spring news"
+    assert message.to == "reader@example.com"
+    row = await db.fetchrow("SELECT sent, failed FROM campaigns WHERE id = $1", campaign_id)
+    assert (row["sent"], row["failed"]) == (1, 0)
+    assert await db.fetchval(
+        "SELECT sent_at IS NOT NULL FROM deliveries WHERE subscriber_id = $1", subscriber_id
+    )
+
+
+async def test_rejected_campaign_job_counts_as_failed_and_is_deleted(
+    app_factory, db, smtp, monkeypatch
+) -> None:
+    monkeypatch.setitem(emails.COMPOSERS, "campaign", _tiny_campaign_composer)
+    smtp.fail_next("554 5.7.1 rejected")
+    campaign_id, _ = await _campaign_job(db, "reader@example.com")
+    async with app_factory() as (_app, _client):
+        await wait_until(lambda: outbox_empty(db))
+        await wait_until(
+            lambda: db.fetchval("SELECT failed = 1 FROM campaigns WHERE id = $1", campaign_id)
+        )
+    row = await db.fetchrow("SELECT sent, failed FROM campaigns WHERE id = $1", campaign_id)
+    assert (row["sent"], row["failed"]) == (0, 1)
+    assert await db.fetchval("SELECT sent_at FROM deliveries") is None
+    assert smtp.messages == []
+
+
+async def test_composer_returning_none_drops_the_job_without_sending(app_factory, db, smtp) -> None:
+    subscriber_id = await db.fetchval(
+        "INSERT INTO subscribers (email, status) VALUES ('done@example.com', 'active') RETURNING id"
+    )
+    await db.execute(
+        "INSERT INTO outbox (kind, subscriber_id) VALUES ('confirm', $1)", subscriber_id
+    )
+    async with app_factory() as (_app, _client):
+        await wait_until(lambda: outbox_empty(db))
+        await asyncio.sleep(0.2)
+    assert smtp.messages == []
+
+
+async def test_a_composer_that_fails_is_retried_while_other_jobs_are_sent(
+    app_factory, db, smtp, monkeypatch
+) -> None:
+    async def broken(con, job, ctx):
+        await con.execute("SELECT 1/0")
+
+    monkeypatch.setitem(emails.COMPOSERS, "campaign", broken)
+    await _campaign_job(db, "broken@example.com")
+    await _add_pending(db, 2)
+    async with app_factory() as (_app, _client):
+        await smtp.wait_for(2)
+        job = await wait_until(
+            lambda: db.fetchrow("SELECT attempts, last_error FROM outbox WHERE attempts > 0")
+        )
+    assert job["last_error"].startswith("compose")
+
+
+async def test_worker_signs_with_dkim_when_configured(app_factory, db, smtp, tmp_path) -> None:
+    key = tmp_path / "dkim.pem"
+    subprocess.run(
+        ["openssl", "genrsa", "-traditional", "-out", str(key), "2048"],
+        check=True,
+        capture_output=True,
+    )
+    public = subprocess.run(
+        ["openssl", "rsa", "-in", str(key), "-pubout", "-outform", "DER"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    async with app_factory(
+        dkim_private_key_file=str(key), dkim_selector="s1", dkim_domain="newsletter.test"
+    ) as (_app, client):
+        await subscribe(client, "signed@example.com")
+        [message] = await smtp.wait_for(1)
+
+    def dns(name, timeout=5):
+        assert name == b"s1._domainkey.newsletter.test."
+        return b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+
+    assert message.raw.startswith(b"DKIM-Signature:")
+    assert dkimpy.verify(message.raw, dnsfunc=dns)
+
+
+def test_backoff_grows_exponentially_with_jitter_and_is_capped(settings) -> None:
+    s = settings.replace(outbox_backoff_base=10, outbox_backoff_max=100)
+    for attempt, ceiling in ((1, 10), (2, 20), (3, 40), (4, 80), (5, 100), (20, 100)):
+        delays = [outbox.backoff(s, attempt) for _ in range(200)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(set(delays)) > 1
