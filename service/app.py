@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Route
 from service import (
     admin_api,
     confirmation,
+    dashboard,
     db,
     health,
     outbox,
@@ -35,6 +36,8 @@ log = logging.getLogger("newsletter.app")
 def routes(settings: Settings) -> list[BaseRoute]:
     """Every HTTP route; the dev-only ones exist only in dev mode."""
     public: list[BaseRoute] = [
+        # First: the hot path, matched before any other route's pattern is tried.
+        Route("/o/{token}.gif", pixel.pixel, methods=["GET", "HEAD"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),
@@ -42,7 +45,6 @@ def routes(settings: Settings) -> list[BaseRoute]:
         *confirmation.routes(),
         Route("/unsubscribe/{token}", unsubscribe.page, methods=["GET"]),
         Route("/unsubscribe/{token}", unsubscribe.unsubscribe, methods=["POST"]),
-        Route("/o/{token}.gif", pixel.pixel, methods=["GET", "HEAD"]),
         Route("/tracking/{token}", tracking_consent.show, methods=["GET"]),
         Route("/tracking/{token}", tracking_consent.post, methods=["POST"]),
         Route(
@@ -66,8 +68,6 @@ def routes(settings: Settings) -> list[BaseRoute]:
             "/admin/api/subscribers/{email:path}", admin_api.erase_subscriber, methods=["DELETE"]
         ),
     ]
-    from service import dashboard
-
     public += dashboard.routes()
     if settings.bench_endpoints:
         from service import bench_endpoints

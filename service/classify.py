@@ -35,6 +35,7 @@ UA_CACHE_SIZE = 8192
 
 @dataclass(frozen=True)
 class UserAgentClass:
+    text: str | None  # the user agent as stored: printable, at most MAX_USER_AGENT
     client: str | None
     os: str | None
     machine_reason: str | None  # None: a person (possibly behind a proxy)
@@ -133,29 +134,31 @@ class Classifier:
     def _user_agent(self, raw: str | None) -> UserAgentClass:
         """Classify one user-agent string (cached: the same strings come again and again)."""
         if not raw:
-            return UserAgentClass(None, None, "no_user_agent", False)
+            return UserAgentClass(None, None, None, "no_user_agent", False)
         ua = _sanitise(raw)
+        if not ua.strip():
+            return UserAgentClass(None, None, None, "no_user_agent", False)
         reason = self._exact.get(ua.strip())
         if reason:
-            return UserAgentClass(None, None, reason, False)
+            return UserAgentClass(ua, None, None, reason, False)
         lowered = ua.lower()
         for needle, reason in self._contains:
             if needle in lowered:
-                return UserAgentClass(None, None, reason, False)
+                return UserAgentClass(ua, None, None, reason, False)
         parsed = ua_parser.parse(ua)
         os_family = parsed.os.family if parsed.os and parsed.os.family != "Other" else None
         for needle, client in self._proxies:
             if needle in lowered:
-                return UserAgentClass(client, None, None, True)
+                return UserAgentClass(ua, client, None, None, True)
         if parsed.device and parsed.device.family == "Spider":
-            return UserAgentClass(None, None, self._spider_reason, False)
+            return UserAgentClass(ua, None, None, self._spider_reason, False)
         for pattern, client in self._mail_clients:
             if pattern.search(ua):
-                return UserAgentClass(client, os_family, None, False)
+                return UserAgentClass(ua, client, os_family, None, False)
         family = parsed.user_agent.family if parsed.user_agent else None
         if family == "Other":
             family = None
-        return UserAgentClass(family, os_family, None, False)
+        return UserAgentClass(ua, family, os_family, None, False)
 
     def network_reason(self, ip: str | None) -> str | None:
         if not ip:
@@ -172,15 +175,14 @@ class Classifier:
         return None
 
     def classify(self, user_agent: str | None, ip: str | None) -> Verdict:
-        ua = self.user_agent(user_agent)
-        reason = ua.machine_reason or self.network_reason(ip)
-        if reason and not ua.machine_reason:
-            return Verdict(ua.client, ua.os, reason, country_known=False)
-        return Verdict(ua.client, ua.os, reason, country_known=not (ua.proxied or reason))
+        return verdict(self.user_agent(user_agent), self.network_reason(ip))
 
 
-def sanitise_user_agent(raw: str | None) -> str | None:
-    """The user agent as stored: printable characters only, at most MAX_USER_AGENT."""
-    if not raw:
-        return None
-    return _sanitise(raw) or None
+def verdict(ua: UserAgentClass, network_reason: str | None) -> Verdict:
+    """Combine the user-agent class with the rule matched by the fetching IP, if any.
+
+    The country of an IP says something about the reader only when a person fetched the
+    pixel directly: not through a provider's proxy and not by a machine.
+    """
+    reason = ua.machine_reason or network_reason
+    return Verdict(ua.client, ua.os, reason, country_known=not (ua.proxied or reason))

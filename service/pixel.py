@@ -11,7 +11,6 @@ Classification, the country and the IP reduction happen in the recorder, per bat
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 
@@ -76,8 +75,7 @@ class Pixel:
                 )
             )
             if done is not None and recorder.wait:
-                # shield: one waiter cancelled must not cancel the batch's shared future
-                await asyncio.shield(done)
+                await done  # shared by the batch; it refuses cancel(), see BatchDone
         await answer(send, with_body=True)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import time
@@ -36,7 +37,7 @@ import asyncpg
 from starlette.applications import Starlette
 
 from service import geo
-from service.classify import Classifier, sanitise_user_agent
+from service.classify import Classifier, verdict
 from service.clientinfo import reduce_ip
 from service.observability import Metrics
 from service.queries import queries
@@ -45,7 +46,8 @@ from service.settings import Settings
 log = logging.getLogger("newsletter.recorder")
 
 RETRY_FOR = 30.0  # seconds a failing batch is retried before its opens are dropped
-SHUTDOWN_FLUSH_MAX = 15.0  # within uvicorn's graceful period and Kubernetes' grace
+SHUTDOWN_FLUSH_MAX = 15.0
+IP_CACHE_SIZE = 16384  # within uvicorn's graceful period and Kubernetes' grace
 _BACKOFF = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 _TRANSIENT = (
@@ -58,6 +60,20 @@ _TRANSIENT = (
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
 )
+_RETRY_AT_ONCE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
+class BatchDone(asyncio.Future):
+    """Resolves when a batch is committed (True) or PIXEL_WAIT_MAX passed (False).
+
+    Shared by every request of the batch. A cancelled waiter must not cancel it for the
+    others, and `asyncio.shield` per request showed up in the profile: refusing
+    `cancel()` does the same for free (the cancelled task still gets its CancelledError
+    once the batch resolves, which is bounded by PIXEL_WAIT_MAX).
+    """
+
+    def cancel(self, msg: object = None) -> bool:
+        return False
 
 
 @dataclass(slots=True)
@@ -88,6 +104,9 @@ class Recorder:
         )
         self.country = geo.resolver(settings.geoip_mmdb)
         self.retry_for = retry_for
+        # Proxies (Apple, Google, scanners) fetch from few addresses: worth a small cache.
+        self._ip_facts = functools.lru_cache(maxsize=IP_CACHE_SIZE)(self._ip_facts_uncached)
+        self._con: asyncpg.Connection | None = None
         self.wait = settings.pixel_mode == "wait"
         self._query = queries("pixel").record_opens
         self._loop = asyncio.get_running_loop()
@@ -98,7 +117,7 @@ class Recorder:
         self._task: asyncio.Task[None] | None = None
 
     # -- the request side ----------------------------------------------------------
-    def submit(self, event: Open) -> asyncio.Future[bool] | None:
+    def submit(self, event: Open) -> BatchDone | None:
         """Add an open to the current batch; the batch's future, or None if dropped."""
         if len(self._pending) >= self.settings.pixel_queue_max:
             self.metrics.opens_dropped.labels("queue_full").inc()
@@ -108,8 +127,8 @@ class Recorder:
         return self._done
 
     # -- the writer ------------------------------------------------------------------
-    def _new_future(self) -> asyncio.Future[bool]:
-        future: asyncio.Future[bool] = self._loop.create_future()
+    def _new_future(self) -> BatchDone:
+        future = BatchDone(loop=self._loop)
         if self.wait:
             self._loop.call_later(self.settings.pixel_wait_max, _resolve, future, False)
         return future
@@ -133,6 +152,7 @@ class Recorder:
             if lost:
                 self.metrics.opens_dropped.labels("shutdown").inc(lost)
             log.error("recorder flush timed out", extra={"dropped": lost})
+        await self._release(broken=False)
 
     async def _run(self) -> None:
         while True:
@@ -162,47 +182,68 @@ class Recorder:
 
     def _arguments(self, chunk: list[Open]) -> dict[str, object]:
         """Classify, locate and reduce each open; personal fields stay in memory only."""
-        classify, country, ip_mode = self.classifier.classify, self.country, self.settings.ip_mode
-        columns: dict[str, list] = {
-            name: []
-            for name in (
-                "subscriber_ids",
-                "campaign_ids",
-                "ats",
-                "ips",
-                "user_agents",
-                "clients",
-                "oses",
-                "countries",
-                "reasons",
-            )
-        }
+        user_agent, ip_facts = self.classifier.user_agent, self._ip_facts
+        subscriber_ids, campaign_ids, ats, ips, user_agents = [], [], [], [], []
+        clients, oses, countries, reasons = [], [], [], []
         for event in chunk:
-            ip = _address(event.ip)
-            verdict = classify(event.user_agent, ip)
-            columns["subscriber_ids"].append(event.subscriber_id)
-            columns["campaign_ids"].append(event.campaign_id)
-            columns["ats"].append(datetime.fromtimestamp(event.at, UTC))
-            columns["ips"].append(reduce_ip(ip, ip_mode) if ip else None)
-            columns["user_agents"].append(sanitise_user_agent(event.user_agent))
-            columns["clients"].append(verdict.client)
-            columns["oses"].append(verdict.os)
-            columns["countries"].append(country(ip) if ip and verdict.country_known else None)
-            columns["reasons"].append(verdict.machine_reason)
+            ua = user_agent(event.user_agent)
+            reduced, country, network_reason = ip_facts(event.ip)
+            found = verdict(ua, network_reason)
+            subscriber_ids.append(event.subscriber_id)
+            campaign_ids.append(event.campaign_id)
+            ats.append(datetime.fromtimestamp(event.at, UTC))
+            ips.append(reduced)
+            user_agents.append(ua.text)
+            clients.append(found.client)
+            oses.append(found.os)
+            countries.append(country if found.country_known else None)
+            reasons.append(found.machine_reason)
         return {
-            **columns,
+            "subscriber_ids": subscriber_ids,
+            "campaign_ids": campaign_ids,
+            "ats": ats,
+            "ips": ips,
+            "user_agents": user_agents,
+            "clients": clients,
+            "oses": oses,
+            "countries": countries,
+            "reasons": reasons,
             "tracking_mode": self.settings.tracking_mode,
             "machine_window": self.settings.machine_open_window,
         }
+
+    def _ip_facts_uncached(self, ip: str | None) -> tuple[str | None, str | None, str | None]:
+        """(IP reduced per IP_MODE, country of the full IP, machine rule of the network)."""
+        address = _address(ip)
+        if address is None:
+            return None, None, None
+        return (
+            reduce_ip(address, self.settings.ip_mode),
+            self.country(address),
+            self.classifier.network_reason(address),
+        )
+
+    async def _release(self, broken: bool) -> None:
+        con, self._con = self._con, None
+        if con is None:
+            return
+        if broken:
+            con.terminate()
+        with contextlib.suppress(Exception):
+            await self.pool.release(con)
 
     async def _execute_with_retry(self, args: dict[str, object], count: int) -> bool:
         started = time.monotonic()
         attempt = 0
         while True:
             try:
-                async with self.pool.acquire() as con, con.transaction():
-                    row = await self._query.fetchrow(con, **args)
+                # The writer keeps one pooled connection (no acquire, release and reset
+                # round trips per batch); one statement is its own transaction.
+                if self._con is None:
+                    self._con = await self.pool.acquire()
+                row = await self._query.fetchrow(self._con, **args)
             except _TRANSIENT as exc:
+                await self._release(broken=not isinstance(exc, _RETRY_AT_ONCE))
                 waited = time.monotonic() - started
                 if waited >= self.retry_for or (self._closing and waited >= 1.0):
                     self.metrics.opens_dropped.labels("database").inc(count)
