@@ -288,9 +288,7 @@ def routes(settings: Settings) -> list[Route]:
     """The sign-up route, with CORS for the configured origins only (JSON posts need it;
     plain form posts never do)."""
     middleware = []
-    methods = ["POST"]
     if settings.cors_origins:
-        methods.append("OPTIONS")
         middleware.append(
             Middleware(
                 CORSMiddleware,
@@ -304,7 +302,7 @@ def routes(settings: Settings) -> list[Route]:
         Route(
             "/subscribe",
             _only_post(subscribe),
-            methods=methods,
+            methods=["POST", "OPTIONS"],
             middleware=middleware,
             max_body_size=settings.max_body_bytes,
         )
