@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -148,7 +149,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
         ),
         flush=True,
     )
-    _uvicorn(settings, "127.0.0.1", args.port)
+    # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit
+    # lets pgserver's exit hook stop the embedded PostgreSQL instead of orphaning it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        _uvicorn(settings, "127.0.0.1", args.port)
+    finally:
+        server.cleanup()
     return 0
 
 

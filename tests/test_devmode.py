@@ -92,7 +92,7 @@ def test_newsletter_dev_serves_the_demo_and_caught_mail_and_keeps_its_data(tmp_p
         assert httpx.get(f"http://127.0.0.1:{port}/dev/mail").status_code == 200
 
     def stop(proc: subprocess.Popen) -> str:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)
         return output
 
@@ -113,3 +113,5 @@ def test_newsletter_dev_serves_the_demo_and_caught_mail_and_keeps_its_data(tmp_p
     finally:
         stop(proc)
     assert json.loads(secrets_file.read_text()) == first_secrets
+    # SIGTERM stopped the embedded PostgreSQL too: nothing is left running.
+    assert not (tmp_path / ".newsletter" / "pgdata" / "postmaster.pid").exists()
