@@ -37,7 +37,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
     """Every HTTP route; the dev-only ones exist only in dev mode."""
     public: list[BaseRoute] = [
         # First: the hot path, matched before any other route's pattern is tried.
-        Route("/o/{token}.gif", pixel.pixel, methods=["GET", "HEAD"]),
+        pixel.route(),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),

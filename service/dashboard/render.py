@@ -12,7 +12,7 @@ from service import pages
 # No script at all, styles only from the service's own stylesheet (no inline style),
 # charts are inline SVG (markup, not script).
 CSP = (
-    "default-src 'none'; img-src 'self'; style-src 'self'; form-action 'self'; "
+    "default-src 'none'; img-src 'self' data:; style-src 'self'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
 

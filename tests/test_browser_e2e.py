@@ -1,0 +1,334 @@
+"""The whole flow in a real browser: sign up, confirm, send from the dashboard, open, unsubscribe.
+
+Headless Chromium from Debian's `chromium` and `chromium-driver` packages (`make
+system-deps`), driven by selenium through the system chromedriver: nothing is downloaded
+at test time. The service runs as a real uvicorn process with PUBLIC_URL pointing at it,
+so the links in the emails lead the browser back to it; mail goes to the test SMTP sink.
+Screenshots of the dashboard at desktop and phone widths go to `test-output/browser/`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+
+from tests import support
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+OUTPUT = support.ROOT / "test-output" / "browser"
+FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+WAIT = 15.0
+T = TypeVar("T")
+
+
+def _skip_without_browser() -> None:
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(path)]
+    if missing:
+        pytest.skip(
+            f"browser test skipped: {' and '.join(missing)} not installed "
+            "(Debian packages chromium and chromium-driver; run `make system-deps` as root)"
+        )
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        pytest.skip("browser test skipped: selenium is not installed (pip install -e '.[test]')")
+
+
+class Browser:
+    """A headless Chromium; every method is blocking and runs in a worker thread."""
+
+    def __init__(self, profile: Path) -> None:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.options import Options
+        from selenium.webdriver.chrome.service import Service
+
+        options = Options()
+        options.binary_location = CHROMIUM
+        for flag in FLAGS:
+            options.add_argument(flag)
+        options.add_argument(f"--user-data-dir={profile}")
+        options.add_argument("--window-size=1280,900")
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        # An explicit driver path: Selenium Manager is never consulted (and SE_OFFLINE is set).
+        service = Service(CHROMEDRIVER, log_output=str(profile / "chromedriver.log"))
+        self.driver = webdriver.Chrome(service=service, options=options)
+        self.driver.set_page_load_timeout(WAIT)
+        self.console: list[dict[str, Any]] = []
+
+    def quit(self) -> None:
+        self.driver.quit()
+
+    # -- helpers ---------------------------------------------------------------------
+    def collect_console(self) -> None:
+        self.console += self.driver.get_log("browser")
+
+    def open(self, url: str) -> None:
+        self.driver.get(url)
+        self.collect_console()
+
+    def wait_for(self, condition: Callable[[], Any], what: str) -> Any:
+        from selenium.common.exceptions import (
+            NoSuchElementException,
+            StaleElementReferenceException,
+        )
+
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            # Pages replace themselves (the confirm page posts itself): look again.
+            with contextlib.suppress(StaleElementReferenceException, NoSuchElementException):
+                value = condition()
+                if value:
+                    return value
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; page: {self.driver.current_url}")
+
+    def text(self) -> str:
+        return self.driver.find_element("tag name", "body").text
+
+    def wait_text(self, text: str) -> None:
+        self.wait_for(lambda: text in self.text(), repr(text))
+        self.collect_console()
+
+    def fill(self, css: str, value: str) -> None:
+        element = self.driver.find_element("css selector", css)
+        element.clear()
+        element.send_keys(value)
+
+    def click(self, css: str) -> None:
+        self.driver.find_element("css selector", css).click()
+
+    def by_id(self, element_id: str) -> str:
+        return self.driver.find_element("id", element_id).text
+
+    # -- screenshots -----------------------------------------------------------------
+    def screenshot(self, name: str, width: int, mobile: bool) -> Path:
+        """A full-page PNG at `width` CSS pixels; checks nothing overflows sideways."""
+        metrics = {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": mobile}
+        self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+        self.driver.refresh()
+        overflow = self.driver.execute_script(
+            "return document.documentElement.scrollWidth - window.innerWidth"
+        )
+        assert overflow <= 0, f"{name} at {width}px scrolls sideways by {overflow}px"
+        height = self.driver.execute_script("return document.documentElement.scrollHeight")
+        self.driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride", {**metrics, "height": int(height)}
+        )
+        shot = self.driver.execute_cdp_cmd(
+            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}
+        )
+        path = OUTPUT / f"{name}-{width}.png"
+        path.write_bytes(base64.b64decode(shot["data"]))
+        self.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        self.collect_console()
+        return path
+
+
+async def run(fn: Callable[..., T], *args: Any) -> T:
+    """Selenium blocks; the SMTP sink lives on this event loop and must keep answering."""
+    return await asyncio.to_thread(fn, *args)
+
+
+@pytest.fixture
+def browser_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    _skip_without_browser()
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    profile = tmp_path / "chromium-profile"
+    profile.mkdir()
+    yield profile
+
+
+@pytest.fixture
+async def browser(browser_profile: Path) -> AsyncIterator[Browser]:
+    chrome = await run(Browser, browser_profile)
+    try:
+        yield chrome
+    finally:
+        await run(chrome.quit)
+
+
+@pytest.fixture
+async def service(
+    database_url: str, smtp: support.SmtpSink
+) -> AsyncIterator[support.ServiceProcess]:
+    port = support.free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = support.base_env(
+        database_url,
+        smtp.url,
+        PUBLIC_URL=url,
+        DEMO_PAGE="true",
+        TRACKING_MODE="consent",
+        SCANNER_WINDOW="600s",  # the confirm page's automatic post is refused: press the button
+        MACHINE_OPEN_WINDOW="0s",  # the browser's open comes seconds after the send
+        OUTBOX_POLL_INTERVAL="0.2s",
+        LOG_LEVEL="warning",
+    )
+    process = support.ServiceProcess(env, port=port).start()
+    try:
+        await process.wait_ready()
+        yield process
+    finally:
+        # In a thread: while stopping, the service says QUIT to the SMTP sink, which
+        # lives on this event loop.
+        await run(process.stop)
+
+
+def link(text: str, base: str, path: str) -> str:
+    match = re.search(rf"{re.escape(base)}/{path}/[^\s\"'<>]+", text)
+    assert match, f"no {path} link in {text!r}"
+    return match.group(0)
+
+
+async def wait_for_total_opens(db: asyncpg.Connection, count: int) -> None:
+    deadline = time.monotonic() + WAIT
+    query = "SELECT opens FROM campaign_counts WHERE dimension = 'total'"
+    while (await db.fetchval(query) or 0) < count:
+        assert time.monotonic() < deadline, f"expected {count} opens in the counters"
+        await asyncio.sleep(0.05)
+
+
+def console_problems(entries: list[dict[str, Any]]) -> list[str]:
+    """Errors and CSP reports. A missing /favicon.ico (the public pages declare no icon) is
+    the browser's own request, not a page's error."""
+    return [
+        entry["message"]
+        for entry in entries
+        if (entry["level"] in ("SEVERE", "ERROR") or "Content Security Policy" in entry["message"])
+        and "/favicon.ico" not in entry["message"]
+    ]
+
+
+async def test_signup_confirm_send_open_and_unsubscribe_in_a_real_browser(
+    service: support.ServiceProcess,
+    smtp: support.SmtpSink,
+    db: asyncpg.Connection,
+    browser: Browser,
+) -> None:
+    # (The browser is set up last so that it quits before the service stops: open
+    # keep-alive connections would hold uvicorn's graceful shutdown.)
+    url = service.url
+    email = "reader@example.com"
+
+    # 1. The demo signup page: the form, with tracking consent ticked.
+    await run(browser.open, url + "/")
+    await run(browser.fill, "#email", email)
+    await run(browser.fill, "#name", "Rea Der")
+    await run(browser.click, "input[name=tracking]")
+    await run(browser.click, "form[action='/subscribe'] button[type=submit]")
+    await run(browser.wait_text, "Check your inbox")
+
+    # 2. The confirmation email, its link, and the button (the automatic post falls in
+    #    the scanner window, so the page offers the button).
+    (confirmation,) = await smtp.wait_for(1, timeout=WAIT)
+    assert confirmation.to == email
+    await run(browser.open, link(confirmation.part("plain"), url, "confirm"))
+    await run(browser.wait_text, "Please press the button")
+    await run(browser.click, "form[method=post] button[type=submit]")
+    await run(browser.wait_text, "Subscription confirmed")
+    assert await db.fetchval("SELECT status FROM subscribers WHERE email = $1", email) == "active"
+
+    # 3. The dashboard: sign in, create a campaign, send it through the confirmation step.
+    await run(browser.open, url + "/admin")
+    await run(browser.wait_text, "Admin token")
+    await run(browser.fill, "#token", support.ADMIN_TOKEN)
+    await run(browser.click, "form[action='/admin/login'] button")
+    await run(browser.wait_text, "active subscribers")
+    assert await run(browser.by_id, "active-count") == "1"
+    await run(browser.open, url + "/admin/campaigns/new")
+    await run(browser.fill, "#name", "E2E issue")
+    await run(browser.fill, "#subject", "Hello from the browser test")
+    await run(browser.fill, "#html", "<h1>Hello {{ name }}</h1><p>Our news.</p>")
+    await run(browser.fill, "#text", "Hello {{ name }}\n\nOur news.")
+    await run(browser.click, "form[action='/admin/campaigns'] button")
+    await run(browser.wait_text, "Send…")
+    await run(browser.click, "a.button[href$='/send']")
+    await run(browser.wait_text, "The list has 1 active subscriber.")
+    await run(browser.click, "#confirm-send")
+    await run(browser.wait_text, "1 email queued.")
+    campaign_url = browser.driver.current_url.split("?")[0]
+
+    # 4. The campaign email rendered by the browser from a file: the browser itself
+    #    fetches the pixel, with its own user agent.
+    messages = await smtp.wait_for(2, timeout=WAIT)
+    mail = messages[1]
+    assert mail.to == email and mail.message["Subject"] == "Hello from the browser test"
+    assert mail.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    page = OUTPUT / "campaign-email.html"
+    page.write_text(mail.part("html"), encoding="utf-8")
+    await run(browser.open, page.as_uri())
+    await run(browser.wait_text, "Hello Rea Der")
+    user_agent = await run(browser.driver.execute_script, "return navigator.userAgent")
+    deadline = time.monotonic() + WAIT
+    while (recorded := await db.fetchval("SELECT user_agent FROM opens")) is None:
+        assert time.monotonic() < deadline, "the pixel fetch was not recorded"
+        await asyncio.sleep(0.05)
+    assert recorded == user_agent
+
+    # 5. The dashboard shows the open.
+    await run(browser.open, campaign_url)
+    assert await run(browser.by_id, "open-count") == "1"
+    assert await run(browser.by_id, "sent-count") == "1"
+    assert "Machine opens are" in await run(browser.by_id, "machine-note")
+
+    # 6. Screenshots at desktop and phone widths.
+    for name, target in (("dashboard", url + "/admin"), ("campaign", campaign_url)):
+        await run(browser.open, target)
+        for width, mobile in ((1280, False), (390, True)):
+            shot = await run(browser.screenshot, name, width, mobile)
+            assert shot.stat().st_size > 5000
+
+    # 7. The unsubscribe link in the email, and its button. Opening the email again is a
+    #    second open of the same person: two opens, one unique.
+    await run(browser.open, page.as_uri())
+    await wait_for_total_opens(db, 2)
+    await run(browser.click, "a[href*='/unsubscribe/']")
+    if len(browser.driver.window_handles) > 1:
+        await run(browser.driver.switch_to.window, browser.driver.window_handles[-1])
+    await run(browser.wait_text, "Unsubscribe from the newsletter?")
+    await run(browser.click, "form[method=post] button[type=submit]")
+    await run(browser.wait_text, "You are unsubscribed")
+
+    # 8. The person is gone; the anonymous counts remain.
+    assert await db.fetchval("SELECT count(*) FROM subscribers") == 0
+    assert await db.fetchval("SELECT count(*) FROM opens") == 0
+    await run(browser.open, url + "/admin")
+    assert await run(browser.by_id, "active-count") == "0"
+    day = await run(browser.driver.find_element, "css selector", "#daily-table tbody tr")
+    assert (await run(lambda: day.text)).split()[1:] == ["1", "1", "100.0", "%", "1"]
+    await run(browser.open, campaign_url)
+    assert await run(browser.by_id, "open-count") == "2"
+    assert await run(browser.by_id, "unique-count") == "1"
+    assert await run(browser.by_id, "sent-count") == "1"
+    await run(browser.open, url + "/admin/subscribers")
+    await run(browser.fill, "#email", email)
+    await run(browser.click, "form[action='/admin/subscribers'] button")
+    await run(browser.wait_text, f"Nothing is stored about {email}")
+
+    # 9. No console errors and no CSP violations on any page of the walk.
+    await run(browser.collect_console)
+    problems = console_problems(browser.console)
+    assert not problems, "\n".join(problems)
