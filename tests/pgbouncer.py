@@ -93,6 +93,9 @@ class PgBouncer:
                     "max_client_conn = 500",
                     "default_pool_size = 20",
                     "ignore_startup_parameters = extra_float_digits",
+                    # After a failed server login PgBouncer refuses that database for
+                    # this long (default 15 s); the outage tests expect quick recovery.
+                    "server_login_retry = 1",
                     f"logfile = {self.directory / 'pgbouncer.log'}",
                     f"pidfile = {self.directory / 'pgbouncer.pid'}",
                     "",
