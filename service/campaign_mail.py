@@ -58,10 +58,28 @@ class Links:
         )
 
 
+class UnfoldedHeader(str):
+    """A header value the email package writes on one line instead of folding it at 78
+    characters (the URL cannot be broken, so it would go onto a continuation line).
+    Relays that re-fold List-Unsubscribe break DKIM signatures; one line, well under the
+    998-character limit, leaves them nothing to do. The email package calls `fold` on any
+    header value that has a `name`."""
+
+    name: str
+
+    def __new__(cls, name: str, value: str) -> UnfoldedHeader:
+        header = super().__new__(cls, value)
+        header.name = name
+        return header
+
+    def fold(self, *, policy: Any) -> str:
+        return f"{self.name}: {self}{policy.linesep}"
+
+
 def list_unsubscribe_headers(links: Links) -> dict[str, str]:
-    # One line, https URI only: relays that re-fold long headers break DKIM signatures.
+    """RFC 2369 and RFC 8058: the mailbox provider POSTs `List-Unsubscribe=One-Click`."""
     return {
-        "List-Unsubscribe": f"<{links.unsubscribe_url}>",
+        "List-Unsubscribe": UnfoldedHeader("List-Unsubscribe", f"<{links.unsubscribe_url}>"),
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
     }
 

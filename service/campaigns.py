@@ -126,15 +126,16 @@ _QUEUE_ATTEMPTS = 3
 async def queue_send(con: asyncpg.Connection, campaign_id: int) -> int:
     """Queue one email per active subscriber not mailed this campaign yet; returns how many.
 
-    Raises CampaignNotFound. Sends of the same campaign are serialised by a row lock, so
-    two concurrent sends still queue each subscriber once.
+    Raises CampaignNotFound. Sends of the same campaign are serialised by an advisory
+    lock, so two concurrent sends still queue each subscriber once.
     """
     attempt = 1
     while True:
         try:
             async with con.transaction():
-                if await q.lock_campaign.fetchval(con, id=campaign_id) is None:
+                if not await q.campaign_exists.fetchval(con, id=campaign_id):
                     raise CampaignNotFound(campaign_id)
+                await q.lock_campaign_send.execute(con, id=campaign_id)
                 queued = await q.queue_campaign.fetchval(con, campaign_id=campaign_id)
                 await q.add_recipients.execute(con, campaign_id=campaign_id, queued=queued)
                 if queued:

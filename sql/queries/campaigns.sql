@@ -23,9 +23,11 @@ LIMIT :limit;
 -- name: campaign_exists
 SELECT EXISTS (SELECT 1 FROM campaigns WHERE id = :id);
 
--- name: lock_campaign
--- Serialises two sends of the same campaign; the second one then queues nobody twice.
-SELECT id FROM campaigns WHERE id = :id FOR UPDATE;
+-- name: lock_campaign_send
+-- Serialises two sends of the same campaign (the second one then finds everybody queued)
+-- with a transaction-level advisory lock ("nlca"), not a row lock: the outbox worker updates the
+-- campaign row after each email, and must not wait for a send that waits for it.
+SELECT pg_advisory_xact_lock(1852597089, (:id % 2147483647)::int);
 
 -- name: count_active
 SELECT count(*) FROM subscribers WHERE status = 'active';

@@ -1,0 +1,427 @@
+"""Campaign emails through the real outbox worker and a real SMTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import email
+import email.policy
+import json
+import re
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import dkim as dkimpy
+import httpx
+import pytest
+
+from service import campaign_mail, campaigns, emails
+from service.pages import environment
+from service.tokens import Tokens
+from tests import people, support
+
+TOKENS = Tokens((support.TEST_KEY,), 3600)
+REPLICAS = 3
+_UNSUB = re.compile(re.escape(support.PUBLIC_URL) + r"/unsubscribe/([A-Za-z0-9._-]+)")
+_PIXEL = re.compile(
+    r'<img src="' + re.escape(support.PUBLIC_URL) + r'/o/([A-Za-z0-9._-]+)\.gif" width="1"'
+    r' height="1" alt=""[^>]*>'
+)
+_TRACKING = re.compile(re.escape(support.PUBLIC_URL) + r"/tracking/([A-Za-z0-9._-]+)")
+
+CAMPAIGN = {
+    "name": "April issue",
+    "subject": "April news for {{ name or 'you' }}",
+    "html": '<p>Dear {{ name }},</p><p>Read <a href="https://site.example/april">more</a>.</p>',
+    "text": "Dear {{ name }},\n\nRead more: https://site.example/april\n",
+}
+
+
+async def send(client, admin_headers, **changes) -> tuple[int, int]:
+    created = await client.post(
+        "/admin/api/campaigns", json={**CAMPAIGN, **changes}, headers=admin_headers
+    )
+    assert created.status_code == 201, created.text
+    campaign_id = created.json()["id"]
+    queued = await client.post(f"/admin/api/campaigns/{campaign_id}/send", headers=admin_headers)
+    assert queued.status_code == 202
+    return campaign_id, queued.json()["queued"]
+
+
+def links_of(message: support.Received) -> dict[str, object]:
+    """Tokens found in one received campaign email, decoded."""
+    html, text = message.part("html"), message.part("plain")
+    header = message.message["List-Unsubscribe"]
+    [pixel] = _PIXEL.findall(html)
+    return {
+        "header": TOKENS.verify_unsubscribe(_UNSUB.fullmatch(header.strip("<>")).group(1)),
+        "html": {TOKENS.verify_unsubscribe(t) for t in _UNSUB.findall(html)},
+        "text": {TOKENS.verify_unsubscribe(t) for t in _UNSUB.findall(text)},
+        "pixel": TOKENS.verify_pixel(pixel),
+        "tracking": {TOKENS.verify_tracking(t) for t in _TRACKING.findall(html + text)},
+    }
+
+
+class RawSink(support.SmtpSink):
+    """Keeps the raw bytes only: parsing 10,000 messages while they arrive would compete
+    with the sender for the one event loop; they are parsed after the send."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw: list[tuple[list[str], bytes]] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        self.raw.append((list(envelope.rcpt_tos), envelope.original_content or envelope.content))
+        return "250 OK"
+
+    def parsed(self) -> list[support.Received]:
+        return [
+            support.Received(
+                "", rcpt, email.message_from_bytes(raw, policy=email.policy.default), raw
+            )
+            for rcpt, raw in self.raw
+        ]
+
+
+async def wait_quiet(smtp: support.SmtpSink, seconds: float = 0.6) -> None:
+    """Waits until no message arrived for `seconds`."""
+    count = -1
+    while count != len(smtp.messages):
+        count = len(smtp.messages)
+        await asyncio.sleep(seconds)
+
+
+async def settled(db, timeout: float = 10) -> None:
+    """Waits until the outbox is empty (the worker commits just after the relay's 250)."""
+    deadline = time.monotonic() + timeout
+    while await db.fetchval("SELECT count(*) FROM outbox"):
+        assert time.monotonic() < deadline, "the outbox did not empty"
+        await asyncio.sleep(0.02)
+
+
+# -- one email ----------------------------------------------------------------------------
+
+
+async def test_a_campaign_email_has_the_pixel_footer_links_and_rfc8058_headers(
+    client, db, smtp, admin_headers
+) -> None:
+    sid = await people.add_subscriber(
+        db, "ada@example.org", name='Ada <b>"&"</b>', tracking_consent=True
+    )
+    campaign_id, queued = await send(client, admin_headers)
+    assert queued == 1
+    [message] = await smtp.wait_for(1)
+    assert message.to == "ada@example.org"
+    token = TOKENS.unsubscribe(sid)
+    unsubscribe_url = f"{support.PUBLIC_URL}/unsubscribe/{token}"
+    assert message.message["List-Unsubscribe"] == f"<{unsubscribe_url}>"
+    assert f"\r\nList-Unsubscribe: <{unsubscribe_url}>\r\n".encode() in message.raw  # one line
+    assert message.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert message.message["Subject"] == 'April news for Ada <b>"&"</b>'
+    html, text = message.part("html"), message.part("plain")
+    assert "Dear Ada &lt;b&gt;&#34;&amp;&#34;&lt;/b&gt;," in html  # escaped in HTML
+    assert 'Dear Ada <b>"&"</b>,' in text  # verbatim in text
+    found = links_of(message)
+    assert found["header"] == sid and found["html"] == {sid} and found["text"] == {sid}
+    assert (found["pixel"].subscriber_id, found["pixel"].campaign_id) == (sid, campaign_id)
+    assert found["tracking"] == {sid}  # consent mode, and this subscriber consented
+    # The pixel is the last thing of the HTML body.
+    assert html.rstrip().endswith('border:0;margin:0;padding:0">')
+    assert _PIXEL.search(html).end() == len(html.rstrip())
+    assert "Unsubscribe" in html and "Unsubscribe" in text
+    await settled(db)
+    sent = await db.fetchrow("SELECT sent, failed FROM campaigns WHERE id = $1", campaign_id)
+    assert (sent["sent"], sent["failed"]) == (1, 0)
+    assert await db.fetchval("SELECT sent_at FROM deliveries") is not None
+
+
+@pytest.mark.parametrize(
+    ("mode", "consent", "has_tracking_link"),
+    [("consent", False, False), ("notice", True, False), ("off", True, False)],
+)
+async def test_the_tracking_withdrawal_link_is_only_for_consent_given_in_consent_mode(
+    app_factory, db, smtp, admin_headers, mode, consent, has_tracking_link
+) -> None:
+    await people.add_subscriber(db, "t@example.org", name="T", tracking_consent=consent)
+    async with app_factory(tracking_mode=mode) as (_app, client):
+        await send(client, admin_headers)
+        [message] = await smtp.wait_for(1)
+    found = links_of(message)
+    assert bool(found["tracking"]) is has_tracking_link
+    assert "/tracking/" not in message.part("html") + message.part("plain")
+
+
+async def test_footer_and_pixel_go_before_the_closing_body_tag_of_a_whole_document(
+    client, db, smtp, admin_headers
+) -> None:
+    await people.add_subscriber(db, "doc@example.org")
+    document = "<!doctype html><html><body><p>Hi {{ name or 'friend' }}</p></BODY></html>"
+    await send(client, admin_headers, html=document)
+    [message] = await smtp.wait_for(1)
+    html = message.part("html")
+    assert html.rstrip().endswith("</BODY></html>")
+    assert html.index("<p>Hi friend</p>") < html.index("Unsubscribe") < html.index('alt=""')
+    assert _PIXEL.search(html).end() == html.index("</BODY>")
+
+
+async def test_composer_sends_nothing_to_someone_gone_pending_or_already_mailed(
+    db, settings
+) -> None:
+    campaign_id = await people.add_campaign(db)
+    ctx = emails.MailContext(settings, TOKENS, environment())
+    active = await people.add_subscriber(db, "a@example.org", name="A")
+    pending = await people.add_subscriber(db, "p@example.org", status="pending")
+    for sid in (active, pending):
+        await db.execute(
+            "INSERT INTO deliveries (campaign_id, subscriber_id) VALUES ($1, $2)", campaign_id, sid
+        )
+
+    def job(sid: int) -> dict[str, object]:
+        return {
+            "id": 1,
+            "kind": "campaign",
+            "subscriber_id": sid,
+            "campaign_id": campaign_id,
+            "attempts": 0,
+        }
+
+    message = await campaign_mail.compose(db, job(active), ctx)
+    assert message is not None and message["To"] == "A <a@example.org>"
+    assert await campaign_mail.compose(db, job(pending), ctx) is None
+    assert await campaign_mail.compose(db, job(987654), ctx) is None
+    await db.execute("UPDATE deliveries SET sent_at = now() WHERE subscriber_id = $1", active)
+    assert await campaign_mail.compose(db, job(active), ctx) is None
+
+
+# -- DKIM ------------------------------------------------------------------------------------
+
+
+async def test_campaign_mail_is_dkim_signed_over_both_list_unsubscribe_headers(
+    app_factory, db, smtp, admin_headers, tmp_path
+) -> None:
+    key = tmp_path / "dkim.pem"
+    subprocess.run(
+        ["openssl", "genrsa", "-traditional", "-out", str(key), "2048"],
+        check=True,
+        capture_output=True,
+    )
+    public = subprocess.run(
+        ["openssl", "rsa", "-in", str(key), "-pubout", "-outform", "DER"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    await people.add_subscriber(db, "signed@example.org", name="Signed")
+    async with app_factory(
+        dkim_private_key_file=str(key), dkim_selector="news", dkim_domain="newsletter.test"
+    ) as (_app, client):
+        await send(client, admin_headers)
+        [message] = await smtp.wait_for(1)
+
+    def dns(name, timeout=5):
+        assert name == b"news._domainkey.newsletter.test."
+        return b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+
+    assert dkimpy.verify(message.raw, dnsfunc=dns)
+    signature = message.message["DKIM-Signature"]
+    tags = dict(
+        part.strip().split("=", 1) for part in "".join(signature.split()).split(";") if part
+    )
+    signed = [h.lower() for h in tags["h"].split(":")]
+    assert "list-unsubscribe" in signed and "list-unsubscribe-post" in signed
+    # A forged second List-Unsubscribe header breaks the signature (oversigned).
+    tampered = message.raw.replace(
+        b"List-Unsubscribe:", b"List-Unsubscribe: <https://evil.example/u>\r\nList-Unsubscribe:", 1
+    )
+    assert not dkimpy.verify(tampered, dnsfunc=dns)
+
+
+# -- scale -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_ten_thousand_subscribers_each_get_exactly_one_email_with_their_own_links(
+    app_factory, db, smtp, admin_headers
+) -> None:
+    """Sent by the outbox workers of three app instances (replicas) on one database: one
+    worker sends one email at a time, about a hundred a second on a small machine."""
+    await people.add_many(db, 10_000)
+    emails_by_id = dict(await db.fetch("SELECT id, email FROM subscribers"))
+    sink = RawSink()
+    await sink.start()
+    try:
+        async with contextlib.AsyncExitStack() as replicas:
+            for _ in range(REPLICAS):
+                _app, client = await replicas.enter_async_context(
+                    app_factory(outbox_poll_interval=0.05, smtp_url=sink.url)
+                )
+            started = time.monotonic()
+            campaign_id, queued = await send(client, admin_headers)
+            assert queued == 10_000
+            while len(sink.raw) < 10_000:
+                assert time.monotonic() - started < 50, f"only {len(sink.raw)} sent in 50s"
+                await asyncio.sleep(0.05)
+            elapsed = time.monotonic() - started
+            # Sending again mails nobody twice.
+            again = await client.post(
+                f"/admin/api/campaigns/{campaign_id}/send", headers=admin_headers
+            )
+            assert again.json() == {"queued": 0}
+            await settled(db)
+            await asyncio.sleep(0.3)
+    finally:
+        await sink.stop()
+    print(f"\n10,000 campaign emails in {elapsed:.1f}s ({10_000 / elapsed:.0f}/s)")
+
+    messages = sink.parsed()
+    per_recipient = Counter(m.to for m in messages)
+    assert len(per_recipient) == 10_000 and set(per_recipient.values()) == {1}
+    for message in messages:
+        found = links_of(message)
+        sid = found["header"]
+        assert emails_by_id[sid] == message.to
+        assert found["html"] == found["text"] == {sid}
+        assert (found["pixel"].subscriber_id, found["pixel"].campaign_id) == (sid, campaign_id)
+    row = await db.fetchrow(
+        "SELECT recipients, sent, failed FROM campaigns WHERE id = $1", campaign_id
+    )
+    assert tuple(row) == (10_000, 10_000, 0)
+    assert await db.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+@pytest.mark.slow
+async def test_queueing_one_hundred_thousand_subscribers_takes_seconds(db) -> None:
+    await people.add_many(db, 100_000)
+    campaign_id = await people.add_campaign(db)
+    started = time.monotonic()
+    queued = await campaigns.queue_send(db, campaign_id)
+    elapsed = time.monotonic() - started
+    print(f"\nqueued 100,000 in {elapsed:.2f}s")
+    assert queued == 100_000
+    assert elapsed < 15
+    assert (
+        await db.fetchval("SELECT count(*) FROM outbox WHERE campaign_id = $1", campaign_id)
+        == 100_000
+    )
+    assert await campaigns.queue_send(db, campaign_id) == 0
+
+
+# -- erasure while sending ------------------------------------------------------------------
+
+
+async def test_unsubscribing_while_the_campaign_is_being_sent_stops_their_email(
+    client, db, smtp, admin_headers
+) -> None:
+    """No email leaves after the erasure commits, and nothing fails."""
+    await people.add_many(db, 400)
+    targets = await db.fetch(
+        "SELECT id, email FROM subscribers WHERE id IN (40, 41, 120, 200, 201, 202, 399)"
+    )
+    campaign_id, queued = await send(client, admin_headers)
+    assert queued == 400
+    await smtp.wait_for(30, timeout=20)
+
+    async def unsubscribe(row) -> tuple[str, int]:
+        response = await client.post(
+            f"/unsubscribe/{TOKENS.unsubscribe(row['id'])}", content="List-Unsubscribe=One-Click"
+        )
+        assert response.status_code == 200
+        return row["email"], len(smtp.to(row["email"]))
+
+    at_erasure = dict(await asyncio.gather(*(unsubscribe(row) for row in targets)))
+    await people.add_subscriber(db, "late@example.org")
+    await wait_quiet(smtp)
+    await settled(db)
+    for address, count in at_erasure.items():
+        assert count <= 1
+        assert len(smtp.to(address)) == count, f"{address} was mailed after the erasure"
+    row = await db.fetchrow("SELECT sent, failed FROM campaigns WHERE id = $1", campaign_id)
+    assert row["failed"] == 0
+    assert row["sent"] == len(smtp.messages) == 400 - sum(1 for c in at_erasure.values() if c == 0)
+    assert await db.fetchval("SELECT count(*) FROM outbox") == 0
+    assert smtp.to("late@example.org") == []
+
+
+async def test_a_send_racing_erasures_neither_fails_nor_queues_the_erased(
+    client, db, admin_headers, settings
+) -> None:
+    """An erasure committing while the INSERT … SELECT runs makes its foreign-key check
+    fail; the send runs again without them."""
+    await people.add_many(db, 20_000)
+    campaign_id = await people.add_campaign(db)
+    victims = [
+        r["id"] for r in await db.fetch("SELECT id FROM subscribers ORDER BY id DESC LIMIT 30")
+    ]
+
+    async def erase_all() -> None:
+        for sid in victims:
+            response = await client.post(f"/unsubscribe/{TOKENS.unsubscribe(sid)}")
+            assert response.status_code == 200
+
+    response, _ = await asyncio.gather(
+        client.post(f"/admin/api/campaigns/{campaign_id}/send", headers=admin_headers),
+        erase_all(),
+    )
+    assert response.status_code == 202
+    assert (
+        await db.fetchval("SELECT count(*) FROM deliveries WHERE subscriber_id = ANY($1)", victims)
+        == 0
+    )
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM outbox o LEFT JOIN subscribers s ON s.id = o.subscriber_id"
+            " WHERE s.id IS NULL"
+        )
+        == 0
+    )
+
+
+# -- recipients export at scale ------------------------------------------------------------
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+async def test_recipients_export_of_100000_streams_with_flat_memory(database_url, smtp, db) -> None:
+    await people.add_many(db, 100_000)
+    campaign_id = await people.add_campaign(db)
+    service = support.ServiceProcess(support.base_env(database_url, smtp.url)).start()
+    try:
+        await service.wait_ready()
+        pid = service.proc.pid
+        headers = {"Authorization": f"Bearer {support.ADMIN_TOKEN}"}
+        async with httpx.AsyncClient(base_url=service.url, timeout=60) as http:
+            # Warm up (imports, pool, JIT-free code paths) with a small export first.
+            await http.get(f"/admin/api/campaigns/{campaign_id}", headers=headers)
+            baseline = _rss_kib(pid)
+            peak, lines, first_chunk_at = baseline, 0, None
+            started = time.monotonic()
+            async with http.stream(
+                "GET", f"/admin/api/campaigns/{campaign_id}/recipients", headers=headers
+            ) as response:
+                assert response.status_code == 200
+                async for line in response.aiter_lines():
+                    if not line:
+                        continue
+                    if first_chunk_at is None:
+                        first_chunk_at = time.monotonic() - started
+                        json.loads(line)
+                    lines += 1
+                    if lines % 5000 == 0:
+                        peak = max(peak, _rss_kib(pid))
+    finally:
+        service.stop()
+    growth_mib = (peak - baseline) / 1024
+    print(
+        f"\n100,000 recipients: first line after {first_chunk_at:.2f}s, RSS growth {growth_mib:.1f} MiB"
+    )
+    assert lines == 100_000
+    # Buffering 100,000 records and their lines would take well over 100 MiB.
+    assert growth_mib < 40

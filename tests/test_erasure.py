@@ -1,0 +1,173 @@
+"""Erasure leaves nothing about the person in any table; access requests show everything."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import quote
+
+import asyncpg
+import pytest
+
+from service import erasure
+from service.tokens import Tokens
+from tests import people, support
+
+
+@pytest.fixture
+async def campaign(db) -> int:
+    return await people.add_campaign(db)
+
+
+async def test_the_scan_searches_every_table_including_ones_added_later(db) -> None:
+    """The scan must catch a table that a future migration adds and fills with personal
+    data: it reads the catalogue, not a list in this file."""
+    await db.execute("CREATE TABLE future_feature (note text, seen_from inet)")
+    await db.execute(
+        "INSERT INTO future_feature VALUES ('mail to later@example.org', '192.0.2.99')"
+    )
+    found = await people.find_anywhere(db, ("later@example.org", "192.0.2.99"))
+    assert found == {"future_feature": {"later@example.org", "192.0.2.99"}}
+    assert "subscribers" in await people.base_tables(db)
+
+
+async def test_after_an_unsubscribe_no_table_holds_the_address_ips_or_user_agents(
+    client, db, settings, campaign
+) -> None:
+    person = await people.add_person(db, settings, "Erase.Me@Example.org", "unsub-scan", campaign)
+    other = await people.add_person(db, settings, "keep.me@example.org", "other-scan-x", campaign)
+    before = await people.find_anywhere(db, person.needles)
+    assert {"subscribers", "consent_events", "opens"} <= set(before)  # the scan sees them
+
+    token = Tokens((support.TEST_KEY,), 3600).unsubscribe(person.id)
+    response = await client.post(
+        f"/unsubscribe/{token}",
+        content="List-Unsubscribe=One-Click",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200
+
+    assert await people.find_anywhere(db, person.needles) == {}
+    assert await people.address_rate_limit_rows(db, settings, person.email) == 0
+    # The control: the other person is still found everywhere they were.
+    assert {"subscribers", "consent_events", "opens"} <= set(
+        await people.find_anywhere(db, other.needles)
+    )
+
+
+async def test_after_an_admin_erasure_no_table_holds_the_address_ips_or_user_agents(
+    client, db, settings, admin_headers, campaign
+) -> None:
+    person = await people.add_person(db, settings, "Gdpr+News@Example.org", "admin-scan", campaign)
+    assert await people.find_anywhere(db, person.needles)
+
+    path = f"/admin/api/subscribers/{quote(person.email)}"
+    response = await client.delete(path, headers=admin_headers)
+    assert response.status_code == 204
+    assert response.content == b""
+
+    assert await people.find_anywhere(db, person.needles) == {}
+    assert await people.address_rate_limit_rows(db, settings, person.email) == 0
+    assert (await client.get(path, headers=admin_headers)).status_code == 404
+
+
+async def test_admin_erasure_is_idempotent_and_finds_the_address_in_any_case(
+    client, db, settings, admin_headers, campaign
+) -> None:
+    person = await people.add_person(db, settings, "Twice@Example.org", "twice", campaign)
+    first = await client.delete("/admin/api/subscribers/TWICE@example.ORG", headers=admin_headers)
+    second = await client.delete("/admin/api/subscribers/twice@example.org", headers=admin_headers)
+    assert (first.status_code, second.status_code) == (204, 204)
+    assert await people.find_anywhere(db, person.needles) == {}
+    assert await db.fetchval("SELECT sum(unsubscribes) FROM list_daily") == 1
+
+
+async def test_admin_erasure_of_an_unknown_or_malformed_address_is_204(
+    client, admin_headers
+) -> None:
+    for email in ("nobody@example.org", "not an address", "a" * 400, "%00", "x@y/../z"):
+        response = await client.delete(
+            f"/admin/api/subscribers/{quote(email, safe='')}", headers=admin_headers
+        )
+        assert response.status_code == 204, email
+
+
+async def test_erasure_removes_rate_limit_rows_of_an_address_with_no_subscriber_left(
+    client, db, settings, admin_headers
+) -> None:
+    """E.g. a sign-up that was cancelled: the address's rate-limit rows are about them too."""
+    await db.execute(
+        "INSERT INTO rate_limits (scope, key, window_start, hits) VALUES ('address', $1, now(), 2)",
+        people.ratelimit.address_key(settings, "gone@example.org"),
+    )
+    export = await client.get("/admin/api/subscribers/gone@example.org", headers=admin_headers)
+    assert export.status_code == 200
+    assert export.json()["subscriber"] is None
+    assert [row["hits"] for row in export.json()["rate_limits"]] == [2]
+    response = await client.delete("/admin/api/subscribers/gone@example.org", headers=admin_headers)
+    assert response.status_code == 204
+    assert await people.address_rate_limit_rows(db, settings, "gone@example.org") == 0
+
+
+async def test_access_request_returns_everything_stored_about_the_address(
+    client, db, settings, admin_headers, campaign
+) -> None:
+    person = await people.add_person(db, settings, "reader@example.org", "access", campaign)
+    response = await client.get("/admin/api/subscribers/READER@example.org", headers=admin_headers)
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+    data = response.json()
+    assert data["subscriber"]["email"] == person.email
+    assert data["subscriber"]["name"] == person.name
+    assert data["subscriber"]["status"] == "active"
+    assert data["subscriber"]["tracking_consent"] is True
+    assert [e["kind"] for e in data["consent_events"]] == ["signup", "tracking_granted", "confirm"]
+    assert {e["ip"] for e in data["consent_events"]} == set(person.ips)
+    assert {e["user_agent"] for e in data["consent_events"]} == {person.user_agents[0]}
+    assert len(data["opens"]) == 2
+    assert {o["ip"] for o in data["opens"]} == set(person.ips)
+    assert {o["user_agent"] for o in data["opens"]} == {person.user_agents[1]}
+    assert all(o["campaign_name"] and o["at"] for o in data["opens"])
+    assert len(data["deliveries"]) == 2
+    assert [j["kind"] for j in data["queued_emails"]] == ["campaign"]
+    assert len(data["rate_limits"]) == 1
+    # Looking changes nothing.
+    assert set(await people.find_anywhere(db, person.needles)) >= {"subscribers", "opens"}
+
+
+async def test_access_request_for_an_unknown_address_is_404(client, admin_headers) -> None:
+    for email in ("nobody@example.org", "", "a" * 400, "no-at-sign", "%ff%fe"):
+        response = await client.get(f"/admin/api/subscribers/{email}", headers=admin_headers)
+        assert response.status_code == 404, email
+        assert response.json()["error"] == "not_found"
+
+
+async def test_erasure_waits_for_an_in_flight_send_and_then_removes_the_job(
+    database_url, db, settings, campaign
+) -> None:
+    """The outbox worker keeps a job row locked while it talks SMTP: an erasure must not
+    commit before that send ends, so that no email leaves after the erasure."""
+    person = await people.add_person(db, settings, "inflight@example.org", "inflight", campaign)
+    worker = await asyncpg.connect(database_url)
+    eraser = await asyncpg.connect(database_url)
+    try:
+        sending = worker.transaction()
+        await sending.start()
+        await worker.fetchrow(
+            "SELECT id FROM outbox WHERE subscriber_id = $1 FOR UPDATE SKIP LOCKED", person.id
+        )
+        erase = asyncio.create_task(erasure.erase_subscriber(eraser, person.id, settings))
+        await asyncio.sleep(0.3)
+        assert not erase.done(), "the erasure committed while a send was in flight"
+        await sending.commit()
+        assert await asyncio.wait_for(erase, 5) is True
+    finally:
+        await worker.close()
+        await eraser.close()
+    assert await people.find_anywhere(db, person.needles) == {}
+
+
+async def test_erase_subscriber_reports_whether_someone_was_there(db, settings, campaign) -> None:
+    person = await people.add_person(db, settings, "once@example.org", "once", campaign)
+    assert await erasure.erase_subscriber(db, person.id, settings) is True
+    assert await erasure.erase_subscriber(db, person.id, settings) is False
+    assert await erasure.erase_subscriber(db, 10**12, settings) is False

@@ -1,0 +1,227 @@
+"""Retention with the clock moved: rows are given timestamps in the past, nobody sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import asyncpg
+
+from service import retention
+from tests import people, support
+
+DAY = 86400
+
+
+async def backdate_signup(db, subscriber_id: int, seconds: float) -> None:
+    await db.execute(
+        "UPDATE subscribers SET signup_at = now() - make_interval(secs => $2),"
+        " created_at = now() - make_interval(secs => $2) WHERE id = $1",
+        subscriber_id,
+        float(seconds),
+    )
+
+
+async def add_open(db, subscriber_id: int, campaign_id: int, age: float) -> None:
+    await db.execute(
+        "INSERT INTO opens (subscriber_id, campaign_id, at, ip, user_agent)"
+        " VALUES ($1, $2, now() - make_interval(secs => $3), '192.0.2.0', 'Agent/1')",
+        subscriber_id,
+        campaign_id,
+        float(age),
+    )
+
+
+async def add_delivery(db, subscriber_id: int, campaign_id: int, age: float) -> None:
+    await db.execute(
+        "INSERT INTO deliveries (campaign_id, subscriber_id, queued_at, sent_at)"
+        " VALUES ($1, $2, now() - make_interval(secs => $3), now() - make_interval(secs => $3))",
+        campaign_id,
+        subscriber_id,
+        float(age),
+    )
+
+
+async def add_rate_limit(db, key: bytes, age: float) -> None:
+    await db.execute(
+        "INSERT INTO rate_limits (scope, key, window_start, hits)"
+        " VALUES ('ip', $1, now() - make_interval(secs => $2), 1)",
+        key,
+        float(age),
+    )
+
+
+async def test_expired_pending_signups_are_deleted_with_their_queued_mail(db, settings) -> None:
+    old = await people.add_subscriber(db, "old@example.org", status="pending")
+    fresh = await people.add_subscriber(db, "fresh@example.org", status="pending")
+    long_active = await people.add_subscriber(db, "loyal@example.org")
+    await backdate_signup(db, old, settings.confirm_max_age + 60)
+    await backdate_signup(db, fresh, settings.confirm_max_age - 60)
+    await backdate_signup(db, long_active, 10 * 365 * DAY)
+    await db.execute(
+        "INSERT INTO consent_events (subscriber_id, kind, ip) VALUES ($1, 'signup', '192.0.2.0')",
+        old,
+    )
+    await db.execute("INSERT INTO outbox (kind, subscriber_id) VALUES ('confirm', $1)", old)
+
+    counts = await retention.purge(db, settings)
+
+    assert counts["pending_signups"] == 1
+    remaining = {r["email"] for r in await db.fetch("SELECT email FROM subscribers")}
+    assert remaining == {"fresh@example.org", "loyal@example.org"}
+    assert await db.fetchval("SELECT count(*) FROM consent_events") == 0
+    assert await db.fetchval("SELECT count(*) FROM outbox") == 0
+    assert await people.find_anywhere(db, ("old@example.org",)) == {}
+
+
+async def test_opens_and_deliveries_older_than_the_retention_are_deleted(db, settings) -> None:
+    s = settings.replace(open_retention=395 * DAY)
+    campaign = await people.add_campaign(db)
+    reader = await people.add_subscriber(db, "reader@example.org")
+    await add_open(db, reader, campaign, 396 * DAY)
+    await add_open(db, reader, campaign, 394 * DAY)
+    other_campaign = await people.add_campaign(db, "recent")
+    await add_delivery(db, reader, campaign, 400 * DAY)
+    await add_delivery(db, reader, other_campaign, 30 * DAY)
+    await db.execute(
+        "UPDATE campaigns SET sent = 7 WHERE id = $1", campaign
+    )  # anonymous counters stay
+
+    counts = await retention.purge(db, s)
+
+    assert (counts["opens"], counts["deliveries"]) == (1, 1)
+    assert await db.fetchval("SELECT count(*) FROM opens") == 1
+    assert [r["campaign_id"] for r in await db.fetch("SELECT campaign_id FROM deliveries")] == [
+        other_campaign
+    ]
+    assert await db.fetchval("SELECT sent FROM campaigns WHERE id = $1", campaign) == 7
+    assert await db.fetchval("SELECT count(*) FROM subscribers") == 1
+
+
+async def test_a_delivery_whose_email_is_still_queued_is_kept(db, settings) -> None:
+    campaign = await people.add_campaign(db)
+    reader = await people.add_subscriber(db, "slow@example.org")
+    await add_delivery(db, reader, campaign, 500 * DAY)
+    await db.execute(
+        "INSERT INTO outbox (kind, subscriber_id, campaign_id, run_at)"
+        " VALUES ('campaign', $1, $2, now() + interval '1 day')",
+        reader,
+        campaign,
+    )
+    assert (await retention.purge(db, settings))["deliveries"] == 0
+    assert await db.fetchval("SELECT count(*) FROM deliveries") == 1
+
+
+async def test_stale_rate_limit_rows_are_deleted_and_current_ones_kept(db, settings) -> None:
+    await add_rate_limit(db, b"old-window", 3 * DAY)
+    await add_rate_limit(db, b"this-window", 600)
+    assert (await retention.purge(db, settings))["rate_limits"] == 1
+    assert [bytes(r["key"]) for r in await db.fetch("SELECT key FROM rate_limits")] == [
+        b"this-window"
+    ]
+
+
+async def test_large_backlogs_are_deleted_in_batches_within_one_pass(db, settings) -> None:
+    campaign = await people.add_campaign(db)
+    reader = await people.add_subscriber(db, "busy@example.org")
+    total = retention.BATCH * 2 + 17
+    await db.execute(
+        "INSERT INTO opens (subscriber_id, campaign_id, at)"
+        " SELECT $1, $2, now() - interval '500 days' FROM generate_series(1, $3)",
+        reader,
+        campaign,
+        total,
+    )
+    assert (await retention.purge(db, settings))["opens"] == total
+    assert await db.fetchval("SELECT count(*) FROM opens") == 0
+
+
+async def test_a_second_pass_while_one_runs_skips_and_deletes_nothing(
+    db, database_url, settings
+) -> None:
+    old = await people.add_subscriber(db, "expired@example.org", status="pending")
+    await backdate_signup(db, old, settings.confirm_max_age + 60)
+    holder = await asyncpg.connect(database_url)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT pg_advisory_xact_lock($1)", retention.ADVISORY_LOCK_ID)
+            assert await retention.purge(db, settings) == {"skipped": 1}
+            assert await db.fetchval("SELECT count(*) FROM subscribers") == 1
+    finally:
+        await holder.close()
+    assert (await retention.purge(db, settings))["pending_signups"] == 1
+
+
+async def test_concurrent_passes_from_many_replicas_delete_each_row_once(
+    db, database_url, settings
+) -> None:
+    campaign = await people.add_campaign(db)
+    reader = await people.add_subscriber(db, "many@example.org")
+    await db.execute(
+        "INSERT INTO opens (subscriber_id, campaign_id, at)"
+        " SELECT $1, $2, now() - interval '500 days' FROM generate_series(1, 3000)",
+        reader,
+        campaign,
+    )
+    connections = [await asyncpg.connect(database_url) for _ in range(4)]
+    try:
+        results = await asyncio.gather(*(retention.purge(c, settings) for c in connections))
+    finally:
+        for con in connections:
+            await con.close()
+    assert sum(r.get("opens", 0) for r in results) == 3000
+    assert sum(1 for r in results if "skipped" not in r) >= 1
+    assert await db.fetchval("SELECT count(*) FROM opens") == 0
+
+
+async def test_the_periodic_task_purges_and_counts_in_metrics(app_factory, db) -> None:
+    old = await people.add_subscriber(db, "periodic@example.org", status="pending")
+    await backdate_signup(db, old, 30 * DAY)
+    async with app_factory(purge_interval=0.2) as (app, _client):
+        deadline = time.monotonic() + 10
+        while await db.fetchval("SELECT count(*) FROM subscribers"):
+            assert time.monotonic() < deadline, "the periodic purge did not run"
+            await asyncio.sleep(0.05)
+        deadline = time.monotonic() + 5
+        while not app.state.metrics.purged.labels("pending_signups")._value.get():
+            assert time.monotonic() < deadline, "the purge was not counted"
+            await asyncio.sleep(0.05)
+
+
+async def test_the_periodic_task_survives_a_failing_pass(app_factory, db, database_url) -> None:
+    """A pass that fails (here it times out on a locked table) is logged, and the next
+    pass runs as usual."""
+    old = await people.add_subscriber(db, "later@example.org", status="pending")
+    await backdate_signup(db, old, 30 * DAY)
+    blocker = await asyncpg.connect(database_url)
+    try:
+        async with app_factory(purge_interval=0.2, db_command_timeout=0.3) as (_app, _client):
+            async with blocker.transaction():
+                await blocker.execute("LOCK TABLE subscribers IN ACCESS EXCLUSIVE MODE")
+                await asyncio.sleep(1.0)  # a few passes time out meanwhile
+            task = next(t for t in asyncio.all_tasks() if t.get_name() == "retention")
+            assert not task.done()
+            deadline = time.monotonic() + 10
+            while await db.fetchval("SELECT count(*) FROM subscribers"):
+                assert time.monotonic() < deadline, "no pass succeeded after the failures"
+                await asyncio.sleep(0.05)
+    finally:
+        await blocker.close()
+
+
+def test_newsletter_purge_command_runs_one_pass_and_prints_the_counts(database_url) -> None:
+    env = support.base_env(database_url, "smtp://127.0.0.1:25")
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "purge"],
+        env=env,
+        cwd=support.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(counts) == {"pending_signups", "opens", "deliveries", "rate_limits"}
