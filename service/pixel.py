@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import time
 
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from service.classify import MAX_USER_AGENT
@@ -80,3 +81,12 @@ class Pixel:
 
 
 pixel = Pixel()
+
+
+def route() -> Route:
+    """The pixel's route. Its pattern also takes tokens with `/` in them (forged, or mangled
+    by a mail client) so that they get the GIF too, not a 404; its template stays
+    `/o/{token}.gif` for metric labels, the quiet access log and the OpenAPI file."""
+    pixel_route = Route("/o/{token:path}.gif", pixel, methods=["GET", "HEAD"])
+    pixel_route.path = "/o/{token}.gif"
+    return pixel_route

@@ -94,7 +94,7 @@ class Recorder:
         settings: Settings,
         metrics: Metrics,
         classifier: Classifier | None = None,
-        retry_for: float = RETRY_FOR,
+        retry_for: float | None = None,
     ) -> None:
         self.pool = pool
         self.settings = settings
@@ -103,7 +103,7 @@ class Recorder:
             apple_ranges_file=settings.apple_proxy_ranges_file
         )
         self.country = geo.resolver(settings.geoip_mmdb)
-        self.retry_for = retry_for
+        self.retry_for = RETRY_FOR if retry_for is None else retry_for
         # Proxies (Apple, Google, scanners) fetch from few addresses: worth a small cache.
         self._ip_facts = functools.lru_cache(maxsize=IP_CACHE_SIZE)(self._ip_facts_uncached)
         self._con: asyncpg.Connection | None = None
@@ -227,9 +227,11 @@ class Recorder:
         con, self._con = self._con, None
         if con is None:
             return
-        if broken:
-            con.terminate()
+        # A connection the server dropped has already gone back to the pool (asyncpg
+        # detaches it); terminating or releasing it again then fails, harmlessly.
         with contextlib.suppress(Exception):
+            if broken:
+                con.terminate()
             await self.pool.release(con)
 
     async def _execute_with_retry(self, args: dict[str, object], count: int) -> bool:

@@ -1,0 +1,256 @@
+import asyncio
+import random
+import time
+
+import asyncpg
+import httpx
+import pytest
+
+from service import db as service_db
+from service import migrations, recorder
+from service.observability import Metrics
+from service.pixel import GIF
+from service.recorder import Open, Recorder
+from tests import support
+from tests.conftest import running
+from tests.pixel_support import CHROME, pixel_path, seed, wait_for_count
+
+
+def dropped(metrics: Metrics, reason: str) -> int:
+    value = metrics.registry.get_sample_value("pixel_opens_dropped_total", {"reason": reason})
+    return int(value or 0)
+
+
+async def test_queue_bound_drops_and_counts_and_stop_flushes_what_was_collected(
+    make_settings, db
+) -> None:
+    campaign_id, subscriber_ids = await seed(db, 10)
+    settings = make_settings(pixel_queue_max=5)
+    pool = await service_db.create_pool(settings)
+    try:
+        metrics = Metrics()
+        rec = Recorder(pool, settings, metrics)  # not started: nothing drains the queue
+        futures = [
+            rec.submit(Open(sid, campaign_id, time.time(), "81.2.69.160", CHROME))
+            for sid in subscriber_ids[:6]
+        ]
+        assert all(f is not None for f in futures[:5]) and futures[5] is None
+        assert dropped(metrics, "queue_full") == 1
+        rec.start()
+        await rec.stop()  # shutdown: the collected batch is written before the pool closes
+        assert all(f.done() and f.result() is True for f in futures[:5])
+    finally:
+        await pool.close()
+    assert await db.fetchval("SELECT count(*) FROM opens") == 5
+
+
+async def test_cancelled_waiter_does_not_cancel_the_batch_for_the_others(make_settings, db) -> None:
+    campaign_id, (first, second) = await seed(db, 2)
+    settings = make_settings()
+    pool = await service_db.create_pool(settings)
+    try:
+        rec = Recorder(pool, settings, Metrics())
+        done = rec.submit(Open(first, campaign_id, time.time(), None, CHROME))
+        rec.submit(Open(second, campaign_id, time.time(), None, CHROME))
+        assert done is not None
+
+        async def wait() -> bool:
+            return await done
+
+        waiters = [asyncio.create_task(wait()) for _ in range(3)]
+        await asyncio.sleep(0)
+        waiters[0].cancel()
+        rec.start()
+        results = await asyncio.gather(*waiters, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError)
+        assert results[1:] == [True, True]
+        await rec.stop()
+    finally:
+        await pool.close()
+    assert await db.fetchval("SELECT count(*) FROM opens") == 2
+
+
+async def test_answer_first_mode_answers_at_once_and_records_soon_after(app_factory, db) -> None:
+    campaign_id, subscriber_ids = await seed(db, 20)
+    async with app_factory(pixel_mode="answer-first") as (_app, client):
+        responses = await asyncio.gather(
+            *(client.get(pixel_path(sid, campaign_id)) for sid in subscriber_ids)
+        )
+        assert all(r.content == GIF for r in responses)
+        assert await wait_for_count(db, "SELECT count(*) FROM opens", 20) == 20
+
+
+async def test_unsubscribes_racing_batches_never_fail_a_batch_nor_leave_an_orphan(
+    app_factory, db
+) -> None:
+    campaign_id, subscriber_ids = await seed(db, 60)
+    leaving = set(random.Random(5).sample(subscriber_ids, 30))
+    staying = [sid for sid in subscriber_ids if sid not in leaving]
+
+    async with app_factory() as (app, client):
+
+        async def opens(round_: int) -> list[httpx.Response]:
+            return await asyncio.gather(
+                *(
+                    client.get(pixel_path(sid, campaign_id), headers={"User-Agent": CHROME})
+                    for sid in subscriber_ids
+                )
+            )
+
+        async def erase() -> None:
+            for sid in leaving:  # erasure as helper B's module does it: outbox first
+                async with db.transaction():
+                    await db.execute("DELETE FROM outbox WHERE subscriber_id = $1", sid)
+                    await db.execute("DELETE FROM subscribers WHERE id = $1", sid)
+                await asyncio.sleep(0)
+
+        results = await asyncio.gather(opens(1), erase(), opens(2), opens(3))
+        for batch in (results[0], results[2], results[3]):
+            assert all(r.status_code == 200 and r.content == GIF for r in batch)
+        metrics = app.state.metrics
+        assert dropped(metrics, "error") == 0 and dropped(metrics, "database") == 0
+
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM opens WHERE subscriber_id = ANY($1::bigint[])", list(leaving)
+        )
+        == 0
+    )
+    assert await db.fetchval(
+        "SELECT count(*) FROM opens WHERE subscriber_id = ANY($1::bigint[])", staying
+    ) == 3 * len(staying)
+    total = await db.fetchval("SELECT opens FROM campaign_counts WHERE dimension = 'total'")
+    # every staying subscriber's opens counted; a leaving one's only while it still existed
+    assert 3 * len(staying) <= total <= 3 * len(subscriber_ids)
+
+
+@pytest.mark.slow
+async def test_every_answered_open_is_recorded_under_concurrent_load_on_real_uvicorn(
+    database_url, smtp, db
+) -> None:
+    campaign_id, subscriber_ids = await seed(db, 200)
+    service = support.ServiceProcess(support.base_env(database_url, smtp.url)).start()
+    answered = 0
+    try:
+        await service.wait_ready()
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=service.url, limits=limits) as client:
+
+            async def fetch(sid: int) -> bool:
+                response = await client.get(
+                    pixel_path(sid, campaign_id), headers={"User-Agent": CHROME}
+                )
+                return response.status_code == 200 and response.content == GIF
+
+            for _ in range(5):
+                answered += sum(await asyncio.gather(*(fetch(s) for s in subscriber_ids)))
+                # wait mode: what was answered is already committed, no polling needed
+                assert await db.fetchval("SELECT count(*) FROM opens") == answered
+    finally:
+        service.stop()
+    assert answered == 1000
+    counts = await db.fetchrow("SELECT * FROM campaign_counts WHERE dimension = 'total'")
+    assert (counts["opens"], counts["unique_opens"]) == (1000, 200)
+
+
+@pytest.fixture
+async def own_server(tmp_path_factory):
+    """A PostgreSQL of the test's own, so stopping it disturbs no other test.
+
+    A short directory: pgserver puts the socket in the data directory only when the
+    path fits a Unix socket name, else in a directory shared with the suite's server.
+    """
+    import pgserver
+    from pgserver._commands import pg_ctl
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pgc") / "pg", cleanup_mode="delete")
+    url = server.get_uri()
+    con = await asyncpg.connect(url)
+    await migrations.migrate(con)
+    await con.close()
+
+    async def stop() -> None:
+        await asyncio.to_thread(
+            pg_ctl, ["-m", "fast", "-w", "stop"], pgdata=server.pgdata, user=server.system_user
+        )
+
+    async def start() -> None:
+        await asyncio.to_thread(server.ensure_postgres_running)
+
+    try:
+        yield url, stop, start
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.slow
+async def test_database_stopped_and_restarted_mid_load_pixel_answers_and_recording_resumes(
+    own_server, make_settings
+) -> None:
+    url, stop, start = own_server
+    con = await asyncpg.connect(url)
+    campaign_id, subscriber_ids = await seed(con, 30)
+    await con.close()
+
+    async with running(make_settings(database_url=url, pixel_wait_max=0.3)) as (app, client):
+
+        async def burst() -> int:
+            responses = await asyncio.gather(
+                *(client.get(pixel_path(sid, campaign_id)) for sid in subscriber_ids)
+            )
+            assert all(r.status_code == 200 and r.content == GIF for r in responses)
+            return len(responses)
+
+        before = await burst()
+        await stop()
+        started = time.monotonic()
+        during = await burst()
+        assert time.monotonic() - started < 3  # bounded by PIXEL_WAIT_MAX, not the outage
+        await start()
+        after = await burst()
+
+        con = await asyncpg.connect(url)
+        try:
+            # the outage was shorter than RETRY_FOR: the retried batch lands too
+            total = before + during + after
+            assert await wait_for_count(con, "SELECT count(*) FROM opens", total) == total
+        finally:
+            await con.close()
+        assert dropped(app.state.metrics, "database") == 0
+
+
+@pytest.mark.slow
+async def test_opens_lost_to_a_long_outage_are_counted_and_recording_resumes(
+    own_server, make_settings, monkeypatch
+) -> None:
+    monkeypatch.setattr(recorder, "RETRY_FOR", 0.5)
+    url, stop, start = own_server
+    con = await asyncpg.connect(url)
+    campaign_id, subscriber_ids = await seed(con, 20)
+    await con.close()
+
+    async with running(make_settings(database_url=url, pixel_wait_max=0.2)) as (app, client):
+        metrics = app.state.metrics
+        await stop()
+        responses = await asyncio.gather(
+            *(client.get(pixel_path(sid, campaign_id)) for sid in subscriber_ids)
+        )
+        assert all(r.status_code == 200 and r.content == GIF for r in responses)
+        deadline = time.monotonic() + 10
+        while dropped(metrics, "database") < len(subscriber_ids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert dropped(metrics, "database") == len(subscriber_ids)
+
+        await start()
+        for _ in range(100):  # the writer's connection was broken; the next batch reconnects
+            response = await client.get(pixel_path(subscriber_ids[0], campaign_id))
+            assert response.content == GIF
+            con = await asyncpg.connect(url)
+            try:
+                if await con.fetchval("SELECT count(*) FROM opens"):
+                    break
+            finally:
+                await con.close()
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("recording did not resume after the database came back")
