@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -79,3 +80,40 @@ async def test_replicas_started_together_apply_each_migration_once_and_all_becom
         # uvicorn finishes its graceful shutdown, then re-raises SIGTERM on itself.
         assert replica.proc is not None and replica.proc.returncode in (0, -signal.SIGTERM)
         assert "Application shutdown complete." in replica.output()
+
+
+@pytest.mark.slow
+async def test_migrate_jobs_started_together_apply_each_migration_once(
+    empty_database_url: str,
+) -> None:
+    """The migration Job retried or run twice by a pipeline: all succeed, once each."""
+    env = support.base_env(empty_database_url, "smtp://127.0.0.1:25")
+    for name in ("SMTP_URL", "PUBLIC_URL", "SECRET_KEYS", "ADMIN_TOKENS"):
+        env.pop(name)  # `migrate` needs only DATABASE_URL
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "service",
+            "migrate",
+            env=env,
+            cwd=support.ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        for _ in range(REPLICAS)
+    ]
+    outputs = await asyncio.wait_for(
+        asyncio.gather(*(p.communicate() for p in processes)), timeout=120
+    )
+    logs = [out.decode(errors="replace") for out, _ in outputs]
+    assert [p.returncode for p in processes] == [0] * REPLICAS, logs
+    expected = [m.name for m in migrations.discover()]
+    applied = Counter(f for log in logs for f in applied_events(log))
+    assert applied == Counter(expected), logs
+    con = await asyncpg.connect(empty_database_url)
+    try:
+        names = await con.fetch("SELECT name FROM schema_migrations ORDER BY name")
+    finally:
+        await con.close()
+    assert [r["name"] for r in names] == sorted(expected)
