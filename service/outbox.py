@@ -241,5 +241,10 @@ async def running(app: Starlette) -> AsyncIterator[Worker]:
             await asyncio.wait_for(task, timeout=STOP_GRACE_S)
         except TimeoutError:
             log.warning("outbox worker cancelled at shutdown")
+        except Exception as exc:  # a query cut off by the cancellation; the job stays queued
+            log.warning(
+                "outbox worker ended with an error at shutdown",
+                extra={"error": exc.__class__.__name__},
+            )
         finally:
             await worker.close()
