@@ -222,6 +222,6 @@ async def test_one_click_works_against_a_real_server_process(
                 headers={"content-type": "application/x-www-form-urlencoded"},
             )
     finally:
-        service.stop()
+        await asyncio.to_thread(service.stop)
     assert response.status_code == 200
     assert not await exists(db, person.id)
