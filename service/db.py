@@ -40,9 +40,13 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
 
 
 async def connect(settings: Settings) -> asyncpg.Connection:
-    """A single connection for one-shot commands (migrate, purge)."""
+    """A single connection for one-shot commands (migrate, purge).
+
+    It goes to DATABASE_DIRECT_URL when set: migrations hold a session-level advisory
+    lock, which a transaction-mode pooler would not keep on one server connection.
+    """
     con = await asyncpg.connect(
-        settings.database_url,
+        settings.direct_database_url,
         statement_cache_size=settings.db_statement_cache_size,
         command_timeout=max(settings.db_command_timeout, 300),
         server_settings={"application_name": "newsletter-cli", "timezone": "UTC"},

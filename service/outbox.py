@@ -132,7 +132,7 @@ class Worker:
         if time.monotonic() < self._listen_retry_at:
             return
         try:
-            con = await asyncpg.connect(self.settings.database_url, timeout=5)
+            con = await asyncpg.connect(self.settings.direct_database_url, timeout=5)
             await con.add_listener(CHANNEL, lambda *_: self._wake.set())
         except DB_ERRORS as exc:
             self._listen_retry_at = time.monotonic() + max(self.settings.outbox_poll_interval, 1)

@@ -123,6 +123,7 @@ class Settings:
     forwarded_allow_ips: str = "127.0.0.1"
     cors_origins: tuple[str, ...] = ()
     # -- database ----------------------------------------------------------------
+    database_direct_url: str = ""  # bypasses a transaction pooler: LISTEN, migrations
     db_pool_min: int = 2
     db_pool_max: int = 10
     db_statement_cache_size: int = 100
@@ -166,6 +167,11 @@ class Settings:
         return parse_smtp_url(self.smtp_url)
 
     @property
+    def direct_database_url(self) -> str:
+        """For what a transaction-mode pooler cannot carry: LISTEN and session locks."""
+        return self.database_direct_url or self.database_url
+
+    @property
     def public_base(self) -> str:
         return self.public_url.rstrip("/")
 
@@ -191,6 +197,10 @@ def _url(schemes: tuple[str, ...]):
         return text
 
     return parse
+
+
+def _optional_pg_url(text: str) -> str:
+    return _url(("postgresql", "postgres"))(text) if text else ""
 
 
 def _optional_url(text: str) -> str:
@@ -338,6 +348,7 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("DEMO_PAGE", "demo_page", _bool),
     ("FORWARDED_ALLOW_IPS", "forwarded_allow_ips", _forwarded),
     ("CORS_ORIGINS", "cors_origins", _origins),
+    ("DATABASE_DIRECT_URL", "database_direct_url", _optional_pg_url),
     ("DB_POOL_MIN", "db_pool_min", _int(0, 100)),
     ("DB_POOL_MAX", "db_pool_max", _int(1, 200)),
     ("DB_STATEMENT_CACHE_SIZE", "db_statement_cache_size", _int(0, 10000)),

@@ -164,7 +164,8 @@ def admin_headers() -> dict[str, str]:
 # against a real PgBouncer in transaction pooling mode (tests/pgbouncer.py, Debian's
 # package) with DB_STATEMENT_CACHE_SIZE=0, as the replicas run behind CloudNativePG's
 # Pooler. The tests' own connections (`db`, `database_url`) and real `serve` processes
-# stay direct, as do the migrations (a session-level advisory lock). Unset: no change.
+# stay direct, as do the migrations (a session-level advisory lock) and the outbox's LISTEN
+# connection (DATABASE_DIRECT_URL). Unset: no change.
 if os.environ.get("TEST_VIA_PGBOUNCER") == "1":
     from tests import pgbouncer as _pgbouncer
 
@@ -185,6 +186,8 @@ if os.environ.get("TEST_VIA_PGBOUNCER") == "1":
 
         def make(**overrides: Any) -> Settings:
             overrides.setdefault("database_url", pgbouncer_server.url_for(database_url))
+            # As in production (k8s/base/deployment.yaml): LISTEN goes straight to PostgreSQL.
+            overrides.setdefault("database_direct_url", database_url)
             overrides.setdefault("db_statement_cache_size", 0)
             return direct(**overrides)
 
