@@ -115,7 +115,15 @@ def _dev_secrets(directory: Path) -> dict[str, str]:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    import pgserver
+    try:
+        import aiosmtpd  # noqa: F401
+        import pgserver
+    except ImportError:
+        print(
+            "newsletter: `dev` needs the dev extra: pip install -e '.[dev]' (or run `make run`)",
+            file=sys.stderr,
+        )
+        return 2
 
     DEV_DIR.mkdir(exist_ok=True)
     (DEV_DIR / ".gitignore").write_text("*\n")

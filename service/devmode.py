@@ -15,9 +15,8 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -25,6 +24,9 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from service import pages
+
+if TYPE_CHECKING:
+    from aiosmtpd.smtp import SMTP, Envelope, Session
 
 KEEP_MESSAGES = 500
 _URL = re.compile(r"https?://[^\s<>\"')]+")
@@ -81,6 +83,8 @@ class _Handler:
 @contextlib.asynccontextmanager
 async def mail_catcher(app: Starlette) -> AsyncIterator[Mailbox]:
     import asyncio
+
+    from aiosmtpd.smtp import SMTP  # the `dev` extra; production never imports it
 
     settings = app.state.settings
     mailbox = Mailbox()
