@@ -7,7 +7,12 @@ statement. Two things need doing by hand, in this order, in the same transaction
 1. the subscriber's outbox jobs, first: the outbox worker keeps a job row locked while
    it talks SMTP, so this waits for an in-flight send, and once the erasure commits no
    email can leave (the worker's next claim finds no job, its composer no subscriber);
-2. the rate-limit rows keyed by an HMAC of the address (no foreign key can reach them).
+2. after the subscriber row, the rate-limit rows keyed by an HMAC of the address (no
+   foreign key can reach them).
+
+Locks are taken in the order outbox job, subscriber, rate limit, list_daily: the order
+of the outbox worker (job, then the subscriber's `confirm_sent_at`) and of a sign-up
+(subscriber, then the address's rate limit), so none of them can deadlock with another.
 
 The anonymous aggregates (campaign counters, `campaign_counts`, `list_daily`) stay.
 """
@@ -40,15 +45,16 @@ async def erase_subscriber(
     """
     async with con.transaction():
         await q.delete_outbox.execute(con, id=subscriber_id)
-        email = await q.subscriber_email.fetchval(con, id=subscriber_id)
-        if email is not None and settings is not None:
+        gone = await q.delete_subscriber.fetchrow(con, id=subscriber_id)
+        if gone is None:
+            return False
+        if settings is not None:
             await q.delete_address_rate_limits.execute(
-                con, key=ratelimit.address_key(settings, email)
+                con, key=ratelimit.address_key(settings, gone["email"])
             )
-        status = await q.delete_subscriber.fetchval(con, id=subscriber_id)
-        if status == "active":
+        if gone["status"] == "active":
             await q.count_unsubscribe.execute(con)
-        return status is not None
+        return True
 
 
 async def erase(

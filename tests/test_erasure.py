@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 from urllib.parse import quote
 
 import asyncpg
+import httpx
 import pytest
 
 from service import erasure
@@ -171,3 +174,58 @@ async def test_erase_subscriber_reports_whether_someone_was_there(db, settings, 
     assert await erasure.erase_subscriber(db, person.id, settings) is True
     assert await erasure.erase_subscriber(db, person.id, settings) is False
     assert await erasure.erase_subscriber(db, 10**12, settings) is False
+
+
+async def test_after_a_real_signup_confirm_campaign_and_open_an_unsubscribe_leaves_nothing(
+    app_factory, db, smtp, admin_headers
+) -> None:
+    """The same search after the data was written by the real endpoints (sign-up with
+    tracking consent, confirmation, campaign, pixel fetch), with full IPs kept."""
+    address, name = "Real.Person@Example.org", "Real Person Zq"
+    ips = ("203.0.113.201", "198.51.100.77")
+    agents = ("SignupAgent/42 (scan test)", "PixelAgent/7 (scan test)")
+    async with app_factory(ip_mode="full", tracking_mode="consent") as (app, admin):
+
+        def client_from(ip: str) -> httpx.AsyncClient:
+            transport = httpx.ASGITransport(app=app, client=(ip, 40000))
+            return httpx.AsyncClient(transport=transport, base_url=support.PUBLIC_URL)
+
+        async with client_from(ips[0]) as browser:
+            signup = await browser.post(
+                "/subscribe",
+                data={"email": address, "name": name, "tracking": "1", "source": "scan"},
+                headers={"user-agent": agents[0]},
+            )
+            assert signup.status_code in (200, 303)
+            [confirmation] = await smtp.wait_for(1)
+            confirm_path = re.search(r"/confirm/[A-Za-z0-9._-]+", confirmation.part("plain"))
+            confirmed = await browser.post(confirm_path.group(0), headers={"user-agent": agents[0]})
+            assert confirmed.status_code in (200, 303)
+        campaign = await admin.post(
+            "/admin/api/campaigns",
+            json={"name": "n", "subject": "s", "html": "<p>{{ name }}</p>", "text": "t"},
+            headers=admin_headers,
+        )
+        sent = await admin.post(
+            f"/admin/api/campaigns/{campaign.json()['id']}/send", headers=admin_headers
+        )
+        assert sent.json() == {"queued": 1}
+        [_, mail] = await smtp.wait_for(2)
+        pixel = re.search(r"/o/[A-Za-z0-9._-]+\.gif", mail.part("html")).group(0)
+        async with client_from(ips[1]) as reader:
+            assert (await reader.get(pixel, headers={"user-agent": agents[1]})).status_code == 200
+        deadline = time.monotonic() + 10
+        while not await db.fetchval("SELECT count(*) FROM opens"):
+            assert time.monotonic() < deadline, "the open was not recorded"
+            await asyncio.sleep(0.05)
+
+        needles = (address, name, *ips, *agents)
+        before = await people.find_anywhere(db, needles)
+        assert {"subscribers", "consent_events", "opens"} <= set(before), before
+
+        unsubscribe = mail.message["List-Unsubscribe"].strip("<>")
+        response = await admin.post(
+            unsubscribe.removeprefix(support.PUBLIC_URL), content="List-Unsubscribe=One-Click"
+        )
+        assert response.status_code == 200
+        assert await people.find_anywhere(db, needles) == {}

@@ -16,7 +16,7 @@ DELETE FROM rate_limits WHERE scope = 'address' AND key = :key;
 
 -- name: delete_subscriber
 -- Cascades to consent_events, deliveries, opens (and any outbox job queued meanwhile).
-DELETE FROM subscribers WHERE id = :id RETURNING status;
+DELETE FROM subscribers WHERE id = :id RETURNING status, email;
 
 -- name: count_unsubscribe
 INSERT INTO list_daily (day, unsubscribes)
