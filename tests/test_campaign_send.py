@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import asyncpg
 import dkim as dkimpy
 import httpx
 import pytest
@@ -448,3 +449,28 @@ async def test_recipients_export_of_100000_streams_with_flat_memory(database_url
     assert lines == 100_000
     # Buffering 100,000 records and their lines would take well over 100 MiB.
     assert growth_mib < 40
+
+
+async def test_a_send_blocked_by_an_uncommitted_erasure_retries_without_that_subscriber(
+    db, database_url
+) -> None:
+    """The erasure deletes the subscriber row first; the send's foreign-key check waits
+    for it, fails once it commits, and the send runs again without them."""
+    await people.add_many(db, 50)
+    campaign_id = await people.add_campaign(db)
+    eraser = await asyncpg.connect(database_url)
+    sender = await asyncpg.connect(database_url)
+    try:
+        erasing = eraser.transaction()
+        await erasing.start()
+        await eraser.execute("DELETE FROM subscribers WHERE id = 25")
+        queueing = asyncio.create_task(campaigns.queue_send(sender, campaign_id))
+        await asyncio.sleep(0.3)
+        assert not queueing.done(), "the send did not wait for the erasure"
+        await erasing.commit()
+        assert await asyncio.wait_for(queueing, 10) == 49
+    finally:
+        await eraser.close()
+        await sender.close()
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE subscriber_id = 25") == 0
+    assert await db.fetchval("SELECT recipients FROM campaigns WHERE id = $1", campaign_id) == 49
