@@ -67,7 +67,9 @@ class Worker:
         self.settings = settings
         self.metrics = metrics
         self.context = context
-        self.mailer = Mailer(settings)
+        # One SMTP connection per lane; lanes send in parallel (OUTBOX_CONCURRENCY), each
+        # job in its own transaction, so a slow relay round trip does not serialise a send.
+        self.mailers = [Mailer(settings) for _ in range(settings.outbox_concurrency)]
         self.sender = parseaddr(settings.mail_from)[1]
         self._wake = asyncio.Event()
         self._stopping = False
@@ -76,11 +78,15 @@ class Worker:
 
     # -- loop ----------------------------------------------------------------------
     async def run(self) -> None:
+        await asyncio.gather(*(self._lane(i, mailer) for i, mailer in enumerate(self.mailers)))
+
+    async def _lane(self, lane: int, mailer: Mailer) -> None:
         relay_failures = 0
         while not self._stopping:
-            await self._ensure_listener()
+            if lane == 0:
+                await self._ensure_listener()
             try:
-                outcome = await self.process_one()
+                outcome = await self.process_one(mailer)
             except DB_ERRORS as exc:
                 log.warning("outbox database error", extra={"error": exc.__class__.__name__})
                 await self._sleep(self.settings.outbox_poll_interval)
@@ -93,7 +99,7 @@ class Worker:
                 relay_failures += 1
                 await self._sleep(backoff(self.settings, relay_failures))
             elif outcome == "idle":
-                await self.mailer.close_if_idle()
+                await mailer.close_if_idle()
                 await self._sleep(await self._idle_delay())
             else:
                 relay_failures = 0
@@ -119,7 +125,8 @@ class Worker:
         self._wake.set()
 
     async def close(self) -> None:
-        await self.mailer.close()
+        for mailer in self.mailers:
+            await mailer.close()
         if self._listener is not None:
             with contextlib.suppress(*DB_ERRORS):
                 await self._listener.close(timeout=2)
@@ -142,15 +149,15 @@ class Worker:
         self._wake.set()  # jobs may have been queued while nobody listened
 
     # -- one job -------------------------------------------------------------------
-    async def process_one(self) -> str:
+    async def process_one(self, mailer: Mailer | None = None) -> str:
         """Claims and handles one due job: 'idle', 'sent', 'retry', 'dropped' or 'relay_down'."""
         async with self.pool.acquire() as con, con.transaction():
             job = await q.claim_due.fetchrow(con)
             if job is None:
                 return "idle"
-            return await self._handle(con, job)
+            return await self._handle(con, job, mailer or self.mailers[0])
 
-    async def _handle(self, con: asyncpg.Connection, job: asyncpg.Record) -> str:
+    async def _handle(self, con: asyncpg.Connection, job: asyncpg.Record, mailer: Mailer) -> str:
         kind = job["kind"]
         composer = emails.COMPOSERS.get(kind)
         try:
@@ -177,7 +184,7 @@ class Worker:
                 con, job, Transient(None, f"compose {exc.__class__.__name__}")
             )
         try:
-            await self.mailer.send(self.sender, recipients, raw, smtputf8)
+            await mailer.send(self.sender, recipients, raw, smtputf8)
         except RelayUnavailable as failure:
             log.warning("smtp relay unavailable", extra={"reason": failure.reason})
             return "relay_down"

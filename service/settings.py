@@ -142,6 +142,7 @@ class Settings:
     rate_signup_per_ip_hour: int = 20
     # -- mailer (outbox) ---------------------------------------------------------
     outbox_max_attempts: int = 8
+    outbox_concurrency: int = 4
     outbox_poll_interval: float = 5.0
     outbox_backoff_base: float = 30.0
     outbox_backoff_max: float = 6 * 3600
@@ -365,6 +366,7 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("RATE_CONFIRM_MIN_INTERVAL", "rate_confirm_min_interval", _seconds(0, _DAY)),
     ("RATE_SIGNUP_PER_IP_HOUR", "rate_signup_per_ip_hour", _int(1, 1_000_000)),
     ("OUTBOX_MAX_ATTEMPTS", "outbox_max_attempts", _int(1, 100)),
+    ("OUTBOX_CONCURRENCY", "outbox_concurrency", _int(1, 64)),
     ("OUTBOX_POLL_INTERVAL", "outbox_poll_interval", _seconds(0.05, 3600)),
     ("OUTBOX_BACKOFF_BASE", "outbox_backoff_base", _seconds(0.01, _DAY)),
     ("OUTBOX_BACKOFF_MAX", "outbox_backoff_max", _seconds(0.01, 7 * _DAY)),

@@ -129,11 +129,52 @@ async def test_two_app_instances_on_one_database_never_send_a_job_twice(
     assert sum(sent) == 60
 
 
-async def test_one_smtp_connection_is_kept_open_between_jobs(app, client, db, smtp) -> None:
-    for i in range(5):
-        await subscribe(client, f"c{i}@example.com")
-    await smtp.wait_for(5)
+async def test_one_smtp_connection_is_kept_open_between_jobs(app_factory, db, smtp) -> None:
+    async with app_factory(outbox_concurrency=1) as (_app, client):
+        for i in range(5):
+            await subscribe(client, f"c{i}@example.com")
+        await smtp.wait_for(5)
     assert smtp.connections == 1
+
+
+async def test_parallel_lanes_each_keep_one_connection_and_send_each_job_once(
+    app_factory, db, smtp
+) -> None:
+    await _add_pending(db, 40)
+    async with app_factory(outbox_concurrency=4, outbox_poll_interval=0.05) as (_app, _client):
+        await smtp.wait_for(40, timeout=20)
+        await wait_until(lambda: outbox_empty(db))
+    counts = Counter(m.to for m in smtp.messages)
+    assert len(counts) == 40 and set(counts.values()) == {1}
+    assert 1 <= smtp.connections <= 4
+
+
+async def test_confirmation_mail_is_sent_before_queued_campaign_mail(app_factory, db, smtp) -> None:
+    campaign = await db.fetchval(
+        "INSERT INTO campaigns (name, subject, html, text) VALUES ('c', 's', 'h', 't') RETURNING id"
+    )
+    active = await db.fetch(
+        "INSERT INTO subscribers (email, status) SELECT 'a' || g || '@example.com', 'active'"
+        " FROM generate_series(1, 30) g RETURNING id"
+    )
+    await db.execute(
+        "INSERT INTO deliveries (campaign_id, subscriber_id) SELECT $1, unnest($2::bigint[])",
+        campaign,
+        [r["id"] for r in active],
+    )
+    await db.execute(
+        "INSERT INTO outbox (kind, subscriber_id, campaign_id, run_at)"
+        " SELECT 'campaign', unnest($2::bigint[]), $1, now() - interval '1 minute'",
+        campaign,
+        [r["id"] for r in active],
+    )
+    pending = await db.fetchval(
+        "INSERT INTO subscribers (email) VALUES ('waiting@example.com') RETURNING id"
+    )
+    await db.execute("INSERT INTO outbox (kind, subscriber_id) VALUES ('confirm', $1)", pending)
+    async with app_factory(outbox_concurrency=1) as (_app, _client):
+        await smtp.wait_for(31, timeout=20)
+    assert smtp.messages[0].to == "waiting@example.com"
 
 
 async def test_notify_wakes_the_worker_without_waiting_for_the_poll(app_factory, db, smtp) -> None:

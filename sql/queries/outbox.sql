@@ -2,11 +2,11 @@
 
 -- name: claim_due
 -- One due job, locked until the worker's transaction ends (through the send), skipped
--- by every other worker meanwhile.
+-- by every other worker meanwhile. Confirmations (priority 0) before campaign mail.
 SELECT id, kind, subscriber_id, campaign_id, attempts
 FROM outbox
 WHERE run_at <= now()
-ORDER BY run_at, id
+ORDER BY priority, run_at, id
 LIMIT 1
 FOR UPDATE SKIP LOCKED;
 
