@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from service import (
@@ -26,7 +28,7 @@ from service import (
     tracking_consent,
     unsubscribe,
 )
-from service.observability import Metrics, ObservabilityMiddleware
+from service.observability import Metrics, ObservabilityMiddleware, route_template
 from service.settings import Settings
 from service.tokens import Tokens
 
@@ -84,6 +86,18 @@ def routes(settings: Settings) -> list[BaseRoute]:
     return public
 
 
+async def database_unavailable(request: Request, exc: Exception) -> Response:
+    """Any endpoint that meets a lost database answers 503 + Retry-After, never 500."""
+    log.warning(
+        "database unavailable",
+        extra={"route": route_template(request.scope), "error": exc.__class__.__name__},
+    )
+    headers = {"Retry-After": "5", "Cache-Control": "no-store"}
+    if request.url.path.startswith("/admin/api/") or "json" in request.headers.get("accept", ""):
+        return JSONResponse({"error": "unavailable"}, status_code=503, headers=headers)
+    return pages.render(request, "unavailable.html", status_code=503, headers=headers)
+
+
 def create_app(settings: Settings) -> Starlette:
     """Build the app; nothing is shared between two apps built by two calls."""
 
@@ -106,6 +120,7 @@ def create_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         routes=routes(settings),
+        exception_handlers={error: database_unavailable for error in db.UNAVAILABLE},
         middleware=[Middleware(ObservabilityMiddleware, metrics=(metrics := Metrics()))],
         lifespan=lifespan,
     )

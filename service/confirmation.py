@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from service import clientinfo, pages
+from service import clientinfo, db, pages
 from service.queries import queries
 from service.settings import Settings
 from service.tokens import InvalidToken
@@ -30,7 +30,7 @@ q = queries("signup")
 TOKEN_MAX = 200
 FORM_MAX_BYTES = 2048
 RETRY_AFTER_UNAVAILABLE = "30"
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+DB_ERRORS = (asyncpg.PostgresError, *db.UNAVAILABLE)
 
 
 def _verified(request: Request, verify: str) -> int | None:

@@ -6,18 +6,38 @@ import asyncpg
 
 from service.settings import Settings
 
+# The database cannot be reached or the connection broke: answer 503 and let the
+# client retry, rather than 500 (asyncpg raises InternalClientError for a connection
+# left mid-operation by a dropped server).
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.ObjectNotInPrerequisiteStateError,  # database not accepting connections
+    OSError,
+    TimeoutError,
+)
+
 
 async def _init_connection(con: asyncpg.Connection) -> None:
     # Every timestamp the service writes or compares is UTC.
     await con.execute("SET TIME ZONE 'UTC'")
 
 
+# asyncpg's own reset on release, plus UTC again at its end, in one round trip. Behind
+# PgBouncer in transaction mode RESET ALL lands on some server connection and PgBouncer
+# then replays that connection's time zone to this client's later transactions.
+RESET_QUERY = (
+    "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL; SET TIME ZONE 'UTC';"
+)
+
+
 async def _reset_connection(con: asyncpg.Connection) -> None:
-    # asyncpg's reset on release ends in RESET ALL. Behind PgBouncer in transaction
-    # mode that RESET lands on some server connection and PgBouncer then replays its
-    # time zone to this client's later transactions; set UTC again so it replays UTC.
-    await con.reset()
-    await con.execute("SET TIME ZONE 'UTC'")
+    # The pool has already rolled back any open transaction (Connection._reset()).
+    await con.execute(RESET_QUERY)
 
 
 async def create_pool(settings: Settings) -> asyncpg.Pool:

@@ -26,7 +26,7 @@ from email.utils import parseaddr
 import asyncpg
 from starlette.applications import Starlette
 
-from service import dkim, emails
+from service import db, dkim, emails
 from service.observability import Metrics
 from service.queries import queries
 from service.settings import Settings
@@ -34,15 +34,9 @@ from service.smtp import Mailer, Permanent, RelayUnavailable, SmtpFailure, Trans
 
 CHANNEL = "newsletter_outbox"
 STOP_GRACE_S = 10.0
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+DB_ERRORS = (asyncpg.PostgresError, *db.UNAVAILABLE)
 # The database itself is gone (as opposed to one job's query failing).
-CONNECTION_ERRORS = (
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    OSError,
-    TimeoutError,
-)
+CONNECTION_ERRORS = db.UNAVAILABLE
 
 log = logging.getLogger("newsletter.outbox")
 q = queries("outbox")

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from service import clientinfo, pages, ratelimit
+from service import clientinfo, db, pages, ratelimit
 from service.queries import queries
 from service.settings import Settings
 
@@ -35,7 +35,7 @@ NAME_MAX = 100
 SOURCE_MAX = 200
 EMAIL_MAX = 320
 RETRY_AFTER_UNAVAILABLE = "30"
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+DB_ERRORS = (asyncpg.PostgresError, *db.UNAVAILABLE)
 _TRUE = frozenset({"1", "on", "true", "yes"})
 
 
