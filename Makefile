@@ -26,8 +26,16 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# The suite, then again in prepared-statement-free mode through a real PgBouncer in
+# transaction pooling mode (as the replicas run behind CloudNativePG's Pooler). The
+# second pass leaves out the tests that start their own `serve` processes (marked slow):
+# those connect directly either way.
 test: lint
 	$(PY) -m pytest
+	@if command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer; then \
+	  echo "== again through PgBouncer (transaction mode, DB_STATEMENT_CACHE_SIZE=0)"; \
+	  TEST_VIA_PGBOUNCER=1 $(PY) -m pytest -q -m "not slow and not browser"; \
+	else echo "== pgbouncer not installed: the PgBouncer pass is skipped (make system-deps)"; fi
 
 bench: $(STAMP)
 	$(PY) -m bench
