@@ -59,6 +59,10 @@ _TRANSIENT = (
     asyncpg.OperatorInterventionError,
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
+    # The server closed the connection while asyncpg was still consuming its last error:
+    # the next statement on it fails with "cannot switch to state …" (seen when
+    # PostgreSQL restarts under load). Nothing was sent, so a fresh connection retries.
+    asyncpg.InternalClientError,
 )
 _RETRY_AT_ONCE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
