@@ -222,3 +222,34 @@ class ServiceProcess:
                 self.proc.wait()
         if hasattr(self, "_log"):
             self._log.close()
+
+
+class SlowSmtpSink(SmtpSink):
+    """An SmtpSink that stores each message, then holds its "250 OK" for `delay` seconds.
+
+    Sends stay in flight long enough to kill a sender in the middle of one. A message
+    whose connection is lost while its reply is held lands in `unacknowledged`: the relay
+    has it but the sender never learnt so — the at-least-once window, where a retry by
+    another sender makes a duplicate.
+    """
+
+    def __init__(self, delay: float, port: int | None = None) -> None:
+        super().__init__(port)
+        self.delay = delay
+        self.held: list[Received] = []
+        self.unacknowledged: list[Received] = []
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        reply = await super().handle_DATA(server, session, envelope)
+        if not reply.startswith("250"):
+            return reply
+        received = self.messages[-1]
+        self.held.append(received)
+        try:
+            await asyncio.sleep(self.delay)
+        except asyncio.CancelledError:  # aiosmtpd cancels the handler when the peer goes
+            self.unacknowledged.append(received)
+            raise
+        finally:
+            self.held.remove(received)
+        return reply
