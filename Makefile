@@ -37,8 +37,9 @@ test: lint
 	  TEST_VIA_PGBOUNCER=1 $(PY) -m pytest -q -m "not slow and not browser"; \
 	else echo "== pgbouncer not installed: the PgBouncer pass is skipped (make system-deps)"; fi
 
+# Every bench, including the 10-million-row part of the pixel bench (about 10 minutes).
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m bench --big
 
 # Optional system packages some tests use (they skip, saying so, without them):
 # chromium + chromium-driver (browser test), pgbouncer (transaction-pooling test), wrk (bench).

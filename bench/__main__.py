@@ -28,7 +28,7 @@ def _table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    only = set(argv)
+    only = {arg for arg in argv if not arg.startswith("--")}  # flags are read by the benches
     results: dict[str, list[dict]] = {}
     for module in sorted(m.name for m in pkgutil.iter_modules([str(HERE)])):
         if not module.startswith("bench_") or (only and module not in only):

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import ua_parser
 
+from service.clientinfo import canonical_ip
+
 RULES_FILE = Path(__file__).resolve().parent / "data" / "machine_opens.json"
 MAX_USER_AGENT = 512
 UA_CACHE_SIZE = 8192
@@ -161,14 +163,9 @@ class Classifier:
         return UserAgentClass(ua, family, os_family, None, False)
 
     def network_reason(self, ip: str | None) -> str | None:
-        if not ip:
+        address = canonical_ip(ip)
+        if address is None:
             return None
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return None
-        if address.version == 6 and address.ipv4_mapped:
-            address = address.ipv4_mapped
         for ranges, reason in self._networks:
             if address in ranges:
                 return reason

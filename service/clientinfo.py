@@ -23,6 +23,19 @@ def client_ip(request: HTTPConnection) -> str | None:
         return None
 
 
+def canonical_ip(ip: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address as an object, IPv4-mapped IPv6 as IPv4; None if it is not an address."""
+    if not ip:
+        return None
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
 def reduce_ip(ip: str | None, mode: str) -> str | None:
     """`full` keeps the address, `truncated` keeps the /24 (IPv4) or /48 (IPv6), `none` drops it."""
     if ip is None or mode == "none":

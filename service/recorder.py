@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -38,7 +37,7 @@ from starlette.applications import Starlette
 
 from service import geo
 from service.classify import Classifier, verdict
-from service.clientinfo import reduce_ip
+from service.clientinfo import canonical_ip, reduce_ip
 from service.observability import Metrics
 from service.queries import queries
 from service.settings import Settings
@@ -278,15 +277,8 @@ class Recorder:
 
 def _address(ip: str | None) -> str | None:
     """The address in canonical form (IPv4-mapped IPv6 as IPv4); None if it is not one."""
-    if not ip:
-        return None
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return None
-    if address.version == 6 and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return str(address)
+    address = canonical_ip(ip)
+    return None if address is None else str(address)
 
 
 def _resolve(future: asyncio.Future[bool], value: bool) -> None:

@@ -253,3 +253,35 @@ class SlowSmtpSink(SmtpSink):
         finally:
             self.held.remove(received)
         return reply
+
+
+@dataclass
+class DkimKey:
+    """A fresh RSA key for DKIM tests, and the DNS answer a verifier would look up."""
+
+    path: str
+    public_der: bytes
+
+    def dnsfunc(self, selector: str, domain: str):
+        import base64
+
+        def lookup(name: bytes, timeout: int = 5) -> bytes:
+            assert name == f"{selector}._domainkey.{domain}.".encode()
+            return b"v=DKIM1; k=rsa; p=" + base64.b64encode(self.public_der)
+
+        return lookup
+
+
+def dkim_key(directory: Path) -> DkimKey:
+    key = directory / "dkim.pem"
+    subprocess.run(
+        ["openssl", "genrsa", "-traditional", "-out", str(key), "2048"],
+        check=True,
+        capture_output=True,
+    )
+    public = subprocess.run(
+        ["openssl", "rsa", "-in", str(key), "-pubout", "-outform", "DER"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    return DkimKey(str(key), public)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import email
 import email.policy
 import json
 import re
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -221,28 +219,15 @@ async def test_composer_sends_nothing_to_someone_gone_pending_or_already_mailed(
 async def test_campaign_mail_is_dkim_signed_over_both_list_unsubscribe_headers(
     app_factory, db, smtp, admin_headers, tmp_path
 ) -> None:
-    key = tmp_path / "dkim.pem"
-    subprocess.run(
-        ["openssl", "genrsa", "-traditional", "-out", str(key), "2048"],
-        check=True,
-        capture_output=True,
-    )
-    public = subprocess.run(
-        ["openssl", "rsa", "-in", str(key), "-pubout", "-outform", "DER"],
-        check=True,
-        capture_output=True,
-    ).stdout
+    dkim = support.dkim_key(tmp_path)
     await people.add_subscriber(db, "signed@example.org", name="Signed")
     async with app_factory(
-        dkim_private_key_file=str(key), dkim_selector="news", dkim_domain="newsletter.test"
+        dkim_private_key_file=dkim.path, dkim_selector="news", dkim_domain="newsletter.test"
     ) as (_app, client):
         await send(client, admin_headers)
         [message] = await smtp.wait_for(1)
 
-    def dns(name, timeout=5):
-        assert name == b"news._domainkey.newsletter.test."
-        return b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
-
+    dns = dkim.dnsfunc("news", "newsletter.test")
     assert dkimpy.verify(message.raw, dnsfunc=dns)
     signature = message.message["DKIM-Signature"]
     tags = dict(

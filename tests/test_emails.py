@@ -1,7 +1,6 @@
 import base64
 import email
 import email.policy
-import subprocess
 
 import dkim as dkimpy
 import pytest
@@ -101,18 +100,8 @@ def test_idn_domain_goes_out_as_ascii_and_unicode_local_part_needs_smtputf8() ->
 
 
 def _dkim_key(tmp_path) -> tuple[str, bytes]:
-    key = tmp_path / "dkim.pem"
-    subprocess.run(
-        ["openssl", "genrsa", "-traditional", "-out", str(key), "2048"],
-        check=True,
-        capture_output=True,
-    )
-    public = subprocess.run(
-        ["openssl", "rsa", "-in", str(key), "-pubout", "-outform", "DER"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    return str(key), public
+    key = support.dkim_key(tmp_path)
+    return key.path, key.public_der
 
 
 def test_dkim_signature_covers_list_unsubscribe_and_verifies(tmp_path) -> None:

@@ -1,7 +1,5 @@
 import asyncio
-import base64
 import logging
-import subprocess
 from collections import Counter
 
 import asyncpg
@@ -351,29 +349,15 @@ async def test_a_composer_that_fails_is_retried_while_other_jobs_are_sent(
 
 
 async def test_worker_signs_with_dkim_when_configured(app_factory, db, smtp, tmp_path) -> None:
-    key = tmp_path / "dkim.pem"
-    subprocess.run(
-        ["openssl", "genrsa", "-traditional", "-out", str(key), "2048"],
-        check=True,
-        capture_output=True,
-    )
-    public = subprocess.run(
-        ["openssl", "rsa", "-in", str(key), "-pubout", "-outform", "DER"],
-        check=True,
-        capture_output=True,
-    ).stdout
+    dkim = support.dkim_key(tmp_path)
     async with app_factory(
-        dkim_private_key_file=str(key), dkim_selector="s1", dkim_domain="newsletter.test"
+        dkim_private_key_file=dkim.path, dkim_selector="s1", dkim_domain="newsletter.test"
     ) as (_app, client):
         await subscribe(client, "signed@example.com")
         [message] = await smtp.wait_for(1)
 
-    def dns(name, timeout=5):
-        assert name == b"s1._domainkey.newsletter.test."
-        return b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
-
     assert message.raw.startswith(b"DKIM-Signature:")
-    assert dkimpy.verify(message.raw, dnsfunc=dns)
+    assert dkimpy.verify(message.raw, dnsfunc=dkim.dnsfunc("s1", "newsletter.test"))
 
 
 def test_backoff_grows_exponentially_with_jitter_and_is_capped(settings) -> None:
