@@ -1,5 +1,6 @@
 """Campaign throughput: queue a campaign for N subscribers and send it through the real
-outbox worker to a real SMTP server on loopback; report queueing time and mails/second.
+outbox worker (with 1 and with 4 sending lanes) to a real SMTP server on loopback, in a
+process of its own; report queueing time and mails/second.
 
 Runs on its own embedded PostgreSQL (pgserver, in a temporary directory) with durable
 settings left at PostgreSQL's defaults, so the figures are those of a plain server.
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
+from typing import Any
 
 import asyncpg
 import httpx
@@ -31,28 +34,50 @@ KEY = "bench-secret-key-0123456789-abcdefghijklmnop"
 class CountingSink:
     """A real SMTP server that only counts: the bench measures the sender, not a parser."""
 
-    def __init__(self) -> None:
-        self.received = 0
-        self.bytes = 0
+    def __init__(self, received, nbytes) -> None:
+        self.received = received  # multiprocessing.Value: read by the measuring process
+        self.nbytes = nbytes
 
     async def handle_DATA(self, server, session, envelope) -> str:
-        self.received += 1
-        self.bytes += len(envelope.original_content or envelope.content)
+        with self.received.get_lock():
+            self.received.value += 1
+        with self.nbytes.get_lock():
+            self.nbytes.value += len(envelope.original_content or envelope.content)
         return "250 OK"
 
 
-@contextlib.asynccontextmanager
-async def smtp_sink() -> AsyncIterator[tuple[CountingSink, int]]:
-    sink = CountingSink()
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: SMTP(sink, hostname="bench.sink", decode_data=False), host="127.0.0.1", port=0
-    )
+def _serve_sink(port, received, nbytes, ready) -> None:
+    """The relay in a process of its own, as a real relay is: it must not share the
+    sender's CPU (and its event loop), or the bench would measure both at once."""
+
+    async def serve() -> None:
+        sink = CountingSink(received, nbytes)
+        server = await asyncio.get_running_loop().create_server(
+            lambda: SMTP(sink, hostname="bench.sink", decode_data=False),
+            host="127.0.0.1",
+            port=0,
+        )
+        port.value = server.sockets[0].getsockname()[1]
+        ready.set()
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+@contextlib.contextmanager
+def smtp_sink() -> Iterator[tuple[Any, Any, int]]:
+    context = multiprocessing.get_context("spawn")
+    port, received, nbytes = context.Value("i", 0), context.Value("q", 0), context.Value("q", 0)
+    ready = context.Event()
+    process = context.Process(target=_serve_sink, args=(port, received, nbytes, ready))
+    process.start()
     try:
-        yield sink, server.sockets[0].getsockname()[1]
+        if not ready.wait(30):
+            raise RuntimeError("the SMTP sink did not start")
+        yield received, nbytes, port.value
     finally:
-        server.close()
-        await server.wait_closed()
+        process.terminate()
+        process.join(10)
 
 
 async def add_subscribers(con: asyncpg.Connection, count: int) -> None:
@@ -82,8 +107,8 @@ async def measure_queueing(con: asyncpg.Connection, count: int) -> dict:
     }
 
 
-async def measure_sending(url: str, count: int) -> dict:
-    async with smtp_sink() as (sink, port):
+async def measure_sending(url: str, count: int, lanes: int) -> dict:
+    with smtp_sink() as (received, nbytes, port):
         con = await asyncpg.connect(url)
         try:
             await add_subscribers(con, count)
@@ -97,6 +122,7 @@ async def measure_sending(url: str, count: int) -> dict:
             admin_tokens=(ADMIN_TOKEN,),
             mail_from="Bench News <news@example.com>",
             outbox_poll_interval=0.05,
+            outbox_concurrency=lanes,
             purge_interval=3600,
         )
         app = create_app(settings)
@@ -117,16 +143,16 @@ async def measure_sending(url: str, count: int) -> dict:
                 campaign_id = created.json()["id"]
                 started = time.perf_counter()
                 await client.post(f"/admin/api/campaigns/{campaign_id}/send", headers=headers)
-                while sink.received < count:
+                while received.value < count:
                     await asyncio.sleep(0.05)
                 elapsed = time.perf_counter() - started
     return {
         "bench": "campaign_send",
-        "name": "send through the outbox worker to SMTP",
+        "name": f"send through the outbox worker to SMTP, {lanes} lane(s)",
         "subscribers": count,
         "seconds": round(elapsed, 2),
         "per_second": round(count / elapsed),
-        "avg_kib": round(sink.bytes / max(sink.received, 1) / 1024, 1),
+        "avg_kib": round(nbytes.value / max(received.value, 1) / 1024, 1),
     }
 
 
@@ -143,7 +169,8 @@ async def run() -> list[dict]:
                 rows = [await measure_queueing(con, QUEUE_ONLY)]
             finally:
                 await con.close()
-            rows.append(await measure_sending(url, RECIPIENTS))
+            for lanes in (1, 4):  # side by side: OUTBOX_CONCURRENCY's effect
+                rows.append(await measure_sending(url, RECIPIENTS, lanes))
         finally:
             server.cleanup()
     return rows

@@ -255,6 +255,12 @@ class Service:
             self.proc.wait()
         self.log.close()
 
+    def dropped(self) -> dict[str, int]:
+        """Opens the server counted as lost, by reason (explains an all_recorded False)."""
+        text = httpx.get(self.url + "/metrics", timeout=5).text
+        found = re.findall(r'^pixel_opens_dropped_total\{reason="(\w+)"\} ([0-9.e+]+)$', text, re.M)
+        return {reason: int(float(n)) for reason, n in found}
+
     def answered(self, route: str) -> int:
         """200 answers the server itself counted for a route template."""
         text = httpx.get(self.url + "/metrics", timeout=5).text
@@ -369,6 +375,8 @@ def _measure_round(
         }
         if name != "ceiling":
             row["all_recorded"] = recorded == answered
+            if recorded != answered:
+                row["dropped"] = service.dropped()
         rows.append(row)
     return rows
 

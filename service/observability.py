@@ -59,6 +59,21 @@ class Metrics:
             registry=r,
         )
         self.purged = Counter("purged_rows", "Rows deleted by retention", ["what"], registry=r)
+        self._per_route: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Counts and times one request; the labelled children are looked up once per key
+        (`labels()` costs more than the increment, and this runs for every pixel)."""
+        key = (method, route, status)
+        children = self._per_route.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+            self._per_route[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 def route_template(scope: Scope) -> str:
@@ -75,32 +90,38 @@ class ObservabilityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
-        status = 500
+        await observed(self.app, self.metrics, scope, receive, send)
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
 
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            elapsed = time.perf_counter() - start
-            route = route_template(scope)
-            method = scope["method"]
-            self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(elapsed)
-            level = logging.DEBUG if route in QUIET_ROUTES and status < 500 else logging.INFO
-            if log.isEnabledFor(level):
-                log.log(
-                    level,
-                    "request",
-                    extra={
-                        "route": route,
-                        "method": method,
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 2),
-                    },
-                )
+async def observed(
+    app: ASGIApp, metrics: Metrics, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Runs `app` for one HTTP request and counts, times and logs it by route template."""
+    start = time.perf_counter()
+    status = 500
+
+    async def send_wrapper(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        await send(message)
+
+    try:
+        await app(scope, receive, send_wrapper)
+    finally:
+        elapsed = time.perf_counter() - start
+        route = route_template(scope)
+        method = scope["method"]
+        metrics.request_done(method, route, status, elapsed)
+        level = logging.DEBUG if route in QUIET_ROUTES and status < 500 else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "request",
+                extra={
+                    "route": route,
+                    "method": method,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )

@@ -245,7 +245,9 @@ class Recorder:
                 # The writer keeps one pooled connection (no acquire, release and reset
                 # round trips per batch); one statement is its own transaction.
                 if self._con is None:
-                    self._con = await self.pool.acquire()
+                    # Bounded: a pool exhausted by other work must fail the batch into the
+                    # retry path (and its metric), never stall the writer unseen.
+                    self._con = await self.pool.acquire(timeout=self.settings.db_command_timeout)
                 row = await self._query.fetchrow(self._con, **args)
             except _TRANSIENT as exc:
                 await self._release(broken=not isinstance(exc, _RETRY_AT_ONCE))
