@@ -42,9 +42,9 @@ def reduce_ip(ip: str | None, mode: str) -> str | None:
         return None
     if mode == "full":
         return ip
-    address = ipaddress.ip_address(ip)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
+    address = canonical_ip(ip)
+    if address is None:
+        return None
     prefix = 24 if address.version == 4 else 48
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
 

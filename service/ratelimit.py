@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from service.clientinfo import canonical_ip
 from service.queries import queries
 from service.settings import Settings
 
@@ -36,9 +37,9 @@ def address_key(settings: Settings, email: str) -> bytes:
 
 def ip_key(settings: Settings, ip: str) -> bytes:
     """IPv6 clients are counted per /64: one host commonly holds the whole prefix."""
-    address = ipaddress.ip_address(ip)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
+    address = canonical_ip(ip)
+    if address is None:
+        raise ValueError(f"not an IP address: {ip!r}")
     if address.version == 4:
         text = str(address)
     else:

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 import asyncpg
 from starlette.applications import Starlette
 
-from service import geo
+from service import db, geo
 from service.classify import Classifier, verdict
 from service.clientinfo import canonical_ip, reduce_ip
 from service.observability import Metrics
@@ -49,21 +49,10 @@ SHUTDOWN_FLUSH_MAX = 15.0
 IP_CACHE_SIZE = 16384  # within uvicorn's graceful period and Kubernetes' grace
 _BACKOFF = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
-_TRANSIENT = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    # The server closed the connection while asyncpg was still consuming its last error:
-    # the next statement on it fails with "cannot switch to state …" (seen when
-    # PostgreSQL restarts under load). Nothing was sent, so a fresh connection retries.
-    asyncpg.InternalClientError,
-)
+# A lost database (db.UNAVAILABLE, which includes asyncpg's "cannot switch to state …"
+# after a restart: nothing was sent, so a fresh connection retries) or a lock conflict.
 _RETRY_AT_ONCE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+_TRANSIENT = (*db.UNAVAILABLE, *_RETRY_AT_ONCE)
 
 
 class BatchDone(asyncio.Future):

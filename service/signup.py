@@ -172,26 +172,22 @@ async def register(
         if row is None:
             return "active"
         subscriber_id = row["id"]
-        common = {
-            "subscriber_id": subscriber_id,
-            "ip": evidence.ip,
-            "user_agent": evidence.user_agent,
-            "source": evidence.source,
-            "consent_text_version": evidence.consent_text_version,
-            "method": None,
-        }
-        await q.insert_consent_event.execute(con, kind="signup", **common)
-        if signup.tracking:
-            await q.insert_consent_event.execute(con, kind="tracking_granted", **common)
-        if row["created"]:
-            await q.count_signup.execute(con)
+        await q.insert_signup_evidence.execute(
+            con,
+            subscriber_id=subscriber_id,
+            kinds=["signup", "tracking_granted"] if signup.tracking else ["signup"],
+            ip=evidence.ip,
+            user_agent=evidence.user_agent,
+            source=evidence.source,
+            consent_text_version=evidence.consent_text_version,
+            created=row["created"],
+        )
         outcome = "new" if row["created"] else "pending"
         if await q.confirm_job_queued.fetchval(con, subscriber_id=subscriber_id):
             return outcome
         if not await ratelimit.claim_confirmation_email(con, settings, signup.email):
             return outcome + "_limited"
         await q.queue_confirmation.fetchval(con, subscriber_id=subscriber_id)
-        await q.notify_outbox.fetchval(con)
         return outcome
 
 

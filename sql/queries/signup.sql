@@ -15,8 +15,17 @@ INSERT INTO consent_events (subscriber_id, kind, ip, user_agent, source,
                             consent_text_version, method)
 VALUES (:subscriber_id, :kind, :ip, :user_agent, :source, :consent_text_version, :method);
 
--- name: count_signup
-INSERT INTO list_daily (day, signups) VALUES ((now() AT TIME ZONE 'UTC')::date, 1)
+-- name: insert_signup_evidence
+-- The sign-up's evidence rows ('signup', and 'tracking_granted' when the box was ticked)
+-- in one round trip, counting a new sign-up in the anonymous daily aggregate too.
+WITH evidence AS (
+    INSERT INTO consent_events (subscriber_id, kind, ip, user_agent, source,
+                                consent_text_version)
+    SELECT :subscriber_id, kind, :ip, :user_agent, :source, :consent_text_version
+    FROM unnest(:kinds::text[]) AS kind
+)
+INSERT INTO list_daily (day, signups)
+SELECT (now() AT TIME ZONE 'UTC')::date, 1 WHERE :created::boolean
 ON CONFLICT (day) DO UPDATE SET signups = list_daily.signups + 1;
 
 -- name: count_confirmation
@@ -27,10 +36,11 @@ ON CONFLICT (day) DO UPDATE SET confirmations = list_daily.confirmations + 1;
 SELECT EXISTS (SELECT 1 FROM outbox WHERE subscriber_id = :subscriber_id AND kind = 'confirm');
 
 -- name: queue_confirmation
-INSERT INTO outbox (kind, subscriber_id) VALUES ('confirm', :subscriber_id) RETURNING id;
-
--- name: notify_outbox
-SELECT pg_notify('newsletter_outbox', '');
+-- The email job, and the wake-up of every replica's outbox worker (delivered at commit).
+WITH job AS (
+    INSERT INTO outbox (kind, subscriber_id) VALUES ('confirm', :subscriber_id) RETURNING id
+)
+SELECT pg_notify('newsletter_outbox', id::text) FROM job;
 
 -- name: subscriber_state
 -- What the confirmation pages need; `expired` is true for a pending sign-up older
