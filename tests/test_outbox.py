@@ -192,52 +192,51 @@ async def test_polling_finds_jobs_queued_without_notify(app_factory, db, smtp) -
         await smtp.wait_for(1, timeout=5)
 
 
-async def test_claimed_job_stays_locked_during_the_send_and_no_subscriber_row_is_locked(
-    make_settings, db
-) -> None:
+@pytest.fixture
+async def slow_sink():
     sink = SlowSink()
     await sink.start()
-    try:
-        async with running(make_settings(smtp_url=sink.url)) as (_app, client):
-            await subscribe(client, "slow@example.com")
-            await asyncio.wait_for(sink.in_data.wait(), 10)
-            async with db.transaction():
-                with pytest.raises(asyncpg.LockNotAvailableError):
-                    await db.execute("SELECT 1 FROM outbox FOR UPDATE NOWAIT")
-            async with db.transaction():
-                await db.execute("SELECT 1 FROM subscribers FOR UPDATE NOWAIT")
-            sink.release.set()
-            await sink.wait_for(1)
-            await wait_until(lambda: outbox_empty(db))
-    finally:
+    yield sink
+    sink.release.set()
+    await sink.stop()
+
+
+async def test_claimed_job_stays_locked_during_the_send_and_no_subscriber_row_is_locked(
+    make_settings, db, slow_sink
+) -> None:
+    sink = slow_sink
+    async with running(make_settings(smtp_url=sink.url)) as (_app, client):
+        await subscribe(client, "slow@example.com")
+        await asyncio.wait_for(sink.in_data.wait(), 10)
+        async with db.transaction():
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                await db.execute("SELECT 1 FROM outbox FOR UPDATE NOWAIT")
+        async with db.transaction():
+            await db.execute("SELECT 1 FROM subscribers FOR UPDATE NOWAIT")
         sink.release.set()
-        await sink.stop()
+        await sink.wait_for(1)
+        await wait_until(lambda: outbox_empty(db))
 
 
 async def test_erasure_that_deletes_outbox_rows_first_waits_for_the_send_in_flight(
-    make_settings, db
+    make_settings, db, slow_sink
 ) -> None:
-    sink = SlowSink()
-    await sink.start()
-    try:
-        async with running(make_settings(smtp_url=sink.url)) as (_app, client):
-            await subscribe(client, "erase@example.com")
-            await asyncio.wait_for(sink.in_data.wait(), 10)
+    sink = slow_sink
+    async with running(make_settings(smtp_url=sink.url)) as (_app, client):
+        await subscribe(client, "erase@example.com")
+        await asyncio.wait_for(sink.in_data.wait(), 10)
 
-            async def erase() -> None:
-                async with db.transaction():
-                    await db.execute("DELETE FROM outbox")
-                    await db.execute("DELETE FROM subscribers")
+        async def erase() -> None:
+            async with db.transaction():
+                await db.execute("DELETE FROM outbox")
+                await db.execute("DELETE FROM subscribers")
 
-            erasure = asyncio.create_task(erase())
-            await asyncio.sleep(0.2)
-            assert not erasure.done()  # blocked behind the claimed job
-            sink.release.set()
-            await asyncio.wait_for(erasure, 10)
-            await asyncio.sleep(0.3)
-    finally:
+        erasure = asyncio.create_task(erase())
+        await asyncio.sleep(0.2)
+        assert not erasure.done()  # blocked behind the claimed job
         sink.release.set()
-        await sink.stop()
+        await asyncio.wait_for(erasure, 10)
+        await asyncio.sleep(0.3)
     assert len(sink.messages) == 1
     assert await db.fetchval("SELECT count(*) FROM subscribers") == 0
 

@@ -373,14 +373,25 @@ async def _posted_email(
     return email, form
 
 
-@signed_in
-async def lookup(request: Request, session: Session) -> Response:
+async def _posted_export(
+    request: Request, session: Session
+) -> tuple[str, dict[str, Any] | None] | Response:
+    """The posted address and everything stored about it (None: nothing), or the problem."""
     posted = await _posted_email(request, session)
     if isinstance(posted, Response):
         return posted
     email, _form = posted
     async with request.app.state.pool.acquire() as con:
         data = await erasure.export_subscriber(con, email, request.app.state.settings)
+    return email, data
+
+
+@signed_in
+async def lookup(request: Request, session: Session) -> Response:
+    posted = await _posted_export(request, session)
+    if isinstance(posted, Response):
+        return posted
+    email, data = posted
     return page(
         request,
         "subscribers.html",
@@ -395,12 +406,10 @@ async def lookup(request: Request, session: Session) -> Response:
 @signed_in
 async def export(request: Request, session: Session) -> Response:
     """The access request: everything stored about the address, as a JSON download."""
-    posted = await _posted_email(request, session)
+    posted = await _posted_export(request, session)
     if isinstance(posted, Response):
         return posted
-    email, _form = posted
-    async with request.app.state.pool.acquire() as con:
-        data = await erasure.export_subscriber(con, email, request.app.state.settings)
+    _email_address, data = posted
     if data is None:
         return problem(request, 404, "Nothing is stored about that address.", csrf=session.csrf)
     log.info("subscriber export from dashboard")
