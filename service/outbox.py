@@ -97,6 +97,10 @@ class Worker:
                 await self._sleep(await self._idle_delay())
             else:
                 relay_failures = 0
+            if outcome in ("sent", "dropped"):
+                # One NOTIFY wakes one lane; a lane that found work wakes the others, so a
+                # queued campaign fans out to every lane without waiting for their poll.
+                self._wake.set()
 
     async def _idle_delay(self) -> float:
         try:
@@ -104,7 +108,7 @@ class Worker:
         except DB_ERRORS:
             due_in = None
         poll = self.settings.outbox_poll_interval
-        return poll if due_in is None else min(poll, due_in)
+        return poll if due_in is None else min(poll, max(due_in, 0.0))
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

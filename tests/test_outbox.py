@@ -192,6 +192,37 @@ async def test_polling_finds_jobs_queued_without_notify(app_factory, db, smtp) -
         await smtp.wait_for(1, timeout=5)
 
 
+async def test_an_idle_worker_sleeps_for_the_poll_interval_not_in_a_tight_loop(
+    app_factory, db, smtp
+) -> None:
+    """An empty outbox once read as "a job is due now" (greatest(0, NULL) is 0), so every
+    lane of every replica polled the database without pause."""
+    async with app_factory(outbox_poll_interval=30) as (app, _client):
+        worker = app.state.outbox
+        assert await worker._idle_delay() == 30
+        scans = "SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'outbox'"
+        await asyncio.sleep(1.5)  # every lane polled once, sleeps, and its stats are flushed
+        await db.execute("SELECT pg_stat_clear_snapshot()")
+        before = await db.fetchval(scans)
+        await asyncio.sleep(1.5)
+        await db.execute("SELECT pg_stat_clear_snapshot()")
+        assert await db.fetchval(scans) - before < 20  # it was hundreds per second
+
+
+async def test_the_idle_delay_is_the_time_until_the_next_job_is_due(app_factory, db, smtp) -> None:
+    async with app_factory(outbox_poll_interval=30) as (app, _client):
+        sub = await db.fetchval(
+            "INSERT INTO subscribers (email) VALUES ('d@example.com') RETURNING id"
+        )
+        await db.execute(
+            "INSERT INTO outbox (kind, subscriber_id, run_at) VALUES ('confirm', $1, now() + interval '10 s')",
+            sub,
+        )
+        assert 8 < await app.state.outbox._idle_delay() <= 10
+        await db.execute("UPDATE outbox SET run_at = now() - interval '1 minute'")
+        assert await app.state.outbox._idle_delay() == 0
+
+
 @pytest.fixture
 async def slow_sink():
     sink = SlowSink()

@@ -11,8 +11,10 @@ LIMIT 1
 FOR UPDATE SKIP LOCKED;
 
 -- name: next_due_in
--- Seconds until the next job is due (NULL when the outbox is empty).
-SELECT greatest(0, extract(epoch FROM min(run_at) - now()))::float8 FROM outbox;
+-- Seconds until the next job is due (NULL when the outbox is empty). Not greatest(0, …):
+-- greatest() ignores NULL, so an empty outbox would read as "due now" and every lane
+-- would poll in a tight loop.
+SELECT extract(epoch FROM min(run_at) - now())::float8 FROM outbox;
 
 -- name: delete_job
 DELETE FROM outbox WHERE id = :id;
