@@ -30,7 +30,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import asyncpg
 from starlette.applications import Starlette
@@ -183,7 +182,7 @@ class Recorder:
             found = verdict(ua, network_reason)
             subscriber_ids.append(event.subscriber_id)
             campaign_ids.append(event.campaign_id)
-            ats.append(datetime.fromtimestamp(event.at, UTC))
+            ats.append(event.at)
             ips.append(reduced)
             user_agents.append(ua.text)
             clients.append(found.client)

@@ -8,12 +8,15 @@
 -- subscriber; the anonymous campaign_counts move for every live event.
 -- Unique opens: the first open of a tracked subscriber for a campaign, decided by the
 -- UPDATE of deliveries.first_open_at (row-locked, so two replicas cannot both count it).
+-- Times arrive as epoch seconds (float8): no datetime object per open in the service.
 WITH batch AS (
-    SELECT e.*, row_number() OVER (PARTITION BY e.campaign_id, e.subscriber_id ORDER BY e.at) AS nth
-    FROM unnest(:subscriber_ids::bigint[], :campaign_ids::bigint[], :ats::timestamptz[],
+    SELECT e.subscriber_id, e.campaign_id, to_timestamp(e.epoch) AS at, e.ip, e.user_agent,
+           e.client, e.os, e.country, e.reason,
+           row_number() OVER (PARTITION BY e.campaign_id, e.subscriber_id ORDER BY e.epoch) AS nth
+    FROM unnest(:subscriber_ids::bigint[], :campaign_ids::bigint[], :ats::float8[],
                 :ips::text[], :user_agents::text[], :clients::text[], :oses::text[],
                 :countries::text[], :reasons::text[])
-         AS e (subscriber_id, campaign_id, at, ip, user_agent, client, os, country, reason)
+         AS e (subscriber_id, campaign_id, epoch, ip, user_agent, client, os, country, reason)
 ),
 live AS (
     SELECT s.id,
