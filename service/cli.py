@@ -70,11 +70,13 @@ def _uvicorn(settings: Settings, host: str, port: int) -> None:
     import uvicorn
 
     from service.app import create_app
+    from service.http_protocol import CoalescingHttpToolsProtocol
 
     uvicorn.run(
         create_app(settings),
         host=host,
         port=port,
+        http=CoalescingHttpToolsProtocol,
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         log_config=None,
