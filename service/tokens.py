@@ -8,6 +8,9 @@ because old emails must keep working. Ids travel in base 36 to keep URLs short.
 
 from __future__ import annotations
 
+import binascii
+import hmac
+import re
 from dataclasses import dataclass
 
 from itsdangerous import BadData, Signer, TimestampSigner
@@ -43,6 +46,10 @@ def _from_b36(text: str) -> int:
     if not text or len(text) > 13 or not text.isalnum() or not text.isascii():
         raise InvalidToken("malformed")
     return int(text, 36)
+
+
+# itsdangerous' default signature: HMAC-SHA1, 20 bytes, urlsafe base64 without padding.
+_SIGNATURE = re.compile(r"[A-Za-z0-9_-]{27}")
 
 
 class _KeyCachingSigner(Signer):
@@ -82,6 +89,11 @@ class Tokens:
             salt: _KeyCachingSigner(keys, salt=salt, sep=".")
             for salt in (UNSUBSCRIBE, TRACKING, PIXEL)
         }
+        # Verification keys, newest first, derived by itsdangerous itself (see _plain_verify).
+        self._plain_keys = {
+            salt: tuple(signer.derive_key(key) for key in secret_keys)
+            for salt, signer in self._plain.items()
+        }
 
     # -- timed -------------------------------------------------------------------
     def _timed_sign(self, salt: str, subscriber_id: int) -> str:
@@ -112,12 +124,25 @@ class Tokens:
 
     # -- never expire ----------------------------------------------------------
     def _plain_verify(self, salt: str, token: str) -> str:
+        """What itsdangerous' `Signer.unsign` checks, in one OpenSSL HMAC call: the pixel
+        verifies a token per request, and the library's layers (bytes coercion, lenient
+        base64, a Python-level hmac object) were two thirds of that in the profile. Tokens
+        stay itsdangerous' format, signed by it (a test checks both ways); this is stricter
+        only in refusing a signature that is not exactly 27 base64url characters."""
         if len(token) > 200:
             raise InvalidToken("malformed")
+        value, sep, signature = token.rpartition(".")
+        if not sep or not _SIGNATURE.fullmatch(signature):
+            raise InvalidToken("forged")
         try:
-            return self._plain[salt].unsign(token).decode()
-        except BadData:
+            mac = binascii.a2b_base64(signature.replace("-", "+").replace("_", "/") + "=")
+            message = value.encode()
+        except (binascii.Error, UnicodeEncodeError):
             raise InvalidToken("forged") from None
+        for key in self._plain_keys[salt]:
+            if hmac.compare_digest(hmac.digest(key, message, "sha1"), mac):
+                return value
+        raise InvalidToken("forged")
 
     def unsubscribe(self, subscriber_id: int) -> str:
         return self._plain[UNSUBSCRIBE].sign(_b36(subscriber_id)).decode()

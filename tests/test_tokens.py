@@ -5,7 +5,7 @@ from email_validator import EmailNotValidError, validate_email
 from hypothesis import assume, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from itsdangerous import TimestampSigner
+from itsdangerous import Signer, TimestampSigner
 
 from service import ratelimit
 from service import tokens as tokens_module
@@ -45,6 +45,28 @@ def test_tokens_signed_with_the_old_key_verify_after_rotation_and_new_ones_use_t
     assert NEW.verify_confirm(fresh) == subscriber_id
     with pytest.raises(InvalidToken):
         OLD.verify_confirm(fresh)
+
+
+@given(IDS, IDS)
+def test_signatures_are_itsdangerous_defaults_so_links_already_mailed_keep_working(
+    subscriber_id: int, campaign_id: int
+) -> None:
+    """The one-shot HMAC is an optimisation, not a new format: plain itsdangerous
+    signers (as earlier releases used) and ours accept each other's tokens."""
+    tokens = Tokens(("k-new", "k-old"), 3600)
+    plain = Signer(["k-old", "k-new"], salt="newsletter.pixel", sep=".")
+    value = f"{tokens_module._b36(subscriber_id)}-{tokens_module._b36(campaign_id)}"
+    assert tokens.pixel(subscriber_id, campaign_id) == plain.sign(value).decode()
+    assert tokens.verify_pixel(plain.sign(value).decode()).subscriber_id == subscriber_id
+    old = Signer("k-old", salt="newsletter.unsubscribe", sep=".").sign(
+        tokens_module._b36(subscriber_id)
+    )
+    assert tokens.verify_unsubscribe(old.decode()) == subscriber_id
+    timed = TimestampSigner("k-new", salt="newsletter.confirm", sep=".")
+    assert (
+        tokens.verify_confirm(timed.sign(tokens_module._b36(subscriber_id)).decode())
+        == subscriber_id
+    )
 
 
 @given(IDS)
