@@ -5,10 +5,10 @@ request) and with no recording at all (the framework's ceiling).
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
-from service.pixel import answer, request_ip, request_user_agent
+from service.pixel import TokenRoute, answer, request_ip, request_user_agent
 from service.queries import queries
 from service.tokens import InvalidToken
 
@@ -43,7 +43,8 @@ class Ceiling:
 
 
 def routes() -> list[BaseRoute]:
+    """Matched like the pixel (TokenRoute), so that all three take the same way in."""
     return [
-        Route("/bench/naive/{token}.gif", NaiveInsert(), methods=["GET"]),
-        Route("/bench/ceiling/{token}.gif", Ceiling(), methods=["GET"]),
+        TokenRoute("/bench/naive/{token}.gif", NaiveInsert(), methods=["GET"]),
+        TokenRoute("/bench/ceiling/{token}.gif", Ceiling(), methods=["GET"]),
     ]

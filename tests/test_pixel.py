@@ -4,6 +4,8 @@ import signal
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service.pixel import GIF
 from tests import support
@@ -73,6 +75,9 @@ async def test_head_answers_the_same_headers_and_records_nothing(app_factory, db
         "..%2F..%2Fetc%2Fpasswd",
         TOKENS.unsubscribe(1),  # right key, wrong purpose
         TOKENS.pixel(1, 1)[:-1] + "A",
+        "a/b/c",  # a slash: still the pixel's route, not a 404
+        "",  # /o/.gif
+        TOKENS.pixel(1, 1)[:-1] + "%3D",  # a padded signature
     ],
 )
 async def test_forged_malformed_and_oversized_tokens_get_the_gif_and_record_nothing(
@@ -93,6 +98,25 @@ async def test_token_signed_with_an_old_key_still_records(app_factory, db) -> No
     async with app_factory(secret_keys=(support.TEST_KEY, support.OLD_TEST_KEY)) as (_a, client):
         assert_gif(await client.get(f"/o/{old}.gif"))
     assert await db.fetchval("SELECT count(*) FROM opens") == 1
+
+
+@given(st.text(alphabet="/o.gifbench-naive%x", max_size=30))
+def test_the_short_way_in_matches_exactly_what_starlettes_route_matches(path: str) -> None:
+    """The app matches the pixel by prefix and suffix instead of the route's regex; both
+    must agree on every path, and on the token they take out of it."""
+    from starlette.routing import Match
+
+    from service.app import HotRoute
+    from service.pixel import route
+
+    pixel_route = route()
+    hot = HotRoute.of(pixel_route)
+    path = "/" + path
+    match, child = pixel_route.matches({"type": "http", "path": path, "method": "GET"})
+    if match is Match.FULL:
+        assert hot.token(path) == child["path_params"]["token"]
+    else:
+        assert hot.token(path) is None
 
 
 async def test_other_methods_are_refused_without_a_500(client) -> None:
