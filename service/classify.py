@@ -33,6 +33,9 @@ from service.clientinfo import canonical_ip
 RULES_FILE = Path(__file__).resolve().parent / "data" / "machine_opens.json"
 MAX_USER_AGENT = 512
 UA_CACHE_SIZE = 8192
+WARM_UP_USER_AGENT = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36"
+)
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,9 @@ class Classifier:
     def from_files(cls, rules_file: Path = RULES_FILE, apple_ranges_file: str = "") -> Classifier:
         rules = json.loads(rules_file.read_text(encoding="utf-8"))
         extra = read_ranges_csv(apple_ranges_file) if apple_ranges_file else None
+        # ua-parser builds its matcher on the first parse (~150 ms): at start-up, not on
+        # the event loop in the middle of the first burst of opens.
+        ua_parser.parse(WARM_UP_USER_AGENT)
         return cls(rules, extra)
 
     def _user_agent(self, raw: str | None) -> UserAgentClass:

@@ -203,3 +203,12 @@ def test_rules_file_gives_every_rule_a_reason_and_a_why() -> None:
             assert rule["reason"] and rule["why"]
     for rule in rules["proxy_user_agents"] + rules["mail_clients"]:
         assert rule["client"] and rule["why"]
+
+
+def test_user_agents_are_parsed_by_the_compiled_matcher_not_pure_python() -> None:
+    """ua-parser falls back to pure-Python regexes (~1 ms per new user agent, on the
+    recorder's event loop) when its Rust matcher is missing; the `regex` extra in
+    pyproject.toml brings it, and this fails if an install lost it."""
+    import ua_parser
+
+    assert ua_parser.RegexResolver is not None
