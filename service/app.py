@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -37,32 +36,6 @@ from service.tokens import Tokens
 log = logging.getLogger("newsletter.app")
 
 
-@dataclass(frozen=True, slots=True)
-class HotRoute:
-    """A route `prefix{token}suffix` whose token may hold anything (the pixel and the
-    bench's reference endpoints), matched by two string tests instead of a regex."""
-
-    prefix: str
-    suffix: str
-    route: Route
-
-    @classmethod
-    def of(cls, route: Route) -> HotRoute:
-        if not route.methods or not {"GET", "HEAD"} >= route.methods:
-            raise ValueError(f"{route.path}: the short way in is for GET and HEAD only")
-        prefix, _, suffix = route.path.partition("{token}")
-        return cls(prefix, suffix, route)
-
-    def token(self, path: str) -> str | None:
-        if (
-            path.startswith(self.prefix)
-            and path.endswith(self.suffix)
-            and len(path) >= len(self.prefix) + len(self.suffix)
-        ):
-            return path[len(self.prefix) : len(path) - len(self.suffix)]
-        return None
-
-
 class App(Starlette):
     """Starlette, with a short way in for the hot path.
 
@@ -74,19 +47,19 @@ class App(Starlette):
     stack (which also answers a POST to the pixel with 405).
     """
 
-    hot_routes: tuple[HotRoute, ...] = ()
+    hot_routes: tuple[pixel.TokenRoute, ...] = ()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             path = scope["path"]
-            for hot in self.hot_routes:
-                token = hot.token(path)
+            for route in self.hot_routes:
+                token = route.token(path)
                 if token is not None:
                     scope["app"] = self
-                    scope["route"] = hot.route
-                    scope["endpoint"] = hot.route.endpoint
+                    scope["route"] = route
+                    scope["endpoint"] = route.endpoint
                     scope["path_params"] = {"token": token}
-                    await observed(hot.route.app, self.state.metrics, scope, receive, send)
+                    await observed(route.app, self.state.metrics, scope, receive, send)
                     return
         await super().__call__(scope, receive, send)
 
@@ -180,7 +153,7 @@ def create_app(settings: Settings) -> Starlette:
         middleware=[Middleware(ObservabilityMiddleware, metrics=(metrics := Metrics()))],
         lifespan=lifespan,
     )
-    app.hot_routes = tuple(HotRoute.of(r) for r in app.routes if isinstance(r, pixel.TokenRoute))
+    app.hot_routes = tuple(r for r in app.routes if isinstance(r, pixel.TokenRoute))
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.templates = pages.environment()

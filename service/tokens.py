@@ -8,6 +8,7 @@ because old emails must keep working. Ids travel in base 36 to keep URLs short.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import hmac
 import re
@@ -135,7 +136,7 @@ class Tokens:
         if not sep or not _SIGNATURE.fullmatch(signature):
             raise InvalidToken("forged")
         try:
-            mac = binascii.a2b_base64(signature.replace("-", "+").replace("_", "/") + "=")
+            mac = base64.urlsafe_b64decode(signature + "=")
             message = value.encode()
         except (binascii.Error, UnicodeEncodeError):
             raise InvalidToken("forged") from None

@@ -29,6 +29,14 @@ ADMIN_TOKEN = "test-admin-token-0123456789"
 PUBLIC_URL = "http://newsletter.test"
 
 
+def proc_field(pid: int, file: str, name: str) -> int:
+    """A number from /proc/<pid>/<file> (`status`: VmRSS in KiB; `io`: syscw, ...)."""
+    for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {name} in /proc/{pid}/{file}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

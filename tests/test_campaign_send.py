@@ -9,7 +9,6 @@ import json
 import re
 import time
 from collections import Counter
-from pathlib import Path
 
 import asyncpg
 import dkim as dkimpy
@@ -390,13 +389,6 @@ async def test_a_send_racing_erasures_neither_fails_nor_queues_the_erased(
 # -- recipients export at scale ------------------------------------------------------------
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.slow
 async def test_recipients_export_of_100000_streams_with_flat_memory(database_url, smtp, db) -> None:
     await people.add_many(db, 100_000)
@@ -409,7 +401,7 @@ async def test_recipients_export_of_100000_streams_with_flat_memory(database_url
         async with httpx.AsyncClient(base_url=service.url, timeout=60) as http:
             # Warm up (imports, pool, JIT-free code paths) with a small export first.
             await http.get(f"/admin/api/campaigns/{campaign_id}", headers=headers)
-            baseline = _rss_kib(pid)
+            baseline = support.proc_field(pid, "status", "VmRSS")
             peak, lines, first_chunk_at = baseline, 0, None
             started = time.monotonic()
             async with http.stream(
@@ -424,7 +416,7 @@ async def test_recipients_export_of_100000_streams_with_flat_memory(database_url
                         json.loads(line)
                     lines += 1
                     if lines % 5000 == 0:
-                        peak = max(peak, _rss_kib(pid))
+                        peak = max(peak, support.proc_field(pid, "status", "VmRSS"))
     finally:
         await asyncio.to_thread(service.stop)
     growth_mib = (peak - baseline) / 1024

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import uvicorn
@@ -150,13 +149,6 @@ async def test_connection_close_gets_the_whole_response_before_the_close(server:
     assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"\r\n\r\nhello /bye")
 
 
-def _write_syscalls(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("syscw:"):
-            return int(line.split()[1])
-    raise AssertionError("no syscw in /proc/<pid>/io")
-
-
 @pytest.mark.slow
 async def test_the_service_answers_a_pixel_with_one_write_system_call(database_url, smtp) -> None:
     """Forged pixel tokens: the same 200 + GIF, and nothing to record, so every write the
@@ -167,12 +159,12 @@ async def test_the_service_answers_a_pixel_with_one_write_system_call(database_u
         assert service.proc is not None
         requests = 300
         async with _connection(service.port) as (reader, writer):
-            before = _write_syscalls(service.proc.pid)
+            before = support.proc_field(service.proc.pid, "io", "syscw")
             for n in range(requests):
                 writer.write(b"GET /o/forged%d.gif HTTP/1.1\r\nHost: t\r\n\r\n" % n)
                 header, body = await _read_response(reader)
                 assert header.startswith(b"HTTP/1.1 200 OK") and body[:6] == b"GIF89a"
-            writes = _write_syscalls(service.proc.pid) - before
+            writes = support.proc_field(service.proc.pid, "io", "syscw") - before
         assert requests <= writes < requests * 1.2
     finally:
         service.stop()
