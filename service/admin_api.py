@@ -137,12 +137,17 @@ async def _recipient_lines(app: Starlette, campaign_id: int) -> AsyncIterator[by
             lines: list[str] = []
             async for row in con.cursor(query.sql, prefetch=RECIPIENT_BATCH):
                 links = Links.mint(
-                    settings, tokens, row["id"], campaign_id, row["tracking_consent"]
+                    settings,
+                    tokens,
+                    row["id"],
+                    campaign_id,
+                    row["tracking_consent"],
+                    row["tracking_withdrawn"],
                 )
                 record = {
                     "email": row["email"],
                     "name": row["name"],
-                    "pixel_url": links.pixel_url,
+                    "pixel_url": links.pixel_url or None,
                     "unsubscribe_url": links.unsubscribe_url,
                     "tracking_url": links.tracking_url or None,
                 }
@@ -181,7 +186,7 @@ async def export_subscriber(request: Request) -> Response:
     data = None
     if 0 < len(email) <= erasure.MAX_EMAIL_LENGTH:
         async with request.app.state.pool.acquire() as con:
-            data = await erasure.export_subscriber(con, email, request.app.state.settings)
+            data = await erasure.export_subscriber(con, email)
     if data is None:
         return _not_found("subscriber")
     return _json(data)
@@ -192,8 +197,7 @@ async def erase_subscriber(request: Request) -> Response:
     """Erases the address as an unsubscribe does; `204` whether or not it existed."""
     email = request.path_params["email"]
     if 0 < len(email) <= erasure.MAX_EMAIL_LENGTH:
-        settings = request.app.state.settings
-        if await erasure.erase(request.app.state.pool, settings, email=email):
+        if await erasure.erase(request.app.state.pool, email=email):
             request.app.state.metrics.unsubscribes.labels("admin").inc()
             log.info("subscriber erased", extra={"kind": "admin"})
     return Response(status_code=204, headers=NO_STORE)

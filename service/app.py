@@ -22,6 +22,7 @@ from service import (
     outbox,
     pages,
     pixel,
+    ratelimit,
     recorder,
     retention,
     signup,
@@ -158,4 +159,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.metrics = metrics
     app.state.templates = pages.environment()
     app.state.tokens = Tokens(settings.secret_keys, settings.confirm_max_age)
+    app.state.day_keys = ratelimit.DayKeys()
     return app

@@ -4,9 +4,10 @@ subscriber, with that subscriber's own links.
 Every campaign email carries (RFC 2369, RFC 8058, sender guidelines of the big mailbox
 providers): a visible unsubscribe link in the footer of both parts, the headers
 `List-Unsubscribe: <{PUBLIC_URL}/unsubscribe/{token}>` and `List-Unsubscribe-Post:
-List-Unsubscribe=One-Click`, the subscriber's own 1x1 pixel at the end of the HTML
-body, and, in TRACKING_MODE=consent for a subscriber who consented, a link to withdraw
-that consent.
+List-Unsubscribe=One-Click`, and at the end of the HTML body a 1x1 pixel: the
+subscriber's own where personal open tracking applies (consent mode: they consented;
+notice mode: they did not object), with a link to withdraw consent or object; else the
+campaign's own pixel, which names nobody; none at all in TRACKING_MODE=off.
 """
 
 from __future__ import annotations
@@ -32,13 +33,24 @@ _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 _LINE_BREAKS = re.compile(r"[\r\n]+")
 
 
+def personal_tracking(settings: Settings, consent: bool, withdrawn: bool) -> bool:
+    """Whether a subscriber's opens may be recorded as theirs, per TRACKING_MODE: with
+    their consent (`consent`), unless they objected (`notice`), never (`off`)."""
+    if settings.tracking_mode == "consent":
+        return consent
+    if settings.tracking_mode == "notice":
+        return not withdrawn
+    return False
+
+
 @dataclass(frozen=True)
 class Links:
     """The links of one subscriber in one campaign."""
 
     unsubscribe_url: str
-    pixel_url: str
-    tracking_url: str  # empty unless the subscriber may withdraw tracking consent
+    pixel_url: str  # empty in TRACKING_MODE=off: no pixel at all
+    tracking_url: str  # withdraw consent (consent mode) or object (notice mode); or empty
+    personal: bool  # the pixel names the subscriber (else it names only the campaign)
 
     @classmethod
     def mint(
@@ -48,13 +60,24 @@ class Links:
         subscriber_id: int,
         campaign_id: int,
         tracking_consent: bool,
+        tracking_withdrawn: bool = False,
     ) -> Links:
+        """A personal pixel only where personal tracking applies; everyone else gets the
+        campaign's own pixel, which names nobody, so nothing in front of the service (an
+        ingress log, a CDN, a proxy) can tie an open to a person either."""
         base = settings.public_base
-        tracking = settings.tracking_mode == "consent" and tracking_consent
+        personal = personal_tracking(settings, tracking_consent, tracking_withdrawn)
+        if settings.tracking_mode == "off":
+            pixel = ""
+        elif personal:
+            pixel = f"{base}/o/{tokens.pixel(subscriber_id, campaign_id)}.gif"
+        else:
+            pixel = f"{base}/o/{tokens.campaign_pixel(campaign_id)}.gif"
         return cls(
             unsubscribe_url=f"{base}/unsubscribe/{tokens.unsubscribe(subscriber_id)}",
-            pixel_url=f"{base}/o/{tokens.pixel(subscriber_id, campaign_id)}.gif",
-            tracking_url=f"{base}/tracking/{tokens.tracking(subscriber_id)}" if tracking else "",
+            pixel_url=pixel,
+            tracking_url=f"{base}/tracking/{tokens.tracking(subscriber_id)}" if personal else "",
+            personal=personal,
         )
 
 
@@ -94,7 +117,11 @@ def render(
     links: Links,
 ) -> tuple[str, str, str]:
     """(subject, html, text) of one email: the operator's templates and our footer."""
-    footer = {"links": links}
+    footer = {
+        "links": links,
+        "tracking_mode": ctx.settings.tracking_mode,
+        "ip_mode": ctx.settings.ip_mode,
+    }
     rendered_subject = compile_template(subject, False).render(**variables)
     rendered_html = compile_template(html, True).render(**variables)
     rendered_text = compile_template(text, False).render(**variables)
@@ -126,7 +153,12 @@ async def compose(
     if row is None:
         return None
     links = Links.mint(
-        ctx.settings, ctx.tokens, job["subscriber_id"], job["campaign_id"], row["tracking_consent"]
+        ctx.settings,
+        ctx.tokens,
+        job["subscriber_id"],
+        job["campaign_id"],
+        row["tracking_consent"],
+        row["tracking_withdrawn"],
     )
     subject, html, text = render(
         ctx,

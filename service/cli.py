@@ -1,4 +1,4 @@
-"""The `newsletter` command: dev, serve, migrate, purge."""
+"""The `newsletter` command: dev, serve, migrate, purge, reapply-erasures."""
 
 from __future__ import annotations
 
@@ -36,11 +36,37 @@ def _settings(
         raise SystemExit(2) from None
 
 
+_SQLSTATE_HINTS = {
+    "28P01": "password authentication failed",
+    "28000": "the role may not connect",
+    "3D000": "the database does not exist",
+    "42P01": "a table is missing (run `newsletter migrate`)",
+    "57P03": "the database is starting up or shutting down",
+}
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line about a failure that names no data. A database error's message can quote
+    the row it refused (`Key (email)=(…) already exists`), so only its class, SQLSTATE and
+    a fixed hint are printed; other messages only for failures to reach the server (a
+    host and port) and for the service's own migration errors (file names)."""
+    from service.migrations import MigrationError
+
+    name = exc.__class__.__name__
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate:
+        hint = _SQLSTATE_HINTS.get(sqlstate)
+        return f"{name} (SQLSTATE {sqlstate})" + (f": {hint}" if hint else "")
+    if isinstance(exc, OSError | TimeoutError | MigrationError):
+        return f"{name}: {exc}"
+    return name
+
+
 def _run_async(main: Callable[[], object]) -> None:
     try:
         asyncio.run(main())  # type: ignore[arg-type]
     except Exception as exc:  # one line with context instead of a traceback
-        print(f"newsletter: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        print(f"newsletter: {describe_error(exc)}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
@@ -190,6 +216,37 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reapply_erasures(args: argparse.Namespace) -> int:
+    """After a backup restore, before the service takes traffic (README, "Backups and
+    erasure"): erase again everyone the journal at --journal-url names."""
+    settings = _settings(required=("DATABASE_URL",))
+    logs.configure(settings.log_level)
+    journal_url = args.journal_url or settings.database_url
+
+    async def main() -> None:
+        import asyncpg
+
+        from service import db, erasure
+
+        target = await db.connect(settings)
+        try:
+            source = target if journal_url == settings.database_url else None
+            if source is None:
+                source = await asyncpg.connect(journal_url, statement_cache_size=0)
+            try:
+                counts = await erasure.reapply_erasures(source, target)
+            finally:
+                if source is not target:
+                    await source.close()
+        finally:
+            await target.close()
+        log.info("erasures reapplied", extra={"count": counts["erased"]})
+        print(json.dumps(counts))
+
+    _run_async(main)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="newsletter", description="Newsletter double opt-in and open-tracking service."
@@ -207,6 +264,16 @@ def parser() -> argparse.ArgumentParser:
         func=cmd_migrate
     )
     sub.add_parser("purge", help="run the retention pass and exit").set_defaults(func=cmd_purge)
+    reapply = sub.add_parser(
+        "reapply-erasures",
+        help="after a backup restore: erase again everyone in the erasure journal",
+    )
+    reapply.add_argument(
+        "--journal-url",
+        default="",
+        help="the database to read the journal from (default: DATABASE_URL)",
+    )
+    reapply.set_defaults(func=cmd_reapply_erasures)
     return p
 
 

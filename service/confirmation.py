@@ -2,16 +2,26 @@
 
 One click for a person, none for a machine: mail scanners fetch every link, so GET
 changes nothing; its page posts itself at once (`auto=1`, by a script allowed by a
-per-response CSP nonce) and holds a button for when scripts are off. Scanners that
-run scripts strike within seconds of delivery, so an automatic post inside
-SCANNER_WINDOW after the email was handed to the relay changes nothing and answers the
-page with the button instead; a person's click on the button always counts.
+per-response CSP nonce) and holds a form with a button for when scripts are off.
+Scanners that run scripts strike within seconds of delivery, so an automatic post
+inside SCANNER_WINDOW after the email was handed to the relay changes nothing and
+answers the page with the button instead; a person's click on the button always counts.
+
+The choices of the sign-up form (the name, the wish to have opens measured) came from
+whoever submitted it, who need not be the address's owner. So they are only proposals:
+the page shows them in a form (`choices=1`) for the person to keep or change, and only
+that form's button sets them. The automatic post confirms the subscription and grants
+nothing; its answer shows the same form, which works as long as the link does. Consent
+to tracking is recorded with its evidence (time, IP per IP_MODE, user agent, consent
+text version) by the request that grants it, and withdrawn the same way.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -19,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from service import clientinfo, db, pages
+from service import clientinfo, db, pages, signup, tracking_consent
 from service.queries import queries
 from service.settings import Settings
 from service.tokens import InvalidToken
@@ -58,8 +68,22 @@ def _unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
-def _confirm_page(request: Request, *, auto: bool) -> Response:
-    """The page with the button; with `auto`, it also posts itself by script."""
+def _page_context(settings: Settings, row: asyncpg.Record | None) -> dict[str, object]:
+    return {
+        "tracking_mode": settings.tracking_mode,
+        "ip_mode": settings.ip_mode,
+        "name": row["name"] if row is not None else None,
+        "tracking_requested": bool(row is not None and row["tracking_requested"]),
+        "tracking_consent": bool(row is not None and row["tracking_consent"]),
+        "error": None,
+        "saved": False,
+    }
+
+
+def _confirm_page(
+    request: Request, row: asyncpg.Record, *, auto: bool, status_code: int = 200, **extra: object
+) -> Response:
+    """The page with the choices and the button; with `auto`, it also posts itself."""
     settings: Settings = request.app.state.settings
     csp = pages.CSP
     if settings.confirmed_url:
@@ -71,14 +95,40 @@ def _confirm_page(request: Request, *, auto: bool) -> Response:
     nonce = secrets.token_urlsafe(18) if auto else None
     if nonce:
         csp += f"; script-src 'nonce-{nonce}'"
-    return pages.render(request, "confirm.html", csp=csp, auto=auto, nonce=nonce)
+    context = {**_page_context(settings, row), **extra}
+    return pages.render(
+        request,
+        "confirm.html",
+        status_code=status_code,
+        csp=csp,
+        auto=auto,
+        nonce=nonce,
+        **context,
+    )
 
 
-def _confirmed(request: Request, *, redirect: bool) -> Response:
-    url = request.app.state.settings.confirmed_url
-    if redirect and url:
-        return RedirectResponse(url, status_code=303)
-    return pages.render(request, "confirm_done.html")
+def _done_page(
+    request: Request, row: asyncpg.Record | None, status_code: int = 200, **extra: object
+) -> Response:
+    """Confirmed, with the choices form (the link that reached it still works)."""
+    context = {**_page_context(request.app.state.settings, row), **extra}
+    return pages.render(request, "confirm_done.html", status_code=status_code, **context)
+
+
+def _wish_waiting(settings: Settings, row: asyncpg.Record | None) -> bool:
+    """A tracking wish from the sign-up that only the person can turn into consent."""
+    return (
+        settings.tracking_mode == "consent"
+        and row is not None
+        and row["tracking_requested"]
+        and not row["tracking_consent"]
+    )
+
+
+async def _state(con: asyncpg.Connection | asyncpg.Pool, settings: Settings, sid: int):
+    return await q.subscriber_state.fetchrow(
+        con, id=sid, max_age=settings.confirm_max_age, scanner_window=settings.scanner_window
+    )
 
 
 async def confirm_get(request: Request) -> Response:
@@ -88,24 +138,40 @@ async def confirm_get(request: Request) -> Response:
         return _invalid(request)
     settings: Settings = request.app.state.settings
     try:
-        row = await q.subscriber_state.fetchrow(
-            request.app.state.pool,
-            id=subscriber_id,
-            max_age=settings.confirm_max_age,
-            scanner_window=settings.scanner_window,
-        )
+        row = await _state(request.app.state.pool, settings, subscriber_id)
     except DB_ERRORS as exc:
         return _unavailable(request, exc)
     if row is None or row["expired"]:
         return _invalid(request)
     if row["status"] == "active":
-        return _confirmed(request, redirect=False)
-    return _confirm_page(request, auto=True)
+        return _done_page(request, row)
+    return _confirm_page(request, row, auto=True)
+
+
+@dataclass(frozen=True)
+class Choices:
+    """What the person chose on the page's form."""
+
+    name: str | None
+    tracking: bool
+
+
+def _choices(settings: Settings, form: Any) -> tuple[Choices | None, str | None]:
+    """The form's choices (None for a post without them, e.g. the automatic one), or
+    the name's error message."""
+    if form.get("auto") == "1" or form.get("choices") != "1":
+        return None, None
+    name, error = signup.clean_name(form.get("name"))
+    if error:
+        return None, error
+    tracking = settings.tracking_mode == "consent" and signup.truthy(form.get("tracking"))
+    return Choices(name=name, tracking=tracking), None
 
 
 async def confirm_post(request: Request) -> Response:
-    """Activates the pending sign-up and records how (`auto` script or `button`)."""
-    form = await request.form(max_files=0, max_fields=5)
+    """Activates the pending sign-up and records how (`auto` script or `button`); a post
+    of the form also sets the person's choices (name, tracking consent)."""
+    form = await request.form(max_files=0, max_fields=8)
     auto = form.get("auto") == "1"
     subscriber_id = _verified(request, "verify_confirm")
     if subscriber_id is None:
@@ -113,31 +179,40 @@ async def confirm_post(request: Request) -> Response:
     state = request.app.state
     settings: Settings = state.settings
     method = "auto" if auto else "button"
+    choices, error = _choices(settings, form)
     try:
-        async with state.pool.acquire() as con, con.transaction():
-            outcome = await _activate(con, request, settings, subscriber_id, method)
+        async with state.pool.acquire() as con:
+            if error:
+                row = await _state(con, settings, subscriber_id)
+                if row is None or row["expired"]:
+                    return _invalid(request)
+                page = _done_page if row["status"] == "active" else _confirm_page
+                extra = {"auto": False} if page is _confirm_page else {}
+                return page(request, row, status_code=400, error=error, **extra)
+            async with con.transaction():
+                outcome = await _activate(con, request, settings, subscriber_id, method)
+                if choices is not None and outcome in ("activated", "already"):
+                    await _apply(con, request, settings, subscriber_id, choices)
+                row = await _state(con, settings, subscriber_id)
     except DB_ERRORS as exc:
         return _unavailable(request, exc)
     if outcome == "invalid":
         return _invalid(request)
     if outcome == "scanner_window":
         state.metrics.confirmations.labels("auto_refused").inc()
-        return _confirm_page(request, auto=False)
+        return _confirm_page(request, row, auto=False)
     if outcome == "activated":
         state.metrics.confirmations.labels(method).inc()
-    return _confirmed(request, redirect=True)
+    if choices is None and settings.confirmed_url and not _wish_waiting(settings, row):
+        return RedirectResponse(settings.confirmed_url, status_code=303)
+    return _done_page(request, row, saved=choices is not None)
 
 
 async def _activate(
     con: asyncpg.Connection, request: Request, settings: Settings, subscriber_id: int, method: str
 ) -> str:
     """'activated', 'already' (idempotent), 'scanner_window' or 'invalid'."""
-    row = await q.subscriber_state.fetchrow(
-        con,
-        id=subscriber_id,
-        max_age=settings.confirm_max_age,
-        scanner_window=settings.scanner_window,
-    )
+    row = await _state(con, settings, subscriber_id)
     if row is None or row["expired"]:
         return "invalid"
     if row["status"] == "active":
@@ -150,18 +225,57 @@ async def _activate(
             con, id=subscriber_id, max_age=settings.confirm_max_age, scanner_window=0.0
         )
         return "already" if again is not None and again["status"] == "active" else "invalid"
+    await _evidence(con, request, settings, subscriber_id, "confirm", method)
+    await q.count_confirmation.execute(con)
+    return "activated"
+
+
+async def _evidence(
+    con: asyncpg.Connection,
+    request: Request,
+    settings: Settings,
+    subscriber_id: int,
+    kind: str,
+    method: str,
+) -> None:
     await q.insert_consent_event.execute(
         con,
         subscriber_id=subscriber_id,
-        kind="confirm",
+        kind=kind,
         ip=clientinfo.reduce_ip(clientinfo.client_ip(request), settings.ip_mode),
         user_agent=clientinfo.user_agent(request),
-        source=None,
+        source="confirmation" if kind != "confirm" else None,
         consent_text_version=settings.consent_text_version,
         method=method,
     )
-    await q.count_confirmation.execute(con)
-    return "activated"
+
+
+async def _apply(
+    con: asyncpg.Connection,
+    request: Request,
+    settings: Settings,
+    subscriber_id: int,
+    choices: Choices,
+) -> None:
+    """Sets the name and grants or withdraws tracking consent, each with evidence."""
+    row = await q.lock_choices.fetchrow(con, id=subscriber_id)
+    if row is None:
+        return
+    await q.set_choices.execute(con, id=subscriber_id, name=choices.name)
+    if settings.tracking_mode != "consent" or choices.tracking == row["tracking_consent"]:
+        return
+    if choices.tracking:
+        await q.grant_tracking.execute(con, id=subscriber_id)
+        await _evidence(con, request, settings, subscriber_id, "tracking_granted", "button")
+    else:
+        await tracking_consent.withdraw(
+            con,
+            subscriber_id,
+            ip=clientinfo.reduce_ip(clientinfo.client_ip(request), settings.ip_mode),
+            user_agent=clientinfo.user_agent(request),
+            consent_text_version=settings.consent_text_version,
+            source="confirmation",
+        )
 
 
 async def cancel_get(request: Request) -> Response:

@@ -133,6 +133,8 @@ async def compose_confirmation(
         "cancel_url": f"{base}/cancel/{ctx.tokens.cancel(job['subscriber_id'])}",
         "hours": round(ctx.settings.confirm_max_age / 3600),
         "public_url": base,
+        "tracking_mode": ctx.settings.tracking_mode,
+        "tracking_requested": row["tracking_requested"],
     }
     return build_message(
         ctx.settings,

@@ -1,14 +1,16 @@
 """Erasure (unsubscribe, `DELETE /admin/api/subscribers/{email}`) and access requests.
 
-Every table with personal data references `subscribers(id) ON DELETE CASCADE`, so
-deleting the subscriber row deletes consent evidence, deliveries and open events in one
-statement. Two things need doing by hand, in this order, in the same transaction:
+Deleting the subscriber row deletes consent evidence, deliveries and outbox jobs (foreign
+keys `ON DELETE CASCADE`) and open events (a row trigger, sql/060), in one statement,
+which also leaves the row's id and creation time in the erasure journal (no personal
+data; `reapply_erasures` replays it after a backup restore). Two things need doing by
+hand, in this order, in the same transaction:
 
 1. the subscriber's outbox jobs, first: the outbox worker keeps a job row locked while
    it talks SMTP, so this waits for an in-flight send, and once the erasure commits no
    email can leave (the worker's next claim finds no job, its composer no subscriber);
-2. after the subscriber row, the rate-limit rows keyed by an HMAC of the address (no
-   foreign key can reach them).
+2. after the subscriber row, the rate-limit rows keyed by an HMAC of the address under
+   each day key still held (no foreign key can reach them).
 
 Locks are taken in the order outbox job, subscriber, rate limit, list_daily: the order
 of the outbox worker (job, then the subscriber's `confirm_sent_at`) and of a sign-up
@@ -27,7 +29,6 @@ from email_validator import EmailNotValidError, validate_email
 
 from service import ratelimit
 from service.queries import queries
-from service.settings import Settings
 
 q = queries("erasure")
 
@@ -35,23 +36,16 @@ MAX_EMAIL_LENGTH = 320
 _ATTEMPTS = 3
 
 
-async def erase_subscriber(
-    con: asyncpg.Connection, subscriber_id: int, settings: Settings | None = None
-) -> bool:
-    """Deletes every row about the subscriber in one transaction; True if it existed.
-
-    `settings` gives the key of the address's rate-limit rows; without it those rows are
-    left to retention (they are keyed by an HMAC and expire within two days).
-    """
+async def erase_subscriber(con: asyncpg.Connection, subscriber_id: int) -> bool:
+    """Deletes every row about the subscriber in one transaction; True if it existed."""
     async with con.transaction():
         await q.delete_outbox.execute(con, id=subscriber_id)
         gone = await q.delete_subscriber.fetchrow(con, id=subscriber_id)
         if gone is None:
             return False
-        if settings is not None:
-            await q.delete_address_rate_limits.execute(
-                con, key=ratelimit.address_key(settings, gone["email"])
-            )
+        await q.delete_address_rate_limits.execute(
+            con, keys=await ratelimit.address_keys(con, gone["email"])
+        )
         if gone["status"] == "active":
             await q.count_unsubscribe.execute(con)
         return True
@@ -59,7 +53,6 @@ async def erase_subscriber(
 
 async def erase(
     pool: asyncpg.Pool,
-    settings: Settings,
     *,
     subscriber_id: int | None = None,
     email: str | None = None,
@@ -70,10 +63,10 @@ async def erase(
         try:
             async with pool.acquire() as con:
                 if email is not None:
-                    return await erase_by_email(con, settings, email)
+                    return await erase_by_email(con, email)
                 if subscriber_id is None:
                     raise TypeError("erase needs subscriber_id or email")
-                return await erase_subscriber(con, subscriber_id, settings)
+                return await erase_subscriber(con, subscriber_id)
         except asyncpg.DeadlockDetectedError:
             if attempt == _ATTEMPTS:
                 raise
@@ -92,7 +85,7 @@ def _candidates(email: str) -> list[str]:
     return found
 
 
-async def erase_by_email(con: asyncpg.Connection, settings: Settings, email: str) -> bool:
+async def erase_by_email(con: asyncpg.Connection, email: str) -> bool:
     """Erasure request for an address; True if a subscriber was deleted. Also deletes
     the address's rate-limit rows when no subscriber is left (e.g. a cancelled sign-up)."""
     if len(email) > MAX_EMAIL_LENGTH:
@@ -102,9 +95,9 @@ async def erase_by_email(con: asyncpg.Connection, settings: Settings, email: str
         for candidate in _candidates(email):
             subscriber_id = await q.find_subscriber.fetchval(con, email=candidate)
             if subscriber_id is not None:
-                erased |= await erase_subscriber(con, subscriber_id, settings)
+                erased |= await erase_subscriber(con, subscriber_id)
             await q.delete_address_rate_limits.execute(
-                con, key=ratelimit.address_key(settings, candidate)
+                con, keys=await ratelimit.address_keys(con, candidate)
             )
     return erased
 
@@ -119,12 +112,10 @@ def _rows(records: list[asyncpg.Record]) -> list[dict[str, Any]]:
     return [{k: _jsonable(v) for k, v in record.items()} for record in records]
 
 
-async def export_subscriber(
-    con: asyncpg.Connection, email: str, settings: Settings | None = None
-) -> dict[str, Any] | None:
+async def export_subscriber(con: asyncpg.Connection, email: str) -> dict[str, Any] | None:
     """Everything stored about an address (access request, GDPR Art. 15), or None.
 
-    With `settings`, also the address's rate-limit rows (found by their HMAC key).
+    With the address's rate-limit rows (found by their HMAC under each day key held).
     """
     if len(email) > MAX_EMAIL_LENGTH:
         return None
@@ -133,12 +124,11 @@ async def export_subscriber(
     async with con.transaction(readonly=True, isolation="repeatable_read"):
         for candidate in _candidates(email):
             subscriber = subscriber or await q.export_subscriber.fetchrow(con, email=candidate)
-            if settings is not None:
-                rate_limits += _rows(
-                    await q.export_rate_limits.fetch(
-                        con, key=ratelimit.address_key(settings, candidate)
-                    )
+            rate_limits += _rows(
+                await q.export_rate_limits.fetch(
+                    con, keys=await ratelimit.address_keys(con, candidate)
                 )
+            )
         if subscriber is None and not rate_limits:
             return None
         export: dict[str, Any] = {
@@ -157,3 +147,30 @@ async def export_subscriber(
             export["deliveries"] = _rows(await q.export_deliveries.fetch(con, id=sid))
             export["queued_emails"] = _rows(await q.export_outbox.fetch(con, id=sid))
         return export
+
+
+async def reapply_erasures(
+    journal: asyncpg.Connection, target: asyncpg.Connection
+) -> dict[str, int]:
+    """After a backup restore: erases from `target` every subscriber named in the
+    erasure journal read from `journal` (the database as it was before the restore, or
+    `target` itself), copies the journal into `target`'s, and moves the id sequence past
+    every journalled id. Only rows whose id and creation time both match are erased, so
+    someone who got a reused id in the restored database is never touched. Idempotent."""
+    rows = await q.journal_since.fetch(journal)
+    erased = 0
+    for row in rows:
+        subscriber_id = await q.find_journalled.fetchval(
+            target, id=row["subscriber_id"], created_at=row["created_at"]
+        )
+        if subscriber_id is not None and await erase_subscriber(target, subscriber_id):
+            erased += 1
+    if rows:
+        await q.copy_journal.execute(
+            target,
+            ids=[row["subscriber_id"] for row in rows],
+            created=[row["created_at"] for row in rows],
+            erased=[row["erased_at"] for row in rows],
+        )
+        await q.advance_ids.execute(target, highest=max(row["subscriber_id"] for row in rows))
+    return {"journal": len(rows), "erased": erased}

@@ -59,6 +59,12 @@ class Metrics:
             registry=r,
         )
         self.purged = Counter("purged_rows", "Rows deleted by retention", ["what"], registry=r)
+        self.admin_auth = Counter(
+            "admin_auth_failures",
+            "Admin token checks that failed (refused) or were not made (limited)",
+            ["outcome"],
+            registry=r,
+        )
         self._per_route: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def request_done(self, method: str, route: str, status: int, seconds: float) -> None:

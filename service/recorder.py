@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -43,9 +42,11 @@ from service.settings import Settings
 
 log = logging.getLogger("newsletter.recorder")
 
+_Facts = tuple[str | None, str | None, str | None]
 RETRY_FOR = 30.0  # seconds a failing batch is retried before its opens are dropped
 SHUTDOWN_FLUSH_MAX = 15.0
-IP_CACHE_SIZE = 16384  # within uvicorn's graceful period and Kubernetes' grace
+IP_CACHE_SIZE = 16384
+IP_CACHE_SECONDS = 60.0  # the longest a full client address stays in the cache
 _BACKOFF = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 # A lost database (db.UNAVAILABLE, which includes asyncpg's "cannot switch to state …"
@@ -71,7 +72,7 @@ class BatchDone(asyncio.Future):
 class Open:
     """One pixel fetch as the request saw it; the IP is still the full address here."""
 
-    subscriber_id: int
+    subscriber_id: int | None  # None: a campaign-only pixel, nobody's open
     campaign_id: int
     at: float  # time.time()
     ip: str | None
@@ -95,8 +96,9 @@ class Recorder:
         )
         self.country = geo.resolver(settings.geoip_mmdb)
         self.retry_for = RETRY_FOR if retry_for is None else retry_for
-        # Proxies (Apple, Google, scanners) fetch from few addresses: worth a small cache.
-        self._ip_facts = functools.lru_cache(maxsize=IP_CACHE_SIZE)(self._ip_facts_uncached)
+        # Proxies (Apple, Google, scanners) fetch from few addresses: worth a small cache,
+        # but one that forgets: a full address is personal data kept only for its batch.
+        self._ip_facts = ExpiringCache(self._ip_facts_uncached, IP_CACHE_SECONDS, IP_CACHE_SIZE)
         self._con: asyncpg.Connection | None = None
         self.wait = settings.pixel_mode == "wait"
         self._query = queries("pixel").record_opens
@@ -106,6 +108,7 @@ class Recorder:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
 
     # -- the request side ----------------------------------------------------------
     def submit(self, event: Open) -> BatchDone | None:
@@ -126,11 +129,20 @@ class Recorder:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="pixel-recorder")
+        self._expire_later()
+
+    def _expire_later(self) -> None:
+        """Ages the IP cache out with or without traffic."""
+        self._ip_facts.expire()
+        if not self._closing:
+            self._expiry = self._loop.call_later(IP_CACHE_SECONDS / 6, self._expire_later)
 
     async def stop(self, flush_max: float = SHUTDOWN_FLUSH_MAX) -> None:
         """Write everything collected so far, then end the writer."""
         self._closing = True
         self._wakeup.set()
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self._task is None:
             return
         try:
@@ -203,7 +215,7 @@ class Recorder:
             "machine_window": self.settings.machine_open_window,
         }
 
-    def _ip_facts_uncached(self, ip: str | None) -> tuple[str | None, str | None, str | None]:
+    def _ip_facts_uncached(self, ip: str | None) -> _Facts:
         """(IP reduced per IP_MODE, country of the full IP, machine rule of the network)."""
         address = _address(ip)
         if address is None:
@@ -263,6 +275,44 @@ class Recorder:
             if live - personal:
                 self.metrics.opens_recorded.labels("anonymous").inc(live - personal)
             return True
+
+
+class ExpiringCache:
+    """A memo of `compute` whose entries live at most `seconds`: two generations of at
+    most `size` entries each; the young one is filled, the old one still answers (and its
+    entries move back to the young one); every `seconds / 3`, or when the young one is
+    full, the old one is dropped whole. A hit costs a clock read and a dict look-up. The
+    recorder also calls `expire()` every `seconds / 6` from a timer, so entries age out
+    with no traffic: an entry lives at most two generations and two timer periods."""
+
+    def __init__(self, compute: Callable[[str | None], _Facts], seconds: float, size: int) -> None:
+        self._compute = compute
+        self._span = seconds / 3
+        self._size = size
+        self._young: dict[str | None, _Facts] = {}
+        self._old: dict[str | None, _Facts] = {}
+        self._turn_at = time.monotonic() + self._span
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        if now >= self._turn_at or len(self._young) >= self._size:
+            # A full period without a turn: the young generation is as old as the old one.
+            self._old = {} if now >= self._turn_at + self._span else self._young
+            self._young = {}
+            self._turn_at = now + self._span
+
+    def __call__(self, key: str | None) -> _Facts:
+        self.expire()
+        found = self._young.get(key)
+        if found is None:
+            found = self._old.pop(key, None)
+            if found is None:
+                found = self._compute(key)
+            self._young[key] = found
+        return found
+
+    def keys(self) -> list[str | None]:
+        return [*self._young, *self._old]
 
 
 def _address(ip: str | None) -> str | None:

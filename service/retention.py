@@ -2,7 +2,8 @@
 
 - pending sign-ups not confirmed within CONFIRM_MAX_AGE (their link has expired);
 - open events and deliveries older than OPEN_RETENTION (default 395 days, 13 months);
-- rate-limit rows whose window is long over.
+- rate-limit rows and keys of past UTC days;
+- erasure journal rows older than ERASURE_JOURNAL_RETENTION (no backup needs them).
 
 One pass is one transaction under `pg_try_advisory_xact_lock`: with several replicas (and
 the `newsletter purge` CronJob) exactly one runs at a time and the others skip; the lock
@@ -60,6 +61,9 @@ async def purge(con: asyncpg.Connection, settings: Settings) -> dict[str, int]:
                 q.delete_old_deliveries, con, max_age=settings.open_retention
             ),
             "rate_limits": await ratelimit.purge_expired(con),
+            "erasure_journal": await _in_batches(
+                q.delete_old_journal, con, max_age=settings.erasure_journal_retention
+            ),
         }
 
 

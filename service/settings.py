@@ -159,6 +159,12 @@ class Settings:
     bench_endpoints: bool = False  # bench-only reference routes; never in production
     open_retention: float = 395 * 86400
     purge_interval: float = 3600.0
+    # -- privacy at the edges (README, "What every component keeps") ----------
+    signup_min_duration: float = 0.1  # every accepted sign-up answers no sooner
+    admin_auth_failures: int = 10  # failed admin tokens per client IP and window
+    admin_auth_window: float = 900.0
+    erasure_journal_retention: float = 40 * 86400  # > backup retention + base backup interval
+    stats_min_bucket: int = 5  # smaller breakdown buckets are merged into "other"
     # -- process -----------------------------------------------------------------
     log_level: str = "info"
     dev: bool = False
@@ -382,6 +388,11 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("BENCH_ENDPOINTS", "bench_endpoints", _bool),
     ("OPEN_RETENTION", "open_retention", _seconds(_DAY, 20 * 365 * _DAY)),
     ("PURGE_INTERVAL", "purge_interval", _seconds(1, 7 * _DAY)),
+    ("SIGNUP_MIN_DURATION", "signup_min_duration", _seconds(0, 5)),
+    ("ADMIN_AUTH_FAILURES", "admin_auth_failures", _int(1, 10_000)),
+    ("ADMIN_AUTH_WINDOW", "admin_auth_window", _seconds(60, _DAY)),
+    ("ERASURE_JOURNAL_RETENTION", "erasure_journal_retention", _seconds(_DAY, 10 * 365 * _DAY)),
+    ("STATS_MIN_BUCKET", "stats_min_bucket", _int(1, 1000)),
     ("LOG_LEVEL", "log_level", _choice(("debug", "info", "warning", "error"))),
 )
 

@@ -1,9 +1,15 @@
 """`POST /subscribe`: a double opt-in sign-up from a site's form or script.
 
 The answer never tells whether the address was new, pending or already subscribed:
-those three get byte-identical responses, and a filled honeypot gets the same answer
-with nothing stored. The pending row, its consent evidence and the confirmation email
-job are written in one transaction (the outbox worker sends the email).
+those three get byte-identical responses after the same database work (one statement,
+`sign_up`, that writes in every case), no sooner than SIGNUP_MIN_DURATION after the
+request came in, and a filled honeypot gets the same answer, as late, with nothing
+stored. The pending row, its evidence and the confirmation email job are written in
+that one statement (the outbox worker sends the email).
+
+Whoever submits a form can type anyone's address, so a sign-up grants nothing: the name
+and the wish to have opens measured are proposals that the confirmation page shows to
+the person, and only the person's confirming request sets them (service/confirmation.py).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
@@ -91,7 +98,8 @@ def _printable(text: str, limit: int) -> str:
     return "".join(c for c in text if not _has_control(c))[:limit]
 
 
-def _truthy(value: Any) -> bool:
+def truthy(value: Any) -> bool:
+    """A ticked checkbox (`on`), a JSON true, or the usual words for yes."""
     if isinstance(value, bool):
         return value
     return isinstance(value, str) and value.strip().lower() in _TRUE
@@ -106,6 +114,20 @@ def _referer_source(request: Request) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return None
     return _printable(f"{parts.scheme}://{parts.netloc}{parts.path}", SOURCE_MAX)
+
+
+def clean_name(value: Any) -> tuple[str | None, str | None]:
+    """(the name, or None when empty or absent; an error message, or None)."""
+    if value is None:
+        return None, None
+    if not isinstance(value, str):
+        return None, "The name must be text."
+    name = value.strip() or None
+    if name and len(name) > NAME_MAX:
+        return None, f"The name may have at most {NAME_MAX} characters."
+    if name and _has_control(name):
+        return None, "The name must not contain line breaks or control characters."
+    return name, None
 
 
 async def validate(
@@ -134,15 +156,9 @@ async def validate(
         except EmailNotValidError as exc:
             errors["email"] = str(exc)
 
-    name = fields.get("name")
-    if name is not None and not isinstance(name, str):
-        errors["name"] = "The name must be text."
-    elif isinstance(name, str):
-        name = name.strip() or None
-        if name and len(name) > NAME_MAX:
-            errors["name"] = f"The name may have at most {NAME_MAX} characters."
-        elif name and _has_control(name):
-            errors["name"] = "The name must not contain line breaks or control characters."
+    name, name_error = clean_name(fields.get("name"))
+    if name_error:
+        errors["name"] = name_error
 
     raw_source = fields.get("source")
     source = (
@@ -150,7 +166,8 @@ async def validate(
         if isinstance(raw_source, str)
         else _referer_source(request)
     )
-    tracking = settings.tracking_mode == "consent" and _truthy(fields.get("tracking"))
+    # Only a wish: the person grants or refuses it on the confirmation page.
+    tracking = settings.tracking_mode == "consent" and truthy(fields.get("tracking"))
     if errors:
         return None, errors
     return Signup(email=email, name=name, tracking=tracking, source=source), {}
@@ -158,37 +175,46 @@ async def validate(
 
 # -- storing -------------------------------------------------------------------------
 async def register(
-    con: asyncpg.Connection, settings: Settings, signup: Signup, evidence: Evidence
+    con: asyncpg.Connection,
+    settings: Settings,
+    day_key: bytes,
+    signup: Signup,
+    evidence: Evidence,
 ) -> str:
-    """Writes the pending sign-up, its evidence and the email job in one transaction.
+    """Writes the sign-up (see `sign_up` in sql/queries/signup.sql) in one statement.
 
     Returns the outcome for the metric: 'new', 'pending', 'active' (left alone), with
     '_limited' when the address's email allowance was spent.
     """
-    async with con.transaction():
-        row = await q.upsert_pending.fetchrow(
-            con, email=signup.email, name=signup.name, tracking=signup.tracking
-        )
-        if row is None:
-            return "active"
-        subscriber_id = row["id"]
-        await q.insert_signup_evidence.execute(
-            con,
-            subscriber_id=subscriber_id,
-            kinds=["signup", "tracking_granted"] if signup.tracking else ["signup"],
-            ip=evidence.ip,
-            user_agent=evidence.user_agent,
-            source=evidence.source,
-            consent_text_version=evidence.consent_text_version,
-            created=row["created"],
-        )
-        outcome = "new" if row["created"] else "pending"
-        if await q.confirm_job_queued.fetchval(con, subscriber_id=subscriber_id):
-            return outcome
-        if not await ratelimit.claim_confirmation_email(con, settings, signup.email):
-            return outcome + "_limited"
-        await q.queue_confirmation.fetchval(con, subscriber_id=subscriber_id)
-        return outcome
+    claim = ratelimit.EmailClaim.of(settings, day_key, signup.email)
+    row = await q.sign_up.fetchrow(
+        con,
+        email=signup.email,
+        name=signup.name,
+        tracking=signup.tracking,
+        ip=evidence.ip,
+        user_agent=evidence.user_agent,
+        source=evidence.source,
+        consent_text_version=evidence.consent_text_version,
+        claim_key=claim.key,
+        window_start=claim.window_start,
+        per_day=claim.per_day,
+        min_interval=claim.min_interval,
+    )
+    if row["created"] is None:
+        return "active"
+    outcome = "new" if row["created"] else "pending"
+    if not row["already_queued"] and not row["claimed"]:
+        return outcome + "_limited"
+    return outcome
+
+
+async def answer_no_sooner(started: float, settings: Settings) -> None:
+    """Pads an accepted sign-up to SIGNUP_MIN_DURATION after `started`, so the time of
+    the answer does not depend on what the address's state made the database do."""
+    remaining = settings.signup_min_duration - (time.monotonic() - started)
+    if remaining > 0:
+        await asyncio.sleep(remaining)
 
 
 # -- answers -------------------------------------------------------------------------
@@ -217,6 +243,7 @@ def _problem(
 
 
 async def subscribe(request: Request) -> Response:
+    started = time.monotonic()
     state = request.app.state
     settings: Settings = state.settings
     metrics = state.metrics
@@ -238,6 +265,7 @@ async def subscribe(request: Request) -> Response:
     honeypot = fields.get(settings.honeypot_field)
     if honeypot not in (None, "", False):
         metrics.signups.labels("honeypot").inc()
+        await answer_no_sooner(started, settings)
         return _accepted(request, kind)
 
     signup, errors = await validate(fields, settings, request)
@@ -254,8 +282,9 @@ async def subscribe(request: Request) -> Response:
     )
     try:
         async with state.pool.acquire() as con:
+            day_key = await state.day_keys.today(con)
             if ip is not None:
-                verdict = await ratelimit.hit_ip(con, settings, ip)
+                verdict = await ratelimit.hit_ip(con, settings, day_key, ip)
                 if not verdict.allowed:
                     metrics.signups.labels("rate_limited").inc()
                     return _problem(
@@ -265,7 +294,7 @@ async def subscribe(request: Request) -> Response:
                         {"email": "Too many sign-ups from your network. Please try again later."},
                         headers={"Retry-After": str(verdict.retry_after)},
                     )
-            outcome = await register(con, settings, signup, evidence)
+            outcome = await register(con, settings, day_key, signup, evidence)
     except DB_ERRORS as exc:
         log.warning("signup database unavailable", extra={"error": exc.__class__.__name__})
         metrics.signups.labels("unavailable").inc()
@@ -277,6 +306,7 @@ async def subscribe(request: Request) -> Response:
             headers={"Retry-After": RETRY_AFTER_UNAVAILABLE},
         )
     metrics.signups.labels(outcome).inc()
+    await answer_no_sooner(started, settings)
     return _accepted(request, kind)
 
 

@@ -9,6 +9,12 @@ the people who opened it unsubscribe.
 in `opens` (and the breakdowns) but cannot be deduplicated without keeping a per-person
 mark, which is exactly what they did not consent to; `anonymous_opens` says how many
 opens that concerns, so a reader can tell how complete `unique_opens` is.
+
+No breakdown (country, client, hour) shows a bucket of fewer than STATS_MIN_BUCKET
+opens: in a small list "1 open from Iceland at hour 37" can name a person to anyone who
+knows the readers, although nothing personal is stored. Such buckets are merged into one
+`other` bucket; totals stay exact. (The same idea as the minimum group sizes that
+statistical offices and privacy-preserving analytics apply before publishing counts.)
 """
 
 from __future__ import annotations
@@ -22,24 +28,45 @@ from starlette.responses import JSONResponse, Response
 from service.admin_auth import require_admin
 from service.queries import queries
 
+OTHER = "other"
+_COUNTS = ("opens", "machine_opens", "human_opens", "unique_opens")
 
-def _breakdown(rows: list[asyncpg.Record], key_name: str) -> list[dict[str, Any]]:
+
+def _bucket(key_name: str, key: Any, opens: int, machine: int, unique: int) -> dict[str, Any]:
+    return {
+        key_name: key,
+        "opens": opens,
+        "machine_opens": machine,
+        "human_opens": opens - machine,
+        "unique_opens": unique,
+    }
+
+
+def merge_small(items: list[dict[str, Any]], key_name: str, minimum: int) -> list[dict[str, Any]]:
+    """`items` without the buckets under `minimum` opens, plus one `other` bucket that
+    adds them up (and any bucket already named `other`)."""
+    kept = [i for i in items if i["opens"] >= minimum and i[key_name] != OTHER]
+    merged = [i for i in items if i["opens"] < minimum or i[key_name] == OTHER]
+    if merged:
+        other = {key_name: OTHER, **{c: sum(i[c] for i in merged) for c in _COUNTS}}
+        kept.append(other)
+    return kept
+
+
+def _breakdown(rows: list[asyncpg.Record], key_name: str, minimum: int) -> list[dict[str, Any]]:
     items = [
-        {
-            key_name: row["key"],
-            "opens": row["opens"],
-            "machine_opens": row["machine_opens"],
-            "human_opens": row["opens"] - row["machine_opens"],
-            "unique_opens": row["unique_opens"],
-        }
+        _bucket(key_name, row["key"], row["opens"], row["machine_opens"], row["unique_opens"])
         for row in rows
     ]
     items.sort(key=lambda item: (-item["opens"], item[key_name]))
-    return items
+    return merge_small(items, key_name, minimum)
 
 
-async def campaign_stats(con: asyncpg.Connection, campaign_id: int) -> dict[str, Any] | None:
-    """The statistics of one campaign, or None if there is no such campaign."""
+async def campaign_stats(
+    con: asyncpg.Connection, campaign_id: int, min_bucket: int = 5
+) -> dict[str, Any] | None:
+    """The statistics of one campaign, or None if there is no such campaign; breakdown
+    buckets under `min_bucket` opens merged into `other`."""
     q = queries("stats")
     campaign = await q.campaign.fetchrow(con, campaign_id=campaign_id)
     if campaign is None:
@@ -71,18 +98,19 @@ async def campaign_stats(con: asyncpg.Connection, campaign_id: int) -> dict[str,
         "anonymous_opens": tracking.get("anonymous", 0),
         "unique_open_rate": round(unique / sent, 4) if sent else None,
         "machine_reasons": {row["key"]: row["opens"] for row in by_dimension.get("reason", [])},
-        "by_hour": [
-            {
-                "hour": int(row["key"]),
-                "opens": row["opens"],
-                "machine_opens": row["machine_opens"],
-                "human_opens": row["opens"] - row["machine_opens"],
-                "unique_opens": row["unique_opens"],
-            }
-            for row in hours
-        ],
-        "by_country": _breakdown(by_dimension.get("country", []), "country"),
-        "by_client": _breakdown(by_dimension.get("client", []), "client"),
+        "by_hour": merge_small(
+            [
+                _bucket(
+                    "hour", int(row["key"]), row["opens"], row["machine_opens"], row["unique_opens"]
+                )
+                for row in hours
+            ],
+            "hour",
+            min_bucket,
+        ),
+        "by_country": _breakdown(by_dimension.get("country", []), "country", min_bucket),
+        "by_client": _breakdown(by_dimension.get("client", []), "client", min_bucket),
+        "min_bucket": min_bucket,
     }
 
 
@@ -93,7 +121,9 @@ async def stats_endpoint(request: Request) -> Response:
     stats = None
     if 0 < campaign_id < 2**63:
         async with request.app.state.pool.acquire() as con:
-            stats = await campaign_stats(con, campaign_id)
+            stats = await campaign_stats(
+                con, campaign_id, request.app.state.settings.stats_min_bucket
+            )
     if stats is None:
         return JSONResponse({"error": "not_found", "detail": "no such campaign"}, 404)
     return JSONResponse(stats, headers={"Cache-Control": "no-store"})

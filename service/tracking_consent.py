@@ -41,6 +41,7 @@ async def withdraw(
     ip: str | None,
     user_agent: str | None,
     consent_text_version: str,
+    source: str = "tracking_link",
 ) -> bool | None:
     """Turn tracking off; True if it changed, False if already off, None if no subscriber."""
     async with con.transaction():
@@ -56,6 +57,7 @@ async def withdraw(
                 ip=ip,
                 user_agent=user_agent,
                 version=consent_text_version,
+                source=source,
             )
         await q.delete_opens.execute(con, subscriber_id=subscriber_id)
         await q.forget_first_opens.execute(con, subscriber_id=subscriber_id)

@@ -68,7 +68,7 @@ async def unsubscribe(request: Request) -> Response:
     if body is None:
         return PlainTextResponse("request body too large", status_code=413)
     channel = "one_click" if ONE_CLICK in body else "page"
-    erased = await erasure.erase(request.app.state.pool, settings, subscriber_id=subscriber_id)
+    erased = await erasure.erase(request.app.state.pool, subscriber_id=subscriber_id)
     if erased:
         request.app.state.metrics.unsubscribes.labels(channel).inc()
         log.info("unsubscribed", extra={"kind": channel})

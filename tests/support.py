@@ -29,6 +29,17 @@ ADMIN_TOKEN = "test-admin-token-0123456789"
 PUBLIC_URL = "http://newsletter.test"
 
 
+def b36(number: int) -> str:
+    """An id as links of earlier releases carried it (service/tokens.py still reads them)."""
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        number, rest = divmod(number, 36)
+        out = digits[rest] + out
+        if not number:
+            return out
+
+
 def proc_field(pid: int, file: str, name: str) -> int:
     """A number from /proc/<pid>/<file> (`status`: VmRSS in KiB; `io`: syscw, ...)."""
     for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():

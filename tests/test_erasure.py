@@ -158,7 +158,7 @@ async def test_erasure_waits_for_an_in_flight_send_and_then_removes_the_job(
         await worker.fetchrow(
             "SELECT id FROM outbox WHERE subscriber_id = $1 FOR UPDATE SKIP LOCKED", person.id
         )
-        erase = asyncio.create_task(erasure.erase_subscriber(eraser, person.id, settings))
+        erase = asyncio.create_task(erasure.erase_subscriber(eraser, person.id))
         await asyncio.sleep(0.3)
         assert not erase.done(), "the erasure committed while a send was in flight"
         await sending.commit()
@@ -171,9 +171,9 @@ async def test_erasure_waits_for_an_in_flight_send_and_then_removes_the_job(
 
 async def test_erase_subscriber_reports_whether_someone_was_there(db, settings, campaign) -> None:
     person = await people.add_person(db, settings, "once@example.org", "once", campaign)
-    assert await erasure.erase_subscriber(db, person.id, settings) is True
-    assert await erasure.erase_subscriber(db, person.id, settings) is False
-    assert await erasure.erase_subscriber(db, 10**12, settings) is False
+    assert await erasure.erase_subscriber(db, person.id) is True
+    assert await erasure.erase_subscriber(db, person.id) is False
+    assert await erasure.erase_subscriber(db, 10**12) is False
 
 
 async def test_after_a_real_signup_confirm_campaign_and_open_an_unsubscribe_leaves_nothing(

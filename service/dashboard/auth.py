@@ -24,7 +24,7 @@ from itsdangerous import BadData, TimestampSigner
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import RedirectResponse, Response
 
-from service.admin_auth import token_is_valid
+from service.admin_auth import check_token
 from service.dashboard.render import problem
 from service.queries import queries
 
@@ -123,11 +123,13 @@ def set_login_cookie(request: Request, response: Response, value: str) -> None:
 
 
 # -- sessions ----------------------------------------------------------------------
-async def sign_in(request: Request, response: Response, admin_token: str) -> bool:
-    """Starts a session when `admin_token` is one of ADMIN_TOKENS (compared in constant time)."""
+async def sign_in(request: Request, response: Response, admin_token: str) -> bool | int:
+    """Starts a session when `admin_token` is one of ADMIN_TOKENS (compared in constant
+    time); False for a wrong token, or the seconds to wait after too many (admin_auth)."""
     settings = request.app.state.settings
-    if not settings.admin_tokens or not token_is_valid(admin_token, settings.admin_tokens):
-        return False
+    outcome = await check_token(request, admin_token)
+    if outcome is not True:
+        return outcome
     session_id = secrets.token_urlsafe(32)
     async with request.app.state.pool.acquire() as con:
         await q.delete_expired_sessions.execute(con)

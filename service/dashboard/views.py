@@ -103,9 +103,14 @@ async def login(request: Request) -> Response:
     if not auth.login_token_matches(request, form.get("login_token", "")):
         return _login_page(request, 403, "The sign-in form expired. Please try again.")
     response = RedirectResponse("/admin", status_code=303)
-    if not await auth.sign_in(request, response, form.get("token", "").strip()):
+    outcome = await auth.sign_in(request, response, form.get("token", "").strip())
+    if outcome is not True:
         log.info("dashboard sign-in refused")
-        return _login_page(request, 401, "That admin token is not valid.")
+        if outcome is False:
+            return _login_page(request, 401, "That admin token is not valid.")
+        limited = _login_page(request, 429, "Too many failed sign-ins. Please wait and try again.")
+        limited.headers["Retry-After"] = str(outcome)
+        return limited
     log.info("dashboard sign-in")
     return response
 
@@ -205,7 +210,9 @@ async def _campaign(request: Request, con: Any) -> Any:
 
 def stats_charts(stats: dict[str, Any]) -> dict[str, Any]:
     """The three charts of a campaign page and the rows of their tables."""
-    hours = sorted(stats.get("by_hour") or [], key=lambda h: h["hour"])
+    by_hour = stats.get("by_hour") or []
+    hours = sorted((h for h in by_hour if h["hour"] != "other"), key=lambda h: h["hour"])
+    small_hours = [h for h in by_hour if h["hour"] == "other"]  # under STATS_MIN_BUCKET
     hour_rows = [
         {
             "hour": h["hour"],
@@ -220,6 +227,10 @@ def stats_charts(stats: dict[str, Any]) -> dict[str, Any]:
             present.get(hour, {"hour": hour, "human": 0, "machine": 0})
             for hour in range(0, max(present) + 1)
         ]
+    hour_rows += [
+        {"hour": "other", "human": h["opens"] - h["machine_opens"], "machine": h["machine_opens"]}
+        for h in small_hours
+    ]
     country_rows = [(c["country"] or "unknown", c["opens"]) for c in stats.get("by_country") or []]
     client_rows = [(c["client"] or "unknown", c["opens"]) for c in stats.get("by_client") or []]
     return {
@@ -229,7 +240,7 @@ def stats_charts(stats: dict[str, Any]) -> dict[str, Any]:
         "hours_chart": charts.columns(
             "hours",
             "Opens by hour after the send, people and machines",
-            [f"{r['hour']}h" for r in hour_rows],
+            [f"{r['hour']}h" if r["hour"] != "other" else "other" for r in hour_rows],
             [
                 charts.Series("People", [r["human"] for r in hour_rows]),
                 charts.Series("Machines", [r["machine"] for r in hour_rows], charts.PALETTE[1]),
@@ -247,7 +258,11 @@ def stats_charts(stats: dict[str, Any]) -> dict[str, Any]:
 async def campaign_page(request: Request, session: Session) -> Response:
     async with request.app.state.pool.acquire() as con:
         campaign = await _campaign(request, con)
-        stats = await campaign_stats(con, campaign["id"]) if campaign else None
+        stats = (
+            await campaign_stats(con, campaign["id"], request.app.state.settings.stats_min_bucket)
+            if campaign
+            else None
+        )
     if campaign is None or stats is None:
         return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
     queued = request.query_params.get("queued", "")
@@ -382,7 +397,7 @@ async def _posted_export(
         return posted
     email, _form = posted
     async with request.app.state.pool.acquire() as con:
-        data = await erasure.export_subscriber(con, email, request.app.state.settings)
+        data = await erasure.export_subscriber(con, email)
     return email, data
 
 
@@ -433,7 +448,7 @@ async def erase(request: Request, session: Session) -> Response:
     email, form = posted
     if form.get("confirm") != "yes":
         return page(request, "erase_confirm.html", csrf=session.csrf, email=email)
-    erased = await erasure.erase(request.app.state.pool, request.app.state.settings, email=email)
+    erased = await erasure.erase(request.app.state.pool, email=email)
     if erased:
         request.app.state.metrics.unsubscribes.labels(channel="dashboard").inc()
         log.info("subscriber erased from dashboard")

@@ -12,11 +12,22 @@ SELECT email FROM subscribers WHERE id = :id;
 DELETE FROM outbox WHERE subscriber_id = :id;
 
 -- name: delete_address_rate_limits
-DELETE FROM rate_limits WHERE scope = 'address' AND key = :key;
+-- :keys are the address's HMACs under every day key still held (service/ratelimit.py).
+DELETE FROM rate_limits WHERE scope = 'address' AND key = ANY (:keys::bytea[]);
 
 -- name: delete_subscriber
--- Cascades to consent_events, deliveries, opens (and any outbox job queued meanwhile).
-DELETE FROM subscribers WHERE id = :id RETURNING status, email;
+-- Cascades to consent_events, deliveries, opens (and any outbox job queued meanwhile),
+-- and leaves the row's id and creation time in the erasure journal (no personal data),
+-- from which `newsletter reapply-erasures` erases it again after a backup restore.
+WITH gone AS (
+    DELETE FROM subscribers WHERE id = :id RETURNING id, created_at, status, email
+),
+journal AS (
+    INSERT INTO erasure_journal (subscriber_id, created_at)
+    SELECT id, created_at FROM gone
+    ON CONFLICT DO NOTHING
+)
+SELECT status, email FROM gone;
 
 -- name: count_unsubscribe
 INSERT INTO list_daily (day, unsubscribes)
@@ -50,4 +61,25 @@ FROM outbox WHERE subscriber_id = :id ORDER BY id;
 
 -- name: export_rate_limits
 SELECT window_start, hits, last_at
-FROM rate_limits WHERE scope = 'address' AND key = :key ORDER BY window_start;
+FROM rate_limits WHERE scope = 'address' AND key = ANY (:keys::bytea[]) ORDER BY window_start;
+
+-- name: journal_since
+-- The erasure journal (of the database as it was before a restore), oldest first.
+SELECT subscriber_id, created_at, erased_at FROM erasure_journal ORDER BY erased_at, subscriber_id;
+
+-- name: find_journalled
+-- The subscriber a journal row names, only if it is that very row (id and creation time):
+-- a restored database may have given the id to someone else since.
+SELECT id FROM subscribers WHERE id = :id AND created_at = :created_at;
+
+-- name: advance_ids
+-- After a restore: ids handed out after the backup (and erased since) are never handed
+-- out again, so no old link can name a new subscriber.
+SELECT setval(pg_get_serial_sequence('subscribers', 'id'),
+              greatest(:highest::bigint, (SELECT last_value FROM subscribers_id_seq)));
+
+-- name: copy_journal
+-- The pre-restore journal into the restored database's, so a later restore has it too.
+INSERT INTO erasure_journal (subscriber_id, created_at, erased_at)
+SELECT * FROM unnest(:ids::bigint[], :created::timestamptz[], :erased::timestamptz[])
+ON CONFLICT DO NOTHING;

@@ -39,4 +39,4 @@ UPDATE campaigns SET failed = failed + 1 WHERE id = :campaign_id;
 
 -- name: confirm_recipient
 -- The confirmation composer's view of the subscriber (never locked).
-SELECT email, name, status FROM subscribers WHERE id = :subscriber_id;
+SELECT email, name, status, tracking_requested FROM subscribers WHERE id = :subscriber_id;

@@ -1,9 +1,10 @@
 -- name: record_opens
 -- One group commit for a batch of pixel fetches, in one statement.
--- Events of subscribers or campaigns that no longer exist vanish in the joins. The
--- subscriber rows are read FOR SHARE: an erasure or a tracking withdrawal that starts
--- after this point waits for the commit (and then deletes what this batch wrote); one
--- that committed before makes the event anonymous or drops it.
+-- An event names its subscriber (a personal pixel) or not (a campaign-only pixel, NULL
+-- subscriber_id). Events of subscribers or campaigns that no longer exist vanish in the
+-- joins. The subscriber rows are read FOR SHARE: an erasure or a tracking withdrawal that
+-- starts after this point waits for the commit (and then deletes what this batch wrote);
+-- one that committed before makes the event anonymous or drops it.
 -- A personal open event is written only when the tracking mode allows it for that
 -- subscriber; the anonymous campaign_counts move for every live event.
 -- Unique opens: the first open of a tracked subscriber for a campaign, decided by the
@@ -39,15 +40,17 @@ live_campaigns AS (
 ),
 events AS (
     SELECT b.subscriber_id, b.campaign_id, b.at, b.ip, b.user_agent, b.client, b.os,
-           b.country, b.nth, l.tracked, c.first_sent_at, d.subscriber_id IS NOT NULL AS delivered,
+           b.country, b.nth, coalesce(l.tracked, false) AS tracked, c.first_sent_at,
+           d.subscriber_id IS NOT NULL AS delivered,
            COALESCE(b.reason,
                     CASE WHEN b.at >= d.sent_at
                           AND b.at < d.sent_at + make_interval(secs => :machine_window::float8)
                          THEN 'soon_after_send' END) AS machine_reason
     FROM batch b
-    JOIN live l ON l.id = b.subscriber_id
+    LEFT JOIN live l ON l.id = b.subscriber_id
     JOIN live_campaigns c ON c.id = b.campaign_id
     LEFT JOIN deliveries d ON d.campaign_id = b.campaign_id AND d.subscriber_id = b.subscriber_id
+    WHERE b.subscriber_id IS NULL OR l.id IS NOT NULL
 ),
 inserted AS (
     INSERT INTO opens (subscriber_id, campaign_id, at, ip, user_agent, client, os, country,

@@ -39,3 +39,11 @@ WHERE (campaign_id, subscriber_id) IN (
           WHERE o.campaign_id = d.campaign_id AND o.subscriber_id = d.subscriber_id)
     LIMIT :batch
 );
+
+-- name: delete_old_journal
+-- Erasure journal rows older than every backup kept (ERASURE_JOURNAL_RETENTION).
+DELETE FROM erasure_journal
+WHERE (subscriber_id, created_at) IN (
+    SELECT subscriber_id, created_at FROM erasure_journal
+    WHERE erased_at < now() - make_interval(secs => :max_age) LIMIT :batch
+);

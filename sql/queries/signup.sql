@@ -1,32 +1,67 @@
 -- Sign-up, confirmation and "this wasn't me" (service/signup.py, service/confirmation.py).
 
--- name: upsert_pending
--- A new address becomes a pending row; a pending one is refreshed (its purge clock
--- restarts); an active one is left alone and returns no row.
-INSERT INTO subscribers AS s (email, name, tracking_consent)
-VALUES (:email, :name, :tracking)
-ON CONFLICT (lower(email)) DO UPDATE
-    SET signup_at = now(), name = EXCLUDED.name, tracking_consent = EXCLUDED.tracking_consent
-    WHERE s.status = 'pending'
-RETURNING id, (xmax = 0) AS created;
+-- name: sign_up
+-- The whole sign-up in one statement, with the same writes and one commit whatever the
+-- address's state, so that neither the answer nor its timing tells whether the address
+-- was new, pending or subscribed (service/signup.py also answers no sooner than
+-- SIGNUP_MIN_DURATION):
+-- 1. a new address becomes a pending row; a pending one is refreshed (its purge clock
+--    restarts; the name and the tracking wish are proposals that the confirmation page
+--    shows to the person, who confirms or changes them); an active one is left alone.
+--    Consent to tracking is never set here.
+-- 2. the sign-up's evidence row; a new address counted in the daily aggregate.
+-- 3. unless a confirmation email is queued already: a claim on the address's daily
+--    allowance of confirmation emails (atomic: ON CONFLICT locks the row) and, when it
+--    is granted and the address is not subscribed, the email job and the wake-up of
+--    every replica's outbox worker (delivered at commit). A subscribed address spends
+--    its allowance too, which is what keeps the three cases writing the same rows.
+WITH upserted AS (
+    INSERT INTO subscribers AS s (email, name, tracking_requested)
+    VALUES (:email, :name, :tracking)
+    ON CONFLICT (lower(email)) DO UPDATE
+        SET signup_at = now(), name = EXCLUDED.name,
+            tracking_requested = EXCLUDED.tracking_requested
+        WHERE s.status = 'pending'
+    RETURNING id, (xmax = 0) AS created
+),
+evidence AS (
+    INSERT INTO consent_events (subscriber_id, kind, ip, user_agent, source,
+                                consent_text_version)
+    SELECT id, 'signup', :ip, :user_agent, :source, :consent_text_version FROM upserted
+),
+counted AS (
+    INSERT INTO list_daily (day, signups)
+    SELECT (now() AT TIME ZONE 'UTC')::date, 1 FROM upserted WHERE created
+    ON CONFLICT (day) DO UPDATE SET signups = list_daily.signups + 1
+),
+queued AS (
+    SELECT EXISTS (
+        SELECT 1 FROM outbox o JOIN upserted u ON o.subscriber_id = u.id
+        WHERE o.kind = 'confirm'
+    ) AS already
+),
+claim AS (
+    INSERT INTO rate_limits AS r (scope, key, window_start, hits, last_at)
+    SELECT 'address', :claim_key, to_timestamp(:window_start), 1, now()
+    FROM queued WHERE NOT queued.already
+    ON CONFLICT (scope, key, window_start) DO UPDATE SET hits = r.hits + 1, last_at = now()
+        WHERE r.hits < :per_day AND r.last_at <= now() - make_interval(secs => :min_interval)
+    RETURNING hits
+),
+job AS (
+    INSERT INTO outbox (kind, subscriber_id)
+    SELECT 'confirm', u.id FROM upserted u, claim
+    RETURNING id
+)
+SELECT (SELECT created FROM upserted) AS created,
+       (SELECT already FROM queued) AS already_queued,
+       (SELECT count(*) FROM claim) > 0 AS claimed,
+       (SELECT count(*) FROM (SELECT pg_notify('newsletter_outbox', id::text) FROM job) n) AS jobs;
 
 -- name: insert_consent_event
 INSERT INTO consent_events (subscriber_id, kind, ip, user_agent, source,
                             consent_text_version, method)
 VALUES (:subscriber_id, :kind, :ip, :user_agent, :source, :consent_text_version, :method);
-
--- name: insert_signup_evidence
--- The sign-up's evidence rows ('signup', and 'tracking_granted' when the box was ticked)
--- in one round trip, counting a new sign-up in the anonymous daily aggregate too.
-WITH evidence AS (
-    INSERT INTO consent_events (subscriber_id, kind, ip, user_agent, source,
-                                consent_text_version)
-    SELECT :subscriber_id, kind, :ip, :user_agent, :source, :consent_text_version
-    FROM unnest(:kinds::text[]) AS kind
-)
-INSERT INTO list_daily (day, signups)
-SELECT (now() AT TIME ZONE 'UTC')::date, 1 WHERE :created::boolean
-ON CONFLICT (day) DO UPDATE SET signups = list_daily.signups + 1;
 
 -- name: count_confirmation
 INSERT INTO list_daily (day, confirmations) VALUES ((now() AT TIME ZONE 'UTC')::date, 1)
@@ -45,7 +80,7 @@ SELECT pg_notify('newsletter_outbox', id::text) FROM job;
 -- name: subscriber_state
 -- What the confirmation pages need; `expired` is true for a pending sign-up older
 -- than the confirmation period (never activated, purged later).
-SELECT id, status, confirm_sent_at,
+SELECT id, status, confirm_sent_at, name, tracking_requested, tracking_consent,
        (status = 'pending' AND signup_at < now() - make_interval(secs => :max_age)) AS expired,
        (confirm_sent_at IS NULL
         OR confirm_sent_at > now() - make_interval(secs => :scanner_window)) AS in_scanner_window
@@ -57,6 +92,20 @@ WHERE id = :id AND status = 'pending'
   AND signup_at >= now() - make_interval(secs => :max_age)
 RETURNING id;
 
+-- name: lock_choices
+-- The confirmation form's choices apply to the row as it is now (a pixel batch holding
+-- it FOR SHARE is waited for, as a tracking withdrawal must).
+SELECT name, tracking_consent FROM subscribers WHERE id = :id FOR UPDATE;
+
+-- name: set_choices
+-- The name as the person confirmed it; the sign-up's tracking wish is answered.
+UPDATE subscribers SET name = :name, tracking_requested = false WHERE id = :id;
+
+-- name: grant_tracking
+-- Consent given on the confirmation page; personal opens are recorded from the next
+-- email on (mail sent before carries the campaign-only pixel).
+UPDATE subscribers SET tracking_consent = true WHERE id = :id;
+
 -- name: delete_pending_jobs
 -- Before deleting a pending row: waits for an in-flight send of its job, so the row
 -- lock order is always outbox then subscribers (the worker's order too).
@@ -65,4 +114,14 @@ WHERE subscriber_id = :id
   AND EXISTS (SELECT 1 FROM subscribers WHERE id = :id AND status = 'pending');
 
 -- name: delete_pending
-DELETE FROM subscribers WHERE id = :id AND status = 'pending' RETURNING id;
+-- "This wasn't me": journalled like an erasure, so a backup restore cannot bring the
+-- sign-up (and its queued confirmation email) back.
+WITH gone AS (
+    DELETE FROM subscribers WHERE id = :id AND status = 'pending' RETURNING id, created_at
+),
+journal AS (
+    INSERT INTO erasure_journal (subscriber_id, created_at)
+    SELECT id, created_at FROM gone
+    ON CONFLICT DO NOTHING
+)
+SELECT id FROM gone;

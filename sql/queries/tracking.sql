@@ -13,7 +13,7 @@ WHERE id = :subscriber_id;
 
 -- name: record_withdrawal
 INSERT INTO consent_events (subscriber_id, kind, ip, user_agent, source, consent_text_version)
-VALUES (:subscriber_id, 'tracking_withdrawn', :ip, :user_agent, 'tracking_link', :version);
+VALUES (:subscriber_id, 'tracking_withdrawn', :ip, :user_agent, :source, :version);
 
 -- name: delete_opens
 -- Personal open data goes with the consent, also for mail sent earlier.
