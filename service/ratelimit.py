@@ -88,7 +88,7 @@ def ip_key(day_key: bytes, ip: str, scope: bytes = b"ip") -> bytes:
 
 async def address_keys(con: Executor, email: str) -> list[bytes]:
     """Every key an address's rows can have now: one per day key still held."""
-    return [address_key(bytes(key), email) for key in await q.day_keys.fetch(con)]
+    return [address_key(bytes(row["key"]), email) for row in await q.day_keys.fetch(con)]
 
 
 def _window(length: int, now: float) -> tuple[int, int]:

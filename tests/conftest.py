@@ -98,6 +98,11 @@ def make_settings(database_url: str, smtp: support.SmtpSink) -> Callable[..., Se
             outbox_backoff_base=0.05,
             outbox_backoff_max=0.2,
             purge_interval=3600,
+            # Tests that try every admin route with bad credentials would hit the
+            # per-client limit; its own tests set it low (test_admin_auth_limits.py).
+            admin_auth_failures=10_000,
+            # Sign-up answers are padded to this; its own test sets it (test_signup_timing.py).
+            signup_min_duration=0.0,
         )
         values.update(overrides)
         return Settings(**values)

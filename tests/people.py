@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -116,9 +117,15 @@ async def add_person(
     await db.execute(
         "INSERT INTO rate_limits (scope, key, window_start, hits)"
         " VALUES ('address', $1, date_trunc('day', now()), 1)",
-        ratelimit.address_key(settings, email),
+        await address_key_today(db, email),
     )
     return Person(sid, email, name, ips, agents)
+
+
+async def address_key_today(db: asyncpg.Connection, email: str) -> bytes:
+    """The key of the address's rate-limit rows today, as the service computes it."""
+    today = datetime.now(UTC).date()
+    return ratelimit.address_key(await ratelimit.key_of_day(db, today), email)
 
 
 async def base_tables(db: asyncpg.Connection) -> list[str]:
@@ -148,7 +155,8 @@ async def find_anywhere(db: asyncpg.Connection, needles: tuple[str, ...]) -> dic
 
 
 async def address_rate_limit_rows(db: asyncpg.Connection, settings: Settings, email: str) -> int:
+    """Rows keyed by the address under any day key the database holds."""
     return await db.fetchval(
-        "SELECT count(*) FROM rate_limits WHERE scope = 'address' AND key = $1",
-        ratelimit.address_key(settings, email),
+        "SELECT count(*) FROM rate_limits WHERE scope = 'address' AND key = ANY($1::bytea[])",
+        await ratelimit.address_keys(db, email),
     )

@@ -311,7 +311,10 @@ async def test_recipients_streams_one_ndjson_line_per_active_subscriber_with_own
         assert tokens.verify_unsubscribe(unsub) == sid
         pixel = line["pixel_url"].removeprefix(f"{support.PUBLIC_URL}/o/").removesuffix(".gif")
         claim = tokens.verify_pixel(pixel)
-        assert (claim.subscriber_id, claim.campaign_id) == (sid, campaign_id)
+        # A personal pixel only for the one who consented; the campaign's own for the rest.
+        personal = sid if line["email"] == "consent@example.org" else None
+        assert (claim.subscriber_id, claim.campaign_id) == (personal, campaign_id)
+    assert len({line["pixel_url"] for line in lines}) == 2
     last = lines[-1]
     assert last["email"] == "consent@example.org" and last["name"] == 'Zoë "Z"'
     assert last["tracking_url"] == f"{support.PUBLIC_URL}/tracking/{tokens.tracking(consenting)}"

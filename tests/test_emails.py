@@ -79,7 +79,13 @@ def test_html_template_escapes_the_name(settings) -> None:
 
     env = pages.environment()
     html = env.get_template("email/confirm.html").render(
-        name="<script>x</script>", confirm_url="u", cancel_url="c", hours=48, public_url="p"
+        name="<script>x</script>",
+        confirm_url="u",
+        cancel_url="c",
+        hours=48,
+        public_url="p",
+        tracking_mode="consent",
+        tracking_requested=True,
     )
     assert "<script>" not in html and "&lt;script&gt;" in html
 

@@ -468,11 +468,10 @@ def test_no_credentials_in_plain_env_values() -> None:
 def test_ingress_routes_every_public_path_and_hides_operations(rendered) -> None:
     from service.app import routes
 
-    ingress = one(rendered, "Ingress", "newsletter")
     service = one(rendered, "Service", "newsletter")
     prefixes = []
-    for rule in ingress["spec"]["rules"]:
-        for path in rule["http"]["paths"]:
+    for ingress in (r for r in rendered if r["kind"] == "Ingress"):
+        for path in ingress_paths(ingress):
             assert path["pathType"] == "Prefix"
             backend = path["backend"]["service"]
             assert backend["name"] == service["metadata"]["name"]
@@ -489,6 +488,70 @@ def test_ingress_routes_every_public_path_and_hides_operations(rendered) -> None
     assert internal <= app_paths
     unrouted = sorted(p for p in app_paths - internal if not routed(p))
     assert not unrouted, f"routes without an Ingress path: {unrouted}"
+
+
+def ingress_paths(ingress: dict[str, Any]) -> list[dict[str, Any]]:
+    return [path for rule in ingress["spec"]["rules"] for path in rule["http"]["paths"]]
+
+
+# Paths whose URL carries a token from an email (or, for /admin, an address): an access
+# log line there ties an IP and a user agent to a person, outside the erasure's reach.
+UNLOGGED = ("/o", "/unsubscribe", "/confirm", "/cancel", "/tracking", "/manage", "/admin")
+
+
+def test_no_ingress_logs_a_path_that_names_a_person(rendered) -> None:
+    ingresses = [r for r in rendered if r["kind"] == "Ingress"]
+    found: dict[str, dict[str, Any]] = {}
+    for ingress in ingresses:
+        for path in ingress_paths(ingress):
+            found[path["path"]] = ingress
+    for prefix in UNLOGGED:
+        ingress = found.get(prefix)
+        assert ingress is not None, f"{prefix} is not routed"
+        annotations = ingress["metadata"].get("annotations", {})
+        assert annotations.get("nginx.ingress.kubernetes.io/enable-access-log") == "false", (
+            f"{prefix} is routed by {ingress['metadata']['name']}, which logs its requests"
+        )
+
+
+def test_admin_has_an_ingress_of_its_own_limited_to_the_operators_networks(rendered) -> None:
+    import ipaddress
+
+    admin = [
+        r
+        for r in rendered
+        if r["kind"] == "Ingress" and any(p["path"] == "/admin" for p in ingress_paths(r))
+    ]
+    assert len(admin) == 1
+    assert [p["path"] for p in ingress_paths(admin[0])] == ["/admin"]
+    ranges = admin[0]["metadata"]["annotations"][
+        "nginx.ingress.kubernetes.io/whitelist-source-range"
+    ]
+    networks = [ipaddress.ip_network(part.strip()) for part in ranges.split(",")]
+    assert networks and all(not n.is_unspecified and n.prefixlen > 0 for n in networks)
+
+
+def test_postgres_logs_no_statement_parameters_but_still_slow_statements(rendered) -> None:
+    """Statement parameters are addresses, names, IPs: a slow or failing sign-up would
+    copy them into PostgreSQL's log, which no erasure reaches."""
+    parameters = one(rendered, "Cluster")["spec"]["postgresql"]["parameters"]
+    assert parameters["log_parameter_max_length"] == "0"
+    assert parameters["log_parameter_max_length_on_error"] == "0"
+    assert parse_duration_ms(parameters["log_min_duration_statement"]) > 0
+
+
+def parse_duration_ms(text: str) -> float:
+    units = {"ms": 1, "s": 1000, "min": 60000}
+    for unit, factor in sorted(units.items(), key=lambda kv: -len(kv[0])):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    return float(text)
+
+
+def test_backups_are_encrypted_at_rest_in_the_object_store(rendered) -> None:
+    configuration = one(rendered, "ObjectStore")["spec"]["configuration"]
+    assert configuration["wal"]["encryption"] in ("AES256", "aws:kms")
+    assert configuration["data"]["encryption"] in ("AES256", "aws:kms")
 
 
 def test_network_policies_admit_only_ingress_prometheus_and_needed_egress(rendered) -> None:

@@ -224,4 +224,10 @@ def test_newsletter_purge_command_runs_one_pass_and_prints_the_counts(database_u
     )
     assert result.returncode == 0, result.stderr
     counts = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(counts) == {"pending_signups", "opens", "deliveries", "rate_limits"}
+    assert set(counts) == {
+        "pending_signups",
+        "opens",
+        "deliveries",
+        "rate_limits",
+        "erasure_journal",
+    }

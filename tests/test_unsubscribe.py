@@ -7,6 +7,8 @@ import asyncio
 import httpx
 import pytest
 
+from itsdangerous import Signer
+
 from service.tokens import Tokens
 from tests import people, support
 
@@ -150,14 +152,19 @@ def forged_tokens(subscriber_id: int) -> list[str]:
     good = Tokens((support.TEST_KEY,), 3600)
     other_key = Tokens(("another-secret-key-that-is-long-enough-000",), 3600)
     genuine = good.unsubscribe(subscriber_id)
-    value, _, signature = genuine.partition(".")
+    legacy = Signer(support.TEST_KEY, salt="newsletter.unsubscribe", sep=".")
+    value, _, signature = legacy.sign(support.b36(subscriber_id)).decode().partition(".")
+    flipped = genuine[:5] + ("A" if genuine[5] != "A" else "B") + genuine[6:]
     return [
-        other_key.unsubscribe(subscriber_id),  # signed with a key we do not hold
+        other_key.unsubscribe(subscriber_id),  # encrypted with a key we do not hold
         good.tracking(subscriber_id),  # a genuine token of another purpose
         good.pixel(subscriber_id, 1),
         good.confirm(subscriber_id),
-        f"{value}.{signature[:-2]}",  # cut signature
-        f"{int(value, 36) + 1:x}.{signature}",  # another id, the same signature
+        genuine[:-2],  # cut
+        flipped,  # one character changed
+        genuine + "A",
+        f"{value}.{signature[:-2]}",  # an earlier release's token, signature cut
+        f"{support.b36(subscriber_id + 1)}.{signature}",  # another id, the same signature
         f"{value}.{signature}x",
         "not-a-token",
         ".abc",
