@@ -6,7 +6,6 @@ import asyncio
 
 import httpx
 import pytest
-
 from itsdangerous import Signer
 
 from service.tokens import Tokens
