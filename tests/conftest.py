@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -26,17 +29,23 @@ CLIENT_IP = "198.51.100.23"
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def pg_admin_url() -> Any:
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
         yield url
         return
     import pgserver
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="delete")
-    uri = server.get_uri()
-    yield uri
-    server.cleanup()
+    # Not under pytest's numbered temporary directories: a second pytest session started
+    # meanwhile (another checkout, a second terminal) prunes the older ones, and with
+    # them this server's data directory and socket, in the middle of the run.
+    directory = Path(tempfile.mkdtemp(prefix="newsletter-test-pg-"))
+    server = pgserver.get_server(directory, cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
