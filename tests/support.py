@@ -168,6 +168,18 @@ def base_env(database_url: str, smtp_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
+def run_cli(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m service <args>` as its own process, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        env=dict(env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 class ServiceProcess:
     """`python -m service serve` in a real uvicorn process on a free port."""
 

@@ -9,7 +9,6 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -361,21 +360,7 @@ async def test_an_erasure_survives_a_restore_of_a_backup_taken_before_it(
             assert await people.find_anywhere(restored, person.needles)
             # ... until the journal of the live database is applied to it.
             env = {**os.environ, "DATABASE_URL": restored_url, "LOG_LEVEL": "warning"}
-            result = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "service",
-                    "reapply-erasures",
-                    "--journal-url",
-                    database_url,
-                ],
-                env=env,
-                cwd=support.ROOT,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            result = support.run_cli(env, "reapply-erasures", "--journal-url", database_url)
             assert result.returncode == 0, result.stderr
             assert '"erased": 1' in result.stdout
             assert await people.find_anywhere(restored, person.needles) == {}
@@ -391,21 +376,7 @@ async def test_an_erasure_survives_a_restore_of_a_backup_taken_before_it(
                 "erased_at",
             )
             # Run again: nothing more to do.
-            again = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "service",
-                    "reapply-erasures",
-                    "--journal-url",
-                    database_url,
-                ],
-                env=env,
-                cwd=support.ROOT,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            again = support.run_cli(env, "reapply-erasures", "--journal-url", database_url)
             assert '"erased": 0' in again.stdout
         finally:
             await restored.close()

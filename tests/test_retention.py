@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 
 import asyncpg
@@ -214,14 +212,7 @@ async def test_the_periodic_task_survives_a_failing_pass(app_factory, db, databa
 
 def test_newsletter_purge_command_runs_one_pass_and_prints_the_counts(database_url) -> None:
     env = support.base_env(database_url, "smtp://127.0.0.1:25")
-    result = subprocess.run(
-        [sys.executable, "-m", "service", "purge"],
-        env=env,
-        cwd=support.ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = support.run_cli(env, "purge")
     assert result.returncode == 0, result.stderr
     counts = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(counts) == {
