@@ -47,6 +47,10 @@ ALIASES = {
     "android": "androidmail",
     "androidemail": "androidmail",
     "gmailapp": "gmail",
+    "outlookmobile": "outlook",
+    "officemapiclient": "outlook",
+    "officeoutlook": "outlook",
+    "zdesktop": "zimbra",
 }
 
 
@@ -109,13 +113,19 @@ class Score:
         lines = [f"{'kind':18} {'strings':>8} {'machine':>9}"]
         for kind in (*PEOPLE, *MACHINES):
             lines.append(f"{kind:18} {self.total.get(kind, 0):8} {self.rate((kind,)):9.2%}")
-        lines.append(f"{'people (all)':18} {sum(self.total.get(k, 0) for k in PEOPLE):8} "
-                     f"{self.rate(PEOPLE):9.3%}  (target <= {PEOPLE_AS_MACHINES_MAX:.2%})")
-        lines.append(f"mail clients named: {self.named_rate():.1%} of "
-                     f"{self.named_total.get('all', 0)} (target >= {NAMED_MIN:.0%})")
+        lines.append(
+            f"{'people (all)':18} {sum(self.total.get(k, 0) for k in PEOPLE):8} "
+            f"{self.rate(PEOPLE):9.3%}  (target <= {PEOPLE_AS_MACHINES_MAX:.2%})"
+        )
+        lines.append(
+            f"mail clients named: {self.named_rate():.1%} of "
+            f"{self.named_total.get('all', 0)} (target >= {NAMED_MIN:.0%})"
+        )
         for group in NAMED_GROUPS:
-            lines.append(f"  {group:12} {self.named_rate(group):6.1%} of "
-                         f"{self.named_total.get(group, 0)} (target >= {NAMED_GROUP_MIN:.0%})")
+            lines.append(
+                f"  {group:12} {self.named_rate(group):6.1%} of "
+                f"{self.named_total.get(group, 0)} (target >= {NAMED_GROUP_MIN:.0%})"
+            )
         return "\n".join(lines)
 
 
@@ -128,7 +138,9 @@ def score(rows: list[Row], classify: Callable[[str], tuple[str | None, str | Non
         is_machine = reason is not None
         result.machine[row.kind] = result.machine.get(row.kind, 0) + is_machine
         if is_machine != (row.kind in MACHINES):
-            result.wrong.setdefault(row.kind, []).append((row.user_agent, row.label, client, reason))
+            result.wrong.setdefault(row.kind, []).append(
+                (row.user_agent, row.label, client, reason)
+            )
         if row.kind in ("mail_client", "proxy"):
             expected = row.expected_client
             groups = ["all"] + [g for g in NAMED_GROUPS if g == expected]
@@ -137,7 +149,9 @@ def score(rows: list[Row], classify: Callable[[str], tuple[str | None, str | Non
                 result.named_total[group] = result.named_total.get(group, 0) + 1
                 result.named[group] = result.named.get(group, 0) + ok
             if not ok:
-                result.wrong.setdefault("unnamed", []).append((row.user_agent, row.label, client, reason))
+                result.wrong.setdefault("unnamed", []).append(
+                    (row.user_agent, row.label, client, reason)
+                )
     return result
 
 

@@ -42,12 +42,41 @@ HEADLESS = ("HeadlessChrome", "Headless Chrome", "PhantomJS", "Puppeteer", "Play
 MAIL_APP = re.compile(r"mail\b|\b(outlook|spark|newton|canary|spike|e-?mail)\b", re.IGNORECASE)
 # uap-core families of ordinary browsers: its test_ua.yaml also lists bots and libraries.
 UAP_BROWSERS = {
-    "Chrome", "Chrome Mobile", "Chrome Mobile iOS", "Chrome Mobile WebView", "Firefox",
-    "Firefox Mobile", "Firefox iOS", "Safari", "Mobile Safari", "Mobile Safari UI/WKWebView",
-    "Edge", "Edge Mobile", "IE", "IE Mobile", "Opera", "Opera Mini", "Opera Mobile",
-    "Samsung Internet", "UC Browser", "Yandex Browser", "Vivaldi", "Silk", "Android",
-    "Chromium", "Brave", "Amazon Silk", "Facebook", "Instagram", "QQ Browser",
-    "QQ Browser Mobile", "MiuiBrowser", "Pale Moon", "SeaMonkey", "Maxthon", "Iceweasel",
+    "Chrome",
+    "Chrome Mobile",
+    "Chrome Mobile iOS",
+    "Chrome Mobile WebView",
+    "Firefox",
+    "Firefox Mobile",
+    "Firefox iOS",
+    "Safari",
+    "Mobile Safari",
+    "Mobile Safari UI/WKWebView",
+    "Edge",
+    "Edge Mobile",
+    "IE",
+    "IE Mobile",
+    "Opera",
+    "Opera Mini",
+    "Opera Mobile",
+    "Samsung Internet",
+    "UC Browser",
+    "Yandex Browser",
+    "Vivaldi",
+    "Silk",
+    "Android",
+    "Chromium",
+    "Brave",
+    "Amazon Silk",
+    "Facebook",
+    "Instagram",
+    "QQ Browser",
+    "QQ Browser Mobile",
+    "MiuiBrowser",
+    "Pale Moon",
+    "SeaMonkey",
+    "Maxthon",
+    "Iceweasel",
 }
 
 
@@ -76,7 +105,9 @@ class Mirror:
 
 
 def sampled(ua: str) -> bool:
-    return int(hashlib.sha1(ua.encode()).hexdigest(), 16) % PEOPLE_SAMPLE == 0
+    return (
+        int(hashlib.sha1(ua.encode(), usedforsecurity=False).hexdigest(), 16) % PEOPLE_SAMPLE == 0
+    )
 
 
 def is_mail_app(name: str) -> bool:
@@ -96,7 +127,12 @@ def matomo(m: Mirror):
     for bot in m.yaml("Tests/fixtures/bots.yml"):
         category = bot["bot"].get("category") or "Bot"
         kind = "security_scanner" if category.startswith("Security") else "bot"
-        yield proxy_or(kind, bot["user_agent"]), category, "Tests/fixtures/bots.yml", bot["user_agent"]
+        yield (
+            proxy_or(kind, bot["user_agent"]),
+            category,
+            "Tests/fixtures/bots.yml",
+            bot["user_agent"],
+        )
     for path, kind in (
         ("Tests/Parser/Client/fixtures/pim.yml", "mail_client"),
         ("Tests/Parser/Client/fixtures/library.yml", "http_library"),
@@ -105,7 +141,12 @@ def matomo(m: Mirror):
             yield kind, case["client"]["name"], path, case["user_agent"]
     for case in m.yaml("Tests/Parser/Client/fixtures/mobile_app.yml"):
         if is_mail_app(case["client"]["name"]):
-            yield "mail_client", case["client"]["name"], "Tests/Parser/Client/fixtures/mobile_app.yml", case["user_agent"]
+            yield (
+                "mail_client",
+                case["client"]["name"],
+                "Tests/Parser/Client/fixtures/mobile_app.yml",
+                case["user_agent"],
+            )
     for path in m.files("Tests/fixtures"):
         if path.endswith("bots.yml"):
             continue
@@ -124,8 +165,13 @@ def matomo(m: Mirror):
 
 def ua_parser_js(m: Mirror):
     base = "test/data/ua/extension/"
-    for name, kind in (("email", "mail_client"), ("cli", "http_library"), ("library", "http_library"),
-                       ("crawler", "bot"), ("fetcher", "bot")):
+    for name, kind in (
+        ("email", "mail_client"),
+        ("cli", "http_library"),
+        ("library", "http_library"),
+        ("crawler", "bot"),
+        ("fetcher", "bot"),
+    ):
         path = base + name + ".json"
         for case in json.loads(m.text(path)):
             ua = case["ua"]
@@ -164,8 +210,12 @@ def yauaa(m: Mirror):
                 continue
             if agent_class == "Email Client":
                 yield "mail_client", expected.get("AgentName", ""), path, ua
-            elif agent_class in YAUAA_MACHINE or expected.get("DeviceClass", "").startswith("Robot"):
-                kind = "http_library" if "Libraries" in name else YAUAA_MACHINE.get(agent_class, "bot")
+            elif agent_class in YAUAA_MACHINE or expected.get("DeviceClass", "").startswith(
+                "Robot"
+            ):
+                kind = (
+                    "http_library" if "Libraries" in name else YAUAA_MACHINE.get(agent_class, "bot")
+                )
                 yield proxy_or(kind, ua), agent_class, path, ua
             elif agent_class in YAUAA_PERSON and sampled(ua):
                 yield proxy_or("person", ua), expected.get("AgentName", ""), path, ua
@@ -181,9 +231,11 @@ def crawler_user_agents(m: Mirror):
 def isbot(m: Mirror):
     for path, kind in (("fixtures/crawlers.yml", "bot"), ("fixtures/browsers.yml", "person")):
         for label, uas in m.yaml(path).items():
+            # isbot's browsers.yml also lists "insignificant bots" it leaves unblocked.
+            here = "bot" if kind == "person" and "bots" in str(label).lower() else kind
             for ua in uas or ():
-                if kind == "bot" or sampled(ua):
-                    yield proxy_or(kind, ua), str(label), path, ua
+                if here == "bot" or sampled(ua):
+                    yield proxy_or(here, ua), str(label), path, ua
 
 
 def uap_core(m: Mirror):
@@ -192,7 +244,12 @@ def uap_core(m: Mirror):
     for case in m.yaml(path)["test_cases"]:
         if case["family"] == "Spider":
             spiders.add(case["user_agent_string"])
-            yield proxy_or("bot", case["user_agent_string"]), "Spider", path, case["user_agent_string"]
+            yield (
+                proxy_or("bot", case["user_agent_string"]),
+                "Spider",
+                path,
+                case["user_agent_string"],
+            )
     path = "tests/test_ua.yaml"
     for case in m.yaml(path)["test_cases"]:
         ua = case["user_agent_string"]
@@ -213,7 +270,9 @@ SOURCES = {
 def peers() -> list[tuple[str, str, str, str]]:
     """User agents quoted in other projects' issues about false opens (peers.csv)."""
     with open(HERE / "peer_user_agents.csv", newline="", encoding="utf-8") as handle:
-        return [(r["kind"], r["label"], r["source"], r["user_agent"]) for r in csv.DictReader(handle)]
+        return [
+            (r["kind"], r["label"], r["source"], r["user_agent"]) for r in csv.DictReader(handle)
+        ]
 
 
 def main(root: Path) -> None:
@@ -236,7 +295,15 @@ def main(root: Path) -> None:
         key=lambda r: (r[0], r[3]),
     )
     # A string labelled twice on the same side keeps one row, the most specific kind.
-    order = ["headless", "security_scanner", "http_library", "bot", "proxy", "mail_client", "person"]
+    order = [
+        "headless",
+        "security_scanner",
+        "http_library",
+        "bot",
+        "proxy",
+        "mail_client",
+        "person",
+    ]
     best: dict[str, tuple[str, str, str, str]] = {}
     for row in kept:
         old = best.get(row[3])

@@ -1,0 +1,96 @@
+"""Maintained user-agent lists, compiled once into ua-parser's Rust matcher.
+
+Two libraries carry the lists: `device-detector` (the Python port of Matomo's Device
+Detector: bots with their categories, HTTP libraries, mail and PIM clients) and
+`crawler-user-agents` (crawler patterns). Their own parsers are too slow for the pixel's
+recorder (device-detector takes 15 to 25 ms per new user agent in pure Python, and seconds
+to compile on first use), so only their rule files are read and compiled into one
+`ua_parser_rs` regex set (the engine `ua-parser` already uses): one pass per user agent,
+first rule wins. The few rules the Rust engine refuses (look-arounds) run through `re`.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import crawleruseragents
+import device_detector
+import ua_parser_rs
+import yaml_rs
+
+# device-detector anchors every rule like this and matches without case.
+_BOUNDED = r"(?i)(?:^|[^A-Z0-9_-]|[^A-Z0-9-]_|sprd-|MZ-)(?:{})"
+_REGEXES = Path(device_detector.__file__).resolve().parent / "regexes"
+# Mail apps among device-detector's mobile apps (its PIM list holds the desktop ones).
+_MAIL_APP = re.compile(r"mail\b|\b(?:outlook|spark|newton|canary|spike|e-?mail)\b", re.I)
+
+
+@dataclass(frozen=True)
+class Match:
+    kind: str  # "bot", "client" (mail or PIM), "library", "crawler"
+    name: str
+    category: str = ""  # device-detector's bot category
+
+
+def _load(relative: str) -> list[dict]:
+    return yaml_rs.loads((_REGEXES / relative).read_text(encoding="utf-8")) or []
+
+
+def _rules() -> list[tuple[str, Match]]:
+    """(regex, what it means), in the order device-detector tries them."""
+    rules: list[tuple[str, Match]] = []
+    for rule in _load("upstream/bots.yml"):
+        rules.append(
+            (_BOUNDED.format(rule["regex"]), Match("bot", rule["name"], rule.get("category") or ""))
+        )
+    for path in ("local/client/pim.yml", "upstream/client/pim.yml"):
+        rules += [(_BOUNDED.format(r["regex"]), Match("client", r["name"])) for r in _load(path)]
+    for path in ("local/client/mobile_apps.yml", "upstream/client/mobile_apps.yml"):
+        rules += [
+            (_BOUNDED.format(r["regex"]), Match("client", r["name"]))
+            for r in _load(path)
+            if _MAIL_APP.search(r["name"])
+        ]
+    for path in ("local/client/libraries.yml", "upstream/client/libraries.yml"):
+        rules += [(_BOUNDED.format(r["regex"]), Match("library", r["name"])) for r in _load(path)]
+    for entry in crawleruseragents.CRAWLER_USER_AGENTS_DATA:
+        rules.append((entry["pattern"], Match("crawler", entry["pattern"])))
+    return rules
+
+
+class ListMatcher:
+    def __init__(self, rules: list[tuple[str, Match]]) -> None:
+        self._meanings = [meaning for _, meaning in rules]
+        fast: list[tuple[str, str, None, None, None, None]] = []
+        self._slow: list[tuple[int, re.Pattern[str]]] = []
+        for index, (regex, _) in enumerate(rules):
+            try:
+                ua_parser_rs.UserAgentExtractor([(regex, "x", None, None, None, None)])
+            except ValueError:
+                try:
+                    self._slow.append((index, re.compile(regex)))
+                except re.error:
+                    continue  # neither engine reads it: left out
+                continue
+            fast.append((regex, str(index), None, None, None, None))
+        self._fast = ua_parser_rs.UserAgentExtractor(fast)
+
+    def __call__(self, user_agent: str) -> Match | None:
+        found = self._fast.extract(user_agent)
+        first = int(found.family) if found else len(self._meanings)
+        for index, pattern in self._slow:
+            if index >= first:
+                break
+            if pattern.search(user_agent):
+                first = index
+                break
+        return self._meanings[first] if first < len(self._meanings) else None
+
+
+@functools.cache
+def matcher() -> ListMatcher:
+    """Built once per process (about 2 s): at start-up, never on the event loop."""
+    return ListMatcher(_rules())
