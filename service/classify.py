@@ -121,6 +121,12 @@ def _product(ua: str) -> str | None:
     return None
 
 
+@functools.cache
+def _uap() -> ua_parser.Parser:
+    """ua-parser without its own cache: the classifier caches whole answers already."""
+    return ua_parser.Parser(ua_parser.RegexResolver(ua_parser.load_lazy_builtins()))
+
+
 def _sanitise(user_agent: str) -> str:
     return "".join(c for c in user_agent[:MAX_USER_AGENT] if c.isprintable())
 
@@ -181,7 +187,7 @@ class Classifier:
         scanners = read_ranges_csv(scanner_ranges_file or str(SCANNER_RANGES_FILE))
         # ua-parser builds its matcher on the first parse (~150 ms), the lists theirs
         # (~2 s, once per process): at start-up, not on the event loop during a burst.
-        ua_parser.parse(WARM_UP_USER_AGENT)
+        _uap().parse(WARM_UP_USER_AGENT)
         return cls(rules, extra, scanners)
 
     def _user_agent(self, raw: str | None) -> UserAgentClass:
@@ -200,7 +206,7 @@ class Classifier:
         match = self._machine_rules.search(ua)
         if match:
             return UserAgentClass(ua, None, None, self._machine_reasons[match.lastgroup], False)
-        parsed = ua_parser.parse(ua)
+        parsed = _uap().parse(ua)
         os_family = parsed.os.family if parsed.os and parsed.os.family != "Other" else None
         for pattern, client, os_name in self._mail_clients:
             if pattern.search(ua):
