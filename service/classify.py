@@ -1,10 +1,13 @@
 """Who fetched the pixel: the mail client and system, and whether a person was behind it.
 
-The rules live in one data file, `service/data/machine_opens.json`, so that they can be
-read, reviewed and tested as a table. Three answers are possible:
+Maintained libraries decide most strings: ua-parser (uap-core: client, OS, spiders) and
+the rule lists of device-detector and crawler-user-agents (bots, HTTP libraries, mail
+clients; see `service.ua_lists`). The project's own rules, in `data/machine_opens.json`
+(read, reviewed and tested as a table), cover only what those miss or get wrong for
+mail; scanners' networks are in `data/scanner_ranges.csv`. Three answers are possible:
 
-- a machine open (Apple's privacy prefetch, Gmail's prefetch, link scanners, bots,
-  HTTP libraries): `machine_reason` says which rule matched;
+- a machine open (Apple's privacy prefetch, Gmail's prefetch, link scanners, scanners'
+  networks, bots, HTTP libraries, headless browsers): `machine_reason` says which rule;
 - a person behind an image proxy (Gmail, Yahoo): a human open whose IP, and so country,
   belong to the proxy, not to the reader;
 - a person with their own mail client or browser.
@@ -132,7 +135,7 @@ def _sanitise(user_agent: str) -> str:
 
 
 class Classifier:
-    """The rules of the data file, compiled once per process."""
+    """Own rules, library lists and networks, compiled once per process."""
 
     def __init__(
         self,
