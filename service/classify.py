@@ -1,10 +1,13 @@
 """Who fetched the pixel: the mail client and system, and whether a person was behind it.
 
-The rules live in one data file, `service/data/machine_opens.json`, so that they can be
-read, reviewed and tested as a table. Three answers are possible:
+Maintained libraries decide most strings: ua-parser (uap-core: client, OS, spiders) and
+the rule lists of device-detector and crawler-user-agents (bots, HTTP libraries, mail
+clients; see `service.ua_lists`). The project's own rules, in `data/machine_opens.json`
+(read, reviewed and tested as a table), cover only what those miss or get wrong for
+mail; scanners' networks are in `data/scanner_ranges.csv`. Three answers are possible:
 
-- a machine open (Apple's privacy prefetch, Gmail's prefetch, link scanners, bots,
-  HTTP libraries): `machine_reason` says which rule matched;
+- a machine open (Apple's privacy prefetch, Gmail's prefetch, link scanners, scanners'
+  networks, bots, HTTP libraries, headless browsers): `machine_reason` says which rule;
 - a person behind an image proxy (Gmail, Yahoo): a human open whose IP, and so country,
   belong to the proxy, not to the reader;
 - a person with their own mail client or browser.
@@ -28,9 +31,12 @@ from pathlib import Path
 
 import ua_parser
 
+from service import ua_lists
 from service.clientinfo import canonical_ip
+from service.ua_lists import Match
 
 RULES_FILE = Path(__file__).resolve().parent / "data" / "machine_opens.json"
+SCANNER_RANGES_FILE = Path(__file__).resolve().parent / "data" / "scanner_ranges.csv"
 MAX_USER_AGENT = 512
 UA_CACHE_SIZE = 8192
 WARM_UP_USER_AGENT = (
@@ -99,45 +105,93 @@ def read_ranges_csv(path: str) -> list[str]:
     return networks
 
 
+# The product a user agent names when ua-parser knows none: `Alpine/2.21 (Linux)`,
+# `PocoMail 4.8`, or an app's own token among the engine's (`Polymail/2.3 Chrome/… Electron/…`).
+_LEADING_PRODUCT = re.compile(r"^(?!Mozilla/)([A-Za-z][\w .:!-]*?)(?:/| v?\d)")
+_PRODUCT = re.compile(r"(?<![\w.-])([A-Za-z][\w.-]*)/v?\d")
+_ENGINE_TOKENS = frozenset(
+    "Mozilla AppleWebKit Chrome Safari Electron Gecko Firefox Version Mobile KHTML Trident".split()
+)
+
+
+def _product(ua: str) -> str | None:
+    leading = _LEADING_PRODUCT.match(ua)
+    if leading:
+        return leading.group(1).strip()
+    for name in _PRODUCT.findall(ua):
+        if name not in _ENGINE_TOKENS:
+            return name
+    return None
+
+
+@functools.cache
+def _uap() -> ua_parser.Parser:
+    """ua-parser without its own cache: the classifier caches whole answers already."""
+    return ua_parser.Parser(ua_parser.RegexResolver(ua_parser.load_lazy_builtins()))
+
+
 def _sanitise(user_agent: str) -> str:
     return "".join(c for c in user_agent[:MAX_USER_AGENT] if c.isprintable())
 
 
 class Classifier:
-    """The rules of the data file, compiled once per process."""
+    """Own rules, library lists and networks, compiled once per process."""
 
-    def __init__(self, rules: dict, extra_networks: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        rules: dict,
+        extra_networks: list[str] | None = None,
+        scanner_networks: list[str] | None = None,
+    ) -> None:
         self._exact: dict[str, str] = {}
-        self._contains: list[tuple[str, str]] = []
-        for rule in rules["machine_user_agents"]:
+        alternatives: list[str] = []
+        self._machine_reasons: dict[str, str] = {}
+        for number, rule in enumerate(rules["machine_user_agents"]):
             if "exact" in rule:
                 self._exact[rule["exact"]] = rule["reason"]
-            for needle in rule.get("contains", ()):
-                self._contains.append((needle.lower(), rule["reason"]))
+            if rule.get("words"):
+                group = f"r{number}"
+                words = "|".join(rule["words"])
+                # Whole words only: "Cisco" must not match "San Francisco".
+                alternatives.append(f"(?P<{group}>(?<![A-Za-z0-9])(?:{words}))")
+                self._machine_reasons[group] = rule["reason"]
+        self._machine_rules = re.compile("|".join(alternatives) or "(?!)", re.IGNORECASE)
         self._proxies = [
-            (needle.lower(), rule["client"])
+            (needle, rule["client"])
             for rule in rules["proxy_user_agents"]
             for needle in rule["contains"]
         ]
         self._spider_reason = rules["spider_reason"]
+        self._scanner_categories = set(rules["scanner_categories"])
+        self._browser_families = set(rules["browser_families"])
+        self._client_names: dict[str, str] = rules["client_names"]
         self._mail_clients = [
-            (re.compile(rule["regex"]), rule["client"]) for rule in rules["mail_clients"]
+            (re.compile(rule["regex"]), rule["client"], rule.get("os")) for rule in rules["clients"]
         ]
+        self._lists = ua_lists.matcher()
         self._networks: list[tuple[Ranges, str]] = [
             (Ranges(rule["networks"]), rule["reason"]) for rule in rules["machine_networks"]
         ]
         if extra_networks:
             self._networks.append((Ranges(extra_networks), "apple_mpp"))
+        if scanner_networks:
+            self._networks.append((Ranges(scanner_networks), "scanner_network"))
         self.user_agent = functools.lru_cache(maxsize=UA_CACHE_SIZE)(self._user_agent)
 
     @classmethod
-    def from_files(cls, rules_file: Path = RULES_FILE, apple_ranges_file: str = "") -> Classifier:
+    def from_files(
+        cls,
+        rules_file: Path = RULES_FILE,
+        apple_ranges_file: str = "",
+        scanner_ranges_file: str = "",
+    ) -> Classifier:
         rules = json.loads(rules_file.read_text(encoding="utf-8"))
         extra = read_ranges_csv(apple_ranges_file) if apple_ranges_file else None
-        # ua-parser builds its matcher on the first parse (~150 ms): at start-up, not on
-        # the event loop in the middle of the first burst of opens.
-        ua_parser.parse(WARM_UP_USER_AGENT)
-        return cls(rules, extra)
+        scanners = read_ranges_csv(scanner_ranges_file or str(SCANNER_RANGES_FILE))
+        # ua-parser builds its matcher on the first parse (~150 ms), the lists theirs
+        # (~2 s, once per process): at start-up, not on the event loop during a burst.
+        _uap().parse(WARM_UP_USER_AGENT)
+        return cls(rules, extra, scanners)
 
     def _user_agent(self, raw: str | None) -> UserAgentClass:
         """Classify one user-agent string (cached: the same strings come again and again)."""
@@ -149,24 +203,45 @@ class Classifier:
         reason = self._exact.get(ua.strip())
         if reason:
             return UserAgentClass(ua, None, None, reason, False)
-        lowered = ua.lower()
-        for needle, reason in self._contains:
-            if needle in lowered:
-                return UserAgentClass(ua, None, None, reason, False)
-        parsed = ua_parser.parse(ua)
-        os_family = parsed.os.family if parsed.os and parsed.os.family != "Other" else None
         for needle, client in self._proxies:
-            if needle in lowered:
+            if needle in ua:
                 return UserAgentClass(ua, client, None, None, True)
+        match = self._machine_rules.search(ua)
+        if match:
+            return UserAgentClass(ua, None, None, self._machine_reasons[match.lastgroup], False)
+        parsed = _uap().parse(ua)
+        os_family = parsed.os.family if parsed.os and parsed.os.family != "Other" else None
+        for pattern, client, os_name in self._mail_clients:
+            if pattern.search(ua):
+                return UserAgentClass(ua, client, os_name or os_family, None, False)
+        listed = self._lists(ua)
+        if listed is not None:
+            if listed.kind == "client":
+                client = self._client_names.get(listed.name, listed.name)
+                return UserAgentClass(ua, client, os_family, None, False)
+            if not self._is_browser(parsed, listed):
+                return UserAgentClass(ua, None, None, self._list_reason(listed), False)
         if parsed.device and parsed.device.family == "Spider":
             return UserAgentClass(ua, None, None, self._spider_reason, False)
-        for pattern, client in self._mail_clients:
-            if pattern.search(ua):
-                return UserAgentClass(ua, client, os_family, None, False)
         family = parsed.user_agent.family if parsed.user_agent else None
-        if family == "Other":
-            family = None
+        if family in (None, "Other", "Electron"):
+            family = _product(ua) or (None if family == "Other" else family)
         return UserAgentClass(ua, family, os_family, None, False)
+
+    def _list_reason(self, match: Match) -> str:
+        if match.kind == "library":
+            return "http_library"
+        if match.category in self._scanner_categories:
+            return "link_scanner"
+        return "bot"
+
+    def _is_browser(self, parsed: ua_parser.Result, match: Match) -> bool:
+        """A library's name inside a phone browser's string (`Java/…` on old phones).
+
+        device-detector tries browsers before libraries; ua-parser names the browser here.
+        """
+        family = parsed.user_agent.family if parsed.user_agent else "Other"
+        return match.kind in ("library", "crawler") and family in self._browser_families
 
     def network_reason(self, ip: str | None) -> str | None:
         address = canonical_ip(ip)
@@ -176,9 +251,6 @@ class Classifier:
             if address in ranges:
                 return reason
         return None
-
-    def classify(self, user_agent: str | None, ip: str | None) -> Verdict:
-        return verdict(self.user_agent(user_agent), self.network_reason(ip))
 
 
 def verdict(ua: UserAgentClass, network_reason: str | None) -> Verdict:

@@ -92,7 +92,8 @@ class Recorder:
         self.settings = settings
         self.metrics = metrics
         self.classifier = classifier or Classifier.from_files(
-            apple_ranges_file=settings.apple_proxy_ranges_file
+            apple_ranges_file=settings.apple_proxy_ranges_file,
+            scanner_ranges_file=settings.scanner_ranges_file,
         )
         self.country = geo.resolver(settings.geoip_mmdb)
         self.retry_for = RETRY_FOR if retry_for is None else retry_for

@@ -156,6 +156,10 @@ class Settings:
     machine_open_window: float = 10.0
     geoip_mmdb: str = ""
     apple_proxy_ranges_file: str = ""
+    # -- classification (issue 15) -------------------------------------------------
+    # Mail scanners' networks (opens from them are `scanner_network`); empty: the list
+    # shipped in service/data/scanner_ranges.csv.
+    scanner_ranges_file: str = ""
     bench_endpoints: bool = False  # bench-only reference routes; never in production
     open_retention: float = 395 * 86400
     purge_interval: float = 3600.0
@@ -385,6 +389,7 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("MACHINE_OPEN_WINDOW", "machine_open_window", _seconds(0, 3600)),
     ("GEOIP_MMDB", "geoip_mmdb", _file),
     ("APPLE_PROXY_RANGES_FILE", "apple_proxy_ranges_file", _file),
+    ("SCANNER_RANGES_FILE", "scanner_ranges_file", _file),
     ("BENCH_ENDPOINTS", "bench_endpoints", _bool),
     ("OPEN_RETENTION", "open_retention", _seconds(_DAY, 20 * 365 * _DAY)),
     ("PURGE_INTERVAL", "purge_interval", _seconds(1, 7 * _DAY)),

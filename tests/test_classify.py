@@ -2,9 +2,15 @@ import json
 
 import pytest
 
-from service.classify import RULES_FILE, Classifier, Ranges, read_ranges_csv
+from service.classify import RULES_FILE, Classifier, Ranges, Verdict, read_ranges_csv, verdict
 
 CLASSIFIER = Classifier.from_files()
+
+
+def classify(user_agent: str | None, ip: str | None) -> Verdict:
+    """What the recorder does per open: the user agent's class and the network's rule."""
+    return verdict(CLASSIFIER.user_agent(user_agent), CLASSIFIER.network_reason(ip))
+
 
 # (user agent as sent by the real client, client, os, machine reason or None)
 REAL_USER_AGENTS = [
@@ -135,26 +141,26 @@ REAL_USER_AGENTS = [
 
 @pytest.mark.parametrize(("user_agent", "client", "os", "reason"), REAL_USER_AGENTS)
 def test_real_user_agents_are_classified(user_agent, client, os, reason) -> None:
-    verdict = CLASSIFIER.classify(user_agent, "81.2.69.160")
+    verdict = classify(user_agent, "81.2.69.160")
     assert (verdict.client, verdict.os, verdict.machine_reason) == (client, os, reason)
 
 
 def test_a_missing_or_blank_user_agent_is_a_machine_open() -> None:
-    assert CLASSIFIER.classify(None, None).machine_reason == "no_user_agent"
-    assert CLASSIFIER.classify("   ", None).machine_reason == "no_user_agent"
+    assert classify(None, None).machine_reason == "no_user_agent"
+    assert classify("   ", None).machine_reason == "no_user_agent"
 
 
 def test_apple_network_makes_any_user_agent_a_privacy_prefetch() -> None:
     chrome = REAL_USER_AGENTS[11][0]
-    assert CLASSIFIER.classify(chrome, "17.58.101.7").machine_reason == "apple_mpp"
-    assert CLASSIFIER.classify(chrome, "::ffff:17.58.101.7").machine_reason == "apple_mpp"
-    assert CLASSIFIER.classify(chrome, "18.0.0.1").machine_reason is None
+    assert classify(chrome, "17.58.101.7").machine_reason == "apple_mpp"
+    assert classify(chrome, "::ffff:17.58.101.7").machine_reason == "apple_mpp"
+    assert classify(chrome, "18.0.0.1").machine_reason is None
 
 
 def test_country_is_known_only_for_a_person_fetching_directly() -> None:
-    assert CLASSIFIER.classify(REAL_USER_AGENTS[11][0], "81.2.69.160").country_known
-    assert not CLASSIFIER.classify("Mozilla/5.0", "81.2.69.160").country_known
-    assert not CLASSIFIER.classify(REAL_USER_AGENTS[8][0], "66.249.84.1").country_known
+    assert classify(REAL_USER_AGENTS[11][0], "81.2.69.160").country_known
+    assert not classify("Mozilla/5.0", "81.2.69.160").country_known
+    assert not classify(REAL_USER_AGENTS[8][0], "66.249.84.1").country_known
 
 
 def test_operator_csv_of_apple_egress_ranges_is_loaded(tmp_path) -> None:
@@ -192,7 +198,7 @@ def test_user_agent_is_cleaned_and_cut_and_classification_is_cached() -> None:
 
 def test_garbage_never_raises() -> None:
     for ua in ("", "\x00", "()" * 300, "Mozilla/5.0 (" * 100, "\u202e\ufeff"):
-        CLASSIFIER.classify(ua, "not an ip")
+        classify(ua, "not an ip")
     assert CLASSIFIER.network_reason("999.1.1.1") is None
 
 
@@ -201,7 +207,7 @@ def test_rules_file_gives_every_rule_a_reason_and_a_why() -> None:
     for group in ("machine_user_agents", "machine_networks"):
         for rule in rules[group]:
             assert rule["reason"] and rule["why"]
-    for rule in rules["proxy_user_agents"] + rules["mail_clients"]:
+    for rule in rules["proxy_user_agents"] + rules["clients"]:
         assert rule["client"] and rule["why"]
 
 
@@ -212,3 +218,69 @@ def test_user_agents_are_parsed_by_the_compiled_matcher_not_pure_python() -> Non
     import ua_parser
 
     assert ua_parser.RegexResolver is not None
+
+
+# The false positives and misses named in issue 15.
+@pytest.mark.parametrize(
+    ("user_agent", "client"),
+    [
+        # a device named after San Francisco: not Cisco's scanner
+        (
+            "Mozilla/5.0 (Linux; Android 12; SanFrancisco Build/SP1A) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36",
+            "Chrome Mobile",
+        ),
+        # an old phone browser with a Java/ token (device-detector fixture)
+        (
+            "Mozilla/5.0 (Linux; U; Android 1.6; fr-fr; LG-GT540 ; Build/Donut) AppleWebKit/528.5+ (KHTML, like Gecko) Version/3.1.2 Mobile Safari/525.20.1 Java/Jbed/7.0 Pro",
+            "Android",
+        ),
+        ("YahooMail/1.0 (iOS; 1.0.0; en_US)", "Yahoo Mail"),
+        ("WhatsApp/2.17.395 Android/6.0 Device/Meizu-M5_Note", "WhatsApp"),
+        ("Microsoft Office Outlook/16.0.4266.1001", "Outlook"),
+        ("Mozilla/5.0 (Macintosh; Intel Mac OS X) Outlook/0.0.0", "Outlook"),
+        ("SamsungEmail/6.1.80.12", "SamsungEmail"),
+        ("Mail/3826.500.181.1.5 CFNetwork/3826.500.111.1.1 Darwin/24.4.0", "Apple Mail"),
+    ],
+)
+def test_people_named_in_the_issue_are_people(user_agent, client) -> None:
+    found = CLASSIFIER.user_agent(user_agent)
+    assert (found.client, found.machine_reason) == (client, None)
+
+
+def test_apple_mail_through_cfnetwork_runs_on_macos_not_ios() -> None:
+    ua = "Mail/3826.500.181.1.5 CFNetwork/3826.500.111.1.1 Darwin/24.4.0"
+    assert CLASSIFIER.user_agent(ua).os == "Mac OS X"
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "reason"),
+    [
+        ("AHC/2.1", "bot"),
+        ("Faraday v2.7.11", "http_library"),
+        ("Java-http-client/11", "http_library"),
+        ("MicrosoftPreview/2.0", "bot"),
+        ("AppEngine-Google; (+http://code.google.com/appengine; appid: s~virustotalcloud)", "bot"),
+        (
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36 Playwright/1.40.0",
+            "headless_browser",
+        ),
+    ],
+)
+def test_machines_named_in_the_issue_are_machines(user_agent, reason) -> None:
+    assert CLASSIFIER.user_agent(user_agent).machine_reason == reason
+
+
+def test_exchange_online_protection_networks_are_scanner_opens() -> None:
+    chrome = REAL_USER_AGENTS[11][0]
+    assert classify(chrome, "40.107.22.41").machine_reason == "scanner_network"
+    assert classify(chrome, "2a01:111:f400:fe1e::2c").machine_reason == "scanner_network"
+    assert classify(chrome, "40.106.255.255").machine_reason is None
+    assert not classify(chrome, "52.100.1.1").country_known
+
+
+def test_operator_file_replaces_the_shipped_scanner_ranges(tmp_path) -> None:
+    csv_file = tmp_path / "scanners.csv"
+    csv_file.write_text("prefix,service\n198.51.100.0/24,example scanner\n")
+    classifier = Classifier.from_files(scanner_ranges_file=str(csv_file))
+    assert classifier.network_reason("198.51.100.7") == "scanner_network"
+    assert classifier.network_reason("40.107.22.41") is None
