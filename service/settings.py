@@ -163,6 +163,7 @@ class Settings:
     # -- process -----------------------------------------------------------------
     log_level: str = "info"
     dev: bool = False
+    dev_mail_dir: str = ""  # set by `newsletter dev` only: where caught mail is kept
 
     @property
     def smtp(self) -> SmtpTarget:
