@@ -2,8 +2,8 @@
 
 Pure functions from numbers to markup. Every chart has a `viewBox` and no fixed size,
 so CSS scales it to the width of its column; the viewBox is narrow (360 units) and the
-stylesheet caps a chart at 30rem, so its 12-unit text shows at about 11.5 px on a
-390 px phone and 16 px on a desktop. Everything charted is a count: axis ticks are
+stylesheet caps a chart at 30rem, so its 13-unit text shows at about 12.5 px on a
+390 px phone and 17 px on a desktop. Everything charted is a count: axis ticks are
 whole numbers.
 Each chart carries `<title>`/`<desc>` for screen readers and a `<title>` per bar for
 pointer users; the page shows the same numbers as a table beside it.
@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from markupsafe import Markup, escape
 
 WIDTH = 360
-FONT = 12
-CHAR_WIDTH = 0.6  # of FONT: a generous average advance for system-ui digits and letters
+FONT = 13
+CHAR_WIDTH = 0.58  # of FONT: a generous average advance for system-ui digits and letters
+BAR_MAX = 40.0  # a lone column stays a column, not a wall
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00")
 
@@ -183,18 +184,18 @@ def columns(
     for i, label in enumerate(labels):
         x0 = left + i * band
         if stacked:
-            width, base = band * 0.8, top + plot_h
+            width, base = min(band * 0.8, BAR_MAX), top + plot_h
             for s in series:
                 h = s.values[i] * scale
                 if h > 0:
                     base -= h
-                    parts.append(_bar(x0 + band * 0.1, base, width, h, s, label, i))
+                    parts.append(_bar(x0 + (band - width) / 2, base, width, h, s, label, i))
         else:
-            width = band * 0.84 / len(series)
+            width = min(band * 0.84, BAR_MAX) / len(series)
             for k, s in enumerate(series):
                 h = s.values[i] * scale
                 if h > 0:
-                    x = x0 + band * 0.08 + k * width
+                    x = x0 + (band - width * len(series)) / 2 + k * width
                     parts.append(_bar(x, top + plot_h - h, width, h, s, label, i))
         if i in shown:
             parts.append(

@@ -218,3 +218,10 @@ def test_every_bar_stays_inside_the_plot(values: list[tuple[int, int]], stacked:
         w, h = float(rect.get("width")), float(rect.get("height"))
         assert 0 <= x and x + w <= charts.WIDTH + 0.01
         assert 0 <= y and y + h <= 220 + 0.01
+
+
+def test_a_lone_column_keeps_a_column_width() -> None:
+    svg = parse(
+        charts.columns("c", "t", ["0h"], [charts.Series("x", [1]), charts.Series("y", [2])])
+    )
+    assert all(float(r.get("width")) <= charts.BAR_MAX for r in rects(svg))

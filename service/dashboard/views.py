@@ -416,8 +416,13 @@ async def _posted_export(
     return email, data
 
 
+_ACRONYMS = {"ip": "IP", "os": "OS", "id": "ID"}
+
+
 def _label(key: str) -> str:
-    return key.replace("_", " ").capitalize()
+    """`consent_text_version` -> "Consent text version", `ip` -> "IP"."""
+    words = [_ACRONYMS.get(word, word) for word in key.split("_")]
+    return " ".join([words[0][:1].upper() + words[0][1:], *words[1:]])
 
 
 def _cell(value: Any) -> str:
