@@ -78,6 +78,15 @@ async def add_subscriber(
     )
 
 
+async def add_counts(db: asyncpg.Connection, campaign: int, *rows: tuple[Any, ...]) -> None:
+    """Anonymous counters of a campaign: (dimension, key, opens, machine opens, unique)."""
+    await db.executemany(
+        "INSERT INTO campaign_counts (campaign_id, dimension, key, opens, machine_opens, unique_opens)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        [(campaign, *row) for row in rows],
+    )
+
+
 async def add_campaign(db: asyncpg.Connection, name: str = "Spring news", **values: Any) -> int:
     return await db.fetchval(
         "INSERT INTO campaigns (name, subject, html, text, first_sent_at, recipients, sent)"
@@ -503,11 +512,12 @@ async def test_campaign_page_shows_anonymous_opens_beside_unique_opens_with_the_
     campaign = await add_campaign(
         db, first_sent_at=datetime.now(UTC) - timedelta(hours=1), recipients=5, sent=5
     )
-    await db.execute(
-        "INSERT INTO campaign_counts (campaign_id, dimension, key, opens, machine_opens, unique_opens)"
-        " VALUES ($1, 'total', '', 7, 0, 2), ($1, 'tracking', 'personal', 3, 0, 2),"
-        " ($1, 'tracking', 'anonymous', 4, 0, 0)",
+    await add_counts(
+        db,
         campaign,
+        ("total", "", 7, 0, 2),
+        ("tracking", "personal", 3, 0, 2),
+        ("tracking", "anonymous", 4, 0, 0),
     )
     await sign_in(web)
     page = (await web.get(f"/admin/campaigns/{campaign}")).text
@@ -522,11 +532,7 @@ async def test_campaign_cards_are_singular_for_one(
     web: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
     campaign = await add_campaign(db, recipients=1, sent=1)
-    await db.execute(
-        "INSERT INTO campaign_counts (campaign_id, dimension, key, opens, machine_opens, unique_opens)"
-        " VALUES ($1, 'total', '', 1, 1, 1), ($1, 'tracking', 'anonymous', 1, 0, 0)",
-        campaign,
-    )
+    await add_counts(db, campaign, ("total", "", 1, 1, 1), ("tracking", "anonymous", 1, 0, 0))
     await sign_in(web)
     page = (await web.get(f"/admin/campaigns/{campaign}")).text
     for card in ("open-count", "unique-count", "anonymous-count", "machine-count"):

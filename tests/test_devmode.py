@@ -20,8 +20,20 @@ from tests.signup_helpers import subscribe, wait_until
 
 
 @pytest.fixture
-def dev_settings(make_settings):
-    return make_settings(dev=True, smtp_url=f"smtp://127.0.0.1:{support.free_port()}")
+def make_dev_settings(make_settings):
+    """Dev-mode settings with the catcher on a free port of its own."""
+
+    def make(**overrides):
+        return make_settings(
+            dev=True, smtp_url=f"smtp://127.0.0.1:{support.free_port()}", **overrides
+        )
+
+    return make
+
+
+@pytest.fixture
+def dev_settings(make_dev_settings):
+    return make_dev_settings()
 
 
 async def send_to_catcher(port: int) -> None:
@@ -75,13 +87,9 @@ def test_the_base_target_goes_into_the_head_when_there_is_one(html: str, expecte
 
 
 async def test_caught_mail_is_kept_in_the_dev_directory_across_restarts(
-    make_settings, tmp_path
+    make_dev_settings, tmp_path
 ) -> None:
-    settings = make_settings(
-        dev=True,
-        smtp_url=f"smtp://127.0.0.1:{support.free_port()}",
-        dev_mail_dir=str(tmp_path / "mail"),
-    )
+    settings = make_dev_settings(dev_mail_dir=str(tmp_path / "mail"))
     async with running(settings) as (_app, client):
         await send_to_catcher(settings.smtp.port)
         assert "survives a restart" in (await client.get("/dev/mail")).text
@@ -120,14 +128,9 @@ async def test_a_confirmation_held_back_by_the_minimum_interval_is_listed_with_i
 
 
 async def test_a_confirmation_held_back_by_the_daily_limit_is_allowed_again_tomorrow(
-    make_settings, db
+    make_dev_settings, db
 ) -> None:
-    settings = make_settings(
-        dev=True,
-        smtp_url=f"smtp://127.0.0.1:{support.free_port()}",
-        rate_confirm_per_day=1,
-        rate_confirm_min_interval=0,
-    )
+    settings = make_dev_settings(rate_confirm_per_day=1, rate_confirm_min_interval=0)
     async with running(settings) as (app, client):
         await subscribe(client, "ada@example.com")
         await wait_until(lambda: _caught(app))
