@@ -191,6 +191,11 @@ def _why(settings: Settings, signup_at: datetime, allowance: Any) -> tuple[str, 
     return "no address limit applies: the email was not sent (see the log)", None
 
 
+async def _address_keys(con: Any, settings: Settings, email: str) -> list[bytes]:
+    """The keys the address's rate_limits rows can have, as service/ratelimit.py makes them."""
+    return [ratelimit.address_key(settings, email)]
+
+
 async def held_back(request: Request) -> list[HeldBack]:
     """Pending sign-ups whose latest request got no email, with the limit that held it."""
     settings: Settings = request.app.state.settings
@@ -198,8 +203,8 @@ async def held_back(request: Request) -> list[HeldBack]:
     found = []
     async with request.app.state.pool.acquire() as con:
         for row in await q.held_back_confirmations.fetch(con):
-            key = ratelimit.address_key(settings, row["email"])
-            allowance = await q.address_allowance.fetchrow(con, key=key, window_start=today)
+            keys = await _address_keys(con, settings, row["email"])
+            allowance = await q.address_allowance.fetchrow(con, keys=keys, window_start=today)
             reason, next_at = _why(settings, row["signup_at"], allowance)
             found.append(HeldBack(row["email"], row["signup_at"], reason, next_at))
     return found

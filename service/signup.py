@@ -220,7 +220,8 @@ def _problem(
         values = {
             k: _printable(v, EMAIL_MAX) for k in FORM_FIELDS if isinstance(v := fields.get(k), str)
         }
-        values["tracking"] = _truthy(fields.get("tracking"))
+        ticked = fields.get("tracking")
+        values["tracking"] = isinstance(ticked, str) and ticked.strip().lower() in _TRUE
         source = fields.get("source")
         values["source"] = (
             _printable(source, SOURCE_MAX) if isinstance(source, str) else _referer_source(request)

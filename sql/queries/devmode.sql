@@ -15,4 +15,7 @@ LIMIT 50;
 -- The address's confirmation-email counter of the current UTC day (ratelimit.claim_email).
 SELECT window_start, hits, last_at
 FROM rate_limits
-WHERE scope = 'address' AND key = :key AND window_start = to_timestamp(:window_start);
+WHERE scope = 'address' AND key = ANY(:keys::bytea[])
+  AND window_start = to_timestamp(:window_start)
+ORDER BY hits DESC
+LIMIT 1;
