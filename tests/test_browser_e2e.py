@@ -476,8 +476,11 @@ async def test_dev_mode_mail_catcher_pages_in_a_real_browser(
     await run(browser.fill, "#email", email)
     await run(browser.click, "form[action='/subscribe'] button[type=submit]")
     await run(browser.wait_text, "Check your inbox")
-    await run(browser.open, url + "/dev/mail")
-    await run(browser.wait_for, lambda: "Please confirm" in browser.text(), "the caught email")
+    await run(
+        browser.wait_for,
+        lambda: browser.open(url + "/dev/mail") or "Please confirm" in browser.text(),
+        "the caught email",
+    )
 
     # 2. The message page: links inside the preview open the page itself, not the frame.
     await run(browser.click, "ul.mails a")
@@ -492,21 +495,30 @@ async def test_dev_mode_mail_catcher_pages_in_a_real_browser(
     await run(browser.click, "form[method=post] button[type=submit]")
     await run(browser.wait_text, "Subscription confirmed")
 
-    # 3. A second sign-up of another address twice in a row: the second email is held
-    #    back by RATE_CONFIRM_MIN_INTERVAL, and /dev/mail says so.
-    for _ in range(2):
+    # 3. Another address signs up, and again once its email is out: the second email is
+    #    held back by RATE_CONFIRM_MIN_INTERVAL, and /dev/mail says so. (An email is
+    #    caught a moment before its job is done; a sign-up in that moment rides on the
+    #    job still queued and is not held back, so the second sign-up is repeated until
+    #    the page lists it.)
+    async def sign_up_twice() -> None:
         await run(browser.open, url + "/")
         await run(browser.fill, "#email", "twice@example.com")
         await run(browser.click, "form[action='/subscribe'] button[type=submit]")
         await run(browser.wait_text, "Check your inbox")
         await run(browser.open, url + "/dev/mail")
-        await run(
-            browser.wait_for,
-            lambda: browser.text().count("Please confirm") == 2,
-            "the second address's email",
-        )
-    await run(browser.wait_text, "Held back by the address limits")
+
+    await sign_up_twice()
+    await run(
+        browser.wait_for,
+        lambda: browser.open(url + "/dev/mail") or browser.text().count("Please confirm") == 2,
+        "the second address's email",
+    )
+    deadline = time.monotonic() + WAIT
+    while "Held back by the address limits" not in await run(browser.text):
+        assert time.monotonic() < deadline, "the held-back email is not listed"
+        await sign_up_twice()
     assert "twice@example.com" in await run(browser.text)
+    assert browser.text().count("Please confirm") == 2  # no third email was sent
     await run(browser.shoot, "dev-mail")
 
     # 4. The sign-in page says where the generated token is.
