@@ -73,6 +73,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),
+        Route("/favicon.ico", pages.favicon, methods=["GET"]),
         *signup.routes(settings),
         *confirmation.routes(),
         Route("/unsubscribe/{token}", unsubscribe.page, methods=["GET"]),

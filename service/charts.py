@@ -1,49 +1,57 @@
 """Charts as inline SVG, rendered on the server: no script, no CDN, allowed by a strict CSP.
 
 Pure functions from numbers to markup. Every chart has a `viewBox` and no fixed size,
-so CSS scales it to the width of its column (phone or desktop); the viewBox is narrow
-(400 units) so that its 11-unit text stays readable when scaled down to a phone.
+so CSS scales it to the width of its column; the viewBox is narrow (360 units) and the
+stylesheet caps a chart at 30rem, so its 13-unit text shows at about 12.5 px on a
+390 px phone and 17 px on a desktop. Everything charted is a count: axis ticks are
+whole numbers.
 Each chart carries `<title>`/`<desc>` for screen readers and a `<title>` per bar for
 pointer users; the page shows the same numbers as a table beside it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
-WIDTH = 400
-FONT = 11
+WIDTH = 360
+FONT = 13
+CHAR_WIDTH = 0.58  # of FONT: a generous average advance for system-ui digits and letters
+BAR_MAX = 40.0  # a lone column stays a column, not a wall
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00")
-MAX_X_LABELS = 10
 
 
 @dataclass(frozen=True)
 class Series:
+    """One coloured series; `singular` names one item ("1 sign-up"), default `name`."""
+
     name: str
     values: Sequence[float]
     color: str = ""
+    singular: str = ""
+
+    def count(self, value: float) -> str:
+        """ "3 sign-ups", "1 sign-up" (lower case, for sentences and tooltips)."""
+        word = self.singular if value == 1 and self.singular else self.name
+        return f"{_num(value)} {word.lower()}"
 
 
-def nice_max(value: float) -> float:
-    """The smallest 1, 2, 2.5 or 5 times a power of ten that is at least `value` (>= 1)."""
-    if value <= 1:
-        return 1
-    magnitude = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
-        if step * magnitude >= value:
-            return step * magnitude
-    return 10 * magnitude  # unreachable; keeps type checkers calm
-
-
-def ticks(maximum: float, count: int = 4) -> list[float]:
-    """Evenly spaced axis values from 0 to `nice_max(maximum)`, inclusive."""
-    top = nice_max(maximum)
-    return [top * i / count for i in range(count + 1)]
+def ticks(maximum: float, count: int = 4) -> list[int]:
+    """Whole-number axis values from 0 past `maximum`, at most `count` steps of 1, 2 or
+    5 times a power of ten (counts: never 1.25 opens)."""
+    step = 1
+    while True:
+        for factor in (1, 2, 5):
+            size = step * factor
+            if size * count >= maximum:
+                top = max(size, math.ceil(maximum / size) * size)
+                return list(range(0, top + 1, size))
+        step *= 10
 
 
 def _num(value: float) -> str:
@@ -80,23 +88,43 @@ def _empty(parts: list[str], height: float) -> Markup:
     return _markup(parts)
 
 
+def _text_width(text: str) -> float:
+    return len(text) * FONT * CHAR_WIDTH
+
+
 def _legend(series: Sequence[Series], y: float) -> list[str]:
     out = []
-    x = 40.0
+    x = 4.0
     for s in series:
         out.append(
-            f'<rect x="{_f(x)}" y="{_f(y - 9)}" width="10" height="10" fill="{s.color}"/>'
-            f'<text x="{_f(x + 14)}" y="{_f(y)}">{escape(s.name)}</text>'
+            f'<rect x="{_f(x)}" y="{_f(y - 10)}" width="11" height="11" fill="{s.color}"/>'
+            f'<text x="{_f(x + 15)}" y="{_f(y)}">{escape(s.name)}</text>'
         )
-        x += 14 + len(s.name) * FONT * 0.6 + 16
+        x += 15 + _text_width(s.name) + 14
     return out
+
+
+def labelled(labels: Sequence[str], band: float) -> set[int]:
+    """Which x positions get their label: as many as fit side by side, counted back from
+    the last (today, the latest hour), so the newest position is always labelled."""
+    widest = max((_text_width(label) for label in labels), default=0)
+    every = max(1, math.ceil((widest + FONT * 0.6) / band))
+    last = len(labels) - 1
+    return {i for i in range(len(labels)) if (last - i) % every == 0}
 
 
 def _colored(series: Sequence[Series]) -> list[Series]:
     return [
-        Series(s.name, list(s.values), s.color or PALETTE[i % len(PALETTE)])
+        dataclasses.replace(s, values=list(s.values), color=s.color or PALETTE[i % len(PALETTE)])
         for i, s in enumerate(series)
     ]
+
+
+def _units(value: float, unit: str) -> str:
+    """ "5 opens", "1 open"."""
+    if value == 1 and unit.endswith("s"):
+        unit = unit[:-1]
+    return f"{_num(value)} {unit}".rstrip()
 
 
 def summary(labels: Sequence[str], series: Sequence[Series], unit: str) -> str:
@@ -104,12 +132,12 @@ def summary(labels: Sequence[str], series: Sequence[Series], unit: str) -> str:
     if not labels or not series:
         return "No data yet."
     totals = [sum(s.values) for s in series]
-    parts = [f"{_num(t)} {s.name.lower()}" for s, t in zip(series, totals, strict=True)]
+    parts = [s.count(t) for s, t in zip(series, totals, strict=True)]
     per_label = [sum(s.values[i] for s in series) for i in range(len(labels))]
     peak = max(range(len(labels)), key=lambda i: per_label[i])
     sentence = f"In total {', '.join(parts)}."
     if per_label[peak] > 0:
-        sentence += f" Most at {labels[peak]} with {_num(per_label[peak])} {unit}."
+        sentence += f" Most at {labels[peak]} with {_units(per_label[peak], unit)}."
     return sentence
 
 
@@ -134,16 +162,15 @@ def columns(
     if not labels:
         return _empty(parts, height)
 
-    left, right, top, bottom = 34.0, 6.0, 22.0, 30.0
+    per_label = [[s.values[i] for s in series] for i in range(len(labels))]
+    axis = ticks(max(((sum if stacked else max)(v) for v in per_label if v), default=0))
+    left = max(_text_width(_num(v)) for v in axis) + 8
+    right = min(30.0, max(6.0, _text_width(labels[-1]) / 2))
+    top, bottom = 26.0, 24.0
     plot_w, plot_h = WIDTH - left - right, height - top - bottom
-    if stacked:
-        peak = max(sum(s.values[i] for s in series) for i in range(len(labels)))
-    else:
-        peak = max((max(s.values) for s in series), default=0)
-    axis = ticks(peak)
     scale = plot_h / axis[-1]
 
-    parts += _legend(series, 12)
+    parts += _legend(series, 13)
     for value in axis:
         y = top + plot_h - value * scale
         parts.append(
@@ -153,26 +180,26 @@ def columns(
         )
 
     band = plot_w / len(labels)
-    every = math.ceil(len(labels) / MAX_X_LABELS)
+    shown = labelled(labels, band)
     for i, label in enumerate(labels):
         x0 = left + i * band
         if stacked:
-            width, base = band * 0.8, top + plot_h
+            width, base = min(band * 0.8, BAR_MAX), top + plot_h
             for s in series:
                 h = s.values[i] * scale
                 if h > 0:
                     base -= h
-                    parts.append(_bar(x0 + band * 0.1, base, width, h, s, label, unit, i))
+                    parts.append(_bar(x0 + (band - width) / 2, base, width, h, s, label, i))
         else:
-            width = band * 0.84 / len(series)
+            width = min(band * 0.84, BAR_MAX) / len(series)
             for k, s in enumerate(series):
                 h = s.values[i] * scale
                 if h > 0:
-                    x = x0 + band * 0.08 + k * width
-                    parts.append(_bar(x, top + plot_h - h, width, h, s, label, unit, i))
-        if i % every == 0:
+                    x = x0 + (band - width * len(series)) / 2 + k * width
+                    parts.append(_bar(x, top + plot_h - h, width, h, s, label, i))
+        if i in shown:
             parts.append(
-                f'<text x="{_f(x0 + band / 2)}" y="{_f(height - bottom + 14)}" '
+                f'<text x="{_f(x0 + band / 2)}" y="{_f(height - bottom + 16)}" '
                 f'text-anchor="middle" fill="#444">{escape(label)}</text>'
             )
     parts.append(
@@ -182,8 +209,8 @@ def columns(
     return _markup(parts)
 
 
-def _bar(x: float, y: float, w: float, h: float, s: Series, label: str, unit: str, i: int) -> str:
-    tip = f"{label}: {_num(s.values[i])} {s.name.lower()}".rstrip()
+def _bar(x: float, y: float, w: float, h: float, s: Series, label: str, i: int) -> str:
+    tip = f"{label}: {s.count(s.values[i])}"
     return (
         f'<rect x="{_f(x)}" y="{_f(y)}" width="{_f(max(w, 0.5))}" height="{_f(h)}" '
         f'fill="{s.color}"><title>{escape(tip)}</title></rect>'
@@ -200,13 +227,13 @@ def bars(
 ) -> Markup:
     """Horizontal bars, one row per item, largest first (for countries, mail clients)."""
     items = sorted(items, key=lambda item: (-item[1], item[0]))
-    row, top, label_w = 20.0, 6.0, 120.0
+    row, top, label_w = 22.0, 6.0, 118.0
     height = top * 2 + max(len(items), 1) * row
     total = sum(value for _, value in items)
     description = (
         "No data yet."
         if not items
-        else f"{len(items)} {'entry' if len(items) == 1 else 'entries'}, {_num(total)} {unit} "
+        else f"{len(items)} {'entry' if len(items) == 1 else 'entries'}, {_units(total, unit)} "
         f"in total; most: {items[0][0]} with {_num(items[0][1])}."
     )
     parts = _open(chart_id, title, description, height)
@@ -218,14 +245,14 @@ def bars(
     for i, (label, value) in enumerate(items):
         y = top + i * row
         w = plot_w * value / top_value
-        text = label if len(label) <= 20 else label[:19] + "…"
+        text = label if len(label) <= 17 else label[:16] + "…"
         parts.append(
-            f'<text x="{_f(label_w - 6)}" y="{_f(y + 14)}" text-anchor="end" fill="#222">'
+            f'<text x="{_f(label_w - 6)}" y="{_f(y + 15)}" text-anchor="end" fill="#222">'
             f"{escape(text)}</text>"
             f'<rect x="{_f(label_w)}" y="{_f(y + 3)}" width="{_f(max(w, 0.5))}" '
             f'height="{_f(row - 6)}" fill="{color}"><title>'
-            f"{escape(f'{label}: {_num(value)} {unit}'.rstrip())}</title></rect>"
-            f'<text x="{_f(label_w + w + 4)}" y="{_f(y + 14)}" fill="#222">{_num(value)}</text>'
+            f"{escape(f'{label}: {_units(value, unit)}')}</title></rect>"
+            f'<text x="{_f(label_w + w + 4)}" y="{_f(y + 15)}" fill="#222">{_num(value)}</text>'
         )
     parts.append("</svg>")
     return _markup(parts)

@@ -152,6 +152,16 @@ def cmd_dev(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from service import devmode
+
+    if devmode.port_in_use(args.port):
+        print(
+            f"newsletter: port {args.port} is already in use, most likely by a `newsletter dev`"
+            f" (make run) that is still running: open http://127.0.0.1:{args.port}/ or stop"
+            f" it with Ctrl-C. To run another one: make run PORT={args.port + 1}",
+            file=sys.stderr,
+        )
+        return 1
 
     DEV_DIR.mkdir(exist_ok=True)
     (DEV_DIR / ".gitignore").write_text("*\n")
@@ -167,7 +177,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         ADMIN_TOKENS=environ.get("ADMIN_TOKENS") or generated["ADMIN_TOKENS"],
     )
     environ.setdefault("OUTBOX_POLL_INTERVAL", "1s")
-    settings = _settings(environ).replace(dev=True)
+    environ.setdefault("MAIL_FROM", devmode.MAIL_FROM)
+    settings = _settings(environ).replace(dev=True, dev_mail_dir=str(DEV_DIR.resolve() / "mail"))
     logs.configure(settings.log_level)
     _run_async(lambda: _migrate(settings))
     print(
@@ -176,7 +187,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 "",
                 "newsletter dev is running (embedded PostgreSQL, mail catcher; never for production)",
                 f"  demo signup page   {public_url}/",
-                f"  caught mail        {public_url}/dev/mail",
+                f"  caught mail        {public_url}/dev/mail  (kept in {DEV_DIR}/mail)",
                 f"  admin dashboard    {public_url}/admin",
                 f"  admin token        {settings.admin_tokens[0]}  (stored in {DEV_DIR}/secrets.json)",
                 f"  data               {DEV_DIR.resolve()}",

@@ -1,7 +1,10 @@
 """`newsletter dev` only: the mail catcher, the demo signup page and the caught-mail viewer.
 
 The catcher is a real SMTP server (aiosmtpd) on loopback: the app sends to it through
-its normal SMTP path, so dev exercises the same code as production.
+its normal SMTP path, so dev exercises the same code as production. Caught mail is kept
+as .eml files under `.newsletter/mail/` (the last 500), so it survives a restart.
+The viewer also lists confirmation emails that the address limits held back, which a
+newcomer would otherwise wait for in vain.
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ import email
 import email.policy
 import itertools
 import re
+import socket
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -23,13 +29,33 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from service import pages
+from service import pages, ratelimit
+from service.queries import queries
+from service.settings import Settings
 
 if TYPE_CHECKING:
     from aiosmtpd.smtp import SMTP, Envelope, Session
 
 KEEP_MESSAGES = 500
+# The sender when MAIL_FROM is unset: PUBLIC_URL's host would give newsletter@127.0.0.1.
+MAIL_FROM = "Dev Newsletter <newsletter@localhost>"
 _URL = re.compile(r"https?://[^\s<>\"')]+")
+_HEAD = re.compile(r"<head(\s[^>]*)?>", re.IGNORECASE)
+q = queries("devmode")
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something already listens on `port` (a `newsletter dev` started before).
+
+    SO_REUSEADDR as uvicorn sets it: a port left in TIME_WAIT is free, a listener is not.
+    """
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 @dataclass
@@ -47,24 +73,50 @@ class CaughtMail:
 
 
 class Mailbox:
-    """The caught messages, newest first, in memory (dev only)."""
+    """The caught messages, newest first; kept as files in `directory` when given."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path | None = None) -> None:
         self.messages: deque[CaughtMail] = deque(maxlen=KEEP_MESSAGES)
-        self._ids = itertools.count(1)
+        self.directory = directory
+        last = 0
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            for path in sorted(directory.glob("*.eml"))[-KEEP_MESSAGES:]:
+                mail_id = int(path.stem)
+                received = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+                self._keep(mail_id, received, path.read_bytes(), "", [])
+                last = max(last, mail_id)
+        self._ids = itertools.count(last + 1)
 
-    def add(self, envelope: Envelope) -> CaughtMail:
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+    def _keep(
+        self, mail_id: int, received: datetime, raw: bytes, sender: str, recipients: list[str]
+    ) -> CaughtMail:
+        message: Any = email.message_from_bytes(raw, policy=email.policy.default)
         mail = CaughtMail(
-            id=next(self._ids),
-            received=datetime.now(UTC),
-            sender=envelope.mail_from,
-            recipients=list(envelope.rcpt_tos),
-            message=message,  # type: ignore[arg-type]
+            id=mail_id,
+            received=received,
+            sender=sender or str(message["From"] or ""),
+            recipients=recipients or [str(message["To"] or "")],
+            message=message,
         )
         text = mail.part("plain") + "\n" + mail.part("html")
         mail.links = list(dict.fromkeys(u.rstrip(".,;") for u in _URL.findall(text)))
         self.messages.appendleft(mail)
+        return mail
+
+    def add(self, envelope: Envelope) -> CaughtMail:
+        raw = envelope.content if isinstance(envelope.content, bytes) else b""
+        mail = self._keep(
+            next(self._ids),
+            datetime.now(UTC),
+            raw,
+            envelope.mail_from or "",
+            list(envelope.rcpt_tos),
+        )
+        if self.directory is not None:
+            (self.directory / f"{mail.id:08d}.eml").write_bytes(raw)
+            for old in sorted(self.directory.glob("*.eml"))[:-KEEP_MESSAGES]:
+                old.unlink(missing_ok=True)
         return mail
 
     def get(self, mail_id: int) -> CaughtMail | None:
@@ -87,7 +139,7 @@ async def mail_catcher(app: Starlette) -> AsyncIterator[Mailbox]:
     from aiosmtpd.smtp import SMTP  # the `dev` extra; production never imports it
 
     settings = app.state.settings
-    mailbox = Mailbox()
+    mailbox = Mailbox(Path(settings.dev_mail_dir) if settings.dev_mail_dir else None)
     app.state.mailbox = mailbox
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
@@ -112,14 +164,66 @@ async def demo(request: Request) -> Response:
     )
 
 
+@dataclass(frozen=True)
+class HeldBack:
+    email: str
+    signup_at: datetime
+    reason: str
+    next_at: datetime | None
+
+
+def _why(settings: Settings, signup_at: datetime, allowance: Any) -> tuple[str, datetime | None]:
+    """Which address limit of service/ratelimit.py held the email back, and until when."""
+    if allowance is not None and allowance["hits"] >= settings.rate_confirm_per_day:
+        return (
+            f"{allowance['hits']} confirmation emails went to this address today, the most "
+            f"RATE_CONFIRM_PER_DAY allows",
+            allowance["window_start"] + timedelta(days=1),
+        )
+    interval = timedelta(seconds=settings.rate_confirm_min_interval)
+    if allowance is not None and allowance["last_at"] + interval > signup_at:
+        minutes = settings.rate_confirm_min_interval / 60
+        return (
+            f"the previous confirmation email went to this address less than {minutes:g} "
+            "minutes before (RATE_CONFIRM_MIN_INTERVAL)",
+            allowance["last_at"] + interval,
+        )
+    return "no address limit applies: the email was not sent (see the log)", None
+
+
+async def _address_keys(con: Any, settings: Settings, email: str) -> list[bytes]:
+    """The keys the address's rate_limits rows can have, as service/ratelimit.py makes them."""
+    return await ratelimit.address_keys(con, email)
+
+
+async def held_back(request: Request) -> list[HeldBack]:
+    """Pending sign-ups whose latest request got no email, with the limit that held it."""
+    settings: Settings = request.app.state.settings
+    today = int(time.time()) // ratelimit.DAY * ratelimit.DAY
+    found = []
+    async with request.app.state.pool.acquire() as con:
+        for row in await q.held_back_confirmations.fetch(con):
+            keys = await _address_keys(con, settings, row["email"])
+            allowance = await q.address_allowance.fetchrow(con, keys=keys, window_start=today)
+            reason, next_at = _why(settings, row["signup_at"], allowance)
+            found.append(HeldBack(row["email"], row["signup_at"], reason, next_at))
+    return found
+
+
 async def mail_list(request: Request) -> Response:
-    return pages.render(request, "dev_mail.html", messages=list(request.app.state.mailbox.messages))
+    return pages.render(
+        request,
+        "dev_mail.html",
+        messages=list(request.app.state.mailbox.messages),
+        held=await held_back(request),
+        kept_in=request.app.state.settings.dev_mail_dir,
+    )
 
 
 def _mail(request: Request) -> CaughtMail:
     mail = request.app.state.mailbox.get(request.path_params["mail_id"])
     if mail is None:
-        raise HTTPException(404, "no such message (the catcher keeps them in memory only)")
+        raise HTTPException(404, "no such message (the catcher keeps the last 500)")
     return mail
 
 
@@ -137,11 +241,21 @@ async def mail_item(request: Request) -> Response:
     )
 
 
+def open_links_on_top(html: str) -> str:
+    """Links in the preview open the page itself, not inside the sandboxed frame (whose
+    target pages refuse to be framed: frame-ancestors 'none')."""
+    base = '<base target="_top">'
+    head = _HEAD.search(html)
+    if head is None:
+        return base + html
+    return html[: head.end()] + base + html[head.end() :]
+
+
 async def mail_html(request: Request) -> Response:
     """The HTML part as the recipient's mail client would load it (images included)."""
     mail = _mail(request)
     return HTMLResponse(
-        mail.part("html"),
+        open_links_on_top(mail.part("html")),
         headers={
             "Content-Security-Policy": "sandbox allow-popups allow-top-navigation-by-user-activation;"
             " default-src 'none'; img-src * data:; style-src 'unsafe-inline'",

@@ -131,6 +131,7 @@ class Settings:
     # -- signup and confirmation -------------------------------------------------
     thank_you_url: str = ""
     confirmed_url: str = ""
+    site_url: str = ""  # the website the form is on: the public pages link back to it
     email_check_deliverability: bool = False
     consent_text_version: str = "v1"
     honeypot_field: str = "website"
@@ -172,6 +173,7 @@ class Settings:
     # -- process -----------------------------------------------------------------
     log_level: str = "info"
     dev: bool = False
+    dev_mail_dir: str = ""  # set by `newsletter dev` only: where caught mail is kept
 
     @property
     def smtp(self) -> SmtpTarget:
@@ -366,6 +368,7 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("DB_COMMAND_TIMEOUT", "db_command_timeout", _seconds(0.1, 600)),
     ("THANK_YOU_URL", "thank_you_url", _optional_url),
     ("CONFIRMED_URL", "confirmed_url", _optional_url),
+    ("SITE_URL", "site_url", _optional_url),
     ("EMAIL_CHECK_DELIVERABILITY", "email_check_deliverability", _bool),
     ("CONSENT_TEXT_VERSION", "consent_text_version", _text(64)),
     ("HONEYPOT_FIELD", "honeypot_field", _field_name),

@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from service import clientinfo, db, pages, ratelimit
+from service.body_limit import BodyLimit
 from service.queries import queries
 from service.settings import Settings
 
@@ -41,6 +42,7 @@ q = queries("signup")
 NAME_MAX = 100
 SOURCE_MAX = 200
 EMAIL_MAX = 320
+FORM_FIELDS = ("email", "name")
 RETRY_AFTER_UNAVAILABLE = "30"
 DB_ERRORS = (asyncpg.PostgresError, *db.UNAVAILABLE)
 _TRUE = frozenset({"1", "on", "true", "yes"})
@@ -143,14 +145,15 @@ async def validate(
         errors["email"] = "This email address is too long."
     else:
         check = settings.email_check_deliverability
+        # strict: a local part of at most 64 characters (RFC 5321 section 4.5.3.1.1).
         try:
             # The deliverability check asks DNS, synchronously: keep it off the loop.
             valid = (
                 await asyncio.to_thread(
-                    validate_email, raw_email.strip(), check_deliverability=check
+                    validate_email, raw_email.strip(), check_deliverability=check, strict=True
                 )
                 if check
-                else validate_email(raw_email.strip(), check_deliverability=False)
+                else validate_email(raw_email.strip(), check_deliverability=False, strict=True)
             )
             email = valid.normalized
         except EmailNotValidError as exc:
@@ -234,10 +237,32 @@ def _problem(
     status: int,
     errors: dict[str, str],
     headers: dict[str, str] | None = None,
+    fields: dict[str, Any] | None = None,
 ) -> Response:
+    """JSON errors, or for a form the form again: each message beside its field, with
+    what was typed (never the honeypot)."""
     if kind == "form":
+        fields = fields or {}
+        values = {
+            k: _printable(v, EMAIL_MAX) for k in FORM_FIELDS if isinstance(v := fields.get(k), str)
+        }
+        ticked = fields.get("tracking")
+        values["tracking"] = isinstance(ticked, str) and ticked.strip().lower() in _TRUE
+        source = fields.get("source")
+        values["source"] = (
+            _printable(source, SOURCE_MAX) if isinstance(source, str) else _referer_source(request)
+        )
+        settings = request.app.state.settings
         return pages.render(
-            request, "signup_error.html", status_code=status, headers=headers, errors=errors
+            request,
+            "signup_error.html",
+            status_code=status,
+            headers=headers,
+            errors={k: m for k, m in errors.items() if k in FORM_FIELDS},
+            general=[m for k, m in errors.items() if k not in FORM_FIELDS],
+            values=values,
+            honeypot=settings.honeypot_field,
+            tracking_mode=settings.tracking_mode,
         )
     return JSONResponse({"errors": errors}, status_code=status, headers=headers)
 
@@ -271,7 +296,7 @@ async def subscribe(request: Request) -> Response:
     signup, errors = await validate(fields, settings, request)
     if signup is None:
         metrics.signups.labels("invalid").inc()
-        return _problem(request, kind, 422 if kind == "json" else 400, errors)
+        return _problem(request, kind, 422 if kind == "json" else 400, errors, fields=fields)
 
     ip = clientinfo.client_ip(request)
     evidence = Evidence(
@@ -293,6 +318,7 @@ async def subscribe(request: Request) -> Response:
                         429,
                         {"email": "Too many sign-ups from your network. Please try again later."},
                         headers={"Retry-After": str(verdict.retry_after)},
+                        fields=fields,
                     )
             outcome = await register(con, settings, day_key, signup, evidence)
     except DB_ERRORS as exc:
@@ -304,6 +330,7 @@ async def subscribe(request: Request) -> Response:
             503,
             {"service": "Sign-up is briefly unavailable. Please try again in a minute."},
             headers={"Retry-After": RETRY_AFTER_UNAVAILABLE},
+            fields=fields,
         )
     metrics.signups.labels(outcome).inc()
     await answer_no_sooner(started, settings)
@@ -324,23 +351,36 @@ def routes(settings: Settings) -> list[Route]:
                 max_age=3600,
             )
         )
+    middleware.append(Middleware(BodyLimit, limit=settings.max_body_bytes, answer=_too_large))
     return [
         Route(
             "/subscribe",
             _only_post(subscribe),
-            methods=["POST", "OPTIONS"],
+            methods=["GET", "POST", "OPTIONS"],
             middleware=middleware,
-            max_body_size=settings.max_body_bytes,
         )
     ]
 
 
+def _too_large(request: Request) -> Response:
+    limit = request.app.state.settings.max_body_bytes
+    request.app.state.metrics.signups.labels("invalid").inc()
+    message = f"The sign-up was larger than {limit} bytes and was not read. Please shorten it."
+    return _problem(request, _content_kind(request), 413, {"body": message})
+
+
 def _only_post(endpoint: Any) -> Any:
-    """OPTIONS is routed for CORS preflights; any other OPTIONS gets 405."""
+    """OPTIONS is routed for CORS preflights and GET for a page that says what this
+    address is for; both answer 405 (a person who opens /subscribe gets a page)."""
 
     async def handler(request: Request) -> Response:
         if request.method != "POST":
-            return Response(status_code=405, headers={"Allow": "POST"})
+            headers = {"Allow": "POST"}
+            if request.method in ("GET", "HEAD") and "json" not in request.headers.get(
+                "accept", ""
+            ):
+                return pages.render(request, "subscribe_get.html", 405, headers=headers)
+            return JSONResponse({"errors": {"method": "Use POST."}}, 405, headers=headers)
         return await endpoint(request)
 
     handler.__name__ = endpoint.__name__

@@ -78,6 +78,15 @@ async def add_subscriber(
     )
 
 
+async def add_counts(db: asyncpg.Connection, campaign: int, *rows: tuple[Any, ...]) -> None:
+    """Anonymous counters of a campaign: (dimension, key, opens, machine opens, unique)."""
+    await db.executemany(
+        "INSERT INTO campaign_counts (campaign_id, dimension, key, opens, machine_opens, unique_opens)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        [(campaign, *row) for row in rows],
+    )
+
+
 async def add_campaign(db: asyncpg.Connection, name: str = "Spring news", **values: Any) -> int:
     return await db.fetchval(
         "INSERT INTO campaigns (name, subject, html, text, first_sent_at, recipients, sent)"
@@ -394,9 +403,9 @@ async def test_overview_shows_statuses_and_days_with_confirmation_rates(
     page = (await web.get("/admin")).text
     assert re.search(r'id="active-count">3<', page)
     assert re.search(r'id="pending-count">1<', page)
-    assert "12 sign-ups, 8 confirmations, 1 unsubscribes" in page
+    assert "12 sign-ups, 8 confirmations, 1 unsubscribe." in page  # singular for one
     assert "66.7 %" in page  # 8 of 12 over the period
-    rows = re.findall(r"<tr><th scope=\"row\">([\d-]+)</th>(.*?)</tr>", page)
+    rows = re.findall(r'<tr><th scope="row"><time datetime="([\d-]+)">.*?</th>(.*?)</tr>', page)
     assert len(rows) == 30
     assert rows[0][0] == today.isoformat()
     assert [re.sub(r"<[^>]+>", " ", r[1]).split() for r in rows[:3]] == [
@@ -405,6 +414,30 @@ async def test_overview_shows_statuses_and_days_with_confirmation_rates(
         ["8", "6", "75.0", "%", "0"],
     ]
     assert '<svg class="chart"' in page and '<title id="daily-title">' in page
+    # Today's date is labelled on the chart's axis.
+    assert f">{today.strftime('%m-%d')}</text>" in page
+
+
+@pytest.mark.parametrize(
+    ("active", "signups", "expected"),
+    [
+        (1, 1, ["1</span> active subscriber<", "1 sign-up, 0 confirmations, 0 unsubscribes."]),
+        (2, 2, ["2</span> active subscribers<", "2 sign-ups, 0 confirmations"]),
+    ],
+)
+async def test_overview_counts_are_singular_for_one(
+    web: httpx.AsyncClient, db: asyncpg.Connection, active: int, signups: int, expected: list[str]
+) -> None:
+    for i in range(active):
+        await add_subscriber(db, f"active{i}@example.com")
+    await db.execute(
+        "INSERT INTO list_daily (day, signups) VALUES ((now() AT TIME ZONE 'UTC')::date, $1)",
+        signups,
+    )
+    await sign_in(web)
+    page = (await web.get("/admin")).text
+    for text in expected:
+        assert text in page
 
 
 async def test_campaign_list_shows_sent_opens_unique_opens_and_open_rate(
@@ -460,6 +493,7 @@ async def test_campaign_page_shows_the_three_charts_tables_and_machine_note(
     assert re.search(r'id="unique-count">3<', page) and "75.0 %" in page
     assert re.search(r'id="machine-count">2<', page)
     assert "Machine opens are fetches of the tracking image" in page
+    assert ">Opens by people</th>" in page and "People</th>" not in page
     hours = re.search(r'id="hours-table">(.*?)</table>', page, re.S).group(1)
     hour_rows = [re.sub(r"<[^>]+>", " ", r).split() for r in re.findall(r"<tr>(.*?)</tr>", hours)]
     # Hour 3 (2 opens) is under STATS_MIN_BUCKET: shown only as "other".
@@ -470,6 +504,92 @@ async def test_campaign_page_shows_the_three_charts_tables_and_machine_note(
     countries = re.search(r'id="countries-table">(.*?)</table>', page, re.S).group(1)
     # FR (4) and DE (2) are each under STATS_MIN_BUCKET: neither is named.
     assert "FR" not in countries and "DE" not in countries and "other" in countries
+
+
+async def test_campaign_page_shows_anonymous_opens_beside_unique_opens_with_the_reason(
+    web: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    campaign = await add_campaign(
+        db, first_sent_at=datetime.now(UTC) - timedelta(hours=1), recipients=5, sent=5
+    )
+    await add_counts(
+        db,
+        campaign,
+        ("total", "", 7, 0, 2),
+        ("tracking", "personal", 3, 0, 2),
+        ("tracking", "anonymous", 4, 0, 0),
+    )
+    await sign_in(web)
+    page = (await web.get(f"/admin/campaigns/{campaign}")).text
+    assert re.search(r'id="unique-count">2</span> unique opens', page)
+    assert re.search(r'id="anonymous-count">4</span> anonymous opens', page)
+    note = re.search(r'id="unique-note">(.*?)</p>', page, re.S).group(1)
+    assert "only people who agreed" in note and "counted anonymously" in note
+    assert note.count(".") == 1  # one sentence
+
+
+async def test_campaign_cards_are_singular_for_one(
+    web: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    campaign = await add_campaign(db, recipients=1, sent=1)
+    await add_counts(db, campaign, ("total", "", 1, 1, 1), ("tracking", "anonymous", 1, 0, 0))
+    await sign_in(web)
+    page = (await web.get(f"/admin/campaigns/{campaign}")).text
+    for card in ("open-count", "unique-count", "anonymous-count", "machine-count"):
+        singular = rf'id="{card}">1</span> (unique |anonymous |machine )?open[< ]'
+        assert re.search(singular, page), card
+
+
+async def test_campaign_page_reloads_itself_while_emails_wait_and_stops_when_sent(
+    web: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    subscriber = await add_subscriber(db, "ada@example.com")
+    campaign = await add_campaign(db, recipients=1, sent=0)
+    # A job the worker will not take yet: the page must show the send in progress.
+    await db.execute(
+        "INSERT INTO outbox (kind, subscriber_id, campaign_id, run_at)"
+        " VALUES ('campaign', $1, $2, now() + interval '1 hour')",
+        subscriber,
+        campaign,
+    )
+    await sign_in(web)
+    page = (await web.get(f"/admin/campaigns/{campaign}?queued=1")).text
+    assert '<meta http-equiv="refresh" content="3">' in page
+    assert "1 email queued." in page
+    sending = re.search(r'id="sending">(.*?)</div>', page, re.S).group(1)
+    assert "<strong>0</strong> of 1 sent" in sending
+    assert f'<a href="/admin/campaigns/{campaign}">Reload now</a>' in sending
+    assert '<progress max="1" value="0">' in sending
+
+    await db.execute("DELETE FROM outbox")
+    await db.execute("UPDATE campaigns SET sent = 1")
+    page = (await web.get(f"/admin/campaigns/{campaign}?queued=1")).text
+    assert 'http-equiv="refresh"' not in page and 'id="sending"' not in page
+    assert re.search(r'id="sent-count">1<', page)
+
+
+async def test_an_invalid_field_is_outlined_over_the_plain_input_rule(
+    client: httpx.AsyncClient,
+) -> None:
+    """`input[type=text]` (0,1,1) beat `[aria-invalid]` (0,1,0): the rule must match
+    the element and come later with at least the same specificity."""
+    css = (await client.get("/admin/static/admin.css")).text
+    plain = css.index("input[type=text], input[type=email]")
+    invalid = css.index(':is(input, textarea, select)[aria-invalid="true"]')
+    assert invalid > plain
+    rule = css[invalid : css.index("}", invalid)]
+    assert "border" in rule and "#b42318" in rule
+
+
+async def test_the_sign_in_page_says_where_the_dev_token_is_only_in_dev_mode(
+    app_factory: Callable[..., Any], web: httpx.AsyncClient
+) -> None:
+    assert 'id="dev-token"' not in (await web.get("/admin/login")).text
+    catcher = f"smtp://127.0.0.1:{support.free_port()}"
+    async with app_factory(dev=True, smtp_url=catcher) as (app, _), browser(app) as dev:
+        page = (await dev.get("/admin/login")).text
+    hint = re.search(r'id="dev-token">(.*?)</p>', page, re.S).group(1)
+    assert ".newsletter/secrets.json" in hint and "admin token" in hint
 
 
 # -- creating and sending ------------------------------------------------------------
@@ -565,6 +685,14 @@ async def test_lookup_and_export_of_an_address(
     assert page.status_code == 200
     assert "ada@example.com" in page.text and "Ada &lt;L&gt;" in page.text
     assert 'action="/admin/subscribers/erase"' in page.text
+    # A readable page, not raw JSON: the record as labelled values, lists as tables.
+    assert "<pre" not in page.text and '"email":' not in page.text
+    record = re.search(r'id="export-subscriber">(.*?)</section>', page.text, re.S).group(1)
+    assert "<dt>Email</dt><dd>ada@example.com</dd>" in record
+    assert "<dt>Name</dt><dd>Ada &lt;L&gt;</dd>" in record
+    assert "<dt>Tracking consent</dt><dd>no</dd>" in record
+    assert re.search(r"<dt>Created at</dt><dd>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</dd>", record)
+    assert 'id="download-json"' in page.text  # the JSON download beside it
     download = await web.post(
         "/admin/subscribers/export", data={"csrf": csrf, "email": "ada@example.com"}
     )

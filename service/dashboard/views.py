@@ -31,6 +31,13 @@ CAMPAIGN_LIMIT = 200
 CAMPAIGN_FORM_LIMIT = 1024 * 1024
 MAX_ID = 2**63 - 1
 STYLESHEET = Path(__file__).resolve().parent.parent / "static" / "admin.css"
+REFRESH_SECONDS = 3
+UNIQUE_OPENS_NOTE = (
+    "Unique opens count each person once, and only people who agreed to have their "
+    "opens measured; the opens of everyone else are counted anonymously (in opens, "
+    "not in unique opens), which is why unique opens can be fewer than the people "
+    "who opened."
+)
 MACHINE_OPENS_NOTE = (
     "Machine opens are fetches of the tracking image that no person caused (Apple Mail "
     "Privacy Protection loading every image on arrival, Gmail's prefetch, security "
@@ -82,6 +89,7 @@ def _login_page(request: Request, status_code: int = 200, error: str = "") -> Re
         login_token=token,
         error=error,
         configured=configured,
+        dev=request.app.state.settings.dev,
     )
     auth.set_login_cookie(request, response, cookie)
     return response
@@ -161,9 +169,19 @@ async def overview(request: Request, session: Session) -> Response:
         f"Sign-ups, confirmations and unsubscribes per day, last {DAYS} days",
         [r["day"].strftime("%m-%d") for r in rows],
         [
-            charts.Series("Sign-ups", [r["signups"] for r in rows]),
-            charts.Series("Confirmations", [r["confirmations"] for r in rows], charts.PALETTE[2]),
-            charts.Series("Unsubscribes", [r["unsubscribes"] for r in rows], charts.PALETTE[1]),
+            charts.Series("Sign-ups", [r["signups"] for r in rows], singular="Sign-up"),
+            charts.Series(
+                "Confirmations",
+                [r["confirmations"] for r in rows],
+                charts.PALETTE[2],
+                singular="Confirmation",
+            ),
+            charts.Series(
+                "Unsubscribes",
+                [r["unsubscribes"] for r in rows],
+                charts.PALETTE[1],
+                singular="Unsubscribe",
+            ),
         ],
         stacked=False,
         unit="events",
@@ -239,11 +257,18 @@ def stats_charts(stats: dict[str, Any]) -> dict[str, Any]:
         "clients": sorted(client_rows, key=lambda r: (-r[1], r[0])),
         "hours_chart": charts.columns(
             "hours",
-            "Opens by hour after the send, people and machines",
+            "Opens by hour after the send: opens by people and machine opens",
             [f"{r['hour']}h" if r["hour"] != "other" else "other" for r in hour_rows],
             [
-                charts.Series("People", [r["human"] for r in hour_rows]),
-                charts.Series("Machines", [r["machine"] for r in hour_rows], charts.PALETTE[1]),
+                charts.Series(
+                    "Opens by people", [r["human"] for r in hour_rows], singular="Open by a person"
+                ),
+                charts.Series(
+                    "Machine opens",
+                    [r["machine"] for r in hour_rows],
+                    charts.PALETTE[1],
+                    singular="Machine open",
+                ),
             ],
             unit="opens",
         ),
@@ -263,6 +288,7 @@ async def campaign_page(request: Request, session: Session) -> Response:
             if campaign
             else None
         )
+        sending = bool(campaign) and await q.campaign_sending.fetchval(con, id=campaign["id"])
     if campaign is None or stats is None:
         return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
     queued = request.query_params.get("queued", "")
@@ -274,7 +300,11 @@ async def campaign_page(request: Request, session: Session) -> Response:
         stats=stats,
         open_rate=_rate(stats.get("unique_opens", 0), campaign["sent"]),
         queued=int(queued) if queued.isdigit() and len(queued) < 10 else None,
+        # No script under the CSP: while emails wait, the page reloads itself (meta refresh).
+        sending=sending,
+        refresh=REFRESH_SECONDS if sending else 0,
         note=MACHINE_OPENS_NOTE,
+        unique_note=UNIQUE_OPENS_NOTE,
         **stats_charts(stats),
     )
 
@@ -401,6 +431,47 @@ async def _posted_export(
     return email, data
 
 
+_ACRONYMS = {"ip": "IP", "os": "OS", "id": "ID"}
+
+
+def _label(key: str) -> str:
+    """`consent_text_version` -> "Consent text version", `ip` -> "IP"."""
+    words = [_ACRONYMS.get(word, word) for word in key.split("_")]
+    return " ".join([words[0][:1].upper() + words[0][1:], *words[1:]])
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "\u2014"  # an em dash: nothing stored
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, datetime):
+        value = value.isoformat()
+    if isinstance(value, str) and len(value) >= 19 and value[10] == "T" and value[:4].isdigit():
+        return value[:19].replace("T", " ") + " UTC" * value.endswith(("+00:00", "Z"))
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str, ensure_ascii=False)
+    return str(value)
+
+
+def readable_export(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The access export as page sections: a record as label/value pairs, a list as a
+    table. Generic over the export's keys, so a field added to the export shows up too."""
+    sections = []
+    for key, value in data.items():
+        section: dict[str, Any] = {"id": key.replace("_", "-"), "title": _label(key)}
+        if isinstance(value, dict):
+            section["fields"] = [(_label(k), _cell(v)) for k, v in value.items()]
+        elif isinstance(value, list) and all(isinstance(row, dict) for row in value):
+            columns = list(dict.fromkeys(k for row in value for k in row))
+            section["columns"] = [_label(c) for c in columns]
+            section["rows"] = [[_cell(row.get(c)) for c in columns] for row in value]
+        else:
+            section["fields"] = [(_label(key), _cell(value))]
+        sections.append(section)
+    return sections
+
+
 @signed_in
 async def lookup(request: Request, session: Session) -> Response:
     posted = await _posted_export(request, session)
@@ -413,7 +484,7 @@ async def lookup(request: Request, session: Session) -> Response:
         csrf=session.csrf,
         email=email,
         found=data is not None,
-        data=json.dumps(data, indent=2, default=str, ensure_ascii=False) if data else "",
+        sections=readable_export(data) if data else [],
         error="",
     )
 

@@ -52,3 +52,9 @@ WHERE id = :id;
 -- name: campaign_delivered_count
 -- Subscribers (still on the list) already queued for this campaign: a second send skips them.
 SELECT count(*) FROM deliveries WHERE campaign_id = :id;
+
+-- name: campaign_sending
+-- Whether emails of this campaign still wait in the outbox (the page then refreshes
+-- itself). EXISTS stops at the first job; the counters cannot tell, as an erased
+-- subscriber's job is deleted without being counted as sent or failed.
+SELECT EXISTS (SELECT 1 FROM outbox WHERE kind = 'campaign' AND campaign_id = :id);
