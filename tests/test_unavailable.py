@@ -1,30 +1,6 @@
 """Every endpoint that needs the database answers 503 with Retry-After while it is gone."""
 
-from urllib.parse import urlsplit
-
-import asyncpg
-
-from tests import support
-
-
-async def cut_off(database_url: str, keep_pid: int) -> asyncpg.Connection:
-    """Refuses new connections to the test database and drops the open ones."""
-    name = urlsplit(database_url).path.lstrip("/")
-    admin = await asyncpg.connect(support.with_database(database_url, "postgres"))
-    await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-    await admin.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-        " WHERE datname = $1 AND pid NOT IN (pg_backend_pid(), $2)",
-        name,
-        keep_pid,
-    )
-    return admin
-
-
-async def restore(admin: asyncpg.Connection, database_url: str) -> None:
-    name = urlsplit(database_url).path.lstrip("/")
-    await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-    await admin.close()
+from tests.support import cut_off, restore
 
 
 async def test_pages_and_admin_api_answer_503_not_500_while_the_database_is_gone(
