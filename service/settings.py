@@ -156,7 +156,6 @@ class Settings:
     machine_open_window: float = 10.0
     geoip_mmdb: str = ""
     apple_proxy_ranges_file: str = ""
-    bench_endpoints: bool = False  # bench-only reference routes; never in production
     open_retention: float = 395 * 86400
     purge_interval: float = 3600.0
     # -- process -----------------------------------------------------------------
@@ -379,7 +378,6 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("MACHINE_OPEN_WINDOW", "machine_open_window", _seconds(0, 3600)),
     ("GEOIP_MMDB", "geoip_mmdb", _file),
     ("APPLE_PROXY_RANGES_FILE", "apple_proxy_ranges_file", _file),
-    ("BENCH_ENDPOINTS", "bench_endpoints", _bool),
     ("OPEN_RETENTION", "open_retention", _seconds(_DAY, 20 * 365 * _DAY)),
     ("PURGE_INTERVAL", "purge_interval", _seconds(1, 7 * _DAY)),
     ("LOG_LEVEL", "log_level", _choice(("debug", "info", "warning", "error"))),
