@@ -313,3 +313,14 @@ async def restore(admin: asyncpg.Connection, database_url: str) -> None:
     name = urlsplit(database_url).path.lstrip("/")
     await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     await admin.close()
+
+
+async def lock_waited_on(db: asyncpg.Connection, pid: int, timeout: float = 30.0) -> None:
+    """Returns once backend `pid` waits for a lock (pg_locks): positive evidence that it is
+    blocked, where sleeping a while and seeing nothing happen proves nothing."""
+    deadline = time.monotonic() + timeout
+    while not await db.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND NOT granted)", pid
+    ):
+        assert time.monotonic() < deadline, f"backend {pid} never waited for a lock"
+        await asyncio.sleep(0.01)
