@@ -9,6 +9,7 @@ import sys
 import time
 
 import asyncpg
+import pytest
 
 from service import retention
 from tests import people, support
@@ -212,6 +213,7 @@ async def test_the_periodic_task_survives_a_failing_pass(app_factory, db, databa
         await blocker.close()
 
 
+@pytest.mark.slow
 def test_newsletter_purge_command_runs_one_pass_and_prints_the_counts(database_url) -> None:
     env = support.base_env(database_url, "smtp://127.0.0.1:25")
     result = subprocess.run(
