@@ -76,7 +76,12 @@ def routes(settings: Settings) -> list[BaseRoute]:
         *signup.routes(settings),
         *confirmation.routes(),
         Route("/unsubscribe/{token}", unsubscribe.page, methods=["GET"]),
-        Route("/unsubscribe/{token}", unsubscribe.unsubscribe, methods=["POST"]),
+        Route(
+            "/unsubscribe/{token}",
+            unsubscribe.unsubscribe,
+            methods=["POST"],
+            max_body_size=settings.max_body_bytes,
+        ),
         Route("/tracking/{token}", tracking_consent.show, methods=["GET"]),
         Route("/tracking/{token}", tracking_consent.post, methods=["POST"]),
         Route(
