@@ -10,7 +10,6 @@ import pytest
 
 from service import db as database
 from tests.signup_helpers import subscribe
-from tests.support import cut_off, restore
 
 BUG = """
 CREATE FUNCTION test_bug() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -55,24 +54,6 @@ async def test_a_failing_query_on_a_page_is_a_500_too(app, client, db, caplog) -
     assert response.status_code == 500
     [record] = _records(caplog, "database error")
     assert record.route == "/confirm/{token}" and record.sqlstate == "XX000"
-
-
-async def test_every_unavailable_answer_carries_the_one_retry_after(
-    app_factory, db, database_url, admin_headers
-) -> None:
-    async with app_factory() as (app, client):
-        confirm = app.state.tokens.confirm(1)
-        admin = await cut_off(database_url, db.get_server_pid())
-        try:
-            answers = [
-                await subscribe(client, "later@example.com"),
-                await client.get(f"/confirm/{confirm}"),
-                await client.get("/admin/api/campaigns", headers=admin_headers),
-            ]
-        finally:
-            await restore(admin, database_url)
-    assert [a.status_code for a in answers] == [503, 503, 503]
-    assert {a.headers["retry-after"] for a in answers} == {database.RETRY_AFTER}
 
 
 async def test_a_connection_the_server_ends_is_unavailable(database_url, db) -> None:

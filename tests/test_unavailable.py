@@ -1,5 +1,7 @@
 """Every endpoint that needs the database answers 503 with Retry-After while it is gone."""
 
+from service.db import RETRY_AFTER
+from tests.signup_helpers import subscribe
 from tests.support import cut_off, restore
 
 
@@ -15,6 +17,8 @@ async def test_pages_and_admin_api_answer_503_not_500_while_the_database_is_gone
             )
             api = await client.get("/admin/api/campaigns", headers=admin_headers)
             pixel = await client.get(f"/o/{app.state.tokens.pixel(1, 1)}.gif")
+            signup = await subscribe(client, "later@example.com")
+            confirm = await client.get(f"/confirm/{app.state.tokens.confirm(1)}")
         finally:
             await restore(admin, database_url)
     assert page.status_code == 503, page.text
@@ -22,3 +26,7 @@ async def test_pages_and_admin_api_answer_503_not_500_while_the_database_is_gone
     assert api.status_code == 503 and api.json() == {"error": "unavailable"}
     assert api.headers["retry-after"]
     assert pixel.status_code == 200  # the pixel never breaks an email
+    # One Retry-After for every 503, whichever module answered it.
+    answers = (page, api, signup, confirm)
+    assert [a.status_code for a in answers] == [503] * 4
+    assert {a.headers["retry-after"] for a in answers} == {RETRY_AFTER}
