@@ -195,7 +195,6 @@ async def test_notify_wakes_the_worker_without_waiting_for_the_poll(app_factory,
 
 async def test_polling_finds_jobs_queued_without_notify(app_factory, db, smtp) -> None:
     async with app_factory(outbox_poll_interval=0.1) as (_app, _client):
-        await asyncio.sleep(0.2)
         await _add_pending(db, 1)  # no NOTIFY
         await smtp.wait_for(1, timeout=5)
 
