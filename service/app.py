@@ -147,8 +147,11 @@ async def database_error(request: Request, exc: Exception) -> Response:
 
 # Looked up along the exception's class hierarchy, the most specific first: the
 # unavailable classes are subclasses of PostgresError and win over the catch-all.
+# TimeoutError is a query that got no answer within DB_COMMAND_TIMEOUT (nothing else in
+# a request path times out): behind PgBouncer a lost database looks like that, the query
+# waiting for a server connection (k8s/postgres/pooler.yaml's query_wait_timeout is longer).
 EXCEPTION_HANDLERS = {
-    **{error: database_unavailable for error in db.UNAVAILABLE},
+    **{error: database_unavailable for error in (*db.UNAVAILABLE, TimeoutError)},
     asyncpg.PostgresError: database_error,
     asyncpg.InterfaceError: database_error,
 }
