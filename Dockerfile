@@ -1,39 +1,42 @@
-# syntax=docker/dockerfile:1
 # The production image: `newsletter serve` as an unprivileged user, no build tools.
 #
-# Layout: the code stays a source tree in /app (service/ next to sql/), because
-# service/migrations.py and service/queries.py find the SQL files at
-# Path(service/__file__).parent.parent / "sql". The dependencies live in the virtual
-# environment /opt/venv; the project itself is installed there in editable "compat"
-# mode, which only adds /app to sys.path (a .pth file) and writes the `newsletter`
-# console script. PYTHONPATH=/app says the same thing explicitly.
+# The dependencies are the locked versions (requirements.lock, every file checked
+# against its hash) in the virtual environment /opt/venv; the project is installed there
+# as a wheel, which carries its SQL files (package data `service.sql`). The runtime stage
+# copies that environment and nothing else.
 #
 # Pin the base image by digest in your registry mirror, e.g.
 #   docker build --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:... .
+# `make image` (.ci/image) builds it where no registry is reachable.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+# Certificate authorities (PEM) of a TLS-inspecting proxy between the builder and the
+# package index, if there is one. Only this stage reads it: the runtime stage below
+# copies /opt/venv alone, so neither the certificates nor this argument reach the image.
+ARG EXTRA_CA_PEM=""
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_CERT=/tmp/build-ca.pem \
     PYTHONDONTWRITEBYTECODE=1
-RUN python -m venv /opt/venv
-WORKDIR /app
-# Dependencies first, against a placeholder package, so this layer is rebuilt only
-# when pyproject.toml changes. Every dependency ships manylinux wheels: no compiler.
+RUN { cat /etc/ssl/certs/ca-certificates.crt; printf '%s\n' "$EXTRA_CA_PEM"; } > /tmp/build-ca.pem \
+ && python -m venv /opt/venv
+WORKDIR /src
+# Dependencies first, so this layer is rebuilt only when the lock changes. Every locked
+# dependency ships manylinux wheels or is pure Python: no compiler.
+COPY requirements.lock ./
+RUN /opt/venv/bin/pip install --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
-RUN mkdir service && touch service/__init__.py \
- && /opt/venv/bin/pip install --config-settings editable_mode=compat -e . \
- && rm -rf service build
 COPY service ./service
 COPY sql ./sql
-# Byte-compile now: the root filesystem is read-only at run time. Then drop the
+# Byte-compiled on install (the root filesystem is read-only at run time). Then drop the
 # installers from the environment; nothing in the image installs anything later.
-RUN /opt/venv/bin/python -m compileall -q /app/service \
+RUN /opt/venv/bin/pip install --no-deps --no-compile . \
+ && /opt/venv/bin/python -m compileall -q /opt/venv/lib \
  && /opt/venv/bin/python -m pip uninstall -y -q setuptools wheel pip
 
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONPATH=/app \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 # A numeric, unprivileged user: Kubernetes' runAsNonRoot can only verify a number.
@@ -41,8 +44,6 @@ RUN groupadd --system --gid 10001 newsletter \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
     --shell /usr/sbin/nologin newsletter
 COPY --from=build /opt/venv /opt/venv
-COPY --from=build /app /app
-WORKDIR /app
 USER 10001:10001
 EXPOSE 8000
 # No HEALTHCHECK: Kubernetes probes /healthz and /readyz (k8s/base/deployment.yaml).

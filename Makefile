@@ -2,18 +2,34 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# A second environment with every dependency at its declared floor (requirements-min.lock).
+MIN_VENV ?= .venv-min
+MIN_PY   := $(MIN_VENV)/bin/python
+STAMP     := $(VENV)/.installed-$(shell cat pyproject.toml requirements-dev.lock | cksum | cut -d' ' -f1)
+MIN_STAMP := $(MIN_VENV)/.installed-$(shell cat pyproject.toml requirements-min.lock | cksum | cut -d' ' -f1)
 PORT   ?= 8000
+# The lock files: `make lock` writes them from pyproject.toml (README: "Upgrading dependencies").
+UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --quiet
 
-.PHONY: run test lint format bench clean system-deps
+.PHONY: run test test-fast test-image image lock lint format bench clean system-deps
 
-$(STAMP): pyproject.toml
+# Installs exactly the locked versions, each checked against its hash; then the project
+# itself (editable, no dependencies of its own).
+define install_venv
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (set PYTHON=python3.11)")'
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,test]'
-	@rm -f $(VENV)/.installed-*
-	@touch $(STAMP)
+	@test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet --require-hashes --no-deps -r $(2)
+	$(1)/bin/python -m pip install --quiet --no-deps -e .
+	@rm -f $(1)/.installed-*
+	@touch $(3)
+endef
+
+$(STAMP): pyproject.toml requirements-dev.lock
+	$(call install_venv,$(VENV),requirements-dev.lock,$(STAMP))
+
+$(MIN_STAMP): pyproject.toml requirements-min.lock
+	$(call install_venv,$(MIN_VENV),requirements-min.lock,$(MIN_STAMP))
 
 run: $(STAMP)
 	$(VENV)/bin/newsletter dev --port $(PORT)
@@ -26,29 +42,49 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# The suite, then again in prepared-statement-free mode through a real PgBouncer in
-# transaction pooling mode (as the replicas run behind CloudNativePG's Pooler). The
-# second pass leaves out the tests that start their own `serve` processes (marked slow):
-# those connect directly either way.
-test: lint
+# The whole suite, then a second pass in the floor environment (every dependency at its
+# declared minimum): through a real PgBouncer in transaction pooling mode
+# (DB_STATEMENT_CACHE_SIZE=0, as the replicas run behind CloudNativePG's Pooler) when
+# it is installed, directly otherwise. The second pass leaves out the tests that start
+# their own processes or a browser (marked slow / browser): those connect directly.
+test: lint $(MIN_STAMP)
 	$(PY) -m pytest
 	@if command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer; then \
-	  echo "== again through PgBouncer (transaction mode, DB_STATEMENT_CACHE_SIZE=0)"; \
-	  TEST_VIA_PGBOUNCER=1 $(PY) -m pytest -q -m "not slow and not browser"; \
-	else echo "== pgbouncer not installed: the PgBouncer pass is skipped (make system-deps)"; fi
+	  echo "== again with the minimum versions, through PgBouncer (transaction mode)"; \
+	  TEST_VIA_PGBOUNCER=1 $(MIN_PY) -m pytest -q -m "not slow and not browser"; \
+	else echo "== again with the minimum versions (pgbouncer not installed: make system-deps)"; \
+	  $(MIN_PY) -m pytest -q -m "not slow and not browser"; fi
+
+# The edit-test loop: everything but the tests that spawn processes or drive a browser.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not browser"
+
+# The production image (needs Debian's docker.io and mmdebstrap; see .ci/image).
+image:
+	.ci/image build
+
+# Builds the image and runs it as the manifests do; not part of `make test` (minutes).
+test-image: $(STAMP)
+	RUN_IMAGE_TEST=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_image.py
+
+lock: $(STAMP)
+	$(UV_COMPILE) -o requirements.lock
+	$(UV_COMPILE) --extra dev --extra test -o requirements-dev.lock
+	$(UV_COMPILE) --extra dev --extra test --resolution lowest-direct -o requirements-min.lock
 
 # Every bench, including the 10-million-row part of the pixel bench (about 10 minutes).
 bench: $(STAMP)
 	$(PY) -m bench --big
 
 # Optional system packages some tests use (they skip, saying so, without them):
-# chromium + chromium-driver (browser test), pgbouncer (transaction-pooling test), wrk (bench).
+# chromium + chromium-driver (browser test), pgbouncer (transaction-pooling test), wrk (bench),
+# docker.io + mmdebstrap (make test-image).
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	    chromium chromium-driver pgbouncer wrk >/dev/null && echo "system packages installed" \
+	    chromium chromium-driver pgbouncer wrk docker.io mmdebstrap >/dev/null && echo "system packages installed" \
 	    || echo "could not install the optional system packages; the tests that need them will skip"; \
-	else echo "run as root on Debian/Ubuntu, or install: chromium chromium-driver pgbouncer wrk"; fi
+	else echo "run as root on Debian/Ubuntu, or install: chromium chromium-driver pgbouncer wrk docker.io mmdebstrap"; fi
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(MIN_VENV) .pytest_cache .ruff_cache

@@ -2,8 +2,8 @@
 
 Starts a PostgreSQL of its own (pgserver in a temporary directory, durable settings:
 fsync and synchronous_commit on, shared_buffers 1 GB (BENCH_SHARED_BUFFERS), as in
-production), the service as in production
-(`python -m service serve`, uvicorn, one worker) with BENCH_ENDPOINTS=true, and a load
+production), the service as in production (`serve`, uvicorn, one worker) with the two
+reference endpoints of bench/reference_server.py beside the pixel, and a load
 generator on loopback (`wrk` when installed, else `bench/loadgen.py` in its own
 process). Each round measures, side by side in the same process and database:
 
@@ -208,7 +208,6 @@ class Service:
             "SMTP_URL": "smtp://127.0.0.1:9",
             "PUBLIC_URL": "http://bench.test",
             "SECRET_KEYS": SECRET,
-            "BENCH_ENDPOINTS": "true",
             "LOG_LEVEL": "warning",
             **env,
         }
@@ -224,7 +223,7 @@ class Service:
             [
                 sys.executable,
                 "-m",
-                "service",
+                "bench.reference_server",
                 "serve",
                 "--host",
                 "127.0.0.1",

@@ -6,10 +6,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import asyncpg
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
@@ -77,7 +78,12 @@ def routes(settings: Settings) -> list[BaseRoute]:
         *signup.routes(settings),
         *confirmation.routes(),
         Route("/unsubscribe/{token}", unsubscribe.page, methods=["GET"]),
-        Route("/unsubscribe/{token}", unsubscribe.unsubscribe, methods=["POST"]),
+        Route(
+            "/unsubscribe/{token}",
+            unsubscribe.unsubscribe,
+            methods=["POST"],
+            max_body_size=settings.max_body_bytes,
+        ),
         Route("/tracking/{token}", tracking_consent.show, methods=["GET"]),
         Route("/tracking/{token}", tracking_consent.post, methods=["POST"]),
         Route(
@@ -102,10 +108,6 @@ def routes(settings: Settings) -> list[BaseRoute]:
         ),
     ]
     public += dashboard.routes()
-    if settings.bench_endpoints:
-        from service import bench_endpoints
-
-        public += bench_endpoints.routes()
     if settings.dev:
         from service import devmode
 
@@ -118,15 +120,43 @@ def routes(settings: Settings) -> list[BaseRoute]:
 
 
 async def database_unavailable(request: Request, exc: Exception) -> Response:
-    """Any endpoint that meets a lost database answers 503 + Retry-After, never 500."""
+    """Any endpoint that meets a lost database (db.UNAVAILABLE) answers 503 + Retry-After."""
     log.warning(
         "database unavailable",
         extra={"route": route_template(request.scope), "error": exc.__class__.__name__},
     )
-    headers = {"Retry-After": "5", "Cache-Control": "no-store"}
+    headers = {"Retry-After": db.RETRY_AFTER, "Cache-Control": "no-store"}
     if request.url.path.startswith("/admin/api/") or "json" in request.headers.get("accept", ""):
         return JSONResponse({"error": "unavailable"}, status_code=503, headers=headers)
     return pages.render(request, "unavailable.html", status_code=503, headers=headers)
+
+
+async def database_error(request: Request, exc: Exception) -> Response:
+    """Any other database error is a bug: 500, logged with its class and SQLSTATE only.
+
+    Not the message: PostgreSQL's DETAIL can quote the row's values (an address, an IP).
+    """
+    log.error(
+        "database error",
+        extra={
+            "route": route_template(request.scope),
+            "error": exc.__class__.__name__,
+            "sqlstate": getattr(exc, "sqlstate", None),
+        },
+    )
+    return PlainTextResponse("Internal Server Error", status_code=500)
+
+
+# Looked up along the exception's class hierarchy, the most specific first: the
+# unavailable classes are subclasses of PostgresError and win over the catch-all.
+# TimeoutError is a query that got no answer within DB_COMMAND_TIMEOUT (nothing else in
+# a request path times out): behind PgBouncer a lost database looks like that, the query
+# waiting for a server connection (k8s/postgres/pooler.yaml's query_wait_timeout is longer).
+EXCEPTION_HANDLERS = {
+    **{error: database_unavailable for error in (*db.UNAVAILABLE, TimeoutError)},
+    asyncpg.PostgresError: database_error,
+    asyncpg.InterfaceError: database_error,
+}
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -151,7 +181,7 @@ def create_app(settings: Settings) -> Starlette:
 
     app = App(
         routes=routes(settings),
-        exception_handlers={error: database_unavailable for error in db.UNAVAILABLE},
+        exception_handlers=EXCEPTION_HANDLERS,
         middleware=[Middleware(ObservabilityMiddleware, metrics=(metrics := Metrics()))],
         lifespan=lifespan,
     )

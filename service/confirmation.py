@@ -39,8 +39,8 @@ q = queries("signup")
 
 TOKEN_MAX = 200
 FORM_MAX_BYTES = 2048
-RETRY_AFTER_UNAVAILABLE = "30"
-DB_ERRORS = (asyncpg.PostgresError, *db.UNAVAILABLE)
+RETRY_AFTER_UNAVAILABLE = db.RETRY_AFTER
+DB_ERRORS = db.UNAVAILABLE  # any other database error is a bug: the app answers 500
 
 
 def _verified(request: Request, verify: str) -> int | None:

@@ -1,25 +1,51 @@
-"""The asyncpg connection pool, configured from settings."""
+"""The asyncpg connection pool, configured from settings, and what "unavailable" means."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import asyncpg
 
 from service.settings import Settings
 
-# The database cannot be reached or the connection broke: answer 503 and let the
-# client retry, rather than 500 (asyncpg raises InternalClientError for a connection
-# left mid-operation by a dropped server).
-UNAVAILABLE: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
+
+class CannotConnect(Exception):
+    """Opening a connection to the database failed, whatever the reason.
+
+    Refused, reset or timed-out sockets, a database not accepting connections (SQLSTATE
+    55000), too many connections (53300), a server starting up (57P03): at connect time
+    every one of them means "not now", while the same classes raised by a query can be a
+    bug. The pool and the one-shot connections open theirs through `open_connection`, so
+    the distinction is made where it is known.
+    """
+
+
+# The one definition of "the database is unavailable": the request may succeed if it is
+# retried later, so it is answered 503 with RETRY_AFTER, never 500. SQLSTATE class 08 is
+# "connection exception"; 57P01 admin_shutdown, 57P02 crash_shutdown and 57P03
+# cannot_connect_now are the server going away or not yet back
+# (https://www.postgresql.org/docs/current/errcodes-appendix.html). Any other database
+# error is a bug and surfaces as a 500.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    CannotConnect,
+    asyncpg.PostgresConnectionError,  # class 08, incl. "connection was closed mid-operation"
+    # asyncpg's "cannot switch to state …": the first use of a pooled connection that the
+    # server ended while it sat idle (seen on every pg_terminate_backend); nothing was sent.
     asyncpg.exceptions.InternalClientError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.ObjectNotInPrerequisiteStateError,  # database not accepting connections
-    OSError,
-    TimeoutError,
+    asyncpg.exceptions.AdminShutdownError,  # 57P01
+    asyncpg.exceptions.CrashShutdownError,  # 57P02
+    asyncpg.exceptions.CannotConnectNowError,  # 57P03
 )
+# Seconds a client is asked to wait before retrying, on every 503 the service gives.
+RETRY_AFTER = "5"
+
+
+async def open_connection(dsn: str, **kwargs: Any) -> asyncpg.Connection:
+    """`asyncpg.connect`, with any failure to connect raised as CannotConnect."""
+    try:
+        return await asyncpg.connect(dsn, **kwargs)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise CannotConnect(f"{exc.__class__.__name__}: {exc}") from exc
 
 
 async def _init_connection(con: asyncpg.Connection) -> None:
@@ -52,6 +78,7 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         max_size=settings.db_pool_max,
         statement_cache_size=settings.db_statement_cache_size,
         command_timeout=settings.db_command_timeout,
+        connect=open_connection,
         init=_init_connection,
         reset=_reset_connection,
         # In the startup packet, UTC is also the session default RESET ALL returns to.
@@ -65,7 +92,7 @@ async def connect(settings: Settings) -> asyncpg.Connection:
     It goes to DATABASE_DIRECT_URL when set: migrations hold a session-level advisory
     lock, which a transaction-mode pooler would not keep on one server connection.
     """
-    con = await asyncpg.connect(
+    con = await open_connection(
         settings.direct_database_url,
         statement_cache_size=settings.db_statement_cache_size,
         command_timeout=max(settings.db_command_timeout, 300),

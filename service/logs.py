@@ -28,6 +28,7 @@ ALLOWED_FIELDS = (
     "attempts",
     "smtp_code",
     "error",
+    "sqlstate",
     "reason",
     "url",
     "task",

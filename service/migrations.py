@@ -14,11 +14,13 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 import asyncpg
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+# The top-level sql/ of the repository, installed as the package data `service.sql`.
+SQL_DIR: Traversable = files("service.sql")
 # Any constant unique to this service; "nl" "mi" in ASCII.
 ADVISORY_LOCK_ID = 0x6E6C_6D69
 _NAME = re.compile(r"^(\d{3,})_[a-z0-9_]+\.sql$")
@@ -45,13 +47,15 @@ class Migration:
         return not self.sql.lstrip().startswith(_NO_TRANSACTION)
 
 
-def discover(directory: Path = SQL_DIR) -> list[Migration]:
+def discover(directory: Traversable = SQL_DIR) -> list[Migration]:
     """The migration files in order; refuses stray names and duplicate numbers."""
     if not directory.is_dir():
         raise MigrationError(f"migration directory {directory} does not exist")
     migrations: list[Migration] = []
     seen: dict[int, str] = {}
-    for path in sorted(directory.glob("*.sql")):
+    for path in sorted(directory.iterdir(), key=lambda p: p.name):
+        if not path.name.endswith(".sql"):
+            continue
         match = _NAME.match(path.name)
         if not match:
             raise MigrationError(f"{path.name}: migration files must be named NNN_name.sql")
@@ -64,7 +68,7 @@ def discover(directory: Path = SQL_DIR) -> list[Migration]:
     return migrations
 
 
-async def migrate(con: asyncpg.Connection, directory: Path = SQL_DIR) -> list[str]:
+async def migrate(con: asyncpg.Connection, directory: Traversable = SQL_DIR) -> list[str]:
     """Apply pending migrations; returns the names applied by this call."""
     migrations = discover(directory)
     await con.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_ID)

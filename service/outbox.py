@@ -115,9 +115,6 @@ class Worker:
             await asyncio.wait_for(self._wake.wait(), timeout=max(seconds, 0.01))
         self._wake.clear()
 
-    def wake(self) -> None:
-        self._wake.set()
-
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
@@ -137,7 +134,7 @@ class Worker:
         if time.monotonic() < self._listen_retry_at:
             return
         try:
-            con = await asyncpg.connect(self.settings.direct_database_url, timeout=5)
+            con = await db.open_connection(self.settings.direct_database_url, timeout=5)
             await con.add_listener(CHANNEL, lambda *_: self._wake.set())
         except DB_ERRORS as exc:
             self._listen_retry_at = time.monotonic() + max(self.settings.outbox_poll_interval, 1)

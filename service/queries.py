@@ -18,12 +18,14 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import asyncpg
 
-QUERY_DIR = Path(__file__).resolve().parent.parent / "sql" / "queries"
+# sql/queries/ of the repository, installed as the package data `service.sql.queries`.
+QUERY_DIR: Traversable = files("service.sql.queries")
 _HEADER = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 _PARAM = re.compile(r"(?<![:\w]):([a-zA-Z_]\w*)")
 
@@ -87,7 +89,7 @@ def parse(text: str, source: str = "<string>") -> dict[str, Query]:
 class Queries:
     """The queries of one file, as attributes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Traversable) -> None:
         self._queries = parse(path.read_text(encoding="utf-8"), path.name)
 
     def __getattr__(self, name: str) -> Query:

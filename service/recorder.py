@@ -52,7 +52,8 @@ _BACKOFF = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 # A lost database (db.UNAVAILABLE, which includes asyncpg's "cannot switch to state …"
 # after a restart: nothing was sent, so a fresh connection retries) or a lock conflict.
 _RETRY_AT_ONCE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
-_TRANSIENT = (*db.UNAVAILABLE, *_RETRY_AT_ONCE)
+# InterfaceError: the pool detached the writer's held connection when the server dropped it.
+_TRANSIENT = (*db.UNAVAILABLE, *_RETRY_AT_ONCE, asyncpg.InterfaceError)
 
 
 class BatchDone(asyncio.Future):

@@ -161,7 +161,6 @@ class Settings:
     # Mail scanners' networks (opens from them are `scanner_network`); empty: the list
     # shipped in service/data/scanner_ranges.csv.
     scanner_ranges_file: str = ""
-    bench_endpoints: bool = False  # bench-only reference routes; never in production
     open_retention: float = 395 * 86400
     purge_interval: float = 3600.0
     # -- privacy at the edges (README, "What every component keeps") ----------
@@ -393,7 +392,6 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("GEOIP_MMDB", "geoip_mmdb", _file),
     ("APPLE_PROXY_RANGES_FILE", "apple_proxy_ranges_file", _file),
     ("SCANNER_RANGES_FILE", "scanner_ranges_file", _file),
-    ("BENCH_ENDPOINTS", "bench_endpoints", _bool),
     ("OPEN_RETENTION", "open_retention", _seconds(_DAY, 20 * 365 * _DAY)),
     ("PURGE_INTERVAL", "purge_interval", _seconds(1, 7 * _DAY)),
     ("SIGNUP_MIN_DURATION", "signup_min_duration", _seconds(0, 5)),

@@ -43,8 +43,8 @@ NAME_MAX = 100
 SOURCE_MAX = 200
 EMAIL_MAX = 320
 FORM_FIELDS = ("email", "name")
-RETRY_AFTER_UNAVAILABLE = "30"
-DB_ERRORS = (asyncpg.PostgresError, *db.UNAVAILABLE)
+RETRY_AFTER_UNAVAILABLE = db.RETRY_AFTER
+DB_ERRORS = db.UNAVAILABLE  # any other database error is a bug: the app answers 500
 _TRUE = frozenset({"1", "on", "true", "yes"})
 
 

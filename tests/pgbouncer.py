@@ -96,6 +96,11 @@ class PgBouncer:
                     # After a failed server login PgBouncer refuses that database for
                     # this long (default 15 s); the outage tests expect quick recovery.
                     "server_login_retry = 1",
+                    # A client waiting this long for a server connection (the database is
+                    # gone) gets SQLSTATE 08P01, a connection error: the app's 503. The
+                    # production pooler waits 30 s, longer than DB_COMMAND_TIMEOUT, so
+                    # there the query's own timeout answers 503; 3 s keeps tests short.
+                    "query_wait_timeout = 3",
                     f"logfile = {self.directory / 'pgbouncer.log'}",
                     f"pidfile = {self.directory / 'pgbouncer.pid'}",
                     "",

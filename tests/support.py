@@ -316,3 +316,34 @@ def dkim_key(directory: Path) -> DkimKey:
         capture_output=True,
     ).stdout
     return DkimKey(str(key), public)
+
+
+async def cut_off(database_url: str, keep_pid: int) -> asyncpg.Connection:
+    """Refuses new connections to the test database and drops the open ones."""
+    name = urlsplit(database_url).path.lstrip("/")
+    admin = await asyncpg.connect(with_database(database_url, "postgres"))
+    await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    await admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = $1 AND pid NOT IN (pg_backend_pid(), $2)",
+        name,
+        keep_pid,
+    )
+    return admin
+
+
+async def restore(admin: asyncpg.Connection, database_url: str) -> None:
+    name = urlsplit(database_url).path.lstrip("/")
+    await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    await admin.close()
+
+
+async def lock_waited_on(db: asyncpg.Connection, pid: int, timeout: float = 30.0) -> None:
+    """Returns once backend `pid` waits for a lock (pg_locks): positive evidence that it is
+    blocked, where sleeping a while and seeing nothing happen proves nothing."""
+    deadline = time.monotonic() + timeout
+    while not await db.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND NOT granted)", pid
+    ):
+        assert time.monotonic() < deadline, f"backend {pid} never waited for a lock"
+        await asyncio.sleep(0.01)

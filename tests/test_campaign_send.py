@@ -9,6 +9,7 @@ import json
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import asyncpg
 import dkim as dkimpy
@@ -103,19 +104,25 @@ def raw_links(raw: bytes) -> tuple[int, set[int], list[tuple[int, int]]]:
     )
 
 
-async def wait_quiet(smtp: support.SmtpSink, seconds: float = 0.6) -> None:
-    """Waits until no message arrived for `seconds`."""
-    count = -1
-    while count != len(smtp.messages):
-        count = len(smtp.messages)
-        await asyncio.sleep(seconds)
+async def wait_progressing(count: Callable[[], int], target: int, stall: float = 60) -> None:
+    """Waits for `count()` to reach `target`, failing only if it stops moving for `stall`
+    seconds: a slow machine takes longer, a stuck sender still fails."""
+    last, moved_at = -1, time.monotonic()
+    while (now := count()) < target:
+        if now != last:
+            last, moved_at = now, time.monotonic()
+        assert time.monotonic() - moved_at < stall, f"stuck at {now} of {target}"
+        await asyncio.sleep(0.05)
 
 
-async def settled(db, timeout: float = 10) -> None:
-    """Waits until the outbox is empty (the worker commits just after the relay's 250)."""
-    deadline = time.monotonic() + timeout
-    while await db.fetchval("SELECT count(*) FROM outbox"):
-        assert time.monotonic() < deadline, "the outbox did not empty"
+async def settled(db, stall: float = 60) -> None:
+    """Waits until the outbox is empty (the worker commits just after the relay's 250),
+    failing only if it stops shrinking for `stall` seconds."""
+    last, moved_at = -1, time.monotonic()
+    while left := await db.fetchval("SELECT count(*) FROM outbox"):
+        if left != last:
+            last, moved_at = left, time.monotonic()
+        assert time.monotonic() - moved_at < stall, f"the outbox is stuck at {left} jobs"
         await asyncio.sleep(0.02)
 
 
@@ -272,25 +279,20 @@ async def test_ten_thousand_subscribers_each_get_exactly_one_email_with_their_ow
         for replica in replicas:
             await replica.wait_ready()
         async with httpx.AsyncClient(base_url=replicas[0].url, timeout=30) as client:
-            started = time.monotonic()
             campaign_id, queued = await send(client, admin_headers)
             assert queued == 10_000
-            while len(sink.raw) < 10_000:
-                assert time.monotonic() - started < 55, f"only {len(sink.raw)} sent in 55s"
-                await asyncio.sleep(0.05)
-            elapsed = time.monotonic() - started
+            await wait_progressing(lambda: len(sink.raw), 10_000)
             # Sending again mails nobody twice.
             again = await client.post(
                 f"/admin/api/campaigns/{campaign_id}/send", headers=admin_headers
             )
             assert again.json() == {"queued": 0}
+            # Every job is deleted after its relay's 250: nothing is left that could send.
             await settled(db)
-            await asyncio.sleep(0.3)
     finally:
         # In threads: the replicas say QUIT to the sink, which runs on this event loop.
         await asyncio.gather(*(asyncio.to_thread(replica.stop) for replica in replicas))
         await sink.stop()
-    print(f"\n10,000 campaign emails in {elapsed:.1f}s ({10_000 / elapsed:.0f}/s)")
 
     per_recipient = Counter(rcpt[0] for rcpt, _raw in sink.raw)
     assert len(per_recipient) == 10_000 and set(per_recipient.values()) == {1}
@@ -311,15 +313,12 @@ async def test_ten_thousand_subscribers_each_get_exactly_one_email_with_their_ow
 
 
 @pytest.mark.slow
-async def test_queueing_one_hundred_thousand_subscribers_takes_seconds(db) -> None:
+async def test_queueing_one_hundred_thousand_subscribers_queues_each_once(db) -> None:
+    """How long it takes is bench/bench_campaign_send.py's question, not this test's."""
     await people.add_many(db, 100_000)
     campaign_id = await people.add_campaign(db)
-    started = time.monotonic()
     queued = await campaigns.queue_send(db, campaign_id)
-    elapsed = time.monotonic() - started
-    print(f"\nqueued 100,000 in {elapsed:.2f}s")
     assert queued == 100_000
-    assert elapsed < 15
     assert (
         await db.fetchval("SELECT count(*) FROM outbox WHERE campaign_id = $1", campaign_id)
         == 100_000
@@ -351,8 +350,7 @@ async def test_unsubscribing_while_the_campaign_is_being_sent_stops_their_email(
 
     at_erasure = dict(await asyncio.gather(*(unsubscribe(row) for row in targets)))
     await people.add_subscriber(db, "late@example.org")
-    await wait_quiet(smtp)
-    await settled(db)
+    await settled(db)  # every job is deleted after its relay's answer: all sends are done
     for address, count in at_erasure.items():
         assert count <= 1
         assert len(smtp.to(address)) == count, f"{address} was mailed after the erasure"
@@ -453,7 +451,7 @@ async def test_a_send_blocked_by_an_uncommitted_erasure_retries_without_that_sub
         await erasing.start()
         await eraser.execute("DELETE FROM subscribers WHERE id = 25")
         queueing = asyncio.create_task(campaigns.queue_send(sender, campaign_id))
-        await asyncio.sleep(0.3)
+        await support.lock_waited_on(db, sender.get_server_pid())
         assert not queueing.done(), "the send did not wait for the erasure"
         await erasing.commit()
         assert await asyncio.wait_for(queueing, 10) == 49

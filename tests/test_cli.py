@@ -6,6 +6,9 @@ import pytest
 
 from tests import support
 
+# Every test runs the `newsletter` command in a process of its own.
+pytestmark = pytest.mark.slow
+
 
 def newsletter(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

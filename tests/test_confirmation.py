@@ -9,6 +9,7 @@ from service import tokens as tokens_module
 from service.tokens import Tokens
 from tests import support
 from tests.signup_helpers import links, subscribe, wait_until
+from tests.support import cut_off, restore
 
 
 async def _signed_up(client, db, smtp, email: str = "ada@example.com") -> dict[str, str]:
@@ -301,13 +302,18 @@ async def test_cancel_does_not_delete_an_active_subscriber(client, db, smtp) -> 
     assert await db.fetchval("SELECT status FROM subscribers") == "active"
 
 
-async def test_confirm_answers_503_while_the_database_is_unreachable(app_factory, db, smtp) -> None:
-    async with app_factory() as (app, client):
+async def test_confirm_answers_503_while_the_database_is_unreachable(
+    app_factory, db, smtp, database_url
+) -> None:
+    async with app_factory() as (_app, client):
         paths = await _signed_up(client, db, smtp)
-        await app.state.pool.close()  # every later acquire fails like a lost database
-        get = await client.get(paths["confirm"])
-        post = await client.post(paths["confirm"])
-        cancel = await client.post(paths["cancel"])
+        admin = await cut_off(database_url, db.get_server_pid())
+        try:
+            get = await client.get(paths["confirm"])
+            post = await client.post(paths["confirm"])
+            cancel = await client.post(paths["cancel"])
+        finally:
+            await restore(admin, database_url)
     for response in (get, post, cancel):
         assert response.status_code == 503
         assert response.headers["retry-after"]

@@ -192,6 +192,7 @@ async def test_dev_only_routes_do_not_exist_outside_dev_mode(client: httpx.Async
         assert (await client.get(path)).status_code == 404, path
 
 
+@pytest.mark.slow
 def test_newsletter_dev_serves_the_demo_and_caught_mail_and_keeps_its_data(tmp_path) -> None:
     port = support.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "SMTP_"))}

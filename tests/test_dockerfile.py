@@ -1,28 +1,19 @@
-"""The Dockerfile's policies, and the source layout it relies on, without Docker.
+"""The Dockerfile's policies, read from the file without Docker.
 
-No container engine runs here, so the Dockerfile is parsed and its rules checked
-(multi-stage, numeric non-root USER, no HEALTHCHECK, `newsletter serve`, nothing but
-the venv and /app in the final stage, a build context that holds what it copies),
-and the layout the image runs with (service/ beside sql/ in /app, on PYTHONPATH) is
-rebuilt in a temporary directory and migrated from.
+The Dockerfile is parsed and its rules checked (multi-stage, numeric non-root USER, no
+HEALTHCHECK, `newsletter serve`, nothing but the venv in the final stage, locked and
+hash-checked dependencies, a build context that holds what it copies). That the image
+builds and runs is tests/test_image.py (`make test-image`); that the wheel alone
+migrates is tests/test_wheel.py.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import asyncpg
-import pytest
-
-from tests import support
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -118,7 +109,7 @@ def test_image_has_no_healthcheck_and_serves_by_default() -> None:
     assert "8000" in runtime.all("EXPOSE")
 
 
-def test_final_stage_copies_only_the_venv_and_the_source_tree() -> None:
+def test_final_stage_copies_only_the_venv() -> None:
     runtime = stages()[-1]
     copies = runtime.all("COPY") + runtime.all("ADD")
     assert copies
@@ -126,12 +117,20 @@ def test_final_stage_copies_only_the_venv_and_the_source_tree() -> None:
     for args in copies:
         assert args.startswith(f"--from={build_name} "), f"unexpected copy into the image: {args}"
     targets = {args.split()[-1] for args in copies}
-    assert targets == {"/opt/venv", "/app"}
+    assert targets == {"/opt/venv"}
     runs = " ".join(runtime.all("RUN"))
     assert not re.search(r"apt-get|apk |pip |gcc|build-essential|curl|wget", runs), runs
     env = " ".join(runtime.all("ENV"))
-    assert "PYTHONPATH=/app" in env and "/opt/venv/bin" in env
+    assert "/opt/venv/bin" in env and "PYTHONPATH" not in env
     assert "PYTHONDONTWRITEBYTECODE=1" in env, "the root filesystem is read-only"
+
+
+def test_builder_installs_the_locked_dependencies_with_their_hashes() -> None:
+    runs = stages()[0].all("RUN")
+    assert any("--require-hashes" in run and "-r requirements.lock" in run for run in runs)
+    assert any(run.startswith("/opt/venv/bin/pip install --no-deps") for run in runs)
+    runtime = stages()[-1]
+    assert not any("EXTRA_CA_PEM" in args for args in runtime.all("ARG") + runtime.all("ENV"))
 
 
 def test_builder_drops_the_installers_from_the_venv() -> None:
@@ -166,7 +165,7 @@ def test_dockerignore_sends_what_the_build_copies_and_nothing_private() -> None:
     for args in stages()[0].all("COPY"):
         if not args.startswith("--from"):
             sources += args.split()[:-1]
-    assert {"pyproject.toml", "README.md", "service", "sql"} <= set(sources)
+    assert {"requirements.lock", "pyproject.toml", "README.md", "service", "sql"} <= set(sources)
     for source in sources:
         files = [source] if (ROOT / source).is_file() else [
             str(p.relative_to(ROOT)) for p in (ROOT / source).rglob("*") if p.is_file()
@@ -177,52 +176,3 @@ def test_dockerignore_sends_what_the_build_copies_and_nothing_private() -> None:
     for private in (".git/config", ".venv/pyvenv.cfg", ".newsletter/secrets.json", "tests/x.py"):
         assert _ignored(private, patterns), f"{private} would be sent to the builder"
     assert _ignored("service/__pycache__/x.pyc", patterns)
-
-
-@pytest.mark.slow
-async def test_image_layout_finds_the_sql_and_migrates(tmp_path, pg_admin_url) -> None:
-    """/app holds service/ and sql/ as the Dockerfile copies them; run from there.
-
-    The dependencies come from the test venv (installing them again would need the
-    network); the service code and SQL come only from the copied tree, with the
-    working directory elsewhere, as in the container.
-    """
-    app = tmp_path / "app"
-    app.mkdir()
-    for name in ("service", "sql"):
-        shutil.copytree(ROOT / name, app / name, ignore=shutil.ignore_patterns("__pycache__"))
-    name = f"t_layout_{os.getpid()}"
-    admin = await asyncpg.connect(pg_admin_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DATABASE_URL")}
-        env.update(PYTHONPATH=str(app), DATABASE_URL=support.with_database(pg_admin_url, name))
-        where = subprocess.run(
-            [sys.executable, "-c", "import service, service.migrations as m; "
-             "print(service.__file__); print(m.SQL_DIR); print(len(m.discover()))"],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert where.returncode == 0, where.stderr
-        module_file, sql_dir, count = where.stdout.split()
-        assert Path(module_file).is_relative_to(app)
-        assert Path(sql_dir) == app / "sql"
-        assert int(count) >= 1
-
-        migrate = subprocess.run(
-            [sys.executable, "-m", "service", "migrate"],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert migrate.returncode == 0, migrate.stderr
-        con = await asyncpg.connect(env["DATABASE_URL"])
-        try:
-            applied = await con.fetchval("SELECT count(*) FROM schema_migrations")
-            assert applied == int(count)
-            assert await con.fetchval("SELECT to_regclass('subscribers') IS NOT NULL")
-        finally:
-            await con.close()
-    finally:
-        await support.drop_database(pg_admin_url, name)

@@ -159,7 +159,7 @@ async def test_erasure_waits_for_an_in_flight_send_and_then_removes_the_job(
             "SELECT id FROM outbox WHERE subscriber_id = $1 FOR UPDATE SKIP LOCKED", person.id
         )
         erase = asyncio.create_task(erasure.erase_subscriber(eraser, person.id))
-        await asyncio.sleep(0.3)
+        await support.lock_waited_on(db, eraser.get_server_pid())
         assert not erase.done(), "the erasure committed while a send was in flight"
         await sending.commit()
         assert await asyncio.wait_for(erase, 5) is True

@@ -63,6 +63,9 @@ async def server() -> AsyncIterator[int]:
     instance = uvicorn.Server(config)
     task = asyncio.create_task(instance.serve())
     while not instance.started:
+        if task.done():  # a failed startup ends serve() (older uvicorn without raising)
+            task.result()
+            pytest.fail("uvicorn did not start")
         await asyncio.sleep(0.01)
     yield instance.servers[0].sockets[0].getsockname()[1]
     instance.should_exit = True

@@ -136,6 +136,7 @@ def test_the_rendered_overlay_validates_strictly(rendered: list[dict[str, Any]])
             kubernetes_validate.validate(resource, "1.34", strict=True)
 
 
+@pytest.mark.slow
 def test_the_renderer_matches_kubectl_kustomize(rendered: list[dict[str, Any]]) -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:

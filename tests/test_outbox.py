@@ -35,17 +35,25 @@ async def _add_pending(db: asyncpg.Connection, count: int) -> None:
     )
 
 
+async def _async(value: object) -> object:
+    """A plain value as the awaitable wait_until expects."""
+    return value
+
+
 def _metric(app, name: str, **labels: str) -> float:
     return app.state.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 async def test_mail_queued_while_the_relay_is_down_goes_out_once_it_is_back(
-    app_factory, db, smtp
+    app_factory, db, smtp, caplog
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="newsletter.outbox")
     await smtp.stop()
     async with app_factory() as (_app, client):
         assert (await subscribe(client, "down@example.com")).status_code == 200
-        await asyncio.sleep(0.5)
+        await wait_until(  # the worker tried the relay and found it down
+            lambda: _async(any(r.getMessage() == "smtp relay unavailable" for r in caplog.records))
+        )
         assert smtp.messages == []
         job = await db.fetchrow("SELECT attempts FROM outbox")
         assert job["attempts"] == 0  # an unreachable relay uses up no attempts
@@ -88,8 +96,7 @@ async def test_permanent_5xx_is_dropped_with_a_metric_and_a_log_line_without_the
     caplog.set_level(logging.DEBUG)
     smtp.fail_next("550 5.1.1 no such user")
     await subscribe(client, "nobody@example.com")
-    await wait_until(lambda: outbox_empty(db))
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: outbox_empty(db))  # deleted after the relay's answer
     assert smtp.messages == []
     assert _metric(app, "emails_failed_total", kind="confirm", outcome="rejected") == 1
     dropped = [r for r in caplog.records if r.getMessage().startswith("email dropped")]
@@ -108,7 +115,6 @@ async def test_transient_failures_give_up_after_the_maximum_attempts(app_factory
         await subscribe(client, "busy@example.com")
         await wait_until(lambda: outbox_empty(db))
         assert _metric(app, "emails_failed_total", kind="confirm", outcome="gave_up") == 1
-        await asyncio.sleep(0.2)
     assert smtp.messages == []
 
 
@@ -119,8 +125,7 @@ async def test_two_app_instances_on_one_database_never_send_a_job_twice(
     settings = make_settings(outbox_poll_interval=0.05)
     async with running(settings) as (first, _c1), running(settings) as (second, _c2):
         await smtp.wait_for(60, timeout=20)
-        await wait_until(lambda: outbox_empty(db))
-        await asyncio.sleep(0.3)
+        await wait_until(lambda: outbox_empty(db))  # no job left that could send again
         sent = [_metric(app, "emails_sent_total", kind="confirm") for app in (first, second)]
     counts = Counter(m.to for m in smtp.messages)
     assert len(counts) == 60 and set(counts.values()) == {1}
@@ -176,37 +181,42 @@ async def test_confirmation_mail_is_sent_before_queued_campaign_mail(app_factory
 
 
 async def test_notify_wakes_the_worker_without_waiting_for_the_poll(app_factory, db, smtp) -> None:
-    async with app_factory(outbox_poll_interval=60) as (_app, client):
-        await asyncio.sleep(0.3)  # the worker is asleep on LISTEN now
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+    """With an hour's poll interval, only the NOTIFY can bring the email in time."""
+    async with app_factory(outbox_poll_interval=3600) as (_app, client):
+        await wait_until(  # the listener's LISTEN is in, and the worker is idle
+            lambda: db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+                " AND datname = current_database()"
+            )
+        )
         await subscribe(client, "fast@example.com")
-        await smtp.wait_for(1, timeout=5)
-        assert loop.time() - start < 5
+        await smtp.wait_for(1, timeout=60)
 
 
 async def test_polling_finds_jobs_queued_without_notify(app_factory, db, smtp) -> None:
     async with app_factory(outbox_poll_interval=0.1) as (_app, _client):
-        await asyncio.sleep(0.2)
         await _add_pending(db, 1)  # no NOTIFY
         await smtp.wait_for(1, timeout=5)
 
 
 async def test_an_idle_worker_sleeps_for_the_poll_interval_not_in_a_tight_loop(
-    app_factory, db, smtp
+    app_factory, db, smtp, monkeypatch
 ) -> None:
     """An empty outbox once read as "a job is due now" (greatest(0, NULL) is 0), so every
     lane of every replica polled the database without pause."""
-    async with app_factory(outbox_poll_interval=30) as (app, _client):
+    naps: list[float] = []
+    sleep = outbox.Worker._sleep
+
+    async def recorded(self, seconds: float) -> None:
+        naps.append(seconds)
+        await sleep(self, seconds)
+
+    monkeypatch.setattr(outbox.Worker, "_sleep", recorded)
+    async with app_factory(outbox_poll_interval=30, outbox_concurrency=2) as (app, _client):
         worker = app.state.outbox
         assert await worker._idle_delay() == 30
-        scans = "SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'outbox'"
-        await asyncio.sleep(1.5)  # every lane polled once, sleeps, and its stats are flushed
-        await db.execute("SELECT pg_stat_clear_snapshot()")
-        before = await db.fetchval(scans)
-        await asyncio.sleep(1.5)
-        await db.execute("SELECT pg_stat_clear_snapshot()")
-        assert await db.fetchval(scans) - before < 20  # it was hundreds per second
+        await wait_until(lambda: _async(len(naps) >= 2))  # each lane found nothing and slept
+    assert naps and set(naps) == {30}  # the bug asked for 0 s, every time
 
 
 async def test_the_idle_delay_is_the_time_until_the_next_job_is_due(app_factory, db, smtp) -> None:
@@ -250,7 +260,7 @@ async def test_claimed_job_stays_locked_during_the_send_and_no_subscriber_row_is
 
 
 async def test_erasure_that_deletes_outbox_rows_first_waits_for_the_send_in_flight(
-    make_settings, db, slow_sink
+    make_settings, db, slow_sink, database_url
 ) -> None:
     sink = slow_sink
     async with running(make_settings(smtp_url=sink.url)) as (_app, client):
@@ -263,11 +273,14 @@ async def test_erasure_that_deletes_outbox_rows_first_waits_for_the_send_in_flig
                 await db.execute("DELETE FROM subscribers")
 
         erasure = asyncio.create_task(erase())
-        await asyncio.sleep(0.2)
+        probe = await asyncpg.connect(database_url)
+        try:
+            await support.lock_waited_on(probe, db.get_server_pid())
+        finally:
+            await probe.close()
         assert not erasure.done()  # blocked behind the claimed job
         sink.release.set()
-        await asyncio.wait_for(erasure, 10)
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(erasure, 10)  # commits after the send's 250
     assert len(sink.messages) == 1
     assert await db.fetchval("SELECT count(*) FROM subscribers") == 0
 
@@ -356,8 +369,7 @@ async def test_composer_returning_none_drops_the_job_without_sending(app_factory
         "INSERT INTO outbox (kind, subscriber_id) VALUES ('confirm', $1)", subscriber_id
     )
     async with app_factory() as (_app, _client):
-        await wait_until(lambda: outbox_empty(db))
-        await asyncio.sleep(0.2)
+        await wait_until(lambda: outbox_empty(db))  # dropped: deleted without a send
     assert smtp.messages == []
 
 

@@ -402,7 +402,6 @@ async def test_sigterm_completes_pixel_requests_in_flight_records_them_and_exits
                 assert (await probe.get(service.url + "/healthz")).status_code == 200
 
             service.signal(signal.SIGTERM)
-            signalled = time.monotonic()
 
             async def refusing_connections() -> bool:
                 try:
@@ -417,7 +416,6 @@ async def test_sigterm_completes_pixel_requests_in_flight_records_them_and_exits
             await locked.rollback()
             responses = await asyncio.gather(*in_flight)
         code = await asyncio.to_thread(service.wait, GRACEFUL_SHUTDOWN_S + 5)
-        exited_after = time.monotonic() - signalled
     finally:
         for task in in_flight:
             task.cancel()
@@ -428,7 +426,8 @@ async def test_sigterm_completes_pixel_requests_in_flight_records_them_and_exits
 
     assert all(r.status_code == 200 and r.content == GIF for r in responses)
     assert code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after its shutdown
-    assert exited_after < GRACEFUL_SHUTDOWN_S, exited_after
+    # Finished within the graceful period: uvicorn did not have to cancel anything.
+    assert "timeout graceful shutdown exceeded" not in service.output()
     answered = answered_before + len(responses)
     assert answered == 3 * len(subscriber_ids)
     assert await db.fetchval("SELECT count(*) FROM opens") == answered

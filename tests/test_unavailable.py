@@ -1,30 +1,8 @@
 """Every endpoint that needs the database answers 503 with Retry-After while it is gone."""
 
-from urllib.parse import urlsplit
-
-import asyncpg
-
-from tests import support
-
-
-async def cut_off(database_url: str, keep_pid: int) -> asyncpg.Connection:
-    """Refuses new connections to the test database and drops the open ones."""
-    name = urlsplit(database_url).path.lstrip("/")
-    admin = await asyncpg.connect(support.with_database(database_url, "postgres"))
-    await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-    await admin.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-        " WHERE datname = $1 AND pid NOT IN (pg_backend_pid(), $2)",
-        name,
-        keep_pid,
-    )
-    return admin
-
-
-async def restore(admin: asyncpg.Connection, database_url: str) -> None:
-    name = urlsplit(database_url).path.lstrip("/")
-    await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-    await admin.close()
+from service.db import RETRY_AFTER
+from tests.signup_helpers import subscribe
+from tests.support import cut_off, restore
 
 
 async def test_pages_and_admin_api_answer_503_not_500_while_the_database_is_gone(
@@ -39,6 +17,8 @@ async def test_pages_and_admin_api_answer_503_not_500_while_the_database_is_gone
             )
             api = await client.get("/admin/api/campaigns", headers=admin_headers)
             pixel = await client.get(f"/o/{app.state.tokens.pixel(1, 1)}.gif")
+            signup = await subscribe(client, "later@example.com")
+            confirm = await client.get(f"/confirm/{app.state.tokens.confirm(1)}")
         finally:
             await restore(admin, database_url)
     assert page.status_code == 503, page.text
@@ -46,3 +26,7 @@ async def test_pages_and_admin_api_answer_503_not_500_while_the_database_is_gone
     assert api.status_code == 503 and api.json() == {"error": "unavailable"}
     assert api.headers["retry-after"]
     assert pixel.status_code == 200  # the pixel never breaks an email
+    # One Retry-After for every 503, whichever module answered it.
+    answers = (page, api, signup, confirm)
+    assert [a.status_code for a in answers] == [503] * 4
+    assert {a.headers["retry-after"] for a in answers} == {RETRY_AFTER}

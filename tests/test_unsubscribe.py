@@ -212,6 +212,7 @@ async def test_other_methods_are_refused(client, person) -> None:
         assert response.status_code == 405
 
 
+@pytest.mark.slow
 async def test_one_click_works_against_a_real_server_process(
     database_url, smtp, db, settings
 ) -> None:

@@ -107,10 +107,3 @@ SELECT (SELECT count(*) FROM events) AS live,
        (SELECT count(*) FROM inserted) AS personal,
        (SELECT count(*) FROM firsts) AS uniques,
        (SELECT count(*) FROM counts) AS count_rows;
-
--- name: naive_insert_open
--- Bench-only reference: the one-awaited-INSERT-per-request design.
-INSERT INTO opens (subscriber_id, campaign_id, at, ip, user_agent)
-SELECT s.id, :campaign_id, now(), :ip, :user_agent
-FROM subscribers s
-WHERE s.id = :subscriber_id;

@@ -1,0 +1,1 @@
+"""The SQL files, shipped in the wheel as the package data `service.sql` (pyproject.toml)."""

@@ -1,0 +1,1 @@
+"""Named queries, shipped as `service.sql.queries` (pyproject.toml)."""

@@ -1,0 +1,109 @@
+"""One policy for database errors: "unavailable" is a 503 with one Retry-After; any other
+database error is a bug, answered 500 and logged with its class (never its message)."""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+import pytest
+
+from service import db as database
+from tests.signup_helpers import subscribe
+
+BUG = """
+CREATE FUNCTION test_bug() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'a bug in a query' USING ERRCODE = 'XX000'; END $$;
+CREATE TRIGGER test_bug BEFORE INSERT OR UPDATE ON {table}
+FOR EACH ROW EXECUTE FUNCTION test_bug();
+"""
+
+
+def _records(caplog: pytest.LogCaptureFixture, message: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage() == message]
+
+
+async def test_a_query_that_fails_is_a_500_with_its_class_logged_not_a_503(
+    app, client, db, caplog
+) -> None:
+    caplog.set_level(logging.WARNING)
+    await db.execute(BUG.format(table="subscribers"))
+    form = await subscribe(client, "bug@example.com")
+    api = await client.post(
+        "/subscribe", json={"email": "bug2@example.com"}, headers={"Accept": "application/json"}
+    )
+    assert form.status_code == 500 and api.status_code == 500
+    assert "retry-after" not in form.headers
+    [first, second] = _records(caplog, "database error")
+    assert second.error == first.error
+    assert first.error == "InternalServerError" and first.sqlstate == "XX000"
+    assert first.levelno == logging.ERROR
+    assert not _records(caplog, "database unavailable")
+    for record in caplog.records:
+        assert "bug@example.com" not in str(record.__dict__)
+
+
+async def test_a_failing_query_on_a_page_is_a_500_too(app, client, db, caplog) -> None:
+    caplog.set_level(logging.WARNING)
+    subscriber_id = await db.fetchval(
+        "INSERT INTO subscribers (email) VALUES ('page@example.com') RETURNING id"
+    )
+    await db.execute(BUG.format(table="subscribers"))
+    token = app.state.tokens.confirm(subscriber_id)
+    response = await client.post(f"/confirm/{token}", data={})
+    assert response.status_code == 500
+    [record] = _records(caplog, "database error")
+    assert record.error == "InternalServerError" and record.sqlstate == "XX000"
+
+
+async def test_a_connection_the_server_ends_is_unavailable(database_url, db) -> None:
+    """pg_terminate_backend is what a restart or failover does to open connections."""
+    victim = await asyncpg.connect(database_url)
+    try:
+        await db.execute("SELECT pg_terminate_backend($1)", victim.get_server_pid())
+        with pytest.raises(Exception) as caught:
+            await victim.fetchval("SELECT 1")
+    finally:
+        victim.terminate()
+    assert isinstance(caught.value, database.UNAVAILABLE), type(caught.value)
+
+
+async def test_a_refused_connection_is_unavailable(unused_tcp_port: int) -> None:
+    with pytest.raises(database.CannotConnect) as caught:
+        await database.open_connection(
+            f"postgresql://nobody@127.0.0.1:{unused_tcp_port}/none", timeout=5
+        )
+    assert isinstance(caught.value, database.UNAVAILABLE)
+    assert isinstance(caught.value.__cause__, OSError)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.exceptions.UndefinedColumnError,
+        asyncpg.exceptions.UniqueViolationError,
+        asyncpg.exceptions.ObjectNotInPrerequisiteStateError,
+        asyncpg.exceptions.DataError,
+    ],
+)
+def test_query_errors_are_not_unavailable(error: type[Exception]) -> None:
+    assert not issubclass(error, database.UNAVAILABLE)
+    assert not issubclass(OSError, database.UNAVAILABLE) and not issubclass(
+        TimeoutError, database.UNAVAILABLE
+    )
+
+
+async def test_a_query_with_no_answer_within_the_command_timeout_is_a_503(
+    app_factory, db, caplog
+) -> None:
+    """Behind PgBouncer a lost database looks like this: the query waits, then times out."""
+    caplog.set_level(logging.WARNING)
+    async with app_factory(db_command_timeout=0.5) as (app, client):
+        token = app.state.tokens.unsubscribe(1)
+        async with db.transaction():
+            await db.execute("LOCK TABLE subscribers IN ACCESS EXCLUSIVE MODE")
+            response = await client.get(f"/unsubscribe/{token}")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == database.RETRY_AFTER
+    [record] = _records(caplog, "database unavailable")
+    assert record.error == "TimeoutError"

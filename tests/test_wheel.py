@@ -1,0 +1,88 @@
+"""The project installs from its wheel alone: the SQL ships inside it (`service.sql`).
+
+The wheel is built from the repository, installed with the locked dependencies
+(requirements.lock, hash-checked) into a fresh virtual environment outside the
+repository, and its `newsletter migrate` run from a directory where no source tree is
+in reach, against an empty database.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests import support
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def _run(*command: str | Path, **kw) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [str(c) for c in command], capture_output=True, text=True, timeout=600, **kw
+    )
+    assert done.returncode == 0, f"{command}: {done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    return done
+
+
+async def test_the_wheel_alone_installs_and_migrates_an_empty_database(
+    tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str
+) -> None:
+    work = tmp_path_factory.mktemp("wheel")
+    assert not work.is_relative_to(ROOT)
+    source = work / "source"  # a clean copy: the build writes build/ and egg-info
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(".git", ".venv*", "build", "*.egg-info", "__pycache__"),
+    )
+    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", work / "dist", source)
+    [wheel] = (work / "dist").glob("newsletter_service-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    migrations_in_wheel = [n for n in names if n.startswith("service/sql/") and n.count("/") == 2]
+    assert "service/sql/001_schema.sql" in migrations_in_wheel
+    assert "service/sql/queries/signup.sql" in names
+
+    venv = work / "venv"
+    _run(sys.executable, "-m", "venv", venv)
+    pip = venv / "bin" / "pip"
+    _run(pip, "install", "-q", "--require-hashes", "--no-deps", "-r", ROOT / "requirements.lock")
+    _run(pip, "install", "-q", "--no-deps", wheel)
+    shutil.rmtree(source)
+
+    name = f"t_wheel_{os.getpid()}"
+    admin = await asyncpg.connect(pg_admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")} | {
+            "DATABASE_URL": support.with_database(pg_admin_url, name)
+        }
+        where = _run(
+            venv / "bin" / "python",
+            "-c",
+            "import service; print(service.__file__)",
+            cwd=work,
+            env=env,
+        )
+        assert Path(where.stdout.strip()).is_relative_to(venv)
+        _run(venv / "bin" / "newsletter", "migrate", cwd=work, env=env)
+        con = await asyncpg.connect(env["DATABASE_URL"])
+        try:
+            applied = await con.fetchval("SELECT count(*) FROM schema_migrations")
+            assert applied == sum(n.endswith(".sql") for n in migrations_in_wheel)
+            assert await con.fetchval("SELECT to_regclass('subscribers') IS NOT NULL")
+        finally:
+            await con.close()
+    finally:
+        await support.drop_database(pg_admin_url, name)
