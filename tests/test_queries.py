@@ -61,4 +61,4 @@ async def test_every_named_query_prepares_against_the_migrated_schema(db) -> Non
                 raise AssertionError(f"{path.name}: {query.name}: {exc}") from exc
             assert len(statement.get_parameters()) == len(query.params), query.name
             prepared.append(query.name)
-    assert len(prepared) == headers and "upsert_pending" in prepared
+    assert len(prepared) == headers and "sign_up" in prepared
