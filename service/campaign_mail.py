@@ -48,6 +48,7 @@ class Links:
     """The links of one subscriber in one campaign."""
 
     unsubscribe_url: str
+    manage_url: str  # the subscriber's own page (see, download, correct, change address)
     pixel_url: str  # empty in TRACKING_MODE=off: no pixel at all
     tracking_url: str  # withdraw consent (consent mode) or object (notice mode); or empty
     personal: bool  # the pixel names the subscriber (else it names only the campaign)
@@ -75,6 +76,7 @@ class Links:
             pixel = f"{base}/o/{tokens.campaign_pixel(campaign_id)}.gif"
         return cls(
             unsubscribe_url=f"{base}/unsubscribe/{tokens.unsubscribe(subscriber_id)}",
+            manage_url=f"{base}/manage/{tokens.manage(subscriber_id)}",
             pixel_url=pixel,
             tracking_url=f"{base}/tracking/{tokens.tracking(subscriber_id)}" if personal else "",
             personal=personal,
@@ -186,6 +188,7 @@ def template_variables(
         "name": name or "",
         "email": email,
         "unsubscribe_url": links.unsubscribe_url,
+        "manage_url": links.manage_url,
         "tracking_url": links.tracking_url,
         "public_url": settings.public_base,
     }

@@ -34,6 +34,7 @@ SAMPLE_VARIABLES: dict[str, Any] = {
     "name": "Ada Lovelace",
     "email": "ada@example.com",
     "unsubscribe_url": "https://news.example.com/unsubscribe/sample",
+    "manage_url": "https://news.example.com/manage/sample",
     "tracking_url": "https://news.example.com/tracking/sample",
     "public_url": "https://news.example.com",
 }

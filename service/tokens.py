@@ -38,11 +38,12 @@ CONFIRM = "newsletter.confirm"
 CANCEL = "newsletter.cancel"
 UNSUBSCRIBE = "newsletter.unsubscribe"
 TRACKING = "newsletter.tracking"
+MANAGE = "newsletter.manage"
 PIXEL = "newsletter.pixel"
 CAMPAIGN_PIXEL = "newsletter.pixel.campaign"
 
 MAX_LENGTH = 200
-_ONE_ID = struct.Struct(">Q")  # unsubscribe, tracking, campaign-only pixel
+_ONE_ID = struct.Struct(">Q")  # unsubscribe, tracking, manage, campaign-only pixel
 _TWO_IDS = struct.Struct(">QQ")  # pixel: subscriber, campaign
 _TIMED = struct.Struct(">QI")  # confirm, cancel: subscriber, issued at (epoch seconds)
 _SIV_TAG = 16
@@ -154,6 +155,15 @@ class Tokens:
 
     def verify_tracking(self, token: str) -> int:
         return self._verify_plain(TRACKING, token)
+
+    def manage(self, subscriber_id: int) -> str:
+        """The "manage your subscription" link of every campaign email: it opens only what
+        is harmless for whoever holds a forwarded email (unsubscribe, withdraw tracking);
+        seeing or changing personal data needs a fresh, short-lived link."""
+        return self._seal(MANAGE, _ONE_ID.pack(subscriber_id))
+
+    def verify_manage(self, token: str) -> int:
+        return self._verify_plain(MANAGE, token)
 
     def pixel(self, subscriber_id: int, campaign_id: int) -> str:
         """The personal pixel: only for a subscriber whose opens may be recorded."""
