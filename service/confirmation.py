@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from service import clientinfo, db, pages, signup, tracking_consent
+from service import clientinfo, pages, signup, tracking_consent
 from service.queries import queries
 from service.settings import Settings
 from service.tokens import InvalidToken
@@ -39,8 +39,8 @@ q = queries("signup")
 
 TOKEN_MAX = 200
 FORM_MAX_BYTES = 2048
-RETRY_AFTER_UNAVAILABLE = db.RETRY_AFTER
-DB_ERRORS = db.UNAVAILABLE  # any other database error is a bug: the app answers 500
+# A lost database (db.UNAVAILABLE) is answered by the app's one handler (app.py): 503,
+# Retry-After, the "unavailable" page; any other database error is a bug and a 500.
 
 
 def _verified(request: Request, verify: str) -> int | None:
@@ -56,16 +56,6 @@ def _verified(request: Request, verify: str) -> int | None:
 
 def _invalid(request: Request) -> Response:
     return pages.render(request, "confirm_invalid.html", status_code=400)
-
-
-def _unavailable(request: Request, exc: Exception) -> Response:
-    log.warning("confirmation database unavailable", extra={"error": exc.__class__.__name__})
-    return pages.render(
-        request,
-        "unavailable.html",
-        status_code=503,
-        headers={"Retry-After": RETRY_AFTER_UNAVAILABLE},
-    )
 
 
 def _page_context(settings: Settings, row: asyncpg.Record | None) -> dict[str, object]:
@@ -137,10 +127,7 @@ async def confirm_get(request: Request) -> Response:
     if subscriber_id is None:
         return _invalid(request)
     settings: Settings = request.app.state.settings
-    try:
-        row = await _state(request.app.state.pool, settings, subscriber_id)
-    except DB_ERRORS as exc:
-        return _unavailable(request, exc)
+    row = await _state(request.app.state.pool, settings, subscriber_id)
     if row is None or row["expired"]:
         return _invalid(request)
     if row["status"] == "active":
@@ -180,22 +167,19 @@ async def confirm_post(request: Request) -> Response:
     settings: Settings = state.settings
     method = "auto" if auto else "button"
     choices, error = _choices(settings, form)
-    try:
-        async with state.pool.acquire() as con:
-            if error:
-                row = await _state(con, settings, subscriber_id)
-                if row is None or row["expired"]:
-                    return _invalid(request)
-                page = _done_page if row["status"] == "active" else _confirm_page
-                extra = {"auto": False} if page is _confirm_page else {}
-                return page(request, row, status_code=400, error=error, **extra)
-            async with con.transaction():
-                outcome = await _activate(con, request, settings, subscriber_id, method)
-                if choices is not None and outcome in ("activated", "already"):
-                    await _apply(con, request, settings, subscriber_id, choices)
-                row = await _state(con, settings, subscriber_id)
-    except DB_ERRORS as exc:
-        return _unavailable(request, exc)
+    async with state.pool.acquire() as con:
+        if error:
+            row = await _state(con, settings, subscriber_id)
+            if row is None or row["expired"]:
+                return _invalid(request)
+            page = _done_page if row["status"] == "active" else _confirm_page
+            extra = {"auto": False} if page is _confirm_page else {}
+            return page(request, row, status_code=400, error=error, **extra)
+        async with con.transaction():
+            outcome = await _activate(con, request, settings, subscriber_id, method)
+            if choices is not None and outcome in ("activated", "already"):
+                await _apply(con, request, settings, subscriber_id, choices)
+            row = await _state(con, settings, subscriber_id)
     if outcome == "invalid":
         return _invalid(request)
     if outcome == "scanner_window":
@@ -283,12 +267,9 @@ async def cancel_get(request: Request) -> Response:
     subscriber_id = _verified(request, "verify_cancel")
     if subscriber_id is None:
         return _invalid(request)
-    try:
-        row = await q.subscriber_state.fetchrow(
-            request.app.state.pool, id=subscriber_id, max_age=0.0, scanner_window=0.0
-        )
-    except DB_ERRORS as exc:
-        return _unavailable(request, exc)
+    row = await q.subscriber_state.fetchrow(
+        request.app.state.pool, id=subscriber_id, max_age=0.0, scanner_window=0.0
+    )
     status = None if row is None else row["status"]
     return pages.render(request, "cancel.html", status=status, done=False)
 
@@ -299,19 +280,16 @@ async def cancel_post(request: Request) -> Response:
     subscriber_id = _verified(request, "verify_cancel")
     if subscriber_id is None:
         return _invalid(request)
-    try:
-        async with request.app.state.pool.acquire() as con, con.transaction():
-            await q.delete_pending_jobs.execute(con, id=subscriber_id)
-            deleted = await q.delete_pending.fetchval(con, id=subscriber_id)
-            row = (
-                None
-                if deleted
-                else await q.subscriber_state.fetchrow(
-                    con, id=subscriber_id, max_age=0.0, scanner_window=0.0
-                )
+    async with request.app.state.pool.acquire() as con, con.transaction():
+        await q.delete_pending_jobs.execute(con, id=subscriber_id)
+        deleted = await q.delete_pending.fetchval(con, id=subscriber_id)
+        row = (
+            None
+            if deleted
+            else await q.subscriber_state.fetchrow(
+                con, id=subscriber_id, max_age=0.0, scanner_window=0.0
             )
-    except DB_ERRORS as exc:
-        return _unavailable(request, exc)
+        )
     if deleted:
         log.info("pending sign-up cancelled", extra={"subscriber_id": subscriber_id})
     status = "active" if row is not None and row["status"] == "active" else None

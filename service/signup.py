@@ -43,8 +43,6 @@ NAME_MAX = 100
 SOURCE_MAX = 200
 EMAIL_MAX = 320
 FORM_FIELDS = ("email", "name")
-RETRY_AFTER_UNAVAILABLE = db.RETRY_AFTER
-DB_ERRORS = db.UNAVAILABLE  # any other database error is a bug: the app answers 500
 _TRUE = frozenset({"1", "on", "true", "yes"})
 
 
@@ -321,7 +319,10 @@ async def subscribe(request: Request) -> Response:
                         fields=fields,
                     )
             outcome = await register(con, settings, day_key, signup, evidence)
-    except DB_ERRORS as exc:
+    except db.UNAVAILABLE as exc:
+        # The one place that answers a lost database itself rather than through the app's
+        # handler: the form comes back with what the person typed, so nothing is lost.
+        # Same definition, same Retry-After; any other database error is a bug and a 500.
         log.warning("signup database unavailable", extra={"error": exc.__class__.__name__})
         metrics.signups.labels("unavailable").inc()
         return _problem(
@@ -329,7 +330,7 @@ async def subscribe(request: Request) -> Response:
             kind,
             503,
             {"service": "Sign-up is briefly unavailable. Please try again in a minute."},
-            headers={"Retry-After": RETRY_AFTER_UNAVAILABLE},
+            headers={"Retry-After": db.RETRY_AFTER, "Cache-Control": "no-store"},
             fields=fields,
         )
     metrics.signups.labels(outcome).inc()

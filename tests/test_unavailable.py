@@ -19,6 +19,8 @@ async def test_pages_and_admin_api_answer_503_not_500_while_the_database_is_gone
             pixel = await client.get(f"/o/{app.state.tokens.pixel(1, 1)}.gif")
             signup = await subscribe(client, "later@example.com")
             confirm = await client.get(f"/confirm/{app.state.tokens.confirm(1)}")
+            confirm_post = await client.post(f"/confirm/{app.state.tokens.confirm(1)}", data={})
+            cancel = await client.get(f"/cancel/{app.state.tokens.cancel(1)}")
         finally:
             await restore(admin, database_url)
     assert page.status_code == 503, page.text
@@ -27,6 +29,8 @@ async def test_pages_and_admin_api_answer_503_not_500_while_the_database_is_gone
     assert api.headers["retry-after"]
     assert pixel.status_code == 200  # the pixel never breaks an email
     # One Retry-After for every 503, whichever module answered it.
-    answers = (page, api, signup, confirm)
-    assert [a.status_code for a in answers] == [503] * 4
+    answers = (page, api, signup, confirm, confirm_post, cancel)
+    assert [a.status_code for a in answers] == [503] * len(answers)
     assert {a.headers["retry-after"] for a in answers} == {RETRY_AFTER}
+    # A 503 page is never cached by a proxy in front of the service.
+    assert {a.headers["cache-control"] for a in answers} == {"no-store"}
