@@ -170,7 +170,7 @@ def create_app(settings: Settings) -> Starlette:
 
                 await stack.enter_async_context(devmode.mail_catcher(app))
             app.state.pool = await db.create_pool(settings)
-            stack.push_async_callback(app.state.pool.close)
+            stack.push_async_callback(db.close_pool, app.state.pool)
             await stack.enter_async_context(recorder.running(app))
             await stack.enter_async_context(outbox.running(app))
             await stack.enter_async_context(retention.running(app))
@@ -191,4 +191,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.templates = pages.environment()
     app.state.tokens = Tokens(settings.secret_keys, settings.confirm_max_age)
     app.state.day_keys = ratelimit.DayKeys()
+    app.state.database_probe = health.DatabaseProbe()
     return app

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from typing import Any
 
 import asyncpg
 
 from service.settings import Settings
+
+log = logging.getLogger("newsletter.db")
 
 
 class CannotConnect(Exception):
@@ -84,6 +89,30 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         # In the startup packet, UTC is also the session default RESET ALL returns to.
         server_settings={"application_name": "newsletter", "timezone": "UTC"},
     )
+
+
+# Seconds a stopping replica waits for its pool's connections to come back. By then the
+# server has finished its requests and the outbox, recorder and retention have stopped.
+POOL_CLOSE_GRACE = 10.0
+
+
+async def close_pool(pool: asyncpg.Pool, grace: float = POOL_CLOSE_GRACE) -> None:
+    """`pool.close()`, bounded: asyncpg waits forever for a connection still marked in use,
+    and one can be left so when an acquire is cancelled at the wrong moment
+    (MagicStack/asyncpg#547, #955; seen with asyncpg 0.30 while the database restarted).
+    A replica must stop anyway: after `grace` seconds the rest is terminated."""
+    closing = asyncio.ensure_future(pool.close())
+    done, _ = await asyncio.wait({closing}, timeout=grace)
+    if done:
+        closing.result()
+        return
+    log.warning(
+        "database pool did not close in time; terminated",
+        extra={"in_use": pool.get_size() - pool.get_idle_size()},
+    )
+    closing.cancel()  # Pool.close() terminates every connection when it is cancelled
+    with contextlib.suppress(asyncio.CancelledError):
+        await closing
 
 
 async def connect(settings: Settings) -> asyncpg.Connection:

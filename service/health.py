@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from service import db
 
 READY_TIMEOUT = 2.0
 
@@ -15,18 +18,44 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+class DatabaseProbe:
+    """One readiness query at a time, never cancelled half-way.
+
+    Cancelling `pool.acquire()` while it connects (a timeout around it) can leave asyncpg's
+    pool believing the connection is still in use (MagicStack/asyncpg#547, #955): the
+    pool then never closes and a replica hangs on shutdown; it was seen while the database
+    was stopped. So the probe runs as a task of its own that finishes by itself (the
+    connect and command timeouts bound it), the request waits for it at most
+    READY_TIMEOUT, and while it runs, further probes (kubelet asks every few seconds)
+    wait for the same one instead of taking more pool connections.
+    """
+
+    def __init__(self) -> None:
+        self._running: asyncio.Task[None] | None = None
+
+    async def check(self, pool: asyncpg.Pool) -> None:
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(self._query(pool))
+            # Its outcome is read here even when no request waits for it any more.
+            self._running.add_done_callback(lambda task: task.cancelled() or task.exception())
+        await asyncio.wait_for(asyncio.shield(self._running), READY_TIMEOUT)
+
+    @staticmethod
+    async def _query(pool: asyncpg.Pool) -> None:
+        async with pool.acquire() as con:
+            await con.fetchval("SELECT 1")
+
+
 async def readyz(request: Request) -> Response:
     """Ready when the database answers a query within READY_TIMEOUT seconds."""
-    pool = request.app.state.pool
+    state = request.app.state
     try:
-        async with asyncio.timeout(READY_TIMEOUT):
-            async with pool.acquire() as con:
-                await con.fetchval("SELECT 1")
+        await state.database_probe.check(state.pool)
     except Exception as exc:  # any failure means "not ready"; the class says why
         return JSONResponse(
             {"status": "unavailable", "database": exc.__class__.__name__},
             status_code=503,
-            headers={"Retry-After": "5"},
+            headers={"Retry-After": db.RETRY_AFTER},
         )
     return JSONResponse({"status": "ok", "database": "ok"})
 

@@ -107,3 +107,33 @@ async def test_a_query_with_no_answer_within_the_command_timeout_is_a_503(
     assert response.headers["retry-after"] == database.RETRY_AFTER
     [record] = _records(caplog, "database unavailable")
     assert record.error == "TimeoutError"
+
+
+async def test_a_pool_with_a_connection_never_released_still_closes(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stopping replica must not wait forever for a connection left marked in use (an
+    acquire cancelled at the wrong moment can leave one so, MagicStack/asyncpg#547)."""
+    caplog.set_level(logging.WARNING)
+    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=2)
+    leaked = await pool.acquire()  # never released
+    async with pool.acquire() as con:
+        assert await con.fetchval("SELECT 1") == 1
+    await database.close_pool(pool, grace=0.5)
+    [record] = _records(caplog, "database pool did not close in time; terminated")
+    assert record.in_use == 1
+    assert pool._closed  # every connection terminated, the leaked one too
+    with pytest.raises(asyncpg.InterfaceError):
+        await leaked.fetchval("SELECT 1")
+
+
+async def test_a_pool_whose_connections_all_came_back_closes_quietly(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    async with pool.acquire() as con:
+        await con.fetchval("SELECT 1")
+    await database.close_pool(pool, grace=30)
+    assert not _records(caplog, "database pool did not close in time; terminated")
+    assert pool._closed
