@@ -225,6 +225,9 @@ async def test_the_sign_in_form_redirects_when_already_signed_in(web: httpx.Asyn
         .sign("never-issued")
         .decode(),
     ],
+    # Fixed ids: the signed values carry the time, and parallel workers (pytest-xdist)
+    # must collect the same test names.
+    ids=["nonsense", "oversized", "three-parts", "other-key", "no-such-session", "other-purpose"],
 )
 async def test_forged_session_cookies_are_refused(app: Starlette, cookie: str) -> None:
     async with browser(app) as web:
