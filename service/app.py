@@ -20,6 +20,7 @@ from service import (
     dashboard,
     db,
     health,
+    manage,
     outbox,
     pages,
     pixel,
@@ -86,6 +87,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
         ),
         Route("/tracking/{token}", tracking_consent.show, methods=["GET"]),
         Route("/tracking/{token}", tracking_consent.post, methods=["POST"]),
+        *manage.routes(),
         Route(
             "/admin/api/campaigns/{campaign_id:int}/stats", stats.stats_endpoint, methods=["GET"]
         ),
@@ -189,6 +191,8 @@ def create_app(settings: Settings) -> Starlette:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.templates = pages.environment()
-    app.state.tokens = Tokens(settings.secret_keys, settings.confirm_max_age)
+    app.state.tokens = Tokens(
+        settings.secret_keys, settings.confirm_max_age, settings.manage_link_max_age
+    )
     app.state.day_keys = ratelimit.DayKeys()
     return app

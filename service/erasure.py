@@ -137,6 +137,8 @@ async def export_subscriber(con: asyncpg.Connection, email: str) -> dict[str, An
             "opens": [],
             "deliveries": [],
             "queued_emails": [],
+            "address_changes": [],
+            "manage_links": [],
             "rate_limits": rate_limits,
         }
         if subscriber is not None:
@@ -146,6 +148,8 @@ async def export_subscriber(con: asyncpg.Connection, email: str) -> dict[str, An
             export["opens"] = _rows(await q.export_opens.fetch(con, id=sid))
             export["deliveries"] = _rows(await q.export_deliveries.fetch(con, id=sid))
             export["queued_emails"] = _rows(await q.export_outbox.fetch(con, id=sid))
+            export["address_changes"] = _rows(await q.export_address_changes.fetch(con, id=sid))
+            export["manage_links"] = _rows(await q.export_manage_links.fetch(con, id=sid))
         return export
 
 

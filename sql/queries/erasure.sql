@@ -59,6 +59,13 @@ WHERE d.subscriber_id = :id ORDER BY d.queued_at, d.campaign_id;
 SELECT kind, campaign_id, attempts, run_at, created_at, last_error
 FROM outbox WHERE subscriber_id = :id ORDER BY id;
 
+-- name: export_address_changes
+SELECT new_email, requested_at FROM address_changes WHERE subscriber_id = :id;
+
+-- name: export_manage_links
+-- The fresh links to the person's page (times only; the session's hash is a secret).
+SELECT created_at, expires_at, used_at FROM manage_links WHERE subscriber_id = :id ORDER BY id;
+
 -- name: export_rate_limits
 SELECT window_start, hits, last_at
 FROM rate_limits WHERE scope = 'address' AND key = ANY (:keys::bytea[]) ORDER BY window_start;

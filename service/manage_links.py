@@ -1,0 +1,123 @@
+"""The fresh link to a person's data: requested, mailed, opened once, then a session.
+
+A campaign email's "Manage your subscription" link never expires and travels with every
+forwarded copy, so it opens only what is harmless. Seeing or changing personal data needs
+a fresh link, mailed to the address on file: a `manage_links` row, made when the email is
+composed, named by an AES-SIV token that expires after MANAGE_LINK_MAX_AGE. Opening it is
+one atomic UPDATE (`open_link`) that works once on any replica; it also stores the hash of
+a random secret that only the page it answers holds (in its forms, never in a URL), which
+lets that page act for MANAGE_LINK_MAX_AGE more. An erasure deletes the rows.
+
+Requests for a link spend the address's daily email allowance, the one sign-up spends
+(RATE_CONFIRM_PER_DAY, RATE_CONFIRM_MIN_INTERVAL), so nobody can flood an inbox with them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from email.message import EmailMessage
+
+import asyncpg
+
+from service import ratelimit
+from service.queries import queries
+from service.settings import Settings
+
+q = queries("manage")
+
+LINK_SUBJECT = "Your link to see or change your data"
+
+
+def session_hash(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+async def queue_link(
+    con: asyncpg.Connection,
+    settings: Settings,
+    day_key: bytes,
+    email: str,
+    subscriber_id: int | None = None,
+) -> bool:
+    """Queues the fresh-link email of the active subscriber with this id (or, without an
+    id, this address) when the address's allowance grants it; True if queued. Unknown
+    addresses spend a claim too, so both cases write the same rows but the job."""
+    claim = ratelimit.EmailClaim.of(settings, day_key, email)
+    jobs = await q.queue_link_email.fetchval(
+        con,
+        id=subscriber_id,
+        email=None if subscriber_id is not None else email,
+        claim_key=claim.key,
+        window_start=claim.window_start,
+        per_day=claim.per_day,
+        min_interval=claim.min_interval,
+    )
+    return bool(jobs)
+
+
+async def compose_link(con: asyncpg.Connection, job: asyncpg.Record, ctx) -> EmailMessage | None:
+    """The fresh link's email (the outbox composer of `manage_link` jobs): the link row
+    is made now, so its lifetime starts when the email leaves."""
+    from service.emails import build_message, recipient_header
+
+    row = await q.subscriber.fetchrow(con, id=job["subscriber_id"])
+    if row is None or row["status"] != "active":
+        return None
+    max_age = ctx.settings.manage_link_max_age
+    link_id = await q.issue_link.fetchval(con, subscriber_id=row["id"], max_age=max_age)
+    values = {
+        "name": row["name"],
+        "link_url": f"{ctx.settings.public_base}/manage/link/"
+        f"{ctx.tokens.manage_link(row['id'], link_id)}",
+        "minutes": round(max_age / 60),
+    }
+    return build_message(
+        ctx.settings,
+        to=recipient_header(row["email"], row["name"]),
+        subject=LINK_SUBJECT,
+        text=ctx.templates.get_template("email/manage_link.txt").render(values),
+        html=ctx.templates.get_template("email/manage_link.html").render(values),
+    )
+
+
+async def open_link(
+    con: asyncpg.Connection,
+    settings: Settings,
+    subscriber_id: int,
+    link_id: int,
+    *,
+    auto: bool,
+) -> tuple[str, str | None]:
+    """('opened', the page's secret), or (why not: 'used', 'expired', 'scanner_window',
+    'gone'; None)."""
+    secret = secrets.token_urlsafe(32)
+    opened = await q.open_link.fetchval(
+        con,
+        link_id=link_id,
+        subscriber_id=subscriber_id,
+        session_hash=session_hash(secret),
+        max_age=settings.manage_link_max_age,
+        auto=auto,
+        scanner_window=settings.scanner_window,
+    )
+    if opened is not None:
+        return "opened", secret
+    state = await q.link_state.fetchrow(
+        con, link_id=link_id, subscriber_id=subscriber_id, scanner_window=settings.scanner_window
+    )
+    if state is None:
+        return "gone", None
+    if state["used"]:
+        return "used", None
+    if state["expired"]:
+        return "expired", None
+    return ("scanner_window" if auto and state["in_scanner_window"] else "expired"), None
+
+
+async def session_subscriber(con: asyncpg.Connection | asyncpg.Pool, secret: str) -> int | None:
+    """The subscriber whose page holds this secret, while its session lasts."""
+    if not secret or len(secret) > 100:
+        return None
+    row = await q.session_subscriber.fetchrow(con, session_hash=session_hash(secret))
+    return None if row is None else row["subscriber_id"]
