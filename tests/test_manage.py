@@ -7,18 +7,18 @@ import asyncio
 import pytest
 
 from tests import people
-from tests.signup_helpers import wait_until
 from tests.manage_support import (
     MANAGE_LINK,
     TOKENS,
     act,
     aged_token,
     fresh_link,
-    no_jobs,
     manage_path,
+    no_jobs,
     open_data,
     session_of,
 )
+from tests.signup_helpers import wait_until
 
 
 @pytest.fixture
@@ -160,7 +160,9 @@ async def test_forged_malformed_and_oversized_tokens_are_400_everywhere(
                 assert person.email not in response.text
     for token in ("x", "x" * 5000, TOKENS.unsubscribe(person.id), TOKENS.manage_link(person.id, 1)):
         assert (await client.get(f"/manage/{token}")).status_code == 400
-        assert (await client.post(f"/manage/{token}", data={"action": "unsubscribe"})).status_code == 400
+        assert (
+            await client.post(f"/manage/{token}", data={"action": "unsubscribe"})
+        ).status_code == 400
     assert await db.fetch("SELECT * FROM manage_links") == before
     assert await db.fetchval("SELECT count(*) FROM subscribers") == 1
 
@@ -229,7 +231,12 @@ async def _outbox_settled(db) -> None:
 async def test_session_is_refused_when_missing_forged_or_over(client, db, smtp, person) -> None:
     link = await fresh_link(client, smtp, person.id, person.email, db)
     _, session = await open_data(client, link)
-    for bad in ("", "x", session[:-1] + "A" if session[-1] != "A" else session[:-1] + "B", "s" * 5000):
+    for bad in (
+        "",
+        "x",
+        session[:-1] + "A" if session[-1] != "A" else session[:-1] + "B",
+        "s" * 5000,
+    ):
         response = await act(client, bad, "name", name="Mallory")
         assert response.status_code in (403, 413), bad[:10]
         assert person.email not in response.text
@@ -264,7 +271,9 @@ async def test_download_is_the_admin_export(client, db, smtp, person, admin_head
     assert download.json() == admin.json()
     assert download.json()["subscriber"]["email"] == person.email
     assert len(download.json()["opens"]) == 2
-    assert [link_row["used_at"] is not None for link_row in download.json()["manage_links"]] == [True]
+    assert [link_row["used_at"] is not None for link_row in download.json()["manage_links"]] == [
+        True
+    ]
 
 
 async def test_tracking_is_granted_with_evidence_and_withdrawn_with_the_opens(
@@ -282,9 +291,10 @@ async def test_tracking_is_granted_with_evidence_and_withdrawn_with_the_opens(
     )
     assert (event["source"], event["method"], event["ip"]) == ("manage", "button", "198.51.100.0")
     await act(client, session, "allow_tracking")  # twice: no second event
-    assert await db.fetchval(
-        "SELECT count(*) FROM consent_events WHERE kind = 'tracking_granted'"
-    ) == 2  # the arranged one and this one
+    assert (
+        await db.fetchval("SELECT count(*) FROM consent_events WHERE kind = 'tracking_granted'")
+        == 2
+    )  # the arranged one and this one
     withdrawn = await act(client, session, "stop_tracking")
     assert withdrawn.status_code == 200
     assert await db.fetchval("SELECT count(*) FROM opens") == 0
@@ -302,6 +312,6 @@ async def test_opening_the_same_session_twice_at_once_is_fine(client, db, smtp, 
 async def test_pages_hold_no_session_in_any_url(client, db, smtp, person) -> None:
     link = await fresh_link(client, smtp, person.id, person.email, db)
     page, session = await open_data(client, link)
-    assert f"?session=" not in page.text and f"/{session}" not in page.text
+    assert "?session=" not in page.text and f"/{session}" not in page.text
     assert page.headers["referrer-policy"] == "no-referrer"
     assert session_of(page) == session
