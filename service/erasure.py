@@ -9,8 +9,9 @@ hand, in this order, in the same transaction:
 1. the subscriber's outbox jobs, first: the outbox worker keeps a job row locked while
    it talks SMTP, so this waits for an in-flight send, and once the erasure commits no
    email can leave (the worker's next claim finds no job, its composer no subscriber);
-2. after the subscriber row, the rate-limit rows keyed by an HMAC of the address under
-   each day key still held (no foreign key can reach them).
+2. after the subscriber row, the rate-limit rows keyed by an HMAC of the address (and of
+   the new address of a pending address change) under each day key still held (no
+   foreign key can reach them).
 
 Locks are taken in the order outbox job, subscriber, rate limit, list_daily: the order
 of the outbox worker (job, then the subscriber's `confirm_sent_at`) and of a sign-up
@@ -40,12 +41,14 @@ async def erase_subscriber(con: asyncpg.Connection, subscriber_id: int) -> bool:
     """Deletes every row about the subscriber in one transaction; True if it existed."""
     async with con.transaction():
         await q.delete_outbox.execute(con, id=subscriber_id)
+        pending = await q.pending_addresses.fetch(con, id=subscriber_id)
         gone = await q.delete_subscriber.fetchrow(con, id=subscriber_id)
         if gone is None:
             return False
-        await q.delete_address_rate_limits.execute(
-            con, keys=await ratelimit.address_keys(con, gone["email"])
-        )
+        for address in (gone["email"], *(row["new_email"] for row in pending)):
+            await q.delete_address_rate_limits.execute(
+                con, keys=await ratelimit.address_keys(con, address)
+            )
         if gone["status"] == "active":
             await q.count_unsubscribe.execute(con)
         return True

@@ -29,6 +29,10 @@ journal AS (
 )
 SELECT status, email FROM gone;
 
+-- name: pending_addresses
+-- The new address of a pending address change: its allowance's rate-limit rows go too.
+SELECT new_email FROM address_changes WHERE subscriber_id = :id;
+
 -- name: count_unsubscribe
 INSERT INTO list_daily (day, unsubscribes)
 VALUES ((now() AT TIME ZONE 'UTC')::date, 1)
