@@ -108,6 +108,11 @@ def routes(settings: Settings) -> list[BaseRoute]:
         Route(
             "/admin/api/subscribers/{email:path}", admin_api.erase_subscriber, methods=["DELETE"]
         ),
+        Route(
+            "/admin/api/subscribers/{email:path}",
+            admin_api.correct_subscriber,
+            methods=["PATCH"],
+        ),
     ]
     public += dashboard.routes()
     if settings.dev:

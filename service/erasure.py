@@ -88,6 +88,15 @@ def _candidates(email: str) -> list[str]:
     return found
 
 
+async def find_subscriber(con: asyncpg.Connection, email: str) -> int | None:
+    """The id of the subscriber with this address (as given or normalised), or None."""
+    for candidate in _candidates(email):
+        subscriber_id = await q.find_subscriber.fetchval(con, email=candidate)
+        if subscriber_id is not None:
+            return subscriber_id
+    return None
+
+
 async def erase_by_email(con: asyncpg.Connection, email: str) -> bool:
     """Erasure request for an address; True if a subscriber was deleted. Also deletes
     the address's rate-limit rows when no subscriber is left (e.g. a cancelled sign-up)."""
