@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -315,3 +316,37 @@ async def test_pages_hold_no_session_in_any_url(client, db, smtp, person) -> Non
     assert "?session=" not in page.text and f"/{session}" not in page.text
     assert page.headers["referrer-policy"] == "no-referrer"
     assert session_of(page) == session
+
+
+# -- how people reach the page -------------------------------------------------------
+async def test_the_confirmed_page_links_the_manage_page(client, db, smtp) -> None:
+    await client.post("/subscribe", data={"email": "new.reader@example.org"})
+    [mail] = await smtp.wait_for(1)
+    confirm = re.search(r"/confirm/[A-Za-z0-9_-]+", mail.part("plain")).group(0)
+    done = await client.post(confirm, data={"choices": "1", "name": "New Reader"})
+    assert done.status_code == 200 and "Subscription confirmed" in done.text
+    path = re.search(r'href="(/manage/[A-Za-z0-9_-]+)" id="manage-link"', done.text).group(1)
+    sid = await db.fetchval("SELECT id FROM subscribers")
+    assert path == manage_path(sid)
+    page = await client.get(path)
+    assert page.status_code == 200 and 'id="send-link"' in page.text
+
+
+async def test_a_campaign_emails_footer_link_opens_the_page(
+    client, db, smtp, admin_headers
+) -> None:
+    sid = await people.add_subscriber(db, "footer@example.org", name="Foot Er")
+    created = await client.post(
+        "/admin/api/campaigns",
+        json={"name": "n", "subject": "s", "html": "<p>{{ manage_url }}</p>", "text": "t"},
+        headers=admin_headers,
+    )
+    await client.post(f"/admin/api/campaigns/{created.json()['id']}/send", headers=admin_headers)
+    [mail] = await smtp.wait_for(1)
+    paths = set(re.findall(r"http://newsletter\.test(/manage/[A-Za-z0-9_-]+)", mail.part("plain")))
+    paths |= set(re.findall(r"http://newsletter\.test(/manage/[A-Za-z0-9_-]+)", mail.part("html")))
+    assert paths == {manage_path(sid)}
+    response = await client.post(manage_path(sid), data={"action": "send_link"})
+    assert response.status_code == 200
+    [_, link_mail] = await smtp.wait_for(2)
+    assert link_mail.recipients == ["footer@example.org"]
