@@ -350,3 +350,19 @@ async def test_a_campaign_emails_footer_link_opens_the_page(
     assert response.status_code == 200
     [_, link_mail] = await smtp.wait_for(2)
     assert link_mail.recipients == ["footer@example.org"]
+
+
+async def test_a_fresh_link_opens_once_across_two_replicas(app_factory, db, smtp, person) -> None:
+    """Two apps on one database, as two replicas: the link's row decides, not a replica's
+    memory."""
+    async with app_factory() as (_a, first), app_factory() as (_b, second):
+        link = await fresh_link(first, smtp, person.id, person.email, db)
+        responses = await asyncio.gather(
+            *(client.post(link, data={}) for client in (first, second) * 4)
+        )
+        assert sorted(r.status_code for r in responses) == [200] + [410] * 7
+        opened = next(r for r in responses if r.status_code == 200)
+        # The page's session works on the other replica too.
+        session = session_of(opened)
+        for client in (first, second):
+            assert (await act(client, session, "show")).status_code == 200
