@@ -11,7 +11,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -260,13 +259,8 @@ def _correction(payload: Any) -> tuple[dict[str, Any], dict[str, str]]:
             errors["name"] = error
         fields["name"] = name
     if "email" in payload:
-        raw = payload["email"]
-        try:
-            if not isinstance(raw, str) or len(raw) > erasure.MAX_EMAIL_LENGTH:
-                raise EmailNotValidError("must be an email address")
-            fields["email"] = validate_email(
-                raw.strip(), check_deliverability=False, strict=True
-            ).normalized
-        except EmailNotValidError as exc:
-            errors["email"] = str(exc)
+        email, error = manage_address.clean_address(payload["email"], "must be an email address")
+        if error:
+            errors["email"] = error
+        fields["email"] = email
     return fields, errors

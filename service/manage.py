@@ -21,13 +21,11 @@ address per day).
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import time
 from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -118,14 +116,11 @@ async def lost_post(request: Request) -> Response:
     state = request.app.state
     settings: Settings = state.settings
     form = await _form(request)
-    raw = form.get("email", "").strip()
-    try:
-        if not raw or len(raw) > EMAIL_MAX:
-            raise EmailNotValidError("Please enter your email address.")
-        email = validate_email(raw, check_deliverability=False, strict=True).normalized
-    except EmailNotValidError as exc:
-        shown = signup._printable(raw, EMAIL_MAX)
-        return _render(request, "manage_lost.html", 400, state="ask", email=shown, error=str(exc))
+    raw = form.get("email", "")
+    email, error = manage_address.clean_address(raw, "Please enter your email address.")
+    if email is None:
+        shown = signup._printable(raw.strip(), EMAIL_MAX)
+        return _render(request, "manage_lost.html", 400, state="ask", email=shown, error=error)
     async with state.pool.acquire() as con:
         day_key = await state.day_keys.today(con)
         verdict = await _ip_allowed(request, con, day_key)
@@ -324,15 +319,7 @@ async def _download(con: Any, subscriber_id: int) -> Response:
     """Everything stored, as the JSON file GDPR Art. 15 and 20 ask for."""
     row = await q.subscriber.fetchrow(con, id=subscriber_id)
     data = None if row is None else await erasure.export_subscriber(con, row["email"])
-    return Response(
-        json.dumps(data, indent=2, default=str, ensure_ascii=False),
-        media_type="application/json",
-        headers={
-            "Content-Disposition": 'attachment; filename="my-newsletter-data.json"',
-            "Cache-Control": "no-store",
-            "X-Content-Type-Options": "nosniff",
-        },
-    )
+    return pages.json_download(data, "my-newsletter-data.json")
 
 
 async def _show(con: Any, request: Request, subscriber_id: int, form: dict) -> dict[str, Any]:
@@ -366,13 +353,10 @@ async def _stop(con: Any, request: Request, subscriber_id: int, form: dict) -> d
 
 
 async def _address(con: Any, request: Request, subscriber_id: int, form: dict) -> dict[str, Any]:
-    raw = form.get("new_email", "").strip()
-    try:
-        if not raw or len(raw) > EMAIL_MAX:
-            raise EmailNotValidError("Please enter the new address.")
-        new_email = validate_email(raw, check_deliverability=False, strict=True).normalized
-    except EmailNotValidError as exc:
-        return {"error": str(exc), "new_email": signup._printable(raw, EMAIL_MAX)}
+    raw = form.get("new_email", "")
+    new_email, error = manage_address.clean_address(raw, "Please enter the new address.")
+    if new_email is None:
+        return {"error": error, "new_email": signup._printable(raw.strip(), EMAIL_MAX)}
     state = request.app.state
     day_key = await state.day_keys.today(con)
     verdict = await _ip_allowed(request, con, day_key)

@@ -24,11 +24,12 @@ import logging
 from email.message import EmailMessage
 
 import asyncpg
+from email_validator import EmailNotValidError, validate_email
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import clientinfo, erasure, pages, ratelimit
+from service import clientinfo, erasure, manage_links, pages, ratelimit
 from service.queries import queries
 from service.settings import Settings
 from service.tokens import InvalidToken
@@ -39,6 +40,20 @@ q = queries("manage")
 ADDRESS_SUBJECT = "Please confirm your new address"
 TOKEN_MAX = 200
 FORM_MAX_BYTES = 2048
+EMAIL_MAX = 320
+
+
+def clean_address(raw: object, missing: str) -> tuple[str | None, str | None]:
+    """(the address as sign-up stores it, None) or (None, what is wrong with it); checked
+    as strictly as a sign-up's (no DNS: the confirmation email is the real check)."""
+    if not isinstance(raw, str) or not raw.strip():
+        return None, missing
+    if len(raw.strip()) > EMAIL_MAX:
+        return None, "This email address is too long."
+    try:
+        return validate_email(raw.strip(), check_deliverability=False, strict=True).normalized, None
+    except EmailNotValidError as exc:
+        return None, str(exc)
 
 
 async def request_change(
@@ -52,15 +67,7 @@ async def request_change(
             return "gone"
         if row["email"].lower() == new_email.lower():
             return "same"
-        claim = ratelimit.EmailClaim.of(settings, day_key, new_email)
-        granted = await q.claim_address.fetchval(
-            con,
-            claim_key=claim.key,
-            window_start=claim.window_start,
-            per_day=claim.per_day,
-            min_interval=claim.min_interval,
-        )
-        if granted is None:
+        if not await manage_links.claim(con, settings, day_key, new_email):
             return "limited"
         if await q.address_taken.fetchval(con, email=new_email):
             return "taken"
@@ -73,8 +80,6 @@ async def request_change(
 async def compose(con: asyncpg.Connection, job: asyncpg.Record, ctx) -> EmailMessage | None:
     """The new address's confirmation email (the outbox composer of `address_confirm`
     jobs), for the subscriber's current request; None when there is none any more."""
-    from service.emails import build_message, recipient_header
-
     max_age = ctx.settings.confirm_max_age
     row = await q.pending_change.fetchrow(con, subscriber_id=job["subscriber_id"], max_age=max_age)
     if row is None:
@@ -85,12 +90,8 @@ async def compose(con: asyncpg.Connection, job: asyncpg.Record, ctx) -> EmailMes
         f"{ctx.tokens.address_confirm(job['subscriber_id'], row['id'])}",
         "hours": round(max_age / 3600),
     }
-    return build_message(
-        ctx.settings,
-        to=recipient_header(row["new_email"], row["name"]),
-        subject=ADDRESS_SUBJECT,
-        text=ctx.templates.get_template("email/address_confirm.txt").render(values),
-        html=ctx.templates.get_template("email/address_confirm.html").render(values),
+    return manage_links.mail(
+        ctx, row["new_email"], row["name"], ADDRESS_SUBJECT, "address_confirm", values
     )
 
 

@@ -33,6 +33,20 @@ def session_hash(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+async def claim(con: asyncpg.Connection, settings: Settings, day_key: bytes, email: str) -> bool:
+    """One claim on the address's daily email allowance, the one sign-up's confirmation
+    emails spend (`claim` in `sign_up`, signup.sql); False when it is spent."""
+    claimed = ratelimit.EmailClaim.of(settings, day_key, email)
+    hits = await q.claim_address.fetchval(
+        con,
+        claim_key=claimed.key,
+        window_start=claimed.window_start,
+        per_day=claimed.per_day,
+        min_interval=claimed.min_interval,
+    )
+    return hits is not None
+
+
 async def queue_link(
     con: asyncpg.Connection,
     settings: Settings,
@@ -41,26 +55,37 @@ async def queue_link(
     subscriber_id: int | None = None,
 ) -> bool:
     """Queues the fresh-link email of the active subscriber with this id (or, without an
-    id, this address) when the address's allowance grants it; True if queued. Unknown
-    addresses spend a claim too, so both cases write the same rows but the job."""
-    claim = ratelimit.EmailClaim.of(settings, day_key, email)
-    jobs = await q.queue_link_email.fetchval(
-        con,
-        id=subscriber_id,
-        email=None if subscriber_id is not None else email,
-        claim_key=claim.key,
-        window_start=claim.window_start,
-        per_day=claim.per_day,
-        min_interval=claim.min_interval,
+    id, this address) unless one is queued, when the address's allowance grants it; True
+    if queued. Unknown addresses spend a claim too, so that both cases write the same
+    rows but the job."""
+    async with con.transaction():
+        target = await q.link_target.fetchrow(
+            con, id=subscriber_id, email=None if subscriber_id is not None else email
+        )
+        if target is not None and target["queued"]:
+            return False
+        if not await claim(con, settings, day_key, email) or target is None:
+            return False
+        await q.queue_link_email.fetchval(con, id=target["id"])
+        return True
+
+
+def mail(ctx, to: str, name: str | None, subject: str, template: str, values: dict) -> EmailMessage:
+    """An email of the subscriber's page from `email/{template}.txt` and `.html`."""
+    from service.emails import build_message, recipient_header
+
+    return build_message(
+        ctx.settings,
+        to=recipient_header(to, name),
+        subject=subject,
+        text=ctx.templates.get_template(f"email/{template}.txt").render(values),
+        html=ctx.templates.get_template(f"email/{template}.html").render(values),
     )
-    return bool(jobs)
 
 
 async def compose_link(con: asyncpg.Connection, job: asyncpg.Record, ctx) -> EmailMessage | None:
     """The fresh link's email (the outbox composer of `manage_link` jobs): the link row
     is made now, so its lifetime starts when the email leaves."""
-    from service.emails import build_message, recipient_header
-
     row = await q.subscriber.fetchrow(con, id=job["subscriber_id"])
     if row is None or row["status"] != "active":
         return None
@@ -72,13 +97,7 @@ async def compose_link(con: asyncpg.Connection, job: asyncpg.Record, ctx) -> Ema
         f"{ctx.tokens.manage_link(row['id'], link_id)}",
         "minutes": round(max_age / 60),
     }
-    return build_message(
-        ctx.settings,
-        to=recipient_header(row["email"], row["name"]),
-        subject=LINK_SUBJECT,
-        text=ctx.templates.get_template("email/manage_link.txt").render(values),
-        html=ctx.templates.get_template("email/manage_link.html").render(values),
-    )
+    return mail(ctx, row["email"], row["name"], LINK_SUBJECT, "manage_link", values)
 
 
 async def open_link(

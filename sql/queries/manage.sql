@@ -4,37 +4,22 @@
 SELECT id, email, name, status, tracking_consent, tracking_withdrawn_at
 FROM subscribers WHERE id = :id;
 
+-- name: link_target
+-- The active subscriber a fresh link is for (by id, or by address for the /manage
+-- form), and whether its email is queued already.
+SELECT s.id,
+       EXISTS (SELECT 1 FROM outbox o WHERE o.subscriber_id = s.id AND o.kind = 'manage_link')
+           AS queued
+FROM subscribers s
+WHERE (s.id = :id OR lower(s.email) = lower(:email)) AND s.status = 'active'
+LIMIT 1;
+
 -- name: queue_link_email
--- The fresh-link email of an active subscriber (found by id, or by address for the
--- /manage form), unless one is queued already, when the address's daily allowance of
--- emails grants it: the claim of `sign_up` (signup.sql) under the same key, so the two
--- forms together mail an address no more than RATE_CONFIRM_PER_DAY times. The claim is
--- made for an unknown address too, so that both write the same rows but the job.
-WITH target AS (
-    SELECT id FROM subscribers
-    WHERE (id = :id OR lower(email) = lower(:email)) AND status = 'active'
-    LIMIT 1
-),
-queued AS (
-    SELECT EXISTS (
-        SELECT 1 FROM outbox o JOIN target t ON o.subscriber_id = t.id
-        WHERE o.kind = 'manage_link'
-    ) AS already
-),
-claim AS (
-    INSERT INTO rate_limits AS r (scope, key, window_start, hits, last_at)
-    SELECT 'address', :claim_key, to_timestamp(:window_start), 1, now()
-    FROM queued WHERE NOT queued.already
-    ON CONFLICT (scope, key, window_start) DO UPDATE SET hits = r.hits + 1, last_at = now()
-        WHERE r.hits < :per_day AND r.last_at <= now() - make_interval(secs => :min_interval)
-    RETURNING hits
-),
-job AS (
-    INSERT INTO outbox (kind, subscriber_id)
-    SELECT 'manage_link', t.id FROM target t, claim
-    RETURNING id
+-- The fresh-link email job, and the wake-up of every replica's outbox worker (at commit).
+WITH job AS (
+    INSERT INTO outbox (kind, subscriber_id) VALUES ('manage_link', :id) RETURNING id
 )
-SELECT (SELECT count(*) FROM (SELECT pg_notify('newsletter_outbox', id::text) FROM job) n) AS jobs;
+SELECT pg_notify('newsletter_outbox', id::text) FROM job;
 
 -- name: issue_link
 -- A fresh link, made when its email is composed, so that it expires
