@@ -43,28 +43,15 @@ from service import (
 )
 from service.queries import queries
 from service.settings import Settings
-from service.tokens import InvalidToken
 
 log = logging.getLogger("newsletter.manage")
 q = queries("manage")
 
-TOKEN_MAX = 200
 FORM_MAX_BYTES = 2048
 EMAIL_MAX = 320
 
 
 # -- shared ----------------------------------------------------------------------------
-def _verify(request: Request, method: str) -> Any:
-    token = request.path_params["token"]
-    if len(token) > TOKEN_MAX:
-        return None
-    try:
-        return getattr(request.app.state.tokens, method)(token)
-    except InvalidToken as exc:
-        log.info("manage token refused", extra={"reason": exc.reason})
-        return None
-
-
 def _render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
     settings: Settings = request.app.state.settings
     return pages.render(
@@ -136,7 +123,7 @@ async def lost_post(request: Request) -> Response:
 # -- /manage/{token}: the footer's link, harmless actions only -------------------------
 async def page(request: Request) -> Response:
     """What anyone holding the email may do; shows no personal data, changes nothing."""
-    subscriber_id = _verify(request, "verify_manage")
+    subscriber_id = manage_links.verified(request, "verify_manage")
     if subscriber_id is None:
         return _render(request, "manage.html", 400, state="invalid", tracking=False)
     row = await q.subscriber.fetchrow(request.app.state.pool, id=subscriber_id)
@@ -156,7 +143,7 @@ def _tracked(request: Request, row: Any) -> bool:
 async def act(request: Request) -> Response:
     """`action`: `unsubscribe`, `stop_tracking` or `send_link`."""
     form = await _form(request)
-    subscriber_id = _verify(request, "verify_manage")
+    subscriber_id = manage_links.verified(request, "verify_manage")
     if subscriber_id is None:
         return _render(request, "manage.html", 400, state="invalid", tracking=False)
     action = form.get("action", "")
@@ -216,7 +203,7 @@ def _open_page(request: Request, status_code: int = 200, *, auto: bool, state: s
 
 async def link_get(request: Request) -> Response:
     """A button that opens the data page (and a script that presses it); changes nothing."""
-    claim = _verify(request, "verify_manage_link")
+    claim = manage_links.verified(request, "verify_manage_link")
     if claim is None:
         return _open_page(request, 400, auto=False, state="invalid")
     subscriber_id, link_id = claim
@@ -233,7 +220,7 @@ async def link_get(request: Request) -> Response:
 async def link_post(request: Request) -> Response:
     """Uses the link up and answers the data page, whose forms carry the session."""
     form = await _form(request)
-    claim = _verify(request, "verify_manage_link")
+    claim = manage_links.verified(request, "verify_manage_link")
     if claim is None:
         return _open_page(request, 400, auto=False, state="invalid")
     subscriber_id, link_id = claim

@@ -32,13 +32,11 @@ from starlette.routing import Route
 from service import clientinfo, erasure, manage_links, pages, ratelimit
 from service.queries import queries
 from service.settings import Settings
-from service.tokens import InvalidToken
 
 log = logging.getLogger("newsletter.manage")
 q = queries("manage")
 
 ADDRESS_SUBJECT = "Please confirm your new address"
-TOKEN_MAX = 200
 FORM_MAX_BYTES = 2048
 EMAIL_MAX = 320
 
@@ -137,17 +135,6 @@ async def record_event(
     )
 
 
-def _verified(request: Request) -> tuple[int, int] | None:
-    token = request.path_params["token"]
-    if len(token) > TOKEN_MAX:
-        return None
-    try:
-        return request.app.state.tokens.verify_address_confirm(token)
-    except InvalidToken as exc:
-        log.info("address token refused", extra={"reason": exc.reason})
-        return None
-
-
 def _page(request: Request, state: str, status_code: int = 200, **extra: object) -> Response:
     return pages.render(
         request, "manage_address.html", status_code=status_code, state=state, **extra
@@ -156,7 +143,7 @@ def _page(request: Request, state: str, status_code: int = 200, **extra: object)
 
 async def confirm_get(request: Request) -> Response:
     """Shows the new address and a button; changes nothing (mail scanners fetch links)."""
-    claim = _verified(request)
+    claim = manage_links.verified(request, "verify_address_confirm")
     if claim is None:
         return _page(request, "invalid", 400)
     subscriber_id, change_id = claim
@@ -173,7 +160,7 @@ async def confirm_get(request: Request) -> Response:
 
 async def confirm_post(request: Request) -> Response:
     await request.form(max_files=0, max_fields=5)
-    claim = _verified(request)
+    claim = manage_links.verified(request, "verify_address_confirm")
     if claim is None:
         return _page(request, "invalid", 400)
     async with request.app.state.pool.acquire() as con:

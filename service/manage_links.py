@@ -15,18 +15,36 @@ Requests for a link spend the address's daily email allowance, the one sign-up s
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from email.message import EmailMessage
+from typing import Any
 
 import asyncpg
+from starlette.requests import Request
 
 from service import ratelimit
 from service.queries import queries
 from service.settings import Settings
+from service.tokens import InvalidToken
 
+log = logging.getLogger("newsletter.manage")
 q = queries("manage")
+TOKEN_MAX = 200
 
 LINK_SUBJECT = "Your link to see or change your data"
+
+
+def verified(request: Request, method: str) -> Any:
+    """What the path's token names, per `Tokens.<method>`, or None (logged by reason)."""
+    token = request.path_params["token"]
+    if len(token) > TOKEN_MAX:
+        return None
+    try:
+        return getattr(request.app.state.tokens, method)(token)
+    except InvalidToken as exc:
+        log.info("manage token refused", extra={"reason": exc.reason})
+        return None
 
 
 def session_hash(secret: str) -> bytes:

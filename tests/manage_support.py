@@ -12,7 +12,7 @@ import httpx
 
 from service import tokens as tokens_module
 from service.tokens import Tokens
-from tests import support
+from tests import people, support
 from tests.signup_helpers import wait_until
 
 TOKENS = Tokens((support.TEST_KEY,), 48 * 3600)
@@ -91,3 +91,12 @@ ADDRESS_CONFIRM = tokens_module.ADDRESS_CONFIRM
 
 async def no_jobs(db: asyncpg.Connection, kind: str) -> bool:
     return not await db.fetchval("SELECT count(*) FROM outbox WHERE kind = $1", kind)
+
+
+async def arranged_person(db: asyncpg.Connection, email: str, tag: str) -> people.Person:
+    """A subscriber with everything the service can hold (people.add_person), whose
+    arranged rate-limit row is an email sent an hour ago, so one more may go now."""
+    campaign = await people.add_campaign(db)
+    person = await people.add_person(db, None, email, tag, campaign)
+    await db.execute("UPDATE rate_limits SET last_at = now() - interval '1 hour'")
+    return person

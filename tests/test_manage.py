@@ -13,6 +13,7 @@ from tests.manage_support import (
     TOKENS,
     act,
     aged_token,
+    arranged_person,
     fresh_link,
     manage_path,
     no_jobs,
@@ -23,16 +24,8 @@ from tests.signup_helpers import wait_until
 
 
 @pytest.fixture
-async def campaign(db) -> int:
-    return await people.add_campaign(db)
-
-
-@pytest.fixture
-async def person(db, settings, campaign) -> people.Person:
-    person = await people.add_person(db, settings, "Ada.Reader@Example.org", "manage", campaign)
-    # Its arranged rate-limit row is an email sent an hour ago, not just now.
-    await db.execute("UPDATE rate_limits SET last_at = now() - interval '1 hour'")
-    return person
+async def person(db) -> people.Person:
+    return await arranged_person(db, "Ada.Reader@Example.org", "manage")
 
 
 async def _manage_links(db) -> list:

@@ -12,6 +12,7 @@ from tests.manage_support import (
     ADDRESS_CONFIRM,
     act,
     aged_token,
+    arranged_person,
     fresh_link,
     link_in,
     mails_to,
@@ -25,15 +26,8 @@ NEW = "ada.new@example.net"
 
 
 @pytest.fixture
-async def campaign(db) -> int:
-    return await people.add_campaign(db)
-
-
-@pytest.fixture
-async def person(db, settings, campaign) -> people.Person:
-    person = await people.add_person(db, settings, "Ada.Old@Example.org", "address", campaign)
-    await db.execute("UPDATE rate_limits SET last_at = now() - interval '1 hour'")
-    return person
+async def person(db) -> people.Person:
+    return await arranged_person(db, "Ada.Old@Example.org", "address")
 
 
 async def _session(client, db, smtp, person) -> str:
@@ -180,3 +174,33 @@ async def test_an_address_change_racing_an_unsubscribe_leaves_neither_address(
     assert await people.find_anywhere(db, (*person.needles, NEW)) == {}
     for address in (person.email, NEW):
         assert await people.address_rate_limit_rows(db, None, address) == 0
+
+
+async def test_a_request_while_the_previous_email_is_being_sent_queues_its_own(
+    database_url, db, settings
+) -> None:
+    """The outbox worker keeps a job locked while it sends, and its composer read the
+    request of that moment: a request made meanwhile must get an email job of its own."""
+    import datetime
+
+    import asyncpg
+
+    from service import manage_address, ratelimit
+
+    sid = await people.add_subscriber(db, "mid@example.org")
+    day_key = await ratelimit.key_of_day(db, datetime.datetime.now(datetime.UTC).date())
+    assert await manage_address.request_change(db, settings, day_key, sid, "a@example.net") == (
+        "queued"
+    )
+    worker = await asyncpg.connect(database_url)
+    try:
+        sending = worker.transaction()
+        await sending.start()
+        await worker.fetchval("SELECT id FROM outbox FOR UPDATE")
+        outcome = await manage_address.request_change(db, settings, day_key, sid, "b@example.net")
+        assert outcome == "queued"
+        await sending.rollback()
+    finally:
+        await worker.close()
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE kind = 'address_confirm'") == 2
+    assert await db.fetchval("SELECT new_email FROM address_changes") == "b@example.net"

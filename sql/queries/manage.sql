@@ -83,12 +83,15 @@ DELETE FROM address_changes WHERE subscriber_id = :id;
 INSERT INTO address_changes (subscriber_id, new_email) VALUES (:id, :new_email) RETURNING id;
 
 -- name: queue_address_email
--- The new address's confirmation email, unless one is queued (it reads the current row).
+-- The new address's confirmation email, unless one waits to be sent (its composer reads
+-- the current request). A job being sent right now (locked by the outbox worker, which
+-- may have read the previous request) does not count: SKIP LOCKED passes over it.
 WITH job AS (
     INSERT INTO outbox (kind, subscriber_id)
     SELECT 'address_confirm', :id
     WHERE NOT EXISTS (
         SELECT 1 FROM outbox WHERE subscriber_id = :id AND kind = 'address_confirm'
+        FOR UPDATE SKIP LOCKED
     )
     RETURNING id
 )
