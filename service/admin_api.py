@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from service import campaigns, erasure
+from service import campaigns, erasure, manage_address, signup
 from service.admin_auth import require_admin
 from service.campaign_mail import Links
 
@@ -26,6 +26,7 @@ MAX_ID = 2**63 - 1
 RECIPIENT_BATCH = 1000  # rows per cursor fetch and per chunk written to the client
 LIST_LIMIT_DEFAULT = 100
 LIST_LIMIT_MAX = 500
+PATCH_MAX_BYTES = 2048
 
 
 def _json(content: Any, status_code: int = 200) -> JSONResponse:
@@ -201,3 +202,65 @@ async def erase_subscriber(request: Request) -> Response:
             request.app.state.metrics.unsubscribes.labels("admin").inc()
             log.info("subscriber erased", extra={"kind": "admin"})
     return Response(status_code=204, headers=NO_STORE)
+
+
+@require_admin
+async def correct_subscriber(request: Request) -> Response:
+    """Corrections on the person's request: `name` (a string, or null to delete it) at
+    once; `email` starts an address change, which the new address confirms (`202`)."""
+    payload, problem = await _json_body(request, PATCH_MAX_BYTES)
+    if problem is not None:
+        return problem
+    fields, errors = _correction(payload)
+    if errors:
+        return _error(422, "invalid", "some fields are not valid", fields=errors)
+    email = request.path_params["email"]
+    state = request.app.state
+    async with state.pool.acquire() as con:
+        subscriber_id = None
+        if 0 < len(email) <= erasure.MAX_EMAIL_LENGTH:
+            subscriber_id = await erasure.find_subscriber(con, email)
+        if subscriber_id is None:
+            return _not_found("subscriber")
+        if "name" in fields:
+            await manage_address.q.set_name.execute(con, id=subscriber_id, name=fields["name"])
+        outcome = None
+        if "email" in fields:
+            day_key = await state.day_keys.today(con)
+            outcome = await manage_address.request_change(
+                con, state.settings, day_key, subscriber_id, fields["email"]
+            )
+    log.info("subscriber corrected", extra={"kind": ",".join(sorted(fields))})
+    if outcome == "gone":
+        return _error(409, "not_active", "only an active subscriber's address can change")
+    if outcome == "taken":
+        return _error(409, "taken", "the new address is subscribed already")
+    if outcome == "limited":
+        return _error(429, "rate_limited", "the new address got its emails for today")
+    body: dict[str, Any] = {"address_change": None}
+    if "name" in fields:
+        body["name"] = fields["name"]
+    if outcome == "queued":
+        body["address_change"] = "confirmation_sent"
+    return _json(body, 202 if outcome == "queued" else 200)
+
+
+def _correction(payload: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    if not isinstance(payload, dict) or not payload:
+        return {}, {"body": "send a JSON object with name and/or email"}
+    unknown = sorted(set(payload) - {"name", "email"})
+    if unknown:
+        return {}, {key: "unknown field" for key in unknown}
+    fields: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    if "name" in payload:
+        name, error = signup.clean_name(payload["name"])
+        if error:
+            errors["name"] = error
+        fields["name"] = name
+    if "email" in payload:
+        email, error = manage_address.clean_address(payload["email"], "must be an email address")
+        if error:
+            errors["email"] = error
+        fields["email"] = email
+    return fields, errors

@@ -20,6 +20,7 @@ from service import (
     dashboard,
     db,
     health,
+    manage,
     outbox,
     pages,
     pixel,
@@ -86,6 +87,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
         ),
         Route("/tracking/{token}", tracking_consent.show, methods=["GET"]),
         Route("/tracking/{token}", tracking_consent.post, methods=["POST"]),
+        *manage.routes(),
         Route(
             "/admin/api/campaigns/{campaign_id:int}/stats", stats.stats_endpoint, methods=["GET"]
         ),
@@ -105,6 +107,11 @@ def routes(settings: Settings) -> list[BaseRoute]:
         Route("/admin/api/subscribers/{email:path}", admin_api.export_subscriber, methods=["GET"]),
         Route(
             "/admin/api/subscribers/{email:path}", admin_api.erase_subscriber, methods=["DELETE"]
+        ),
+        Route(
+            "/admin/api/subscribers/{email:path}",
+            admin_api.correct_subscriber,
+            methods=["PATCH"],
         ),
     ]
     public += dashboard.routes()
@@ -189,7 +196,9 @@ def create_app(settings: Settings) -> Starlette:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.templates = pages.environment()
-    app.state.tokens = Tokens(settings.secret_keys, settings.confirm_max_age)
+    app.state.tokens = Tokens(
+        settings.secret_keys, settings.confirm_max_age, settings.manage_link_max_age
+    )
     app.state.day_keys = ratelimit.DayKeys()
     app.state.database_probe = health.DatabaseProbe()
     return app

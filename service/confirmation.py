@@ -102,7 +102,10 @@ def _done_page(
 ) -> Response:
     """Confirmed, with the choices form (the link that reached it still works)."""
     context = {**_page_context(request.app.state.settings, row), **extra}
-    return pages.render(request, "confirm_done.html", status_code=status_code, **context)
+    manage = "" if row is None else request.app.state.tokens.manage(row["id"])
+    return pages.render(
+        request, "confirm_done.html", status_code=status_code, manage_token=manage, **context
+    )
 
 
 def _wish_waiting(settings: Settings, row: asyncpg.Record | None) -> bool:

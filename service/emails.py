@@ -18,7 +18,7 @@ import asyncpg
 import jinja2
 from email_validator import EmailNotValidError, validate_email
 
-from service import campaign_mail
+from service import campaign_mail, manage_address, manage_links
 from service.queries import queries
 from service.settings import Settings
 from service.tokens import Tokens
@@ -148,4 +148,6 @@ async def compose_confirmation(
 COMPOSERS: dict[str, Composer] = {
     "confirm": compose_confirmation,
     "campaign": campaign_mail.compose,
+    "manage_link": manage_links.compose_link,
+    "address_confirm": manage_address.compose,
 }

@@ -9,8 +9,9 @@ hand, in this order, in the same transaction:
 1. the subscriber's outbox jobs, first: the outbox worker keeps a job row locked while
    it talks SMTP, so this waits for an in-flight send, and once the erasure commits no
    email can leave (the worker's next claim finds no job, its composer no subscriber);
-2. after the subscriber row, the rate-limit rows keyed by an HMAC of the address under
-   each day key still held (no foreign key can reach them).
+2. after the subscriber row, the rate-limit rows keyed by an HMAC of the address (and of
+   the new address of a pending address change) under each day key still held (no
+   foreign key can reach them).
 
 Locks are taken in the order outbox job, subscriber, rate limit, list_daily: the order
 of the outbox worker (job, then the subscriber's `confirm_sent_at`) and of a sign-up
@@ -40,12 +41,14 @@ async def erase_subscriber(con: asyncpg.Connection, subscriber_id: int) -> bool:
     """Deletes every row about the subscriber in one transaction; True if it existed."""
     async with con.transaction():
         await q.delete_outbox.execute(con, id=subscriber_id)
+        pending = await q.pending_addresses.fetch(con, id=subscriber_id)
         gone = await q.delete_subscriber.fetchrow(con, id=subscriber_id)
         if gone is None:
             return False
-        await q.delete_address_rate_limits.execute(
-            con, keys=await ratelimit.address_keys(con, gone["email"])
-        )
+        for address in (gone["email"], *(row["new_email"] for row in pending)):
+            await q.delete_address_rate_limits.execute(
+                con, keys=await ratelimit.address_keys(con, address)
+            )
         if gone["status"] == "active":
             await q.count_unsubscribe.execute(con)
         return True
@@ -83,6 +86,15 @@ def _candidates(email: str) -> list[str]:
     if normalised.lower() != email.lower():
         found.append(normalised)
     return found
+
+
+async def find_subscriber(con: asyncpg.Connection, email: str) -> int | None:
+    """The id of the subscriber with this address (as given or normalised), or None."""
+    for candidate in _candidates(email):
+        subscriber_id = await q.find_subscriber.fetchval(con, email=candidate)
+        if subscriber_id is not None:
+            return subscriber_id
+    return None
 
 
 async def erase_by_email(con: asyncpg.Connection, email: str) -> bool:
@@ -137,6 +149,8 @@ async def export_subscriber(con: asyncpg.Connection, email: str) -> dict[str, An
             "opens": [],
             "deliveries": [],
             "queued_emails": [],
+            "address_changes": [],
+            "manage_links": [],
             "rate_limits": rate_limits,
         }
         if subscriber is not None:
@@ -146,6 +160,8 @@ async def export_subscriber(con: asyncpg.Connection, email: str) -> dict[str, An
             export["opens"] = _rows(await q.export_opens.fetch(con, id=sid))
             export["deliveries"] = _rows(await q.export_deliveries.fetch(con, id=sid))
             export["queued_emails"] = _rows(await q.export_outbox.fetch(con, id=sid))
+            export["address_changes"] = _rows(await q.export_address_changes.fetch(con, id=sid))
+            export["manage_links"] = _rows(await q.export_manage_links.fetch(con, id=sid))
         return export
 
 

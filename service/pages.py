@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -81,3 +82,16 @@ def render(
     }
     all_headers.update(headers or {})
     return HTMLResponse(html, status_code=status_code, headers=all_headers)
+
+
+def json_download(data: Any, filename: str) -> Response:
+    """An access export as a JSON file to save (never cached, never sniffed as HTML)."""
+    return Response(
+        json.dumps(data, indent=2, default=str, ensure_ascii=False),
+        media_type="application/json",
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )

@@ -3,7 +3,9 @@
 - pending sign-ups not confirmed within CONFIRM_MAX_AGE (their link has expired);
 - open events and deliveries older than OPEN_RETENTION (default 395 days, 13 months);
 - rate-limit rows and keys of past UTC days;
-- erasure journal rows older than ERASURE_JOURNAL_RETENTION (no backup needs them).
+- erasure journal rows older than ERASURE_JOURNAL_RETENTION (no backup needs them);
+- fresh links to the subscriber's page that no longer work, and address changes not
+  confirmed within CONFIRM_MAX_AGE (the new address goes with them).
 
 One pass is one transaction under `pg_try_advisory_xact_lock`: with several replicas (and
 the `newsletter purge` CronJob) exactly one runs at a time and the others skip; the lock
@@ -63,6 +65,10 @@ async def purge(con: asyncpg.Connection, settings: Settings) -> dict[str, int]:
             "rate_limits": await ratelimit.purge_expired(con),
             "erasure_journal": await _in_batches(
                 q.delete_old_journal, con, max_age=settings.erasure_journal_retention
+            ),
+            "manage_links": await _in_batches(q.delete_old_manage_links, con),
+            "address_changes": await _in_batches(
+                q.delete_expired_address_changes, con, max_age=settings.confirm_max_age
             ),
         }
 

@@ -169,6 +169,10 @@ class Settings:
     admin_auth_window: float = 900.0
     erasure_journal_retention: float = 40 * 86400  # > backup retention + base backup interval
     stats_min_bucket: int = 5  # smaller breakdown buckets are merged into "other"
+    # -- the subscriber's own page (issue 14) ----------------------------------------
+    # How long a fresh link to see or change one's data works (once), and the page it
+    # opens stays usable after that.
+    manage_link_max_age: float = 1800.0
     # -- process -----------------------------------------------------------------
     log_level: str = "info"
     dev: bool = False
@@ -399,6 +403,7 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("ADMIN_AUTH_WINDOW", "admin_auth_window", _seconds(60, _DAY)),
     ("ERASURE_JOURNAL_RETENTION", "erasure_journal_retention", _seconds(_DAY, 10 * 365 * _DAY)),
     ("STATS_MIN_BUCKET", "stats_min_bucket", _int(1, 1000)),
+    ("MANAGE_LINK_MAX_AGE", "manage_link_max_age", _seconds(60, _DAY)),
     ("LOG_LEVEL", "log_level", _choice(("debug", "info", "warning", "error"))),
 )
 

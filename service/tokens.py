@@ -12,8 +12,10 @@ an erased subscriber point at nothing.
 
 The first of `SECRET_KEYS` encrypts and every key decrypts, so keys rotate without
 breaking links in mail already sent. Confirmation and cancel tokens expire
-(`CONFIRM_MAX_AGE`, from the time of issue inside the token); the others never do,
-because old emails must keep working.
+(`CONFIRM_MAX_AGE`, from the time of issue inside the token), and so do the tokens that
+name a row of their own (a fresh manage link: MANAGE_LINK_MAX_AGE; an address change's
+confirmation: CONFIRM_MAX_AGE), whose row is what makes them work once; the others never
+expire, because old emails must keep working.
 
 Links mailed by earlier releases (itsdangerous signatures over base-36 ids, recognisable
 by their `.`) are still accepted, decoded strictly; no new token is made that way.
@@ -39,6 +41,8 @@ CANCEL = "newsletter.cancel"
 UNSUBSCRIBE = "newsletter.unsubscribe"
 TRACKING = "newsletter.tracking"
 MANAGE = "newsletter.manage"
+MANAGE_LINK = "newsletter.manage.link"
+ADDRESS_CONFIRM = "newsletter.manage.address"
 PIXEL = "newsletter.pixel"
 CAMPAIGN_PIXEL = "newsletter.pixel.campaign"
 
@@ -46,6 +50,7 @@ MAX_LENGTH = 200
 _ONE_ID = struct.Struct(">Q")  # unsubscribe, tracking, manage, campaign-only pixel
 _TWO_IDS = struct.Struct(">QQ")  # pixel: subscriber, campaign
 _TIMED = struct.Struct(">QI")  # confirm, cancel: subscriber, issued at (epoch seconds)
+_ROW_TIMED = struct.Struct(">QQI")  # manage link, address change: subscriber, row, issued at
 _SIV_TAG = 16
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 _CLOCK_SKEW = 300.0  # seconds a token may seem to come from the future (replica clocks)
@@ -92,10 +97,16 @@ def _derive(secret: str) -> AESSIV:
 
 
 class Tokens:
-    def __init__(self, secret_keys: tuple[str, ...], confirm_max_age: float) -> None:
+    def __init__(
+        self,
+        secret_keys: tuple[str, ...],
+        confirm_max_age: float,
+        manage_link_max_age: float = 1800.0,
+    ) -> None:
         if not secret_keys:
             raise ValueError("at least one secret key is needed")
         self.confirm_max_age = confirm_max_age
+        self.manage_link_max_age = manage_link_max_age
         self._ciphers = tuple(_derive(key) for key in secret_keys)  # newest first
         self._legacy = _LegacyTokens(secret_keys, confirm_max_age)
 
@@ -120,10 +131,18 @@ class Tokens:
         if "." in token:
             return self._legacy.timed(purpose, token)
         subscriber_id, issued = self._open(purpose, token, _TIMED)
-        age = time.time() - issued
-        if age > self.confirm_max_age or age < -_CLOCK_SKEW:
-            raise InvalidToken("expired")
+        _check_age(issued, self.confirm_max_age)
         return subscriber_id
+
+    def _row_timed(self, purpose: str, subscriber_id: int, row_id: int) -> str:
+        return self._seal(purpose, _ROW_TIMED.pack(subscriber_id, row_id, int(time.time())))
+
+    def _verify_row_timed(self, purpose: str, token: str, max_age: float) -> tuple[int, int]:
+        if len(token) > MAX_LENGTH:
+            raise InvalidToken("malformed")
+        subscriber_id, row_id, issued = self._open(purpose, token, _ROW_TIMED)
+        _check_age(issued, max_age)
+        return subscriber_id, row_id
 
     def _verify_plain(self, purpose: str, token: str) -> int:
         if "." in token:
@@ -165,6 +184,23 @@ class Tokens:
     def verify_manage(self, token: str) -> int:
         return self._verify_plain(MANAGE, token)
 
+    # -- name a row of their own, which makes them work once -------------------------
+    def manage_link(self, subscriber_id: int, link_id: int) -> str:
+        """The fresh link to the person's data: `manage_links` row `link_id`."""
+        return self._row_timed(MANAGE_LINK, subscriber_id, link_id)
+
+    def verify_manage_link(self, token: str) -> tuple[int, int]:
+        """(subscriber id, link id); expired after MANAGE_LINK_MAX_AGE."""
+        return self._verify_row_timed(MANAGE_LINK, token, self.manage_link_max_age)
+
+    def address_confirm(self, subscriber_id: int, change_id: int) -> str:
+        """The new address's confirmation: `address_changes` row `change_id`."""
+        return self._row_timed(ADDRESS_CONFIRM, subscriber_id, change_id)
+
+    def verify_address_confirm(self, token: str) -> tuple[int, int]:
+        """(subscriber id, change id); expired after CONFIRM_MAX_AGE."""
+        return self._verify_row_timed(ADDRESS_CONFIRM, token, self.confirm_max_age)
+
     def pixel(self, subscriber_id: int, campaign_id: int) -> str:
         """The personal pixel: only for a subscriber whose opens may be recorded."""
         return self._seal(PIXEL, _TWO_IDS.pack(subscriber_id, campaign_id))
@@ -184,6 +220,12 @@ class Tokens:
             subscriber_id, campaign_id = self._open(PIXEL, token, _TWO_IDS)
             return PixelClaim(subscriber_id, campaign_id)
         return PixelClaim(None, self._open(CAMPAIGN_PIXEL, token, _ONE_ID)[0])
+
+
+def _check_age(issued: int, max_age: float) -> None:
+    age = time.time() - issued
+    if age > max_age or age < -_CLOCK_SKEW:
+        raise InvalidToken("expired")
 
 
 # -- links mailed by earlier releases ----------------------------------------------------

@@ -235,6 +235,7 @@ async def wait_for_total_opens(db: asyncpg.Connection, count: int) -> None:
 EXPECTED_STATUS = re.compile(
     r"/subscribe - Failed to load resource: .* (400|405|413)"
     r"|/confirm/not-a-token - .* 400|/admin/campaigns - .* 422"
+    r"|/manage/link/[A-Za-z0-9_-]+ - .* 410"
 )
 
 
@@ -434,6 +435,98 @@ async def test_signup_confirm_send_open_and_unsubscribe_in_a_real_browser(
     await run(browser.shoot, "cancel-done", False)
 
     # 10. No console errors and no CSP violations on any page of the walk.
+    await run(browser.collect_console)
+    problems = console_problems(browser.console)
+    assert not problems, "\n".join(problems)
+
+
+async def test_the_subscriber_sees_corrects_and_moves_their_data_in_a_real_browser(
+    service: support.ServiceProcess,
+    smtp: support.SmtpSink,
+    db: asyncpg.Connection,
+    browser: Browser,
+) -> None:
+    """The subscriber's own page: the footer link, a fresh link by email, the data page
+    (name, address change through the new address's confirmation), the lost-email form,
+    and the operator's subscriber list; screenshots of each at 1280 and 390 px."""
+    from service.tokens import Tokens
+    from tests import people
+
+    url = service.url
+    campaign = await people.add_campaign(db, "Spring news")
+    person = await people.add_person(db, None, "mover@example.com", "browser", campaign)
+    await db.execute("UPDATE rate_limits SET last_at = now() - interval '1 hour'")
+    footer = f"{url}/manage/{Tokens((support.TEST_KEY,), 3600).manage(person.id)}"
+
+    # 1. The footer's link: harmless actions only, no personal data on the page.
+    await run(browser.open, footer)
+    await run(browser.wait_text, "Manage your subscription")
+    assert person.email not in await run(browser.text)
+    assert "forwarded" in await run(browser.by_id, "why-fresh-link")
+    await run(browser.shoot, "manage")
+    await run(browser.click, "#send-link")
+    await run(browser.wait_text, "We emailed you a link to your data")
+    await run(browser.shoot, "manage-link-sent", False)
+
+    # 2. The fresh link from the email: the page's automatic post falls in the scanner
+    #    window (600 s here), so the button opens it.
+    (mail,) = await smtp.wait_for(1, timeout=WAIT)
+    assert mail.to == person.email
+    fresh = link(mail.part("plain"), url, "manage/link")
+    await run(browser.open, fresh)
+    await run(browser.wait_text, "Press the button to see what we keep about you")
+    await run(browser.shoot, "manage-open")
+    await run(browser.click, "#open-data")
+    await run(browser.wait_text, "What we keep about you")
+    body = await run(browser.text)
+    for needle in (person.email, person.name, "Thunderbird", "Subscription confirmed"):
+        assert needle in body, needle
+    await run(browser.shoot, "manage-data", False)
+
+    # 3. Correct the name; ask for the address change.
+    await run(browser.fill, "#name", "Moe Ver")
+    await run(browser.click, "#save-name")
+    await run(browser.wait_text, "Your name is saved")
+    assert await db.fetchval("SELECT name FROM subscribers") == "Moe Ver"
+    await run(browser.fill, "#new_email", "moved@example.net")
+    await run(browser.click, "#change-address")
+    await run(browser.wait_text, "We emailed moved@example.net")
+    await run(browser.shoot, "manage-data-after-change", False)
+    assert await db.fetchval("SELECT email FROM subscribers") == person.email
+
+    # 4. The new address's confirmation: a button, then the old address is gone.
+    (_, confirm_mail) = await smtp.wait_for(2, timeout=WAIT)
+    assert confirm_mail.to == "moved@example.net"
+    await run(browser.open, link(confirm_mail.part("plain"), url, "manage/address"))
+    await run(browser.wait_text, "Confirm your new address")
+    await run(browser.shoot, "manage-address-confirm")
+    await run(browser.click, "#confirm-address")
+    await run(browser.wait_text, "Your address is changed")
+    await run(browser.shoot, "manage-address-changed", False)
+    assert await db.fetchval("SELECT email FROM subscribers") == "moved@example.net"
+    assert await people.find_anywhere(db, (person.email,)) == {}
+
+    # 5. The fresh link worked once; the form for people who lost their emails.
+    await run(browser.open, fresh)
+    await run(browser.wait_text, "This link has been used")
+    await run(browser.shoot, "manage-link-used")
+    await run(browser.open, url + "/manage")
+    await run(browser.wait_text, "Enter the address you subscribed with")
+    await run(browser.shoot, "manage-lost")
+    await run(browser.fill, "#email", "someone-else@example.org")
+    await run(browser.click, "form[action='/manage'] button[type=submit]")
+    await run(browser.wait_text, "If this address is subscribed")
+    await run(browser.shoot, "manage-lost-sent", False)
+
+    # 6. The operator's list of subscribers.
+    await run(browser.open, url + "/admin")
+    await run(browser.fill, "#token", support.ADMIN_TOKEN)
+    await run(browser.click, "form[action='/admin/login'] button")
+    await run(browser.wait_text, "active subscriber")
+    await run(browser.open, url + "/admin/subscribers/list")
+    await run(browser.wait_text, "moved@example.net")
+    await run(browser.shoot, "subscriber-list")
+
     await run(browser.collect_console)
     problems = console_problems(browser.console)
     assert not problems, "\n".join(problems)

@@ -230,4 +230,6 @@ def test_newsletter_purge_command_runs_one_pass_and_prints_the_counts(database_u
         "deliveries",
         "rate_limits",
         "erasure_journal",
+        "manage_links",
+        "address_changes",
     }

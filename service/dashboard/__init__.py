@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from service.dashboard import views
+from service.dashboard import subscriber_list, views
 
 
 def routes() -> list[BaseRoute]:
@@ -22,6 +22,8 @@ def routes() -> list[BaseRoute]:
         Route("/admin/campaigns/{campaign_id:int}/send", views.send, methods=["POST"]),
         Route("/admin/subscribers", views.subscribers_form, methods=["GET"]),
         Route("/admin/subscribers", views.lookup, methods=["POST"]),
+        Route("/admin/subscribers/list", subscriber_list.list_get, methods=["GET"]),
+        Route("/admin/subscribers/list", subscriber_list.list_post, methods=["POST"]),
         Route("/admin/subscribers/export", views.export, methods=["POST"]),
         Route("/admin/subscribers/erase", views.erase, methods=["POST"]),
     ]

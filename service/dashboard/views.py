@@ -16,7 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from service import campaigns, charts, erasure
+from service import campaigns, charts, erasure, pages
 from service.dashboard import auth
 from service.dashboard.auth import FormError, Session, read_form, signed_in
 from service.dashboard.render import page, problem
@@ -499,15 +499,7 @@ async def export(request: Request, session: Session) -> Response:
     if data is None:
         return problem(request, 404, "Nothing is stored about that address.", csrf=session.csrf)
     log.info("subscriber export from dashboard")
-    return Response(
-        json.dumps(data, indent=2, default=str, ensure_ascii=False),
-        media_type="application/json",
-        headers={
-            "Content-Disposition": 'attachment; filename="subscriber-export.json"',
-            "Cache-Control": "no-store",
-            "X-Content-Type-Options": "nosniff",
-        },
-    )
+    return pages.json_download(data, "subscriber-export.json")
 
 
 @signed_in

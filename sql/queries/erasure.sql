@@ -29,6 +29,10 @@ journal AS (
 )
 SELECT status, email FROM gone;
 
+-- name: pending_addresses
+-- The new address of a pending address change: its allowance's rate-limit rows go too.
+SELECT new_email FROM address_changes WHERE subscriber_id = :id;
+
 -- name: count_unsubscribe
 INSERT INTO list_daily (day, unsubscribes)
 VALUES ((now() AT TIME ZONE 'UTC')::date, 1)
@@ -58,6 +62,13 @@ WHERE d.subscriber_id = :id ORDER BY d.queued_at, d.campaign_id;
 -- name: export_outbox
 SELECT kind, campaign_id, attempts, run_at, created_at, last_error
 FROM outbox WHERE subscriber_id = :id ORDER BY id;
+
+-- name: export_address_changes
+SELECT new_email, requested_at FROM address_changes WHERE subscriber_id = :id;
+
+-- name: export_manage_links
+-- The fresh links to the person's page (times only; the session's hash is a secret).
+SELECT created_at, expires_at, used_at FROM manage_links WHERE subscriber_id = :id ORDER BY id;
 
 -- name: export_rate_limits
 SELECT window_start, hits, last_at

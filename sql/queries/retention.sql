@@ -47,3 +47,21 @@ WHERE (subscriber_id, created_at) IN (
     SELECT subscriber_id, created_at FROM erasure_journal
     WHERE erased_at < now() - make_interval(secs => :max_age) LIMIT :batch
 );
+
+-- name: delete_old_manage_links
+-- Fresh links to the subscriber's page, once neither the link nor its page works.
+DELETE FROM manage_links
+WHERE id IN (
+    SELECT id FROM manage_links
+    WHERE expires_at < now() AND (session_until IS NULL OR session_until < now())
+    LIMIT :batch
+);
+
+-- name: delete_expired_address_changes
+-- Address changes never confirmed: their link expired after CONFIRM_MAX_AGE.
+DELETE FROM address_changes
+WHERE id IN (
+    SELECT id FROM address_changes
+    WHERE requested_at < now() - make_interval(secs => :max_age)
+    LIMIT :batch
+);
