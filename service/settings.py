@@ -361,7 +361,9 @@ def _file(text: str) -> str:
 
 
 def _domain(text: str) -> str:
-    if text and not re.fullmatch(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}", text.lower()):
+    if text and not re.fullmatch(
+        r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}", text.lower()
+    ):
         raise ValueError(f"is not a domain name: {text!r}")
     return text.lower()
 

@@ -112,9 +112,9 @@ def _delivery_status(message: email.message.Message) -> Report | None:
         action = str(block.get("Action", "")).strip().lower()
         status = str(block.get("Status", "")) or str(block.get("Diagnostic-Code", ""))
         decided = status_event(status)
-        recipient = _address(block.get("Final-Recipient")) or _address(
-            block.get("Original-Recipient")
-        )
+        # Original-Recipient is the address as we sent it (RFC 3464 2.3.1), Final-Recipient
+        # the one after forwarding or aliasing: both may be what we know.
+        named = [_address(block.get(f)) for f in ("Original-Recipient", "Final-Recipient")]
         if action in _NOT_BOUNCES:
             event, reason = IGNORE, action
         elif decided is not None and (action == "failed" or not action):
@@ -123,8 +123,8 @@ def _delivery_status(message: email.message.Message) -> Report | None:
             event, reason = HARD, "failed"
         else:
             continue
-        if event != IGNORE and recipient:
-            recipients.append(recipient)
+        if event != IGNORE:
+            recipients += [a for a in named if a and a not in recipients]
         if _SEVERITY[event] > _SEVERITY[worst.event]:
             worst = Report(event, reason, "dsn")
     return Report(worst.event, worst.reason, "dsn", tuple(recipients))
