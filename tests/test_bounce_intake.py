@@ -185,7 +185,7 @@ async def test_a_bounce_naming_only_an_address_reaches_the_latest_email_sent_bef
         campaign,
         sid,
     )
-    report, outcomes = await intake.process(
+    _report, outcomes = await intake.process(
         pool, settings, tokens(), sample("lhost-postfix-01.eml")
     )
     assert outcomes == ["erased"]
