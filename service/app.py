@@ -31,6 +31,7 @@ from service import (
     tracking_consent,
     unsubscribe,
 )
+from service.bounces import signatures, webhooks
 from service.observability import Metrics, ObservabilityMiddleware, observed, route_template
 from service.settings import Settings
 from service.tokens import Tokens
@@ -107,6 +108,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
             "/admin/api/subscribers/{email:path}", admin_api.erase_subscriber, methods=["DELETE"]
         ),
     ]
+    public.append(Route("/webhooks/{provider}", webhooks.receive, methods=["POST"]))  # issue 19
     public += dashboard.routes()
     if settings.dev:
         from service import devmode
@@ -191,4 +193,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.templates = pages.environment()
     app.state.tokens = Tokens(settings.secret_keys, settings.confirm_max_age)
     app.state.day_keys = ratelimit.DayKeys()
+    app.state.sns = signatures.SnsVerifier()  # SES webhooks' certificates, cached
     return app
