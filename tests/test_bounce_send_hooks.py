@@ -88,7 +88,7 @@ async def test_a_refused_address_at_send_time_deletes_the_pending_sign_up(
     ],
 )
 async def test_other_refusals_leave_the_subscriber(make_settings, db, reply) -> None:
-    async with refusing(make_settings, reply) as (app, client):
+    async with refusing(make_settings, reply) as (_app, client):
         await subscribe(client, "refuse@example.org")
         await wait_until(
             lambda: db.fetchval("SELECT count(*) = 0 OR bool_and(attempts > 0) FROM outbox")

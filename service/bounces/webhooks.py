@@ -136,6 +136,8 @@ _POSTMARK = {
 
 
 def postmark_events(record: dict[str, Any]) -> list[Event]:
+    if not isinstance(record.get("RecordType"), str):
+        raise Malformed("no RecordType")
     kind = record.get("Type") if record.get("RecordType") == "Bounce" else record.get("RecordType")
     event = _POSTMARK.get(str(kind), IGNORE)
     at = _iso(record.get("BouncedAt") or record.get("ReceivedAt"))
