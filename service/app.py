@@ -31,7 +31,7 @@ from service import (
     tracking_consent,
     unsubscribe,
 )
-from service.bounces import signatures, webhooks
+from service.bounces import imap, signatures, webhooks
 from service.observability import Metrics, ObservabilityMiddleware, observed, route_template
 from service.settings import Settings
 from service.tokens import Tokens
@@ -175,6 +175,7 @@ def create_app(settings: Settings) -> Starlette:
             stack.push_async_callback(app.state.pool.close)
             await stack.enter_async_context(recorder.running(app))
             await stack.enter_async_context(outbox.running(app))
+            await stack.enter_async_context(imap.running(app))  # issue 19: bounce mailbox
             await stack.enter_async_context(retention.running(app))
             log.info("started")
             yield

@@ -46,3 +46,7 @@ FROM bounce_counts WHERE campaign_id = :campaign_id GROUP BY event;
 SELECT event, source, reason, count
 FROM bounce_counts WHERE campaign_id = :campaign_id
 ORDER BY event, count DESC, source, reason;
+
+-- name: mailbox_lock
+-- One replica polls the bounce mailbox at a time (held until the poll's transaction ends).
+SELECT pg_try_advisory_xact_lock(hashtext('newsletter.bounces.imap'));
