@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import asyncpg
 
 from service.bounces import verp
 from service.settings import Settings
 from service.tokens import Tokens
-from tests import support
+from tests import people, support
 
 SAMPLES = Path(__file__).parent / "data" / "bounces"
 DOMAIN = "bounce.newsletter.test"
@@ -30,3 +33,18 @@ def return_path(settings: Settings, subscriber_id: int, campaign_id: int | None)
 def with_return_path(raw: bytes, address: str) -> bytes:
     """A bounce as a mailbox keeps it: the envelope recipient in Delivered-To."""
     return f"Delivered-To: {address}\r\n".encode() + raw
+
+
+async def mailed(
+    db: asyncpg.Connection, address: str, sent_at: datetime | None = None
+) -> tuple[int, int]:
+    """A subscriber who was sent a campaign (an hour ago unless `sent_at`): (id, campaign)."""
+    campaign = await people.add_campaign(db)
+    sid = await people.add_subscriber(db, address)
+    await db.execute(
+        "INSERT INTO deliveries (campaign_id, subscriber_id, sent_at) VALUES ($1, $2, $3)",
+        campaign,
+        sid,
+        sent_at or datetime.now(UTC) - timedelta(hours=1),
+    )
+    return sid, campaign

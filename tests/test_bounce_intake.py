@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import aiosmtplib
 import asyncpg
@@ -16,7 +17,14 @@ from service.bounces import actions, intake
 from service.bounces.receiver import BounceServer
 from service.settings import Settings
 from tests import people
-from tests.bounce_support import DOMAIN, return_path, sample, tokens, with_return_path
+from tests.bounce_support import (
+    DOMAIN,
+    mailed,
+    return_path,
+    sample,
+    tokens,
+    with_return_path,
+)
 from tests.signup_helpers import subscribe
 
 
@@ -177,14 +185,7 @@ async def test_a_bounce_naming_only_an_address_reaches_the_latest_email_sent_bef
     pool, db, settings
 ) -> None:
     """Without VERP (no BOUNCE_DOMAIN) the failed recipient is the only clue."""
-    campaign = await people.add_campaign(db)
-    sid = await people.add_subscriber(db, "kijitora@example.org")
-    await db.execute(
-        "INSERT INTO deliveries (campaign_id, subscriber_id, sent_at)"
-        " VALUES ($1, $2, '2009-01-01')",
-        campaign,
-        sid,
-    )
+    _sid, campaign = await mailed(db, "kijitora@example.org", datetime(2009, 1, 1, tzinfo=UTC))
     _report, outcomes = await intake.process(
         pool, settings, tokens(), sample("lhost-postfix-01.eml")
     )
@@ -198,14 +199,8 @@ async def test_a_late_bounce_never_reaches_the_re_sign_up_that_followed_the_eras
     """The race: a bounce erases, the person signs up again at the same moment, and the
     same report arrives again (a retry) or names only the address."""
     address = "again@example.org"
-    for attempt in range(5):
-        campaign = await people.add_campaign(db, f"Race {attempt}")
-        sid = await people.add_subscriber(db, address)
-        await db.execute(
-            "INSERT INTO deliveries (campaign_id, subscriber_id, sent_at) VALUES ($1, $2, now())",
-            campaign,
-            sid,
-        )
+    for _round in range(5):
+        sid, campaign = await mailed(db, address, datetime.now(UTC))
         target = actions.Target(sid, campaign)
         bounce = actions.apply(pool, bounce_settings, target, "hard", "dsn", "5.1.1")
         outcome, response = await asyncio.gather(bounce, subscribe(client, address))

@@ -19,6 +19,7 @@ from cryptography.x509.oid import NameOID
 
 from service.bounces.signatures import sns_string_to_sign
 from tests import people
+from tests.bounce_support import mailed
 
 TOPIC = "arn:aws:sns:eu-west-1:123456789012:ses-bounces"
 CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-test.pem"
@@ -118,18 +119,6 @@ async def hooks(app_factory):
     ) as (app, client):
         app.state.sns.fetch = sns.fetch
         yield app, client, sns
-
-
-async def mailed(db, address: str) -> tuple[int, int]:
-    campaign = await people.add_campaign(db)
-    sid = await people.add_subscriber(db, address)
-    await db.execute(
-        "INSERT INTO deliveries (campaign_id, subscriber_id, sent_at)"
-        " VALUES ($1, $2, now() - interval '1 hour')",
-        campaign,
-        sid,
-    )
-    return sid, campaign
 
 
 async def counts(db) -> list[tuple]:
