@@ -32,6 +32,7 @@ from service import (
     tracking_consent,
     unsubscribe,
 )
+from service.bounces import imap, signatures, webhooks
 from service.observability import Metrics, ObservabilityMiddleware, observed, route_template
 from service.settings import Settings
 from service.tokens import Tokens
@@ -114,6 +115,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
             methods=["PATCH"],
         ),
     ]
+    public.append(Route("/webhooks/{provider}", webhooks.receive, methods=["POST"]))  # issue 19
     public += dashboard.routes()
     if settings.dev:
         from service import devmode
@@ -180,6 +182,7 @@ def create_app(settings: Settings) -> Starlette:
             stack.push_async_callback(db.close_pool, app.state.pool)
             await stack.enter_async_context(recorder.running(app))
             await stack.enter_async_context(outbox.running(app))
+            await stack.enter_async_context(imap.running(app))  # issue 19: bounce mailbox
             await stack.enter_async_context(retention.running(app))
             log.info("started")
             yield
@@ -201,4 +204,5 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.day_keys = ratelimit.DayKeys()
     app.state.database_probe = health.DatabaseProbe()
+    app.state.sns = signatures.SnsVerifier()  # SES webhooks' certificates, cached
     return app

@@ -1,4 +1,4 @@
-"""The `newsletter` command: dev, serve, migrate, purge, reapply-erasures."""
+"""The `newsletter` command: dev, serve, migrate, purge, reapply-erasures, bounces."""
 
 from __future__ import annotations
 
@@ -258,6 +258,19 @@ def cmd_reapply_erasures(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bounces(args: argparse.Namespace) -> int:
+    """The bounce receiver (README, "Bounces and complaints")."""
+    settings = _settings(required=("DATABASE_URL", "SECRET_KEYS", "BOUNCE_DOMAIN"))
+    if not settings.bounce_domain:
+        print("newsletter: configuration error: BOUNCE_DOMAIN is empty", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    from service.bounces import receiver
+
+    _run_async(lambda: receiver.serve(settings))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="newsletter", description="Newsletter double opt-in and open-tracking service."
@@ -285,6 +298,9 @@ def parser() -> argparse.ArgumentParser:
         help="the database to read the journal from (default: DATABASE_URL)",
     )
     reapply.set_defaults(func=cmd_reapply_erasures)
+    sub.add_parser(
+        "bounces", help="run the SMTP server that receives bounces for BOUNCE_DOMAIN"
+    ).set_defaults(func=cmd_bounces)
     return p
 
 

@@ -34,6 +34,8 @@ ALLOWED_FIELDS = (
     "task",
     "dropped",
     "delay_s",
+    "source",  # bounces: the intake (dsn, ses, ...)
+    "outcome",  # bounces: erased, counted, ...
 )
 
 

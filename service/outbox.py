@@ -27,6 +27,7 @@ import asyncpg
 from starlette.applications import Starlette
 
 from service import db, dkim, emails
+from service.bounces import send_hooks
 from service.observability import Metrics
 from service.queries import queries
 from service.settings import Settings
@@ -179,7 +180,11 @@ class Worker:
                 con, job, Transient(None, f"compose {exc.__class__.__name__}")
             )
         try:
-            await mailer.send(self.sender, recipients, raw, smtputf8)
+            # issue 19 hook: the VERP return path (MAIL_FROM's address without BOUNCE_DOMAIN)
+            sender = send_hooks.envelope_sender(
+                self.settings, self.context.tokens, job, self.sender
+            )
+            await mailer.send(sender, recipients, raw, smtputf8)
         except RelayUnavailable as failure:
             log.warning("smtp relay unavailable", extra={"reason": failure.reason})
             return "relay_down"
@@ -222,6 +227,8 @@ class Worker:
         await q.delete_job.execute(con, id=job["id"])
         if job["kind"] == "campaign":
             await q.count_campaign_failed.execute(con, campaign_id=job["campaign_id"])
+        if outcome == "rejected":  # issue 19 hook: a 5xx refusal of the address is a hard bounce
+            await send_hooks.refused_at_send(con, self.settings, job, failure)
         self.metrics.emails_failed.labels(job["kind"], outcome).inc()
         log.warning(f"email dropped ({outcome})", extra=fields)
         return "dropped"

@@ -173,6 +173,22 @@ class Settings:
     # How long a fresh link to see or change one's data works (once), and the page it
     # opens stays usable after that.
     manage_link_max_age: float = 1800.0
+    # -- bounces and complaints (service/bounces/, README "Bounces and complaints") --
+    bounce_domain: str = ""  # VERP return paths {BOUNCE_LOCAL}+{token}@ here; "" = MAIL_FROM
+    bounce_local: str = "bounces"
+    bounce_soft_limit: int = 3  # soft bounces within BOUNCE_SOFT_WINDOW that erase
+    bounce_soft_window: float = 15 * 86400
+    bounce_smtp_host: str = "0.0.0.0"  # `newsletter bounces`
+    bounce_smtp_port: int = 2525
+    bounce_smtp_max_bytes: int = 2 * 1024 * 1024
+    bounce_smtp_timeout: float = 60.0
+    bounce_imap_url: str = ""  # imaps://user:password@host/INBOX, polled by the worker
+    bounce_imap_interval: float = 60.0
+    webhook_max_bytes: int = 1024 * 1024
+    webhook_ses_topic_arns: tuple[str, ...] = ()
+    webhook_postmark_auth: str = ""  # user:password of the webhook URL's basic auth
+    webhook_sendgrid_public_key: str = ""  # base64 DER, "Signed Event Webhook" page
+    webhook_mailgun_signing_key: str = ""
     # -- process -----------------------------------------------------------------
     log_level: str = "info"
     dev: bool = False
@@ -348,6 +364,44 @@ def _file(text: str) -> str:
     return text
 
 
+def _domain(text: str) -> str:
+    if text and not re.fullmatch(
+        r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}", text.lower()
+    ):
+        raise ValueError(f"is not a domain name: {text!r}")
+    return text.lower()
+
+
+def _bounce_local(text: str) -> str:
+    """At most 18 characters: with `+` and the 45 of the token, 64 (RFC 5321)."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,17}", text) or text.endswith("."):
+        raise ValueError("must be 1-18 of a-z 0-9 . _ - (lower case, no +)")
+    return text
+
+
+def _imap_url(text: str) -> str:
+    if not text:
+        return text
+    parts = urlsplit(text)
+    if parts.scheme not in ("imap", "imaps") or not parts.hostname or not parts.username:
+        raise ValueError("must look like imaps://user:password@host/INBOX")
+    return text
+
+
+def _basic_auth(text: str) -> str:
+    if text and (":" not in text or len(text) < 16):
+        raise ValueError("must be user:password, at least 16 characters in all")
+    return text
+
+
+def _public_key(text: str) -> str:
+    if text:
+        from service.bounces.signatures import load_public_key
+
+        load_public_key(text)
+    return text
+
+
 _DAY = 86400.0
 VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("DATABASE_URL", "database_url", _url(("postgresql", "postgres"))),
@@ -404,6 +458,21 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("ERASURE_JOURNAL_RETENTION", "erasure_journal_retention", _seconds(_DAY, 10 * 365 * _DAY)),
     ("STATS_MIN_BUCKET", "stats_min_bucket", _int(1, 1000)),
     ("MANAGE_LINK_MAX_AGE", "manage_link_max_age", _seconds(60, _DAY)),
+    ("BOUNCE_DOMAIN", "bounce_domain", _domain),
+    ("BOUNCE_LOCAL", "bounce_local", _bounce_local),
+    ("BOUNCE_SOFT_LIMIT", "bounce_soft_limit", _int(1, 100)),
+    ("BOUNCE_SOFT_WINDOW", "bounce_soft_window", _seconds(_DAY, 365 * _DAY)),
+    ("BOUNCE_SMTP_HOST", "bounce_smtp_host", _text(253)),
+    ("BOUNCE_SMTP_PORT", "bounce_smtp_port", _int(1, 65535)),
+    ("BOUNCE_SMTP_MAX_BYTES", "bounce_smtp_max_bytes", _int(64 * 1024, 100 * 1024 * 1024)),
+    ("BOUNCE_SMTP_TIMEOUT", "bounce_smtp_timeout", _seconds(1, 3600)),
+    ("BOUNCE_IMAP_URL", "bounce_imap_url", _imap_url),
+    ("BOUNCE_IMAP_INTERVAL", "bounce_imap_interval", _seconds(1, _DAY)),
+    ("WEBHOOK_MAX_BYTES", "webhook_max_bytes", _int(1024, 100 * 1024 * 1024)),
+    ("WEBHOOK_SES_TOPIC_ARNS", "webhook_ses_topic_arns", _split),
+    ("WEBHOOK_POSTMARK_AUTH", "webhook_postmark_auth", _basic_auth),
+    ("WEBHOOK_SENDGRID_PUBLIC_KEY", "webhook_sendgrid_public_key", _public_key),
+    ("WEBHOOK_MAILGUN_SIGNING_KEY", "webhook_mailgun_signing_key", _text(200)),
     ("LOG_LEVEL", "log_level", _choice(("debug", "info", "warning", "error"))),
 )
 

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.admin_auth import require_admin
+from service.bounces import stats as bounce_stats
 from service.queries import queries
 
 OTHER = "other"
@@ -111,6 +112,8 @@ async def campaign_stats(
         "by_country": _breakdown(by_dimension.get("country", []), "country", min_bucket),
         "by_client": _breakdown(by_dimension.get("client", []), "client", min_bucket),
         "min_bucket": min_bucket,
+        # issue 19: delivered, bounces, complaints, rates and warnings
+        "deliverability": await bounce_stats.deliverability(con, campaign_id, sent),
     }
 
 

@@ -45,14 +45,18 @@ MANAGE_LINK = "newsletter.manage.link"
 ADDRESS_CONFIRM = "newsletter.manage.address"
 PIXEL = "newsletter.pixel"
 CAMPAIGN_PIXEL = "newsletter.pixel.campaign"
+BOUNCE = "newsletter.bounce"
 
 MAX_LENGTH = 200
 _ONE_ID = struct.Struct(">Q")  # unsubscribe, tracking, manage, campaign-only pixel
 _TWO_IDS = struct.Struct(">QQ")  # pixel: subscriber, campaign
 _TIMED = struct.Struct(">QI")  # confirm, cancel: subscriber, issued at (epoch seconds)
 _ROW_TIMED = struct.Struct(">QQI")  # manage link, address change: subscriber, row, issued at
+_DELIVERY = struct.Struct(">QI")  # bounce: subscriber, campaign (0: the confirmation email)
+BOUNCE_TOKEN_LENGTH = 45  # base32 characters of _DELIVERY + tag (224 bits)
 _SIV_TAG = 16
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+_BASE32 = re.compile(r"[A-Z2-7]+")
 _CLOCK_SKEW = 300.0  # seconds a token may seem to come from the future (replica clocks)
 
 
@@ -220,6 +224,34 @@ class Tokens:
             subscriber_id, campaign_id = self._open(PIXEL, token, _TWO_IDS)
             return PixelClaim(subscriber_id, campaign_id)
         return PixelClaim(None, self._open(CAMPAIGN_PIXEL, token, _ONE_ID)[0])
+
+    # -- the VERP return path (service/bounces/verp.py) -------------------------------
+    def bounce(self, subscriber_id: int, campaign_id: int | None) -> str:
+        """Names one email (campaign None: the confirmation) in its envelope sender. In
+        lower-case base32, 45 characters: a local part is at most 64 octets (RFC 5321
+        4.5.3.1.1) and some relays change its case."""
+        raw = self._ciphers[0].encrypt(
+            _DELIVERY.pack(subscriber_id, campaign_id or 0), [BOUNCE.encode()]
+        )
+        return base64.b32encode(raw).decode().rstrip("=").lower()
+
+    def verify_bounce(self, token: str) -> tuple[int, int | None]:
+        """(subscriber id, campaign id or None); accepts the token in either case."""
+        text = token.upper()
+        if len(text) != BOUNCE_TOKEN_LENGTH or not _BASE32.fullmatch(text):
+            raise InvalidToken("malformed")
+        raw = base64.b32decode(text + "===")
+        if base64.b32encode(raw).decode().rstrip("=") != text:
+            raise InvalidToken("malformed")  # a changed spare bit: one token, one text
+        for cipher in self._ciphers:
+            try:
+                subscriber_id, campaign_id = _DELIVERY.unpack(
+                    cipher.decrypt(raw, [BOUNCE.encode()])
+                )
+            except InvalidTag:
+                continue
+            return subscriber_id, campaign_id or None
+        raise InvalidToken("forged")
 
 
 def _check_age(issued: int, max_age: float) -> None:

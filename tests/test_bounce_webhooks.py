@@ -1,0 +1,315 @@
+"""POST /webhooks/{provider} through the real app and database: each provider's
+authentication (SendGrid's published test vector; an SNS certificate made here, since
+the service fetches certificates only from sns.<region>.amazonaws.com), 401/400/413,
+replays, and the erasure the events cause."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
+
+from service.bounces.signatures import sns_string_to_sign
+from tests import people
+from tests.bounce_support import mailed
+
+TOPIC = "arn:aws:sns:eu-west-1:123456789012:ses-bounces"
+CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-test.pem"
+POSTMARK = "hook-user:a-long-webhook-password"
+MAILGUN_KEY = "key-mailgun-signing-0123456789"
+
+# SendGrid's published vector (sendgrid/sendgrid-python, test/unit/test_eventwebhook.py)
+SG_KEY = (
+    "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE83T4O/n84iotIvIW4mdBgQ/7dAfSmpqIM8kF9mN1flpVKS3GRqe62"
+    "gw+2fNNRaINXvVpiglSI8eNEc6wEA3F+g=="
+)
+SG_SIGNATURE = "MEUCIGHQVtGj+Y3LkG9fLcxf3qfI10QysgDWmMOVmxG0u6ZUAiEAyBiXDWzM+uOe5W0JuG+luQAbPIqHh89M15TluLtEZtM="
+SG_BAD_SIGNATURE = "MEUCIQCtIHJeH93Y+qpYeWrySphQgpNGNr/U+UyUlBkU6n7RAwIgJTz2C+8a8xonZGi6BpSzoQsbVRamr2nlxFDWYNH3j/0="
+SG_TIMESTAMP = "1600112502"
+SG_PAYLOAD = (
+    json.dumps(
+        [
+            {
+                "email": "hello@world.com",
+                "event": "dropped",
+                "reason": "Bounced Address",
+                "sg_event_id": "ZHJvcC0xMDk5NDkxOS1MUnpYbF9OSFN0T0doUTRrb2ZTbV9BLTA",
+                "sg_message_id": "LRzXl_NHStOGhQ4kofSm_A.filterdrecv-p3mdw1-756b745b58-kmzbl-18-5F5FC76C-9.0",
+                "smtp-id": "<LRzXl_NHStOGhQ4kofSm_A@ismtpd0039p1iad1.sendgrid.net>",
+                "timestamp": 1600112492,
+            }
+        ],
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    + "\r\n"
+)
+
+
+class Sns:
+    """A signing key and certificate of our own, served as if from CERT_URL."""
+
+    def __init__(self) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
+        now = dt.datetime.now(dt.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(1)
+            .not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=1))
+            .sign(self.key, hashes.SHA256())
+        )
+        self.fetched: list[str] = []
+
+    async def fetch(self, url: str) -> bytes:
+        self.fetched.append(url)
+        if url == CERT_URL:
+            return self.cert.public_bytes(serialization.Encoding.PEM)
+        return b"<ConfirmSubscriptionResponse/>"
+
+    def sign(self, message: dict, version: str = "2") -> dict:
+        message = {**message, "SignatureVersion": version, "SigningCertURL": CERT_URL}
+        algorithm = hashes.SHA256() if version == "2" else hashes.SHA1()  # noqa: S303
+        signature = self.key.sign(sns_string_to_sign(message), padding.PKCS1v15(), algorithm)
+        return {**message, "Signature": base64.b64encode(signature).decode()}
+
+
+def ses_bounce(address: str, status: str = "5.1.1", kind: str = "Permanent") -> dict:
+    return {
+        "Type": "Notification",
+        "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
+        "TopicArn": TOPIC,
+        "Message": json.dumps(
+            {
+                "notificationType": "Bounce",
+                "bounce": {
+                    "bounceType": kind,
+                    "bounceSubType": "General",
+                    "bouncedRecipients": [{"emailAddress": address, "status": status}],
+                    "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+                },
+                "mail": {"source": "news@newsletter.test"},
+            }
+        ),
+        "Timestamp": "2026-12-02T03:00:00.000Z",
+    }
+
+
+@pytest.fixture
+async def hooks(app_factory):
+    sns = Sns()
+    async with app_factory(
+        webhook_ses_topic_arns=(TOPIC,),
+        webhook_postmark_auth=POSTMARK,
+        webhook_sendgrid_public_key=SG_KEY,
+        webhook_mailgun_signing_key=MAILGUN_KEY,
+        webhook_max_bytes=64 * 1024,
+    ) as (app, client):
+        app.state.sns.fetch = sns.fetch
+        yield app, client, sns
+
+
+async def counts(db) -> list[tuple]:
+    rows = await db.fetch("SELECT campaign_id, event, source, reason, count FROM bounce_counts")
+    return [tuple(r) for r in rows]
+
+
+async def test_ses_permanent_bounce_erases_and_a_replay_changes_nothing(hooks, db) -> None:
+    _app, client, sns = hooks
+    _sid, campaign = await mailed(db, "gone@example.org")
+    body = sns.sign(ses_bounce("gone@example.org"))
+    first = await client.post("/webhooks/ses", json=body)
+    assert first.status_code == 200 and first.json()["outcomes"] == {"erased": 1}
+    again = await client.post("/webhooks/ses", json=body)
+    assert again.status_code == 200 and again.json()["outcomes"] == {"unknown": 1}
+    assert await db.fetchval("SELECT count(*) FROM subscribers") == 0
+    assert await counts(db) == [(campaign, "hard", "ses", "5.1.1", 1)]
+    assert sns.fetched == [CERT_URL]  # fetched once, then cached
+
+
+async def test_ses_signature_version_1_and_transient_bounces_count_soft(hooks, db) -> None:
+    _app, client, sns = hooks
+    _sid, campaign = await mailed(db, "full@example.org")
+    body = sns.sign(ses_bounce("full@example.org", "4.2.2", "Transient"), version="1")
+    assert (await client.post("/webhooks/ses", json=body)).json()["outcomes"] == {"counted": 1}
+    assert await counts(db) == [(campaign, "soft", "ses", "4.2.2", 1)]
+
+
+async def test_ses_forged_foreign_and_off_domain_messages_are_refused(hooks, db) -> None:
+    _app, client, sns = hooks
+    await mailed(db, "target@example.org")
+    good = sns.sign(ses_bounce("target@example.org"))
+    tampered = {**good, "Message": good["Message"].replace("Permanent", "Transient")}
+    other_topic = sns.sign({**ses_bounce("target@example.org"), "TopicArn": TOPIC + "-x"})
+    for host in ("sns.eu-west-1.amazonaws.com.evil.example", "evil.example", "s3.amazonaws.com"):
+        off = {**good, "SigningCertURL": f"https://{host}/SimpleNotificationService-test.pem"}
+        assert (await client.post("/webhooks/ses", json=off)).status_code == 401
+    http = {**good, "SigningCertURL": CERT_URL.replace("https", "http")}
+    for body in (tampered, other_topic, http, {**good, "Signature": "!!"}):
+        assert (await client.post("/webhooks/ses", json=body)).status_code == 401
+    assert set(sns.fetched) <= {CERT_URL}  # never another host
+    assert await db.fetchval("SELECT count(*) FROM subscribers") == 1
+
+
+async def test_ses_subscription_confirmation_visits_only_an_sns_url(hooks) -> None:
+    _app, client, sns = hooks
+    confirm = {
+        "Type": "SubscriptionConfirmation",
+        "MessageId": "165545c9-2a5c-472c-8df2-7ff2be2b3b1b",
+        "Token": "2336412f37",
+        "TopicArn": TOPIC,
+        "Message": "You have chosen to subscribe to the topic.",
+        "SubscribeURL": "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&Token=2336412f37",
+        "Timestamp": "2026-12-02T03:00:00.000Z",
+    }
+    assert (await client.post("/webhooks/ses", json=sns.sign(confirm))).status_code == 200
+    assert sns.fetched[-1] == confirm["SubscribeURL"]
+    evil = sns.sign({**confirm, "SubscribeURL": "https://evil.example/?Action=x"})
+    assert (await client.post("/webhooks/ses", json=evil)).status_code == 401
+    assert "https://evil.example/?Action=x" not in sns.fetched
+
+
+async def test_sendgrid_published_vector_verifies_and_its_bad_signature_does_not(hooks) -> None:
+    _app, client, _sns = hooks
+    headers = {
+        "X-Twilio-Email-Event-Webhook-Signature": SG_SIGNATURE,
+        "X-Twilio-Email-Event-Webhook-Timestamp": SG_TIMESTAMP,
+        "Content-Type": "application/json",
+    }
+    good = await client.post("/webhooks/sendgrid", content=SG_PAYLOAD, headers=headers)
+    assert good.status_code == 200 and good.json()["events"] == 0  # "dropped": not a bounce
+    bad = {**headers, "X-Twilio-Email-Event-Webhook-Signature": SG_BAD_SIGNATURE}
+    assert (
+        await client.post("/webhooks/sendgrid", content=SG_PAYLOAD, headers=bad)
+    ).status_code == 401
+    later = {**headers, "X-Twilio-Email-Event-Webhook-Timestamp": "1600112503"}
+    assert (
+        await client.post("/webhooks/sendgrid", content=SG_PAYLOAD, headers=later)
+    ).status_code == 401
+    assert (await client.post("/webhooks/sendgrid", content=SG_PAYLOAD)).status_code == 401
+
+
+async def test_sendgrid_signed_spam_report_erases(app_factory, db) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    _sid, campaign = await mailed(db, "spam@example.org")
+    body = json.dumps(
+        [
+            {
+                "email": "spam@example.org",
+                "event": "spamreport",
+                "timestamp": int(dt.datetime.now().timestamp()),
+            }
+        ]
+    ).encode()
+    signature = base64.b64encode(key.sign(b"1700000000" + body, ec.ECDSA(hashes.SHA256())))
+    async with app_factory(webhook_sendgrid_public_key=base64.b64encode(public).decode()) as (
+        _app,
+        client,
+    ):
+        response = await client.post(
+            "/webhooks/sendgrid",
+            content=body,
+            headers={
+                "X-Twilio-Email-Event-Webhook-Signature": signature.decode(),
+                "X-Twilio-Email-Event-Webhook-Timestamp": "1700000000",
+            },
+        )
+    assert response.json()["outcomes"] == {"erased": 1}
+    assert await counts(db) == [(campaign, "complaint", "sendgrid", "spamreport", 1)]
+
+
+def mailgun(event: dict, key: str = MAILGUN_KEY) -> dict:
+    timestamp, token = "1700000000", "f3a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6b7c"
+    signature = hmac.new(key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
+    return {
+        "signature": {"timestamp": timestamp, "token": token, "signature": signature},
+        "event-data": event,
+    }
+
+
+async def test_mailgun_permanent_failure_erases_and_a_wrong_key_is_refused(hooks, db) -> None:
+    _app, client, _sns = hooks
+    _sid, campaign = await mailed(db, "mg@example.org")
+    event = {
+        "event": "failed",
+        "severity": "permanent",
+        "recipient": "mg@example.org",
+        "timestamp": dt.datetime.now(dt.UTC).timestamp(),
+        "delivery-status": {"code": 550, "message": "5.1.1 The email account does not exist"},
+    }
+    forged = mailgun(event, key="key-someone-else")
+    assert (await client.post("/webhooks/mailgun", json=forged)).status_code == 401
+    temporary = mailgun({**event, "severity": "temporary"})
+    assert (await client.post("/webhooks/mailgun", json=temporary)).json()["events"] == 0
+    assert (await client.post("/webhooks/mailgun", json=mailgun(event))).json()["outcomes"] == {
+        "erased": 1
+    }
+    assert await counts(db) == [(campaign, "hard", "mailgun", "5.1.1", 1)]
+
+
+async def test_postmark_basic_auth_and_bounce_types(hooks, db) -> None:
+    _app, client, _sns = hooks
+    _sid, campaign = await mailed(db, "pm@example.org")
+    record = {
+        "RecordType": "Bounce",
+        "Type": "HardBounce",
+        "Email": "pm@example.org",
+        "BouncedAt": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    assert (await client.post("/webhooks/postmark", json=record)).status_code == 401
+    wrong = ("hook-user", "not-the-password")
+    assert (await client.post("/webhooks/postmark", json=record, auth=wrong)).status_code == 401
+    auth = tuple(POSTMARK.split(":", 1))
+    auto = {**record, "Type": "AutoResponder"}
+    assert (await client.post("/webhooks/postmark", json=auto, auth=auth)).json()["outcomes"] == {}
+    response = await client.post("/webhooks/postmark", json=record, auth=auth)
+    assert response.json()["outcomes"] == {"erased": 1}
+    assert await counts(db) == [(campaign, "hard", "postmark", "HardBounce", 1)]
+
+
+async def test_a_late_webhook_for_an_address_never_reaches_a_newer_sign_up(hooks, db) -> None:
+    _app, client, _sns = hooks
+    auth = tuple(POSTMARK.split(":", 1))
+    await people.add_subscriber(db, "new@example.org", status="pending")
+    await db.execute("UPDATE subscribers SET confirm_sent_at = now()")
+    record = {
+        "RecordType": "Bounce",
+        "Type": "HardBounce",
+        "Email": "new@example.org",
+        "BouncedAt": (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).isoformat(),
+    }
+    response = await client.post("/webhooks/postmark", json=record, auth=auth)
+    assert response.json()["outcomes"] == {"unknown": 1}
+    assert await db.fetchval("SELECT count(*) FROM subscribers") == 1
+
+
+@pytest.mark.parametrize("provider", ["ses", "postmark", "sendgrid", "mailgun"])
+async def test_malformed_oversized_and_unknown_requests(hooks, provider) -> None:
+    _app, client, _sns = hooks
+    auth = tuple(POSTMARK.split(":", 1)) if provider == "postmark" else None
+    for body in (b"not json", b"\xff\xfe", b"[1, 2", b'"a string"', b"{}", b"[{}]", b"null"):
+        response = await client.post(f"/webhooks/{provider}", content=body, auth=auth)
+        assert response.status_code in (400, 401), (body, response.status_code)
+    big = await client.post(f"/webhooks/{provider}", content=b"[" + b" " * 70_000 + b"]", auth=auth)
+    assert big.status_code == 413
+
+
+async def test_unknown_or_unconfigured_providers_are_404(app_factory) -> None:
+    async with app_factory() as (_app, client):
+        for provider in ("ses", "postmark", "sendgrid", "mailgun", "other"):
+            assert (await client.post(f"/webhooks/{provider}", json={})).status_code == 404
