@@ -78,13 +78,13 @@ bench: $(STAMP)
 
 # Optional system packages some tests use (they skip, saying so, without them):
 # chromium + chromium-driver (browser test), pgbouncer (transaction-pooling test), wrk (bench),
-# docker.io + mmdebstrap (make test-image).
+# docker.io + mmdebstrap (make test-image), dovecot-imapd (the bounce mailbox test).
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	    chromium chromium-driver pgbouncer wrk docker.io mmdebstrap >/dev/null && echo "system packages installed" \
+	    chromium chromium-driver pgbouncer wrk docker.io mmdebstrap dovecot-imapd >/dev/null && echo "system packages installed" \
 	    || echo "could not install the optional system packages; the tests that need them will skip"; \
-	else echo "run as root on Debian/Ubuntu, or install: chromium chromium-driver pgbouncer wrk docker.io mmdebstrap"; fi
+	else echo "run as root on Debian/Ubuntu, or install: chromium chromium-driver pgbouncer wrk docker.io mmdebstrap dovecot-imapd"; fi
 
 clean:
 	rm -rf $(VENV) $(MIN_VENV) .pytest_cache .ruff_cache
