@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.headerregistry import Address
@@ -433,6 +434,13 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
     dkim = [values.get(f) for f in ("dkim_private_key_file", "dkim_selector", "dkim_domain")]
     if any(dkim) and not all(dkim):
         problems.append("DKIM_PRIVATE_KEY_FILE, DKIM_SELECTOR and DKIM_DOMAIN must be set together")
+    elif all(dkim):
+        from service.dkim import load_key  # here: service.dkim imports this module
+
+        try:
+            load_key(Path(dkim[0]).read_bytes())
+        except (ValueError, TypeError, OSError) as exc:
+            problems.append(f"DKIM_PRIVATE_KEY_FILE is not a usable key: {exc}")
     if values.get("outbox_backoff_base", 30) > values.get("outbox_backoff_max", 6 * 3600):
         problems.append("OUTBOX_BACKOFF_BASE must not be larger than OUTBOX_BACKOFF_MAX")
     return problems
