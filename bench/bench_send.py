@@ -136,7 +136,11 @@ async def service_send(
     """emails/s of the outbox worker sending one campaign of `count` emails."""
     await _reset(url, count)
     dkim = (
-        {"dkim_private_key_file": str(dkim_key), "dkim_selector": "s1", "dkim_domain": "example.com"}
+        {
+            "dkim_private_key_file": str(dkim_key),
+            "dkim_selector": "s1",
+            "dkim_domain": "example.com",
+        }
         if dkim_key
         else {}
     )
@@ -229,7 +233,8 @@ async def run() -> list[dict]:
                     share = rate / plain[lanes]
                     row = {
                         "bench": "send",
-                        "name": f"service, {lanes} lane(s)" + (f", DKIM {ALGORITHM}" if signed else ""),
+                        "name": f"service, {lanes} lane(s)"
+                        + (f", DKIM {ALGORITHM}" if signed else ""),
                         "emails_per_s": round(rate),
                         "of_plain": f"{share:.0%}",
                     }
