@@ -145,6 +145,8 @@ class Settings:
     # -- mailer (outbox) ---------------------------------------------------------
     outbox_max_attempts: int = 8
     outbox_concurrency: int = 4
+    # -- sending at scale (issue 16) -------------------------------------------------
+    outbox_batch: int = 50  # jobs a lane claims, sends and records in one transaction
     outbox_poll_interval: float = 5.0
     outbox_backoff_base: float = 30.0
     outbox_backoff_max: float = 6 * 3600
@@ -379,7 +381,8 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("RATE_CONFIRM_MIN_INTERVAL", "rate_confirm_min_interval", _seconds(0, _DAY)),
     ("RATE_SIGNUP_PER_IP_HOUR", "rate_signup_per_ip_hour", _int(1, 1_000_000)),
     ("OUTBOX_MAX_ATTEMPTS", "outbox_max_attempts", _int(1, 100)),
-    ("OUTBOX_CONCURRENCY", "outbox_concurrency", _int(1, 64)),
+    ("OUTBOX_CONCURRENCY", "outbox_concurrency", _int(0, 64)),
+    ("OUTBOX_BATCH", "outbox_batch", _int(1, 1000)),
     ("OUTBOX_POLL_INTERVAL", "outbox_poll_interval", _seconds(0.05, 3600)),
     ("OUTBOX_BACKOFF_BASE", "outbox_backoff_base", _seconds(0.01, _DAY)),
     ("OUTBOX_BACKOFF_MAX", "outbox_backoff_max", _seconds(0.01, 7 * _DAY)),
