@@ -12,11 +12,14 @@ campaign's own pixel, which names nobody; none at all in TRACKING_MODE=off.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import jinja2
+import markupsafe
 
 from service import mailbuild
 from service.campaigns import compile_template
@@ -84,6 +87,55 @@ class Links:
         )
 
 
+# Stand-ins for one subscriber's links while a footer is rendered once per variant;
+# made of characters that neither HTML escaping nor the templates change.
+_STAND_INS = {
+    "unsubscribe_url": "@@unsubscribe_url@@",
+    "manage_url": "@@manage_url@@",
+    "pixel_url": "@@pixel_url@@",
+    "tracking_url": "@@tracking_url@@",
+}
+
+
+@functools.lru_cache(maxsize=32)
+def _footer_templates(
+    templates: jinja2.Environment, tracking_mode: str, ip_mode: str, pixel: bool, tracking: bool
+) -> tuple[str, str]:
+    """Both footers rendered once for one kind of links (pixel or not, tracking link or
+    not), with stand-ins where each subscriber's links go."""
+    links = Links(
+        unsubscribe_url=_STAND_INS["unsubscribe_url"],
+        manage_url=_STAND_INS["manage_url"],
+        pixel_url=_STAND_INS["pixel_url"] if pixel else "",
+        tracking_url=_STAND_INS["tracking_url"] if tracking else "",
+        personal=tracking,
+    )
+    values = {"links": links, "tracking_mode": tracking_mode, "ip_mode": ip_mode}
+    return (
+        templates.get_template("campaign_footer.html").render(**values),
+        templates.get_template("campaign_footer.txt").render(**values),
+    )
+
+
+def footers(ctx: MailContext, links: Links) -> tuple[str, str]:
+    """(HTML footer, text footer) of one email: a template render costs more than the
+    rest of the email, so each variant is rendered once and the links are put in (HTML
+    escaped as the template would escape them)."""
+    html, text = _footer_templates(
+        ctx.templates,
+        ctx.settings.tracking_mode,
+        ctx.settings.ip_mode,
+        bool(links.pixel_url),
+        bool(links.tracking_url),
+    )
+    for field, stand_in in _STAND_INS.items():
+        url = getattr(links, field)
+        if url:
+            html = html.replace(stand_in, str(markupsafe.escape(url)))
+            text = text.replace(stand_in, url)
+    return html, text
+
+
 def render(
     ctx: MailContext,
     *,
@@ -94,16 +146,10 @@ def render(
     links: Links,
 ) -> tuple[str, str, str]:
     """(subject, html, text) of one email: the operator's templates and our footer."""
-    footer = {
-        "links": links,
-        "tracking_mode": ctx.settings.tracking_mode,
-        "ip_mode": ctx.settings.ip_mode,
-    }
     rendered_subject = compile_template(subject, False).render(**variables)
     rendered_html = compile_template(html, True).render(**variables)
     rendered_text = compile_template(text, False).render(**variables)
-    html_footer = ctx.templates.get_template("campaign_footer.html").render(**footer)
-    text_footer = ctx.templates.get_template("campaign_footer.txt").render(**footer)
+    html_footer, text_footer = footers(ctx, links)
     # The footer and pixel go just before </body> when the operator wrote a whole
     # document, else at the very end.
     ends = list(_BODY_END.finditer(rendered_html))

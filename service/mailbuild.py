@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import secrets
 from dataclasses import dataclass
 from email.utils import formatdate, parseaddr
@@ -56,7 +57,12 @@ def envelope_sender(settings: Settings, subscriber_id: int, campaign_id: int | N
     """MAIL FROM of one delivery: the one place a per-delivery (VERP) return path goes.
 
     Today every email returns to MAIL_FROM's address."""
-    return parseaddr(settings.mail_from)[1]
+    return _address(settings.mail_from)
+
+
+@functools.lru_cache(maxsize=8)
+def _address(mail_from: str) -> str:
+    return parseaddr(mail_from)[1]
 
 
 def _check(value: str) -> str:

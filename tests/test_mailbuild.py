@@ -132,3 +132,27 @@ def test_the_boundary_cannot_occur_in_a_quoted_printable_body() -> None:
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert _lines(parsed.get_body(("plain",)).get_content()) == evil
     assert raw.count(skeleton.boundary.encode()) == 4  # header, two parts, the end
+
+
+@pytest.mark.parametrize("tracking_mode", ["consent", "notice", "off"])
+@pytest.mark.parametrize("ip_mode", ["none", "truncated"])
+@pytest.mark.parametrize("consent", [True, False])
+def test_footers_rendered_once_equal_the_templates_rendered_per_subscriber(
+    tracking_mode: str, ip_mode: str, consent: bool
+) -> None:
+    from service import campaign_mail, emails, pages
+    from service.tokens import Tokens
+
+    settings = SETTINGS.replace(
+        tracking_mode=tracking_mode, ip_mode=ip_mode, public_url="https://news.example.com/a&b"
+    )
+    templates = pages.environment()
+    ctx = emails.MailContext(settings, Tokens(settings.secret_keys, settings.confirm_max_age), templates)
+    links = campaign_mail.Links.mint(settings, ctx.tokens, 42, 7, consent)
+    values = {"links": links, "tracking_mode": tracking_mode, "ip_mode": ip_mode}
+    expected = (
+        templates.get_template("campaign_footer.html").render(**values),
+        templates.get_template("campaign_footer.txt").render(**values),
+    )
+    assert campaign_mail.footers(ctx, links) == expected
+    assert "a&amp;b" in expected[0] and "a&b" in expected[1]
