@@ -20,6 +20,7 @@ from service import (
     dashboard,
     db,
     health,
+    importer,
     outbox,
     pages,
     pixel,
@@ -102,6 +103,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
             admin_api.campaign_recipients,
             methods=["GET"],
         ),
+        Route("/admin/api/subscribers/import", importer.import_subscribers, methods=["POST"]),
         Route("/admin/api/subscribers/{email:path}", admin_api.export_subscriber, methods=["GET"]),
         Route(
             "/admin/api/subscribers/{email:path}", admin_api.erase_subscriber, methods=["DELETE"]

@@ -147,6 +147,8 @@ class Settings:
     outbox_concurrency: int = 4
     # -- sending at scale (issue 16) -------------------------------------------------
     outbox_batch: int = 50  # jobs a lane claims, sends and records in one transaction
+    import_max_bytes: int = 256 * 1024 * 1024  # one NDJSON import's body
+    import_confirm_rate: int = 20  # imported pending subscribers' confirmations a second
     outbox_poll_interval: float = 5.0
     outbox_backoff_base: float = 30.0
     outbox_backoff_max: float = 6 * 3600
@@ -383,6 +385,8 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("OUTBOX_MAX_ATTEMPTS", "outbox_max_attempts", _int(1, 100)),
     ("OUTBOX_CONCURRENCY", "outbox_concurrency", _int(0, 64)),
     ("OUTBOX_BATCH", "outbox_batch", _int(1, 1000)),
+    ("IMPORT_MAX_BYTES", "import_max_bytes", _int(1024, 2**31)),
+    ("IMPORT_CONFIRM_RATE", "import_confirm_rate", _int(1, 10_000)),
     ("OUTBOX_POLL_INTERVAL", "outbox_poll_interval", _seconds(0.05, 3600)),
     ("OUTBOX_BACKOFF_BASE", "outbox_backoff_base", _seconds(0.01, _DAY)),
     ("OUTBOX_BACKOFF_MAX", "outbox_backoff_max", _seconds(0.01, 7 * _DAY)),
