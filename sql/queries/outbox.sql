@@ -12,10 +12,13 @@ LIMIT :limit
 FOR UPDATE SKIP LOCKED;
 
 -- name: next_due_in
--- Seconds until the next job is due (NULL when the outbox is empty). Not greatest(0, …):
--- greatest() ignores NULL, so an empty outbox would read as "due now" and every lane
--- would poll in a tight loop.
-SELECT extract(epoch FROM min(run_at) - now())::float8 FROM outbox;
+-- Seconds until the next job is due (NULL when the outbox is empty), from the claim's
+-- index, one priority at a time. Not greatest(0, …): greatest() ignores NULL, so an
+-- empty outbox would read as "due now" and every lane would poll in a tight loop.
+SELECT extract(epoch FROM least(
+    (SELECT min(run_at) FROM outbox WHERE priority = 0),
+    (SELECT min(run_at) FROM outbox WHERE priority = 1)
+) - now())::float8;
 
 -- name: delete_jobs
 DELETE FROM outbox WHERE id = ANY(:ids::bigint[]);
