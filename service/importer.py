@@ -187,6 +187,21 @@ async def store(con: Any, rows: list[Row], settings: Settings, result: Result) -
     result.skipped += len(rows) - counts["imported"] - counts["pending"]
 
 
+async def run(app: Any, body: bytes) -> Result:
+    """One import (the API's and the dashboard's)."""
+    settings: Settings = app.state.settings
+    result = Result()
+    rows = read_lines(body, settings, result)
+    if rows:
+        async with app.state.pool.acquire() as con:
+            await store(con, rows, settings, result)
+    log.info(
+        "subscribers imported",
+        extra={"imported": result.imported, "pending": result.pending, "skipped": result.skipped},
+    )
+    return result
+
+
 @require_admin
 async def import_subscribers(request: Request) -> Response:
     settings: Settings = request.app.state.settings
@@ -204,15 +219,7 @@ async def import_subscribers(request: Request) -> Response:
         body += chunk
         if len(body) > limit:
             return too_large
-    result = Result()
-    rows = read_lines(bytes(body), settings, result)
-    if rows:
-        async with request.app.state.pool.acquire() as con:
-            await store(con, rows, settings, result)
-    log.info(
-        "subscribers imported",
-        extra={"imported": result.imported, "pending": result.pending, "skipped": result.skipped},
-    )
+    result = await run(request.app, bytes(body))
     return JSONResponse(
         {
             "imported": result.imported,

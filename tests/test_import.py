@@ -169,3 +169,27 @@ async def test_pending_imports_wait_their_turn_behind_new_signups(
 
 async def _sent_to(smtp, address: str) -> bool:
     return any(m.to == address for m in smtp.messages)
+
+
+async def test_the_dashboard_uploads_a_file_to_the_same_import(app, db: asyncpg.Connection) -> None:
+    from tests.test_dashboard import browser, sign_in
+
+    body = ndjson(
+        {
+            "email": "form@example.org",
+            "consented_at": "2024-01-01T00:00:00Z",
+            "consent_source": "csv",
+        },
+        b"oops",
+    )
+    async with browser(app) as web:
+        csrf = await sign_in(web)
+        assert 'href="/admin/import"' in (await web.get("/admin")).text
+        assert (await web.get("/admin/import")).status_code == 200
+        files = {"file": ("list.ndjson", body, "application/x-ndjson")}
+        forged = await web.post("/admin/import", data={"csrf": "wrong"}, files=files)
+        assert forged.status_code == 403
+        answer = await web.post("/admin/import", data={"csrf": csrf}, files=files)
+    assert answer.status_code == 200
+    assert "not a JSON object" in answer.text and 'id="import-result"' in answer.text
+    assert await db.fetchval("SELECT status FROM subscribers") == "active"

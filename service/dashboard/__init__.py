@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from service.dashboard import views
+from service.dashboard import importing, views
 
 
 def routes() -> list[BaseRoute]:
@@ -21,6 +21,8 @@ def routes() -> list[BaseRoute]:
         Route("/admin/campaigns/{campaign_id:int}/send", views.send_confirm, methods=["GET"]),
         Route("/admin/campaigns/{campaign_id:int}/send", views.send, methods=["POST"]),
         Route("/admin/subscribers", views.subscribers_form, methods=["GET"]),
+        Route("/admin/import", importing.import_form, methods=["GET"]),
+        Route("/admin/import", importing.import_upload, methods=["POST"]),
         Route("/admin/subscribers", views.lookup, methods=["POST"]),
         Route("/admin/subscribers/export", views.export, methods=["POST"]),
         Route("/admin/subscribers/erase", views.erase, methods=["POST"]),
