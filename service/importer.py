@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, Response
 from service.admin_auth import require_admin
 from service.queries import queries
 from service.settings import Settings
-from service.signup import EMAIL_MAX, SOURCE_MAX, _has_control, clean_name
+from service.signup import EMAIL_MAX, NAME_MAX, SOURCE_MAX, _has_control, clean_name
 
 log = logging.getLogger("newsletter.importer")
 q = queries("importer")
@@ -46,7 +46,13 @@ _PLAIN = re.compile(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,64}(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63})"
 )
-_SPECIAL = tuple(SPECIAL_USE_DOMAIN_NAMES)
+_SPECIAL = frozenset(SPECIAL_USE_DOMAIN_NAMES)
+
+
+def _special(domain: str) -> bool:
+    """Whether email-validator would treat the domain as special-use (a suffix match)."""
+    labels = domain.split(".")
+    return any(".".join(labels[i:]) in _SPECIAL for i in range(len(labels)))
 
 
 class LineError(ValueError):
@@ -81,7 +87,7 @@ def normal_address(raw: str) -> str:
     match = _PLAIN.fullmatch(raw)
     if match and len(raw) <= 254 and len(match.group(1)) <= 253:
         domain = match.group(1).lower()
-        if not any(domain == s or domain.endswith("." + s) for s in _SPECIAL):
+        if not _special(domain):
             return raw[: match.start(1)] + domain
     try:
         return validate_email(raw, check_deliverability=False, strict=True).normalized
@@ -105,9 +111,15 @@ def parse_line(number: int, text: bytes, settings: Settings) -> Row:
     if len(raw) > EMAIL_MAX:
         raise LineError("email is too long")
     email = normal_address(raw.strip())
-    name, problem = clean_name(item.get("name"))
-    if problem:
-        raise LineError(problem)
+    raw_name = item.get("name")
+    if isinstance(raw_name, str) and raw_name.isascii() and raw_name.isprintable():
+        name = raw_name.strip()[: NAME_MAX + 1] or None  # printable ASCII: no control character
+        if name and len(name) > NAME_MAX:
+            raise LineError(f"The name may have at most {NAME_MAX} characters.")
+    else:
+        name, problem = clean_name(raw_name)
+        if problem:
+            raise LineError(problem)
     consented_at, source = item.get("consented_at"), item.get("consent_source")
     if consented_at is not None:
         if not isinstance(consented_at, str):
@@ -127,7 +139,9 @@ def parse_line(number: int, text: bytes, settings: Settings) -> Row:
         if not isinstance(source, str):
             raise LineError("consent_source must be text")
         source = source.strip()
-        if len(source) > SOURCE_MAX or _has_control(source):
+        if len(source) > SOURCE_MAX or not (
+            (source.isascii() and source.isprintable()) or not _has_control(source)
+        ):
             raise LineError(f"consent_source must be one line of at most {SOURCE_MAX} characters")
     tracking = item.get("tracking", False)
     if not isinstance(tracking, bool):
@@ -177,6 +191,7 @@ async def store(con: Any, rows: list[Row], settings: Settings, result: Result) -
             ],
             columns=["line", "email", "name", "consented_at", "source", "tracking"],
         )
+        await con.execute("ANALYZE import_staging")  # the planner's row counts for the joins
         counts = await q.import_staged.fetchrow(
             con,
             consent_text_version=settings.consent_text_version,
