@@ -150,8 +150,8 @@ async def test_three_replicas_send_each_campaign_email_exactly_once(
 async def test_campaign_survives_a_replica_killed_mid_send_with_at_most_its_batches_twice(
     database_url: str, db: asyncpg.Connection
 ) -> None:
-    """SIGKILL leaves no time for anything: the killed replica's claimed job is unlocked
-    when PostgreSQL sees its connection die, and another replica sends it. Whatever the
+    """SIGKILL leaves no time for anything: the killed replica's claimed jobs are unlocked
+    when PostgreSQL sees its connection die, and another replica sends them. Whatever the
     relay had accepted from it but the replica never committed is mailed twice: at most
     one batch (OUTBOX_BATCH) per sending lane (OUTBOX_CONCURRENCY) of the killed replica."""
     n = 150
