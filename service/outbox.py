@@ -197,6 +197,8 @@ class Worker:
             ledger = Ledger()
             outcome = "done"
             for job in jobs:
+                if self._stopping:  # shutting down: commit what went out, leave the rest
+                    break
                 email = built[job["id"]]
                 if email is None:
                     ledger.done.append(job["id"])
@@ -229,6 +231,10 @@ class Worker:
                     self._refused(job, failure, ledger)
                 except SmtpFailure as failure:
                     self._failed(job, failure, ledger)
+                except Exception as exc:  # unforeseen: keep the batch's sends recorded
+                    log.error("email send failed", extra={"error": exc.__class__.__name__})
+                    await mailer.close()
+                    self._failed(job, Transient(None, exc.__class__.__name__), ledger)
                 else:
                     self._sent(job, ledger)
             await ledger.write(con)
