@@ -12,7 +12,7 @@ import dkim as dkimpy
 import fast_mail_parser
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
@@ -58,6 +58,7 @@ def build(name: str, subject: str, text: str, html: str, address: str = "reader@
 
 
 @hsettings(max_examples=120, deadline=None)
+@example(name="0000000000\x80\x80\x80\x80\x80\x80𐀀𐀀𐀀𐀀𐀀𐀀", subject="", text="", html="")
 @given(name=LINE, subject=LINE, text=TEXT, html=TEXT)
 def test_every_email_parses_alike_in_two_parsers_and_its_signature_verifies(
     name: str, subject: str, text: str, html: str
@@ -76,7 +77,13 @@ def test_every_email_parses_alike_in_two_parsers_and_its_signature_verifies(
     parsed = email.message_from_bytes(signed, policy=email.policy.default)
     assert [p.get_content_type() for p in parsed.iter_parts()] == ["text/plain", "text/html"]
     [to] = parsed["To"].addresses
-    assert (to.display_name, to.addr_spec) == (expected_name, "reader@example.org")
+    assert to.addr_spec == "reader@example.org"
+    # CPython's address parser keeps the space between two adjacent encoded words, which
+    # RFC 2047 section 6.2 says to ignore (a name longer than one word, 45 UTF-8 bytes):
+    # it is compared without spaces; the second parser must give the name exactly.
+    assert to.display_name.replace(" ", "") == expected_name.replace(" ", "")
+    if len(mailbuild.encoded_words(expected_name)) <= 1:
+        assert to.display_name == expected_name
     assert parsed["Subject"] == subject
     assert parsed["List-Unsubscribe"] == f"<{UNSUBSCRIBE}>"
     assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
@@ -147,7 +154,9 @@ def test_footers_rendered_once_equal_the_templates_rendered_per_subscriber(
         tracking_mode=tracking_mode, ip_mode=ip_mode, public_url="https://news.example.com/a&b"
     )
     templates = pages.environment()
-    ctx = emails.MailContext(settings, Tokens(settings.secret_keys, settings.confirm_max_age), templates)
+    ctx = emails.MailContext(
+        settings, Tokens(settings.secret_keys, settings.confirm_max_age), templates
+    )
     links = campaign_mail.Links.mint(settings, ctx.tokens, 42, 7, consent)
     values = {"links": links, "tracking_mode": tracking_mode, "ip_mode": ip_mode}
     expected = (

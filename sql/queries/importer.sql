@@ -1,16 +1,5 @@
 -- Importing an existing list (service/importer.py).
 
--- name: create_staging
--- The valid lines, COPYed in; gone at the end of the import's transaction.
-CREATE TEMPORARY TABLE import_staging (
-    line          integer NOT NULL,
-    email         text    NOT NULL,
-    name          text,
-    consented_at  timestamptz,
-    source        text,
-    tracking      boolean NOT NULL
-) ON COMMIT DROP;
-
 -- name: import_staged
 -- New addresses only (an address on the list already is left alone, as a sign-up
 -- leaves it): active with their consent evidence (a `confirm` event at consented_at,
@@ -26,13 +15,15 @@ WITH added AS (
            consented_at IS NULL AND tracking,
            consented_at
     FROM import_staging
+    WHERE import_id = :import_id
     ORDER BY line
     ON CONFLICT (lower(email)) DO NOTHING
     RETURNING id, email, status
 ),
 joined AS (
     SELECT a.id, a.status, st.consented_at, st.source, st.tracking
-    FROM added a JOIN import_staging st ON lower(st.email) = lower(a.email)
+    FROM added a
+    JOIN import_staging st ON st.import_id = :import_id AND lower(st.email) = lower(a.email)
 ),
 evidence AS (
     INSERT INTO consent_events (subscriber_id, kind, at, source, consent_text_version, method)
@@ -55,3 +46,6 @@ SELECT (SELECT count(*) FROM added WHERE status = 'active') AS imported,
        (SELECT count(*) FROM added WHERE status = 'pending') AS pending,
        (SELECT count(*) FROM jobs) AS jobs,
        pg_notify('newsletter_outbox', '') IS NULL AS notified;
+
+-- name: clear_staging
+DELETE FROM import_staging WHERE import_id = :import_id;
