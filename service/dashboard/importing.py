@@ -11,6 +11,7 @@ from starlette.responses import Response
 from service import importer
 from service.dashboard.auth import Session, signed_in
 from service.dashboard.render import page, problem
+from service.dashboard.views import CSRF_REFUSED
 
 # Uploads are spooled to /tmp (64 MiB in k8s/): larger lists go through the API.
 UPLOAD_MAX_BYTES = 32 * 1024 * 1024
@@ -46,13 +47,7 @@ async def import_upload(request: Request, session: Session) -> Response:
         if not isinstance(csrf, str) or not hmac.compare_digest(
             csrf.encode(), session.csrf.encode()
         ):
-            return problem(
-                request,
-                403,
-                "This form has expired or did not come from this dashboard. "
-                "Reload the page and try again.",
-                csrf=session.csrf,
-            )
+            return problem(request, 403, CSRF_REFUSED, csrf=session.csrf)
         if not isinstance(upload, UploadFile):
             return problem(request, 400, "Choose a file to import.", csrf=session.csrf)
         body = await upload.read(limit + 1)
