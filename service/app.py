@@ -20,6 +20,7 @@ from service import (
     dashboard,
     db,
     health,
+    importer,
     manage,
     outbox,
     pages,
@@ -105,6 +106,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
             admin_api.campaign_recipients,
             methods=["GET"],
         ),
+        Route("/admin/api/subscribers/import", importer.import_subscribers, methods=["POST"]),
         Route("/admin/api/subscribers/{email:path}", admin_api.export_subscriber, methods=["GET"]),
         Route(
             "/admin/api/subscribers/{email:path}", admin_api.erase_subscriber, methods=["DELETE"]
@@ -168,8 +170,24 @@ EXCEPTION_HANDLERS = {
 }
 
 
-def create_app(settings: Settings) -> Starlette:
+# What one process does: "all" (`newsletter serve`: every page, the pixel, the outbox
+# and retention), "web" (`serve --no-worker`: no outbox, no retention) or "worker"
+# (`newsletter worker`: the outbox and retention, with only health and metrics over HTTP).
+ROLES = ("all", "web", "worker")
+
+
+def worker_routes() -> list[BaseRoute]:
+    return [
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", health.metrics, methods=["GET"]),
+    ]
+
+
+def create_app(settings: Settings, role: str = "all") -> Starlette:
     """Build the app; nothing is shared between two apps built by two calls."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -180,17 +198,21 @@ def create_app(settings: Settings) -> Starlette:
                 await stack.enter_async_context(devmode.mail_catcher(app))
             app.state.pool = await db.create_pool(settings)
             stack.push_async_callback(db.close_pool, app.state.pool)
-            await stack.enter_async_context(recorder.running(app))
-            await stack.enter_async_context(outbox.running(app))
-            await stack.enter_async_context(imap.running(app))  # issue 19: bounce mailbox
-            await stack.enter_async_context(retention.running(app))
+            if role != "worker":
+                await stack.enter_async_context(recorder.running(app))
+            if role != "web":
+                await stack.enter_async_context(outbox.running(app))
+                await stack.enter_async_context(imap.running(app))  # the bounce mailbox
+                await stack.enter_async_context(retention.running(app))
+            else:
+                app.state.outbox = None
             log.info("started")
             yield
             log.info("stopping")
         log.info("stopped")
 
     app = App(
-        routes=routes(settings),
+        routes=worker_routes() if role == "worker" else routes(settings),
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[Middleware(ObservabilityMiddleware, metrics=(metrics := Metrics()))],
         lifespan=lifespan,

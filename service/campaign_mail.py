@@ -12,14 +12,18 @@ campaign's own pixel, which names nobody; none at all in TRACKING_MODE=off.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
-from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import jinja2
+import markupsafe
 
+from service import mailbuild
 from service.campaigns import compile_template
+from service.mailbuild import OutgoingEmail
 from service.queries import queries
 from service.settings import Settings
 from service.tokens import Tokens
@@ -83,30 +87,53 @@ class Links:
         )
 
 
-class UnfoldedHeader(str):
-    """A header value the email package writes on one line instead of folding it at 78
-    characters (the URL cannot be broken, so it would go onto a continuation line).
-    Relays that re-fold List-Unsubscribe break DKIM signatures; one line, well under the
-    998-character limit, leaves them nothing to do. The email package calls `fold` on any
-    header value that has a `name`."""
-
-    name: str
-
-    def __new__(cls, name: str, value: str) -> UnfoldedHeader:
-        header = super().__new__(cls, value)
-        header.name = name
-        return header
-
-    def fold(self, *, policy: Any) -> str:
-        return f"{self.name}: {self}{policy.linesep}"
+# Stand-ins for one subscriber's links while a footer is rendered once per variant;
+# made of characters that neither HTML escaping nor the templates change.
+_STAND_INS = {
+    "unsubscribe_url": "@@unsubscribe_url@@",
+    "manage_url": "@@manage_url@@",
+    "pixel_url": "@@pixel_url@@",
+    "tracking_url": "@@tracking_url@@",
+}
 
 
-def list_unsubscribe_headers(links: Links) -> dict[str, str]:
-    """RFC 2369 and RFC 8058: the mailbox provider POSTs `List-Unsubscribe=One-Click`."""
-    return {
-        "List-Unsubscribe": UnfoldedHeader("List-Unsubscribe", f"<{links.unsubscribe_url}>"),
-        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-    }
+@functools.lru_cache(maxsize=32)
+def _footer_templates(
+    templates: jinja2.Environment, tracking_mode: str, ip_mode: str, pixel: bool, tracking: bool
+) -> tuple[str, str]:
+    """Both footers rendered once for one kind of links (pixel or not, tracking link or
+    not), with stand-ins where each subscriber's links go."""
+    links = Links(
+        unsubscribe_url=_STAND_INS["unsubscribe_url"],
+        manage_url=_STAND_INS["manage_url"],
+        pixel_url=_STAND_INS["pixel_url"] if pixel else "",
+        tracking_url=_STAND_INS["tracking_url"] if tracking else "",
+        personal=tracking,
+    )
+    values = {"links": links, "tracking_mode": tracking_mode, "ip_mode": ip_mode}
+    return (
+        templates.get_template("campaign_footer.html").render(**values),
+        templates.get_template("campaign_footer.txt").render(**values),
+    )
+
+
+def footers(ctx: MailContext, links: Links) -> tuple[str, str]:
+    """(HTML footer, text footer) of one email: a template render costs more than the
+    rest of the email, so each variant is rendered once and the links are put in (HTML
+    escaped as the template would escape them)."""
+    html, text = _footer_templates(
+        ctx.templates,
+        ctx.settings.tracking_mode,
+        ctx.settings.ip_mode,
+        bool(links.pixel_url),
+        bool(links.tracking_url),
+    )
+    for field, stand_in in _STAND_INS.items():
+        url = getattr(links, field)
+        if url:
+            html = html.replace(stand_in, str(markupsafe.escape(url)))
+            text = text.replace(stand_in, url)
+    return html, text
 
 
 def render(
@@ -119,16 +146,10 @@ def render(
     links: Links,
 ) -> tuple[str, str, str]:
     """(subject, html, text) of one email: the operator's templates and our footer."""
-    footer = {
-        "links": links,
-        "tracking_mode": ctx.settings.tracking_mode,
-        "ip_mode": ctx.settings.ip_mode,
-    }
     rendered_subject = compile_template(subject, False).render(**variables)
     rendered_html = compile_template(html, True).render(**variables)
     rendered_text = compile_template(text, False).render(**variables)
-    html_footer = ctx.templates.get_template("campaign_footer.html").render(**footer)
-    text_footer = ctx.templates.get_template("campaign_footer.txt").render(**footer)
+    html_footer, text_footer = footers(ctx, links)
     # The footer and pixel go just before </body> when the operator wrote a whole
     # document, else at the very end.
     ends = list(_BODY_END.finditer(rendered_html))
@@ -143,40 +164,81 @@ def render(
 
 async def compose(
     con: asyncpg.Connection, job: asyncpg.Record, ctx: MailContext
-) -> EmailMessage | None:
+) -> OutgoingEmail | None:
     """The email of one claimed `campaign` outbox job, or None when it must not be sent
     (the subscriber left or is not active, or this delivery already went out)."""
-    # Imported here: emails.py imports this module for its COMPOSERS table.
-    from service.emails import build_message, recipient_header
+    result = (await compose_batch(con, [job], ctx))[job["id"]]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
-    row = await q.mail_for_job.fetchrow(
-        con, campaign_id=job["campaign_id"], subscriber_id=job["subscriber_id"]
+
+async def compose_batch(
+    con: asyncpg.Connection, jobs: list[asyncpg.Record], ctx: MailContext
+) -> dict[int, OutgoingEmail | Exception | None]:
+    """The emails of many claimed `campaign` jobs, by job id, from two queries: None
+    where the email must not be sent, the exception where one email could not be built
+    (that job is retried; the others go out)."""
+    rows = await q.mail_for_jobs.fetch(
+        con,
+        campaign_ids=[job["campaign_id"] for job in jobs],
+        subscriber_ids=[job["subscriber_id"] for job in jobs],
     )
-    if row is None:
-        return None
+    recipients = {(r["campaign_id"], r["subscriber_id"]): r for r in rows}
+    wanted = sorted({r["campaign_id"] for r in rows})
+    campaigns = {c["id"]: c for c in await q.campaign_templates.fetch(con, ids=wanted)}
+    emails: dict[int, OutgoingEmail | Exception | None] = {}
+    for job in jobs:
+        row = recipients.get((job["campaign_id"], job["subscriber_id"]))
+        if row is None:
+            emails[job["id"]] = None
+            continue
+        try:
+            emails[job["id"]] = build(ctx, job, campaigns[job["campaign_id"]], row)
+        except Exception as exc:  # one broken email must not stop the batch
+            emails[job["id"]] = exc
+    return emails
+
+
+def build(
+    ctx: MailContext, job: asyncpg.Record, campaign: asyncpg.Record, row: asyncpg.Record
+) -> OutgoingEmail:
+    """One subscriber's email: their links minted, the templates rendered, the bytes
+    written into the campaign's skeleton."""
+    # Imported here: emails.py imports this module for its COMPOSERS table.
+    from service.emails import smtp_address
+
+    subscriber_id, campaign_id = job["subscriber_id"], job["campaign_id"]
     links = Links.mint(
         ctx.settings,
         ctx.tokens,
-        job["subscriber_id"],
-        job["campaign_id"],
+        subscriber_id,
+        campaign_id,
         row["tracking_consent"],
         row["tracking_withdrawn"],
     )
     subject, html, text = render(
         ctx,
-        subject=row["subject"],
-        html=row["html"],
-        text=row["text"],
+        subject=campaign["subject"],
+        html=campaign["html"],
+        text=campaign["text"],
         variables=template_variables(ctx.settings, row["email"], row["name"], links),
         links=links,
     )
-    return build_message(
-        ctx.settings,
-        to=recipient_header(row["email"], " ".join((row["name"] or "").split()) or None),
+    address = row["email"]
+    envelope, utf8 = (address, False) if address.isascii() else smtp_address(address)
+    data = ctx.skeleton(campaign_id).render(
+        to=mailbuild.recipient(envelope, utf8, row["name"]),
         subject=subject,
         text=text,
         html=html,
-        headers=list_unsubscribe_headers(links),
+        list_unsubscribe=links.unsubscribe_url,
+    )
+    return OutgoingEmail(
+        envelope_from=mailbuild.envelope_sender(ctx.settings, subscriber_id, campaign_id),
+        recipients=(envelope,),
+        smtputf8=utf8,
+        data=data,
     )
 
 

@@ -1,4 +1,4 @@
-"""The `newsletter` command: dev, serve, migrate, purge, reapply-erasures, bounces."""
+"""The `newsletter` command: dev, serve, worker, migrate, purge, reapply-erasures, bounces."""
 
 from __future__ import annotations
 
@@ -92,14 +92,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _uvicorn(settings: Settings, host: str, port: int) -> None:
+def _uvicorn(settings: Settings, host: str, port: int, role: str = "all") -> None:
     import uvicorn
 
     from service.app import create_app
     from service.http_protocol import CoalescingHttpToolsProtocol
 
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, role),
         host=host,
         port=port,
         http=CoalescingHttpToolsProtocol,
@@ -118,7 +118,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level)
     if not args.no_migrate:
         _run_async(lambda: _migrate(settings))
-    _uvicorn(settings, args.host, args.port)
+    _uvicorn(settings, args.host, args.port, "web" if args.no_worker else "all")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """The sending role: the outbox and retention, with /healthz, /readyz and /metrics
+    on --port for probes and Prometheus; no public page, so a campaign being sent never
+    shares an event loop (or a CPU limit) with the pixel."""
+    settings = _settings()
+    logs.configure(settings.log_level)
+    if settings.outbox_concurrency == 0:
+        print("newsletter: a worker needs OUTBOX_CONCURRENCY of at least 1", file=sys.stderr)
+        return 2
+    _uvicorn(settings, args.host, args.port, "worker")
     return 0
 
 
@@ -283,7 +296,18 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--no-migrate", action="store_true", help="skip migrations at start")
+    serve.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="serve pages and the pixel only: `newsletter worker` sends the outbox",
+    )
     serve.set_defaults(func=cmd_serve)
+    worker = sub.add_parser(
+        "worker", help="send the outbox and run retention (health and metrics on --port)"
+    )
+    worker.add_argument("--host", default="0.0.0.0")
+    worker.add_argument("--port", type=int, default=8001)
+    worker.set_defaults(func=cmd_worker)
     sub.add_parser("migrate", help="apply pending migrations and exit").set_defaults(
         func=cmd_migrate
     )

@@ -8,27 +8,25 @@ checked for CR/LF here, so no field a person typed can add a header.
 from __future__ import annotations
 
 import email.policy
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
+from typing import Any
 
 import asyncpg
 import jinja2
 from email_validator import EmailNotValidError, validate_email
 
-from service import campaign_mail, manage_address, manage_links
+from service import campaign_mail, mailbuild, manage_address, manage_links
+from service.mailbuild import HeaderInjection, OutgoingEmail
 from service.queries import queries
 from service.settings import Settings
 from service.tokens import Tokens
 
 CONFIRM_SUBJECT = "Please confirm your subscription"
 _HEADER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
-
-
-class HeaderInjection(ValueError):
-    """A header name or value would have broken out of its line."""
 
 
 def _check_header(name: str, value: str) -> None:
@@ -110,10 +108,36 @@ class MailContext:
     settings: Settings
     tokens: Tokens
     templates: jinja2.Environment
+    skeletons: dict[int, mailbuild.Skeleton] = field(default_factory=dict, compare=False)
+
+    def skeleton(self, campaign_id: int) -> mailbuild.Skeleton:
+        """The campaign's skeleton, made on its first email (campaigns never change)."""
+        found = self.skeletons.get(campaign_id)
+        if found is None:
+            if len(self.skeletons) >= 64:
+                self.skeletons.clear()
+            found = self.skeletons[campaign_id] = mailbuild.Skeleton(self.settings)
+        return found
+
+
+def outgoing(message: EmailMessage, settings: Settings, job: Mapping[str, Any]) -> OutgoingEmail:
+    """A message built with the email package (confirmations) in the form the worker sends."""
+    recipients, smtputf8 = envelope_recipients(message)
+    return OutgoingEmail(
+        envelope_from=mailbuild.envelope_sender(settings, job["subscriber_id"], job["campaign_id"]),
+        recipients=tuple(recipients),
+        smtputf8=smtputf8,
+        data=to_bytes(message, smtputf8),
+    )
 
 
 Composer = Callable[
-    [asyncpg.Connection, asyncpg.Record, MailContext], Awaitable[EmailMessage | None]
+    [asyncpg.Connection, asyncpg.Record, MailContext],
+    Awaitable[EmailMessage | OutgoingEmail | None],
+]
+BatchComposer = Callable[
+    [asyncpg.Connection, list[asyncpg.Record], MailContext],
+    Awaitable[dict[int, OutgoingEmail | Exception | None]],
 ]
 
 
@@ -150,4 +174,9 @@ COMPOSERS: dict[str, Composer] = {
     "campaign": campaign_mail.compose,
     "manage_link": manage_links.compose_link,
     "address_confirm": manage_address.compose,
+}
+# Kinds whose emails are built a batch at a time (one query for all); the worker uses
+# COMPOSERS for the kinds not listed here.
+BATCH_COMPOSERS: dict[str, BatchComposer] = {
+    "campaign": campaign_mail.compose_batch,
 }

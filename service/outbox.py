@@ -1,15 +1,18 @@
 """The outbox worker: sends the emails that transactions queued as rows in `outbox`.
 
-Each job is claimed `FOR UPDATE SKIP LOCKED` in its own transaction and stays locked
-through the SMTP send, so replicas never send one job twice and an erasure (which
-deletes a subscriber's outbox rows first) waits for an in-flight send. Success and its
-bookkeeping commit together with the job's deletion. Delivery is at-least-once: a
-crash between the relay's "250 OK" and the commit sends that one email again.
+Each lane claims up to OUTBOX_BATCH due jobs `FOR UPDATE SKIP LOCKED` in one
+transaction, builds their emails (campaign emails with two queries for the whole
+batch), signs them off the event loop, sends them one after another over the lane's
+SMTP connection, and records every outcome in a few set-based statements before the
+commit. The jobs stay locked through their sends, so replicas never send one job twice
+and an erasure (which deletes a subscriber's outbox rows first) waits for a batch in
+flight. Delivery is at-least-once: a process killed between the relay's "250 OK" and
+the commit sends that batch's accepted emails again (at most OUTBOX_BATCH per lane).
 
 The worker sleeps on `LISTEN newsletter_outbox` (signup transactions `NOTIFY` it) and
 polls every OUTBOX_POLL_INTERVAL anyway, so a lost notification or listener connection
 only delays mail. Subscriber rows are never locked by the claim; the only subscriber
-write is `confirm_sent_at`, after the outbox row lock (erasure takes them in the same
+write is `confirm_sent_at`, after the outbox row locks (erasure takes them in the same
 order).
 """
 
@@ -20,14 +23,16 @@ import contextlib
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
-from email.utils import parseaddr
+from dataclasses import dataclass, field, replace
 
 import asyncpg
 from starlette.applications import Starlette
 
 from service import db, dkim, emails
 from service.bounces import send_hooks
+from service.mailbuild import OutgoingEmail
 from service.observability import Metrics
 from service.queries import queries
 from service.settings import Settings
@@ -50,6 +55,43 @@ def backoff(settings: Settings, attempt: int) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
+@dataclass
+class Ledger:
+    """The outcomes of one batch, written in a few statements before its commit."""
+
+    done: list[int] = field(default_factory=list)  # job ids to delete
+    confirms: list[int] = field(default_factory=list)  # subscriber ids
+    deliveries: list[tuple[int, int]] = field(default_factory=list)  # (campaign, subscriber)
+    retries: list[tuple[int, float, str]] = field(default_factory=list)  # (job, delay, error)
+    sent: Counter[int] = field(default_factory=Counter)  # per campaign
+    failed: Counter[int] = field(default_factory=Counter)
+    refused: list[tuple[asyncpg.Record, SmtpFailure]] = field(default_factory=list)
+
+    async def write(self, con: asyncpg.Connection) -> None:
+        if self.done:
+            await q.delete_jobs.execute(con, ids=self.done)
+        if self.retries:
+            ids, delays, errors = zip(*self.retries, strict=True)
+            await q.retry_jobs_later.execute(
+                con, ids=list(ids), delays=list(delays), errors=list(errors)
+            )
+        if self.confirms:
+            await q.mark_confirms_sent.execute(con, subscriber_ids=self.confirms)
+        if self.deliveries:
+            campaign_ids, subscriber_ids = zip(*self.deliveries, strict=True)
+            await q.mark_deliveries_sent.execute(
+                con, campaign_ids=list(campaign_ids), subscriber_ids=list(subscriber_ids)
+            )
+        campaigns = sorted(set(self.sent) | set(self.failed))  # one lock order for all lanes
+        if campaigns:
+            await q.count_campaigns.execute(
+                con,
+                ids=campaigns,
+                sent=[self.sent[c] for c in campaigns],
+                failed=[self.failed[c] for c in campaigns],
+            )
+
+
 class Worker:
     def __init__(
         self,
@@ -63,9 +105,9 @@ class Worker:
         self.metrics = metrics
         self.context = context
         # One SMTP connection per lane; lanes send in parallel (OUTBOX_CONCURRENCY), each
-        # job in its own transaction, so a slow relay round trip does not serialise a send.
+        # batch in its own transaction, so a slow relay round trip does not serialise a send.
         self.mailers = [Mailer(settings) for _ in range(settings.outbox_concurrency)]
-        self.sender = parseaddr(settings.mail_from)[1]
+        self.signer = dkim.signer(settings)
         self._wake = asyncio.Event()
         self._stopping = False
         self._listener: asyncpg.Connection | None = None
@@ -81,7 +123,7 @@ class Worker:
             if lane == 0:
                 await self._ensure_listener()
             try:
-                outcome = await self.process_one(mailer)
+                outcome = await self.process_batch(mailer)
             except DB_ERRORS as exc:
                 log.warning("outbox database error", extra={"error": exc.__class__.__name__})
                 await self._sleep(self.settings.outbox_poll_interval)
@@ -98,7 +140,6 @@ class Worker:
                 await self._sleep(await self._idle_delay())
             else:
                 relay_failures = 0
-            if outcome in ("sent", "dropped"):
                 # One NOTIFY wakes one lane; a lane that found work wakes the others, so a
                 # queued campaign fans out to every lane without waiting for their poll.
                 self._wake.set()
@@ -144,100 +185,180 @@ class Worker:
         self._listener = con
         self._wake.set()  # jobs may have been queued while nobody listened
 
-    # -- one job -------------------------------------------------------------------
-    async def process_one(self, mailer: Mailer | None = None) -> str:
-        """Claims and handles one due job: 'idle', 'sent', 'retry', 'dropped' or 'relay_down'."""
+    # -- one batch -----------------------------------------------------------------
+    async def process_batch(self, mailer: Mailer | None = None) -> str:
+        """Claims and handles up to OUTBOX_BATCH due jobs: 'idle' (none was due),
+        'relay_down' (the relay could not be reached; the unsent jobs stay as they
+        were) or 'done'."""
+        mailer = mailer or self.mailers[0]
         async with self.pool.acquire() as con, con.transaction():
-            job = await q.claim_due.fetchrow(con)
-            if job is None:
+            jobs = await q.claim_batch.fetch(con, limit=self.settings.outbox_batch)
+            if not jobs:
                 return "idle"
-            return await self._handle(con, job, mailer or self.mailers[0])
+            built = await self._build(con, jobs)
+            ledger = Ledger()
+            outcome = "done"
+            for job in jobs:
+                if self._stopping:  # shutting down: commit what went out, leave the rest
+                    break
+                email = built[job["id"]]
+                if email is None:
+                    ledger.done.append(job["id"])
+                    log.info(
+                        "email not needed any more",
+                        extra={"job_id": job["id"], "kind": job["kind"]},
+                    )
+                    continue
+                if isinstance(email, Exception):
+                    log.error(
+                        "email could not be built",
+                        extra={
+                            "job_id": job["id"],
+                            "kind": job["kind"],
+                            "error": email.__class__.__name__,
+                        },
+                    )
+                    failure = Transient(None, f"compose {email.__class__.__name__}")
+                    self._failed(job, failure, ledger)
+                    continue
+                # The VERP return path that names this email (MAIL_FROM's address without
+                # BOUNCE_DOMAIN): service/bounces/send_hooks.py.
+                sender = send_hooks.envelope_sender(
+                    self.settings, self.context.tokens, job, email.envelope_from
+                )
+                try:
+                    await mailer.send(sender, list(email.recipients), email.data, email.smtputf8)
+                except RelayUnavailable as failure:
+                    log.warning("smtp relay unavailable", extra={"reason": failure.reason})
+                    outcome = "relay_down"
+                    break
+                except Permanent as failure:
+                    self._refused(job, failure, ledger)
+                except SmtpFailure as failure:
+                    self._failed(job, failure, ledger)
+                except Exception as exc:  # unforeseen: keep the batch's sends recorded
+                    log.error("email send failed", extra={"error": exc.__class__.__name__})
+                    await mailer.close()
+                    self._failed(job, Transient(None, exc.__class__.__name__), ledger)
+                else:
+                    self._sent(job, ledger)
+            await ledger.write(con)
+            for job, failure in ledger.refused:  # erased in this transaction if it was
+                await send_hooks.refused_at_send(con, self.settings, job, failure)
+            return outcome
 
-    async def _handle(self, con: asyncpg.Connection, job: asyncpg.Record, mailer: Mailer) -> str:
-        kind = job["kind"]
-        composer = emails.COMPOSERS.get(kind)
+    async def _build(
+        self, con: asyncpg.Connection, jobs: list[asyncpg.Record]
+    ) -> dict[int, OutgoingEmail | Exception | None]:
+        """Every job's email (signed when DKIM is on), None, or why it could not be built."""
+        built: dict[int, OutgoingEmail | Exception | None] = {}
+        by_kind: dict[str, list[asyncpg.Record]] = {}
+        for job in jobs:
+            by_kind.setdefault(job["kind"], []).append(job)
+        for kind, group in by_kind.items():
+            batch = emails.BATCH_COMPOSERS.get(kind)
+            if batch is not None:
+                try:
+                    async with con.transaction():  # a savepoint: a failing query keeps the claims
+                        built.update(await batch(con, group, self.context))
+                except CONNECTION_ERRORS:
+                    raise
+                except Exception as exc:
+                    built.update((job["id"], exc) for job in group)
+                continue
+            for job in group:
+                built[job["id"]] = await self._compose_one(con, job)
+        if self.signer is not None:
+            ready = {i: e for i, e in built.items() if isinstance(e, OutgoingEmail)}
+            # OpenSSL releases the GIL: the batch is signed in a thread, beside the loop.
+            built.update(await asyncio.to_thread(self._sign_all, ready))
+        return built
+
+    async def _compose_one(
+        self, con: asyncpg.Connection, job: asyncpg.Record
+    ) -> OutgoingEmail | Exception | None:
+        composer = emails.COMPOSERS.get(job["kind"])
         try:
             if composer is None:
-                raise LookupError(f"no composer for {kind}")
+                raise LookupError(f"no composer for {job['kind']}")
             async with con.transaction():  # a savepoint: a failing composer keeps the claim
                 message = await composer(con, job, self.context)
-            if message is None:
-                await q.delete_job.execute(con, id=job["id"])
-                log.info("email not needed any more", extra={"job_id": job["id"], "kind": kind})
-                return "dropped"
-            recipients, smtputf8 = emails.envelope_recipients(message)
-            raw = emails.to_bytes(message, smtputf8)
-            if dkim.enabled(self.settings):
-                raw = dkim.sign(raw, self.settings)
+            if message is None or isinstance(message, OutgoingEmail):
+                return message
+            return emails.outgoing(message, self.settings, job)
         except CONNECTION_ERRORS:
             raise
         except Exception as exc:  # one broken job must not stop the queue
-            log.error(
-                "email could not be built",
-                extra={"job_id": job["id"], "kind": kind, "error": exc.__class__.__name__},
-            )
-            return await self._failed(
-                con, job, Transient(None, f"compose {exc.__class__.__name__}")
-            )
-        try:
-            # issue 19 hook: the VERP return path (MAIL_FROM's address without BOUNCE_DOMAIN)
-            sender = send_hooks.envelope_sender(
-                self.settings, self.context.tokens, job, self.sender
-            )
-            await mailer.send(sender, recipients, raw, smtputf8)
-        except RelayUnavailable as failure:
-            log.warning("smtp relay unavailable", extra={"reason": failure.reason})
-            return "relay_down"
-        except SmtpFailure as failure:
-            return await self._failed(con, job, failure)
-        await self._sent(con, job)
-        return "sent"
+            return exc
 
-    async def _sent(self, con: asyncpg.Connection, job: asyncpg.Record) -> None:
-        await q.delete_job.execute(con, id=job["id"])
+    def _sign_all(
+        self, ready: dict[int, OutgoingEmail]
+    ) -> dict[int, OutgoingEmail | Exception | None]:
+        assert self.signer is not None
+        signed: dict[int, OutgoingEmail | Exception | None] = {}
+        for job_id, email in ready.items():
+            try:
+                signed[job_id] = replace(email, data=self.signer.sign(email.data))
+            except Exception as exc:
+                signed[job_id] = exc
+        return signed
+
+    def _sent(self, job: asyncpg.Record, ledger: Ledger) -> None:
+        ledger.done.append(job["id"])
         if job["kind"] == "confirm":
-            await q.mark_confirm_sent.execute(con, subscriber_id=job["subscriber_id"])
+            ledger.confirms.append(job["subscriber_id"])
         elif job["kind"] == "campaign":
-            await q.mark_delivery_sent.execute(
-                con, campaign_id=job["campaign_id"], subscriber_id=job["subscriber_id"]
-            )
-            await q.count_campaign_sent.execute(con, campaign_id=job["campaign_id"])
+            ledger.deliveries.append((job["campaign_id"], job["subscriber_id"]))
+            ledger.sent[job["campaign_id"]] += 1
         self.metrics.emails_sent.labels(job["kind"]).inc()
         log.debug("email sent", extra={"job_id": job["id"], "kind": job["kind"]})
 
-    async def _failed(
-        self, con: asyncpg.Connection, job: asyncpg.Record, failure: SmtpFailure
-    ) -> str:
+    def _refused(self, job: asyncpg.Record, failure: Permanent, ledger: Ledger) -> None:
+        """The relay refused the email for good (a 5xx to MAIL, RCPT or DATA): the one
+        place where a permanent refusal is handled (a hard bounce, for bounce handling)."""
+        self._drop(job, failure, ledger, "rejected")
+
+    def _failed(self, job: asyncpg.Record, failure: SmtpFailure, ledger: Ledger) -> None:
         attempts = job["attempts"] + 1
-        fields = {
-            "job_id": job["id"],
-            "kind": job["kind"],
-            "campaign_id": job["campaign_id"],
-            "attempts": attempts,
-            "smtp_code": failure.code,
-            "reason": failure.reason,
-        }
-        if isinstance(failure, Transient) and attempts < self.settings.outbox_max_attempts:
-            delay = backoff(self.settings, attempts)
-            await q.retry_later.execute(con, id=job["id"], delay=delay, error=failure.reason[:200])
-            self.metrics.emails_failed.labels(job["kind"], "retried").inc()
-            log.info("email deferred", extra={**fields, "delay_s": round(delay, 2)})
-            return "retry"
-        outcome = "rejected" if isinstance(failure, Permanent) else "gave_up"
-        await q.delete_job.execute(con, id=job["id"])
+        if attempts >= self.settings.outbox_max_attempts:
+            self._drop(job, failure, ledger, "gave_up")
+            return
+        delay = backoff(self.settings, attempts)
+        ledger.retries.append((job["id"], delay, failure.reason[:200]))
+        self.metrics.emails_failed.labels(job["kind"], "retried").inc()
+        log.info("email deferred", extra={**_fields(job, failure), "delay_s": round(delay, 2)})
+
+    def _drop(
+        self, job: asyncpg.Record, failure: SmtpFailure, ledger: Ledger, outcome: str
+    ) -> None:
+        ledger.done.append(job["id"])
         if job["kind"] == "campaign":
-            await q.count_campaign_failed.execute(con, campaign_id=job["campaign_id"])
-        if outcome == "rejected":  # issue 19 hook: a 5xx refusal of the address is a hard bounce
-            await send_hooks.refused_at_send(con, self.settings, job, failure)
+            ledger.failed[job["campaign_id"]] += 1
+        if outcome == "rejected":  # a 5xx refusal of the address may be a hard bounce
+            ledger.refused.append((job, failure))
         self.metrics.emails_failed.labels(job["kind"], outcome).inc()
-        log.warning(f"email dropped ({outcome})", extra=fields)
-        return "dropped"
+        log.warning(f"email dropped ({outcome})", extra=_fields(job, failure))
+
+
+def _fields(job: asyncpg.Record, failure: SmtpFailure) -> dict[str, object]:
+    return {
+        "job_id": job["id"],
+        "kind": job["kind"],
+        "campaign_id": job["campaign_id"],
+        "attempts": job["attempts"] + 1,
+        "smtp_code": failure.code,
+        "reason": failure.reason,
+    }
 
 
 @contextlib.asynccontextmanager
-async def running(app: Starlette) -> AsyncIterator[Worker]:
+async def running(app: Starlette) -> AsyncIterator[Worker | None]:
     """Runs the worker for the app's lifetime; on exit it finishes the send in flight."""
     state = app.state
+    if state.settings.outbox_concurrency == 0:  # `serve --no-worker`: another process sends
+        app.state.outbox = None
+        yield None
+        return
     context = emails.MailContext(state.settings, state.tokens, state.templates)
     worker = Worker(state.pool, state.settings, state.metrics, context)
     task = asyncio.create_task(worker.run(), name="outbox-worker")

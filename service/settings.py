@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.utils import parseaddr
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -144,6 +145,10 @@ class Settings:
     # -- mailer (outbox) ---------------------------------------------------------
     outbox_max_attempts: int = 8
     outbox_concurrency: int = 4
+    # -- sending at scale (issue 16) -------------------------------------------------
+    outbox_batch: int = 50  # jobs a lane claims, sends and records in one transaction
+    import_max_bytes: int = 256 * 1024 * 1024  # one NDJSON import's body
+    import_confirm_rate: int = 20  # imported pending subscribers' confirmations a second
     outbox_poll_interval: float = 5.0
     outbox_backoff_base: float = 30.0
     outbox_backoff_max: float = 6 * 3600
@@ -436,7 +441,10 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("RATE_CONFIRM_MIN_INTERVAL", "rate_confirm_min_interval", _seconds(0, _DAY)),
     ("RATE_SIGNUP_PER_IP_HOUR", "rate_signup_per_ip_hour", _int(1, 1_000_000)),
     ("OUTBOX_MAX_ATTEMPTS", "outbox_max_attempts", _int(1, 100)),
-    ("OUTBOX_CONCURRENCY", "outbox_concurrency", _int(1, 64)),
+    ("OUTBOX_CONCURRENCY", "outbox_concurrency", _int(0, 64)),
+    ("OUTBOX_BATCH", "outbox_batch", _int(1, 1000)),
+    ("IMPORT_MAX_BYTES", "import_max_bytes", _int(1024, 2**31)),
+    ("IMPORT_CONFIRM_RATE", "import_confirm_rate", _int(1, 10_000)),
     ("OUTBOX_POLL_INTERVAL", "outbox_poll_interval", _seconds(0.05, 3600)),
     ("OUTBOX_BACKOFF_BASE", "outbox_backoff_base", _seconds(0.01, _DAY)),
     ("OUTBOX_BACKOFF_MAX", "outbox_backoff_max", _seconds(0.01, 7 * _DAY)),
@@ -507,6 +515,13 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
     dkim = [values.get(f) for f in ("dkim_private_key_file", "dkim_selector", "dkim_domain")]
     if any(dkim) and not all(dkim):
         problems.append("DKIM_PRIVATE_KEY_FILE, DKIM_SELECTOR and DKIM_DOMAIN must be set together")
+    elif all(dkim):
+        from service.dkim import load_key  # here: service.dkim imports this module
+
+        try:
+            load_key(Path(dkim[0]).read_bytes())
+        except (ValueError, TypeError, OSError) as exc:
+            problems.append(f"DKIM_PRIVATE_KEY_FILE is not a usable key: {exc}")
     if values.get("outbox_backoff_base", 30) > values.get("outbox_backoff_max", 6 * 3600):
         problems.append("OUTBOX_BACKOFF_BASE must not be larger than OUTBOX_BACKOFF_MAX")
     return problems

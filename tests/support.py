@@ -183,7 +183,10 @@ def run_cli(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[s
 class ServiceProcess:
     """`python -m service serve` in a real uvicorn process on a free port."""
 
-    def __init__(self, env: Mapping[str, str], *args: str, port: int | None = None) -> None:
+    def __init__(
+        self, env: Mapping[str, str], *args: str, port: int | None = None, command: str = "serve"
+    ) -> None:
+        self.command = command  # or "worker"
         self.port = port or free_port()
         self.env = dict(env)
         self.args = args
@@ -201,7 +204,7 @@ class ServiceProcess:
                 sys.executable,
                 "-m",
                 "service",
-                "serve",
+                self.command,
                 "--host",
                 "127.0.0.1",
                 "--port",

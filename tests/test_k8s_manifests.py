@@ -626,3 +626,33 @@ def test_namespace_enforces_the_restricted_pod_security_standard(rendered) -> No
     for resource in rendered:
         if resource["kind"] != "Namespace":
             assert resource["metadata"].get("namespace") == namespace["metadata"]["name"]
+
+
+def test_sending_runs_in_its_own_worker_deployment_with_its_own_hpa(rendered) -> None:
+    server = one(rendered, "Deployment", "newsletter")
+    worker = one(rendered, "Deployment", "newsletter-worker")
+    server_args = server["spec"]["template"]["spec"]["containers"][0]["args"]
+    worker_container = worker["spec"]["template"]["spec"]["containers"][0]
+    assert "--no-worker" in server_args  # the pixel never shares a process with a send
+    assert worker_container["args"][:2] == ["newsletter", "worker"]
+    port = worker_container["ports"][0]
+    assert worker_container["args"][-2:] == ["--port", str(port["containerPort"])]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert worker_container[probe]["httpGet"]["port"] == port["name"]
+    annotations = worker["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(port["containerPort"])
+    labels = pod_labels(worker)
+    assert selects(worker["spec"]["selector"], labels)
+    assert not selects(server["spec"]["selector"], labels)  # the Service never routes to it
+    assert not selects(
+        {"matchLabels": one(rendered, "Service", "newsletter")["spec"]["selector"]}, labels
+    )
+    hpa = one(rendered, "HorizontalPodAutoscaler", "newsletter-worker")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "newsletter-worker"
+    [policy] = [
+        p
+        for p in rendered
+        if p["kind"] == "NetworkPolicy" and selects(p["spec"]["podSelector"], labels)
+    ]
+    egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert {5432, 25, 587, 465, 53} <= egress_ports

@@ -330,6 +330,7 @@ async def test_sent_campaign_job_marks_the_delivery_and_counts_the_campaign(
     app_factory, db, smtp, monkeypatch
 ) -> None:
     monkeypatch.setitem(emails.COMPOSERS, "campaign", _tiny_campaign_composer)
+    monkeypatch.delitem(emails.BATCH_COMPOSERS, "campaign")  # per-job composer
     campaign_id, subscriber_id = await _campaign_job(db, "reader@example.com")
     async with app_factory() as (app, _client):
         [message] = await smtp.wait_for(1)
@@ -348,6 +349,7 @@ async def test_rejected_campaign_job_counts_as_failed_and_is_deleted(
     app_factory, db, smtp, monkeypatch
 ) -> None:
     monkeypatch.setitem(emails.COMPOSERS, "campaign", _tiny_campaign_composer)
+    monkeypatch.delitem(emails.BATCH_COMPOSERS, "campaign")  # per-job composer
     smtp.fail_next("554 5.7.1 rejected")
     campaign_id, _ = await _campaign_job(db, "reader@example.com")
     async with app_factory() as (_app, _client):
@@ -380,6 +382,8 @@ async def test_a_composer_that_fails_is_retried_while_other_jobs_are_sent(
         await con.execute("SELECT 1/0")
 
     monkeypatch.setitem(emails.COMPOSERS, "campaign", broken)
+
+    monkeypatch.delitem(emails.BATCH_COMPOSERS, "campaign")  # per-job composer
     await _campaign_job(db, "broken@example.com")
     await _add_pending(db, 2)
     async with app_factory() as (_app, _client):

@@ -31,7 +31,8 @@ from tests.pixel_support import CHROME, pixel_path, seed
 pytestmark = pytest.mark.slow
 
 REPLICAS = 3
-LANES = 4  # OUTBOX_CONCURRENCY: jobs one replica has in flight at most
+LANES = 4  # OUTBOX_CONCURRENCY: sending lanes of one replica
+BATCH = 5  # OUTBOX_BATCH: jobs one lane claims and commits together
 ADMIN = {"Authorization": f"Bearer {support.ADMIN_TOKEN}"}
 CAMPAIGN = {
     "name": "Replica test",
@@ -146,13 +147,13 @@ async def test_three_replicas_send_each_campaign_email_exactly_once(
     assert sum(1 for count in per_replica if count) >= 2, per_replica
 
 
-async def test_campaign_survives_a_replica_killed_mid_send_with_at_most_its_job_in_flight_twice(
+async def test_campaign_survives_a_replica_killed_mid_send_with_at_most_its_batches_twice(
     database_url: str, db: asyncpg.Connection
 ) -> None:
-    """SIGKILL leaves no time for anything: the killed replica's claimed job is unlocked
-    when PostgreSQL sees its connection die, and another replica sends it. Whatever the
+    """SIGKILL leaves no time for anything: the killed replica's claimed jobs are unlocked
+    when PostgreSQL sees its connection die, and another replica sends them. Whatever the
     relay had accepted from it but the replica never committed is mailed twice: at most
-    one job per sending lane (OUTBOX_CONCURRENCY) of the killed replica."""
+    one batch (OUTBOX_BATCH) per sending lane (OUTBOX_CONCURRENCY) of the killed replica."""
     n = 150
     addresses = await active_subscribers(db, n)
     sink = support.SlowSmtpSink(delay=0.03)
@@ -164,6 +165,7 @@ async def test_campaign_survives_a_replica_killed_mid_send_with_at_most_its_job_
                 sink.url,
                 OUTBOX_POLL_INTERVAL="0.2s",
                 OUTBOX_CONCURRENCY=str(LANES),
+                OUTBOX_BATCH=str(BATCH),
                 MAIL_FROM=f"Replica {i} <news@newsletter.test>",
             )
             for i in range(REPLICAS)
@@ -194,10 +196,9 @@ async def test_campaign_survives_a_replica_killed_mid_send_with_at_most_its_job_
     received = Counter(m.to for m in sink.messages)
     assert set(received) == addresses  # nobody lost
     duplicates = {address: count for address, count in received.items() if count > 1}
-    # A replica's worker sends one job at a time: at most that one job is sent again.
-    # Each of the killed replica's sending lanes had at most one job claimed: only those
-    # can be mailed twice, and each at most twice (the retry's send is committed).
-    assert len(duplicates) <= LANES and set(duplicates.values()) <= {2}, duplicates
+    # Each of the killed replica's sending lanes had at most one batch claimed: only
+    # those jobs can be mailed twice, and each at most twice (the retry's send is committed).
+    assert len(duplicates) <= LANES * BATCH and set(duplicates.values()) <= {2}, duplicates
     assert set(killed_mid_send) <= set(duplicates)
     for address in duplicates:
         first, second = (m for m in sink.messages if m.to == address)

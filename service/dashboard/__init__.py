@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from service.dashboard import subscriber_list, views
+from service.dashboard import importing, subscriber_list, views
 
 
 def routes() -> list[BaseRoute]:
@@ -21,6 +21,8 @@ def routes() -> list[BaseRoute]:
         Route("/admin/campaigns/{campaign_id:int}/send", views.send_confirm, methods=["GET"]),
         Route("/admin/campaigns/{campaign_id:int}/send", views.send, methods=["POST"]),
         Route("/admin/subscribers", views.subscribers_form, methods=["GET"]),
+        Route("/admin/import", importing.import_form, methods=["GET"]),
+        Route("/admin/import", importing.import_upload, methods=["POST"]),
         Route("/admin/subscribers", views.lookup, methods=["POST"]),
         Route("/admin/subscribers/list", subscriber_list.list_get, methods=["GET"]),
         Route("/admin/subscribers/list", subscriber_list.list_post, methods=["POST"]),

@@ -46,6 +46,11 @@ MACHINE_OPENS_NOTE = (
 )
 
 
+CSRF_REFUSED = (
+    "This form has expired or did not come from this dashboard. Reload the page and try again."
+)
+
+
 def _rate(part: float, whole: float) -> str:
     return f"{100 * part / whole:.1f} %" if whole else "n/a"
 
@@ -59,13 +64,7 @@ async def _form_or_problem(
     except FormError as exc:
         return problem(request, exc.status, exc.message, csrf=session.csrf)
     if not auth.csrf_ok(session, form):
-        return problem(
-            request,
-            403,
-            "This form has expired or did not come from this dashboard. "
-            "Reload the page and try again.",
-            csrf=session.csrf,
-        )
+        return problem(request, 403, CSRF_REFUSED, csrf=session.csrf)
     return form
 
 

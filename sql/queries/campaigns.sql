@@ -77,3 +77,17 @@ SELECT id, email, name, tracking_consent, tracking_withdrawn_at IS NOT NULL AS t
 FROM subscribers
 WHERE status = 'active'
 ORDER BY id;
+
+-- name: mail_for_jobs
+-- The batch composer's view of many claimed campaign jobs at once: one row per job
+-- whose subscriber is still active and whose delivery has not gone out.
+SELECT d.campaign_id, d.subscriber_id, s.email, s.name, s.tracking_consent,
+       s.tracking_withdrawn_at IS NOT NULL AS tracking_withdrawn
+FROM unnest(:campaign_ids::bigint[], :subscriber_ids::bigint[]) AS j (campaign_id, subscriber_id)
+JOIN deliveries d ON d.campaign_id = j.campaign_id AND d.subscriber_id = j.subscriber_id
+JOIN subscribers s ON s.id = d.subscriber_id
+WHERE d.sent_at IS NULL
+  AND s.status = 'active';
+
+-- name: campaign_templates
+SELECT id, subject, html, text FROM campaigns WHERE id = ANY(:ids::bigint[]);

@@ -1,41 +1,50 @@
 -- The transactional outbox worker (service/outbox.py).
 
--- name: claim_due
--- One due job, locked until the worker's transaction ends (through the send), skipped
--- by every other worker meanwhile. Confirmations (priority 0) before campaign mail.
+-- name: claim_batch
+-- Up to :limit due jobs, locked until the worker's transaction ends (through their
+-- sends), skipped by every other worker meanwhile. Confirmations (priority 0) before
+-- campaign mail.
 SELECT id, kind, subscriber_id, campaign_id, attempts
 FROM outbox
 WHERE run_at <= now()
 ORDER BY priority, run_at, id
-LIMIT 1
+LIMIT :limit
 FOR UPDATE SKIP LOCKED;
 
 -- name: next_due_in
--- Seconds until the next job is due (NULL when the outbox is empty). Not greatest(0, …):
--- greatest() ignores NULL, so an empty outbox would read as "due now" and every lane
--- would poll in a tight loop.
-SELECT extract(epoch FROM min(run_at) - now())::float8 FROM outbox;
+-- Seconds until the next job is due (NULL when the outbox is empty), from the claim's
+-- index, one priority at a time. Not greatest(0, …): greatest() ignores NULL, so an
+-- empty outbox would read as "due now" and every lane would poll in a tight loop.
+SELECT extract(epoch FROM least(
+    (SELECT min(run_at) FROM outbox WHERE priority = 0),
+    (SELECT min(run_at) FROM outbox WHERE priority = 1)
+) - now())::float8;
 
--- name: delete_job
-DELETE FROM outbox WHERE id = :id;
+-- name: delete_jobs
+DELETE FROM outbox WHERE id = ANY(:ids::bigint[]);
 
--- name: retry_later
-UPDATE outbox
-SET attempts = attempts + 1, run_at = now() + make_interval(secs => :delay), last_error = :error
-WHERE id = :id;
+-- name: retry_jobs_later
+UPDATE outbox o
+SET attempts = o.attempts + 1,
+    run_at = now() + make_interval(secs => j.delay),
+    last_error = j.error
+FROM unnest(:ids::bigint[], :delays::float8[], :errors::text[]) AS j (id, delay, error)
+WHERE o.id = j.id;
 
--- name: mark_confirm_sent
-UPDATE subscribers SET confirm_sent_at = now() WHERE id = :subscriber_id;
+-- name: mark_confirms_sent
+UPDATE subscribers SET confirm_sent_at = now() WHERE id = ANY(:subscriber_ids::bigint[]);
 
--- name: mark_delivery_sent
-UPDATE deliveries SET sent_at = now()
-WHERE campaign_id = :campaign_id AND subscriber_id = :subscriber_id;
+-- name: mark_deliveries_sent
+UPDATE deliveries d SET sent_at = now()
+FROM unnest(:campaign_ids::bigint[], :subscriber_ids::bigint[]) AS j (campaign_id, subscriber_id)
+WHERE d.campaign_id = j.campaign_id AND d.subscriber_id = j.subscriber_id;
 
--- name: count_campaign_sent
-UPDATE campaigns SET sent = sent + 1 WHERE id = :campaign_id;
-
--- name: count_campaign_failed
-UPDATE campaigns SET failed = failed + 1 WHERE id = :campaign_id;
+-- name: count_campaigns
+-- One update per campaign and batch, the batch's last statement: the campaign row is
+-- locked only from here to the commit, so lanes sending one campaign hardly wait on it.
+UPDATE campaigns c SET sent = c.sent + j.sent, failed = c.failed + j.failed
+FROM unnest(:ids::bigint[], :sent::bigint[], :failed::bigint[]) AS j (id, sent, failed)
+WHERE c.id = j.id;
 
 -- name: confirm_recipient
 -- The confirmation composer's view of the subscriber (never locked).

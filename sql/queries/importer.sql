@@ -1,0 +1,51 @@
+-- Importing an existing list (service/importer.py).
+
+-- name: import_staged
+-- New addresses only (an address on the list already is left alone, as a sign-up
+-- leaves it): active with their consent evidence (a `confirm` event at consented_at,
+-- method `import`, and `tracking_granted` when they agreed to open measurement), or
+-- pending with a `signup` event and a confirmation job; the jobs' run times are spread
+-- :rate a second apart, so the outbox paces the re-permission mail.
+WITH added AS (
+    INSERT INTO subscribers (email, name, status, tracking_consent, tracking_requested,
+                             confirmed_at)
+    SELECT email, name,
+           CASE WHEN consented_at IS NULL THEN 'pending' ELSE 'active' END,
+           consented_at IS NOT NULL AND tracking,
+           consented_at IS NULL AND tracking,
+           consented_at
+    FROM import_staging
+    WHERE import_id = :import_id
+    ORDER BY line
+    ON CONFLICT (lower(email)) DO NOTHING
+    RETURNING id, email, status
+),
+joined AS (
+    SELECT a.id, a.status, st.consented_at, st.source, st.tracking
+    FROM added a
+    JOIN import_staging st ON st.import_id = :import_id AND lower(st.email) = lower(a.email)
+),
+evidence AS (
+    INSERT INTO consent_events (subscriber_id, kind, at, source, consent_text_version, method)
+    SELECT id, CASE WHEN status = 'active' THEN 'confirm' ELSE 'signup' END,
+           coalesce(consented_at, now()), coalesce(source, 'import'), :consent_text_version,
+           'import'
+    FROM joined
+    UNION ALL
+    SELECT id, 'tracking_granted', consented_at, source, :consent_text_version, 'import'
+    FROM joined WHERE status = 'active' AND tracking
+),
+jobs AS (
+    INSERT INTO outbox (kind, subscriber_id, run_at)
+    SELECT 'confirm', id,
+           now() + make_interval(secs => (row_number() OVER (ORDER BY id) - 1) / :rate::float8)
+    FROM added WHERE status = 'pending'
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM added WHERE status = 'active') AS imported,
+       (SELECT count(*) FROM added WHERE status = 'pending') AS pending,
+       (SELECT count(*) FROM jobs) AS jobs,
+       pg_notify('newsletter_outbox', '') IS NULL AS notified;
+
+-- name: clear_staging
+DELETE FROM import_staging WHERE import_id = :import_id;

@@ -1,0 +1,195 @@
+"""`POST /admin/api/subscribers/import`: NDJSON lines with consent evidence become active
+subscribers, lines without it pending ones with a paced double opt-in email; bad lines
+are reported and never stop the others."""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+import pytest
+from email_validator import EmailNotValidError, validate_email
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from service import importer
+from tests import people
+from tests.signup_helpers import wait_until
+
+URL = "/admin/api/subscribers/import"
+
+
+def ndjson(*items: object) -> bytes:
+    return b"\n".join(
+        item if isinstance(item, bytes) else json.dumps(item).encode() for item in items
+    )
+
+
+async def test_lines_with_evidence_are_active_without_it_pending_and_bad_lines_reported(
+    client, db: asyncpg.Connection, admin_headers, smtp
+) -> None:
+    await people.add_subscriber(db, "active@example.org", name="Kept")
+    await people.add_subscriber(db, "waiting@example.org", status="pending")
+    erased = await people.add_subscriber(db, "erased@example.org")
+    await db.execute("DELETE FROM subscribers WHERE id = $1", erased)  # nothing kept
+    body = ndjson(
+        {
+            "email": "Ada@Example.ORG",
+            "name": "Ada",
+            "consented_at": "2024-03-01T10:00:00+01:00",
+            "consent_source": "paper form, spring fair 2024",
+            "tracking": True,
+        },
+        {"email": "new@example.org", "name": "Neu"},  # 2: no evidence -> pending
+        b"{not json",  # 3
+        b"[1, 2]",  # 4
+        {"email": "not an address"},  # 5
+        {"email": "x@example.org", "colour": "red"},  # 6
+        {"email": "y@example.org", "consented_at": "2999-01-01T00:00:00Z", "consent_source": "s"},
+        {"email": "z@example.org", "consented_at": "2024-01-01T00:00:00", "consent_source": "s"},
+        {"email": "w@example.org", "consented_at": "2024-01-01T00:00:00Z"},  # 9: no source
+        {"email": "v@example.org", "tracking": "yes"},  # 10
+        {"email": "u@example.org", "name": "a\u2028b"},  # 11
+        b"",  # 12: blank lines are ignored
+        {"email": "ada@example.org"},  # 13: repeat of line 1
+        {"email": "active@example.org", "name": "Changed"},  # 14: on the list already
+        {
+            "email": "waiting@example.org",
+            "consented_at": "2024-01-01T00:00:00Z",
+            "consent_source": "s",
+        },
+        {
+            "email": "erased@example.org",
+            "consented_at": "2024-05-01T00:00:00Z",
+            "consent_source": "web form",
+        },
+        {"email": "later@example.org"},  # 17: pending, its email paced after line 2's
+    )
+    response = await client.post(URL, content=body, headers=admin_headers)
+    assert response.status_code == 200
+    answer = response.json()
+    assert (answer["imported"], answer["pending"]) == (2, 2)
+    assert [e["line"] for e in answer["errors"]] == [3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert all(e["error"] for e in answer["errors"])
+    assert answer["skipped"] == 9 + 3  # the bad lines, the repeat and the two known addresses
+
+    rows = {
+        r["email"]: r
+        for r in await db.fetch(
+            "SELECT id, email, name, status, tracking_consent, tracking_requested, confirmed_at"
+            " FROM subscribers"
+        )
+    }
+    ada = rows["Ada@example.org"]  # email-validator's normal form, as sign-up stores it
+    assert (ada["status"], ada["name"], ada["tracking_consent"]) == ("active", "Ada", True)
+    assert ada["confirmed_at"].isoformat() == "2024-03-01T09:00:00+00:00"
+    events = await db.fetch(
+        "SELECT kind, source, method, at FROM consent_events WHERE subscriber_id = $1 ORDER BY kind",
+        ada["id"],
+    )
+    assert [(e["kind"], e["source"], e["method"]) for e in events] == [
+        ("confirm", "paper form, spring fair 2024", "import"),
+        ("tracking_granted", "paper form, spring fair 2024", "import"),
+    ]
+    assert rows["erased@example.org"]["status"] == "active"  # imported like a new address
+    assert rows["active@example.org"]["name"] == "Kept"  # left alone
+    assert rows["waiting@example.org"]["status"] == "pending"  # left alone: it confirms itself
+    assert rows["new@example.org"]["status"] == "pending"
+    jobs = await db.fetch(
+        "SELECT subscriber_id, run_at FROM outbox WHERE kind = 'confirm' ORDER BY run_at"
+    )
+    assert [j["subscriber_id"] for j in jobs] == [
+        rows["new@example.org"]["id"],
+        rows["later@example.org"]["id"],
+    ]
+    # IMPORT_CONFIRM_RATE (20 a second): one job 1/20 s after the other.
+    assert (jobs[1]["run_at"] - jobs[0]["run_at"]).total_seconds() == pytest.approx(0.05)
+    [first, second] = await smtp.wait_for(2)
+    assert {first.to, second.to} == {"new@example.org", "later@example.org"}
+    assert "confirm" in first.message["Subject"].lower()
+
+
+async def test_import_needs_the_admin_token_and_refuses_an_oversized_body(
+    app_factory, db: asyncpg.Connection, admin_headers
+) -> None:
+    async with app_factory(import_max_bytes=1024) as (_app, client):
+        assert (
+            await client.post(URL, content=ndjson({"email": "a@example.org"}))
+        ).status_code == 401
+        big = ndjson(*({"email": f"r{i}@example.org"} for i in range(100)))
+        response = await client.post(URL, content=big, headers=admin_headers)
+        assert response.status_code == 413
+    assert await db.fetchval("SELECT count(*) FROM subscribers") == 0
+
+
+async def test_two_imports_of_one_list_at_once_add_each_address_once(
+    client, db: asyncpg.Connection, admin_headers
+) -> None:
+    import asyncio
+
+    body = ndjson(*({"email": f"r{i}@example.org"} for i in range(500)))
+    answers = await asyncio.gather(
+        *(client.post(URL, content=body, headers=admin_headers) for _ in range(2))
+    )
+    assert all(a.status_code == 200 for a in answers)
+    assert sum(a.json()["pending"] for a in answers) == 500
+    assert sum(a.json()["skipped"] for a in answers) == 500
+    assert await db.fetchval("SELECT count(*) FROM subscribers") == 500
+    assert await db.fetchval("SELECT count(*) FROM outbox") == 500
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.one_of(st.emails(), st.text(max_size=80)))
+def test_the_fast_address_check_agrees_with_email_validator(address: str) -> None:
+    try:
+        expected = validate_email(address, check_deliverability=False, strict=True).normalized
+    except EmailNotValidError:
+        expected = None
+    try:
+        got = importer.normal_address(address)
+    except importer.LineError:
+        got = None
+    assert got == expected
+
+
+async def test_pending_imports_wait_their_turn_behind_new_signups(
+    app_factory, db: asyncpg.Connection, admin_headers, smtp
+) -> None:
+    """Paced confirmation jobs leave room: a sign-up after a big import is mailed first."""
+    async with app_factory(import_confirm_rate=1) as (_app, client):
+        body = ndjson(*({"email": f"r{i}@example.org"} for i in range(50)))
+        assert (await client.post(URL, content=body, headers=admin_headers)).status_code == 200
+        from tests.signup_helpers import subscribe
+
+        await subscribe(client, "fresh@example.org")
+        await wait_until(lambda: _sent_to(smtp, "fresh@example.org"))
+    assert len(smtp.messages) < 10  # the 50 imports go out one a second
+
+
+async def _sent_to(smtp, address: str) -> bool:
+    return any(m.to == address for m in smtp.messages)
+
+
+async def test_the_dashboard_uploads_a_file_to_the_same_import(app, db: asyncpg.Connection) -> None:
+    from tests.test_dashboard import browser, sign_in
+
+    body = ndjson(
+        {
+            "email": "form@example.org",
+            "consented_at": "2024-01-01T00:00:00Z",
+            "consent_source": "csv",
+        },
+        b"oops",
+    )
+    async with browser(app) as web:
+        csrf = await sign_in(web)
+        assert 'href="/admin/import"' in (await web.get("/admin")).text
+        assert (await web.get("/admin/import")).status_code == 200
+        files = {"file": ("list.ndjson", body, "application/x-ndjson")}
+        forged = await web.post("/admin/import", data={"csrf": "wrong"}, files=files)
+        assert forged.status_code == 403
+        answer = await web.post("/admin/import", data={"csrf": csrf}, files=files)
+    assert answer.status_code == 200
+    assert "not a JSON object" in answer.text and 'id="import-result"' in answer.text
+    assert await db.fetchval("SELECT status FROM subscribers") == "active"
