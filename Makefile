@@ -42,18 +42,38 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# The whole suite, then a second pass in the floor environment (every dependency at its
+# The whole suite, and a second pass in the floor environment (every dependency at its
 # declared minimum): through a real PgBouncer in transaction pooling mode
 # (DB_STATEMENT_CACHE_SIZE=0, as the replicas run behind CloudNativePG's Pooler) when
 # it is installed, directly otherwise. The second pass leaves out the tests that start
 # their own processes or a browser (marked slow / browser): those connect directly.
+# The two passes run side by side (each with its own embedded PostgreSQL): the tests wait
+# on PostgreSQL and SMTP far more than they compute (pytest uses about a fifth of a core),
+# so on two cores this takes little more than the first pass alone. TEST_PARALLEL=0 runs
+# them one after the other.
+TEST_PARALLEL ?= 1
+FLOORS_LOG := test-output/floors-pass.log
+ifneq ($(shell command -v pgbouncer || test -x /usr/sbin/pgbouncer && echo yes),)
+FLOORS = TEST_VIA_PGBOUNCER=1 $(MIN_PY) -m pytest -q -p no:cacheprovider -m "not slow and not browser"
+FLOORS_WHAT = the minimum versions, through PgBouncer (transaction mode)
+else
+FLOORS = $(MIN_PY) -m pytest -q -p no:cacheprovider -m "not slow and not browser"
+FLOORS_WHAT = the minimum versions, directly (pgbouncer not installed: make system-deps)
+endif
+
 test: lint $(MIN_STAMP)
+ifeq ($(TEST_PARALLEL),1)
+	@mkdir -p test-output
+	@echo "== second pass ($(FLOORS_WHAT)) runs beside the first; its log: $(FLOORS_LOG)"
+	@( $(FLOORS) > $(FLOORS_LOG) 2>&1; echo $$? > $(FLOORS_LOG).rc ) & \
+	$(PY) -m pytest; first=$$?; wait; second=$$(cat $(FLOORS_LOG).rc); \
+	echo "== second pass: $(FLOORS_WHAT)"; tail -n 40 $(FLOORS_LOG); \
+	test $$first = 0 && test $$second = 0
+else
 	$(PY) -m pytest
-	@if command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer; then \
-	  echo "== again with the minimum versions, through PgBouncer (transaction mode)"; \
-	  TEST_VIA_PGBOUNCER=1 $(MIN_PY) -m pytest -q -m "not slow and not browser"; \
-	else echo "== again with the minimum versions (pgbouncer not installed: make system-deps)"; \
-	  $(MIN_PY) -m pytest -q -m "not slow and not browser"; fi
+	@echo "== again with $(FLOORS_WHAT)"
+	$(FLOORS)
+endif
 
 # The edit-test loop: everything but the tests that spawn processes or drive a browser.
 test-fast: $(STAMP)
