@@ -656,3 +656,15 @@ def test_sending_runs_in_its_own_worker_deployment_with_its_own_hpa(rendered) ->
     ]
     egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
     assert {5432, 25, 587, 465, 53} <= egress_ports
+
+
+def test_the_overlay_gives_every_ingress_its_own_host(rendered) -> None:
+    """Each Ingress of the base carries the placeholder host; an overlay that patched some
+    of them would leave a path (webhooks, links, the admin) on a host nobody owns."""
+    base_host = "news.example.com"
+    ingresses = [r for r in rendered if r["kind"] == "Ingress"]
+    assert len(ingresses) >= 4
+    for ingress in ingresses:
+        hosts = [rule["host"] for rule in ingress["spec"]["rules"]]
+        hosts += [h for tls in ingress["spec"].get("tls", []) for h in tls["hosts"]]
+        assert base_host not in hosts, ingress["metadata"]["name"]
