@@ -158,6 +158,13 @@ async def database_error(request: Request, exc: Exception) -> Response:
     return PlainTextResponse("Internal Server Error", status_code=500)
 
 
+async def database_interface_error(request: Request, exc: Exception) -> Response:
+    """A query on a connection the server already ended is unavailable; the rest are bugs."""
+    if db.is_unavailable(exc):
+        return await database_unavailable(request, exc)
+    return await database_error(request, exc)
+
+
 # Looked up along the exception's class hierarchy, the most specific first: the
 # unavailable classes are subclasses of PostgresError and win over the catch-all.
 # TimeoutError is a query that got no answer within DB_COMMAND_TIMEOUT (nothing else in
@@ -166,7 +173,7 @@ async def database_error(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {
     **{error: database_unavailable for error in (*db.UNAVAILABLE, TimeoutError)},
     asyncpg.PostgresError: database_error,
-    asyncpg.InterfaceError: database_error,
+    asyncpg.InterfaceError: database_interface_error,
 }
 
 

@@ -41,6 +41,18 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     asyncpg.exceptions.CrashShutdownError,  # 57P02
     asyncpg.exceptions.CannotConnectNowError,  # 57P03
 )
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """UNAVAILABLE, or asyncpg's InterfaceError "connection is closed": a query on a
+    connection the server had already ended (its goodbye arrived before the query; when it
+    arrives during the query asyncpg raises ConnectionDoesNotExistError, class 08). Other
+    InterfaceErrors ("another operation is in progress", …) are bugs."""
+    if isinstance(exc, UNAVAILABLE):
+        return True
+    return isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)
+
+
 # Seconds a client is asked to wait before retrying, on every 503 the service gives.
 RETRY_AFTER = "5"
 

@@ -319,7 +319,9 @@ async def subscribe(request: Request) -> Response:
                         fields=fields,
                     )
             outcome = await register(con, settings, day_key, signup, evidence)
-    except db.UNAVAILABLE as exc:
+    except (*db.UNAVAILABLE, asyncpg.InterfaceError) as exc:
+        if not db.is_unavailable(exc):
+            raise
         # The one place that answers a lost database itself rather than through the app's
         # handler: the form comes back with what the person typed, so nothing is lost.
         # Same definition, same Retry-After; any other database error is a bug and a 500.
