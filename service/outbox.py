@@ -41,8 +41,6 @@ from service.smtp import Mailer, Permanent, RelayUnavailable, SmtpFailure, Trans
 CHANNEL = "newsletter_outbox"
 STOP_GRACE_S = 10.0
 DB_ERRORS = (asyncpg.PostgresError, *db.UNAVAILABLE)
-# The database itself is gone (as opposed to one job's query failing).
-CONNECTION_ERRORS = db.UNAVAILABLE
 
 log = logging.getLogger("newsletter.outbox")
 q = queries("outbox")
@@ -261,9 +259,9 @@ class Worker:
                 try:
                     async with con.transaction():  # a savepoint: a failing query keeps the claims
                         built.update(await batch(con, group, self.context))
-                except CONNECTION_ERRORS:
-                    raise
                 except Exception as exc:
+                    if db.is_unavailable(exc):  # the connection is gone: the batch is too
+                        raise
                     built.update((job["id"], exc) for job in group)
                 continue
             for job in group:
@@ -286,9 +284,9 @@ class Worker:
             if message is None or isinstance(message, OutgoingEmail):
                 return message
             return emails.outgoing(message, self.settings, job)
-        except CONNECTION_ERRORS:
-            raise
         except Exception as exc:  # one broken job must not stop the queue
+            if db.is_unavailable(exc):  # but a lost connection is not a broken job
+                raise
             return exc
 
     def _sign_all(

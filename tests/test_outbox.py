@@ -394,6 +394,31 @@ async def test_a_composer_that_fails_is_retried_while_other_jobs_are_sent(
     assert job["last_error"].startswith("compose")
 
 
+async def test_a_connection_lost_while_composing_is_no_broken_job(
+    app_factory, db, smtp, monkeypatch, caplog
+) -> None:
+    """asyncpg's "connection is closed" (the server ended it just before the query) is the
+    database going away, not a bug of the job: the batch is abandoned whole and the job
+    keeps its attempts, as with a class-08 error."""
+    caplog.set_level(logging.WARNING, logger="newsletter.outbox")
+
+    async def lost(con, job, ctx):
+        raise asyncpg.InterfaceError("connection is closed")
+
+    monkeypatch.setitem(emails.COMPOSERS, "campaign", lost)
+    monkeypatch.delitem(emails.BATCH_COMPOSERS, "campaign")  # per-job composer
+    await _campaign_job(db, "lost@example.com")
+    async with app_factory() as (_app, _client):
+        [record] = await wait_until(
+            lambda: _async(
+                [r for r in caplog.records if r.getMessage() == "outbox worker error"][:1]
+            )
+        )
+    assert record.error == "InterfaceError"
+    job = await db.fetchrow("SELECT attempts, last_error FROM outbox")
+    assert (job["attempts"], job["last_error"]) == (0, None)
+
+
 async def test_worker_signs_with_dkim_when_configured(app_factory, db, smtp, tmp_path) -> None:
     dkim = support.dkim_key(tmp_path)
     async with app_factory(
