@@ -110,7 +110,7 @@ async def test_an_address_change_confirmation_names_nobody_and_its_refusal_erase
         "INSERT INTO subscribers (email, status) VALUES ('kept@example.org', 'active') RETURNING id"
     )
     job = {"kind": "address_confirm", "subscriber_id": sid, "campaign_id": None}
-    with_domain = settings.__class__(**{**vars(settings), "bounce_domain": DOMAIN})
+    with_domain = settings.replace(bounce_domain=DOMAIN)
     assert send_hooks.envelope_sender(with_domain, tokens(), job, "news@x.test") == "news@x.test"
     refusal = aiosmtplib.SMTPRecipientsRefused(
         [aiosmtplib.SMTPRecipientRefused(550, "5.1.1 user unknown", "new@example.org")]
