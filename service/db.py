@@ -120,7 +120,7 @@ async def close_pool(pool: asyncpg.Pool, grace: float = POOL_CLOSE_GRACE) -> Non
         return
     log.warning(
         "database pool did not close in time; terminated",
-        extra={"in_use": pool.get_size() - pool.get_idle_size()},
+        extra={"count": pool.get_size() - pool.get_idle_size()},  # connections still in use
     )
     closing.cancel()  # Pool.close() terminates every connection when it is cancelled
     with contextlib.suppress(asyncio.CancelledError):

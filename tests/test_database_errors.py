@@ -3,12 +3,14 @@ database error is a bug, answered 500 and logged with its class (never its messa
 
 from __future__ import annotations
 
+import json
 import logging
 
 import asyncpg
 import pytest
 
 from service import db as database
+from service.logs import JsonFormatter
 from tests.signup_helpers import subscribe
 
 BUG = """
@@ -123,7 +125,8 @@ async def test_a_pool_with_a_connection_never_released_still_closes(
         assert await con.fetchval("SELECT 1") == 1
     await database.close_pool(pool, grace=0.5)
     [record] = _records(caplog, "database pool did not close in time; terminated")
-    assert record.in_use == 1
+    assert record.count == 1  # the connection still in use
+    assert json.loads(JsonFormatter().format(record))["count"] == 1  # a field logs keep
     assert pool._closed  # every connection terminated, the leaked one too
     with pytest.raises(asyncpg.InterfaceError):
         await leaked.fetchval("SELECT 1")
