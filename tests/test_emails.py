@@ -57,7 +57,7 @@ def test_line_breaks_in_any_header_are_refused(field: str, breaker: str) -> None
         emails.build_message(SETTINGS, text="t", html="<p>t</p>", **values)
 
 
-@hsettings(max_examples=200, deadline=None)
+@hsettings(max_examples=200)
 @given(name=st.text(max_size=100), subject=st.text(max_size=200))
 def test_no_name_or_subject_can_add_a_header(name: str, subject: str) -> None:
     try:

@@ -139,7 +139,7 @@ async def test_two_imports_of_one_list_at_once_add_each_address_once(
     assert await db.fetchval("SELECT count(*) FROM outbox") == 500
 
 
-@hsettings(max_examples=300, deadline=None)
+@hsettings(max_examples=300)
 @given(st.one_of(st.emails(), st.text(max_size=80)))
 def test_the_fast_address_check_agrees_with_email_validator(address: str) -> None:
     try:

@@ -57,7 +57,7 @@ def build(name: str, subject: str, text: str, html: str, address: str = "reader@
     return raw, SIGNER.sign(raw)
 
 
-@hsettings(max_examples=120, deadline=None)
+@hsettings(max_examples=120)
 @example(name="0000000000\x80\x80\x80\x80\x80\x80𐀀𐀀𐀀𐀀𐀀𐀀", subject="", text="", html="")
 @given(name=LINE, subject=LINE, text=TEXT, html=TEXT)
 def test_every_email_parses_alike_in_two_parsers_and_its_signature_verifies(

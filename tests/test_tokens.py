@@ -195,7 +195,7 @@ LABEL = st.text(
 )
 
 
-@hsettings(max_examples=200, deadline=None)
+@hsettings(max_examples=200)
 @given(LOCAL, st.lists(LABEL, min_size=1, max_size=3))
 def test_normalisation_is_idempotent_and_folds_the_domain_case(
     local: str, labels: list[str]
