@@ -119,33 +119,22 @@ class CampaignNotFound(LookupError):
     pass
 
 
-# A subscriber erased while the send's INSERT … SELECT runs fails the foreign-key check;
-# the statement is simply run again without them.
-_QUEUE_ATTEMPTS = 3
-
-
 async def queue_send(con: asyncpg.Connection, campaign_id: int) -> int:
     """Queue one email per active subscriber not mailed this campaign yet; returns how many.
 
     Raises CampaignNotFound. Sends of the same campaign are serialised by an advisory
-    lock, so two concurrent sends still queue each subscriber once.
+    lock, so two concurrent sends still queue each subscriber once; a subscriber erased
+    while the statement runs is passed over (sql/queries/campaigns.sql, queue_campaign).
     """
-    attempt = 1
-    while True:
-        try:
-            async with con.transaction():
-                if not await q.campaign_exists.fetchval(con, id=campaign_id):
-                    raise CampaignNotFound(campaign_id)
-                await q.lock_campaign_send.execute(con, id=campaign_id)
-                queued = await q.queue_campaign.fetchval(con, campaign_id=campaign_id)
-                await q.add_recipients.execute(con, campaign_id=campaign_id, queued=queued)
-                if queued:
-                    await q.notify_outbox.execute(con)
-                return queued
-        except asyncpg.ForeignKeyViolationError:
-            if attempt >= _QUEUE_ATTEMPTS:
-                raise
-            attempt += 1
+    async with con.transaction():
+        if not await q.campaign_exists.fetchval(con, id=campaign_id):
+            raise CampaignNotFound(campaign_id)
+        await q.lock_campaign_send.execute(con, id=campaign_id)
+        queued = await q.queue_campaign.fetchval(con, campaign_id=campaign_id)
+        await q.add_recipients.execute(con, campaign_id=campaign_id, queued=queued)
+        if queued:
+            await q.notify_outbox.execute(con)
+        return queued
 
 
 def campaign_json(row: asyncpg.Record) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Erasure (unsubscribe, `DELETE /admin/api/subscribers/{email}`) and access requests.
 
-Deleting the subscriber row deletes consent evidence, deliveries and outbox jobs (foreign
-keys `ON DELETE CASCADE`) and open events (a row trigger, sql/060), in one statement,
+Deleting the subscriber row deletes consent evidence (a foreign key `ON DELETE CASCADE`),
+deliveries, outbox jobs (row triggers, sql/130) and open events (sql/060), in one statement,
 which also leaves the row's id and creation time in the erasure journal (no personal
 data; `reapply_erasures` replays it after a backup restore). Two things need doing by
 hand, in this order, in the same transaction:

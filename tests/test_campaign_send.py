@@ -18,6 +18,7 @@ import pytest
 
 from service import campaign_mail, campaigns, emails
 from service.pages import environment
+from service.queries import queries
 from service.tokens import Tokens
 from tests import people, support
 
@@ -366,8 +367,8 @@ async def test_unsubscribing_while_the_campaign_is_being_sent_stops_their_email(
 async def test_a_send_racing_erasures_neither_fails_nor_queues_the_erased(
     client, db, admin_headers, settings
 ) -> None:
-    """An erasure committing while the INSERT … SELECT runs makes its foreign-key check
-    fail; the send runs again without them."""
+    """An erasure committing while the INSERT … SELECT runs drops that subscriber from its
+    recipients (their row lock is gone): no failure, no orphan row."""
     await people.add_many(db, 20_000)
     campaign_id = await people.add_campaign(db)
     victims = [
@@ -439,11 +440,12 @@ async def test_recipients_export_of_100000_streams_with_flat_memory(database_url
     assert growth_mib < 40
 
 
-async def test_a_send_blocked_by_an_uncommitted_erasure_retries_without_that_subscriber(
+async def test_a_send_blocked_by_an_uncommitted_erasure_goes_on_without_that_subscriber(
     db, database_url
 ) -> None:
-    """The erasure deletes the subscriber row first; the send's foreign-key check waits
-    for it, fails once it commits, and the send runs again without them."""
+    """The erasure deletes the subscriber row first; the send's lock on its recipients
+    (FOR KEY SHARE, standing for the foreign keys: sql/130) waits for it and, once it
+    commits, passes over that subscriber."""
     await people.add_many(db, 50)
     campaign_id = await people.add_campaign(db)
     eraser = await asyncpg.connect(database_url)
@@ -462,3 +464,31 @@ async def test_a_send_blocked_by_an_uncommitted_erasure_retries_without_that_sub
         await sender.close()
     assert await db.fetchval("SELECT count(*) FROM outbox WHERE subscriber_id = 25") == 0
     assert await db.fetchval("SELECT recipients FROM campaigns WHERE id = $1", campaign_id) == 49
+
+
+async def test_an_erasure_after_the_send_locked_its_recipients_waits_and_then_deletes_the_queued(
+    db, database_url
+) -> None:
+    """The other order: deliveries and outbox carry no foreign keys (sql/130), so the
+    send's own lock on each recipient makes a later erasure wait for the send's commit,
+    and the erasure's cascade then finds and deletes the queued rows."""
+    await people.add_many(db, 50)
+    campaign_id = await people.add_campaign(db)
+    sender = await asyncpg.connect(database_url)
+    eraser = await asyncpg.connect(database_url)
+    try:
+        sending = sender.transaction()
+        await sending.start()
+        queue = queries("campaigns").queue_campaign
+        assert await queue.fetchval(sender, campaign_id=campaign_id) == 50
+        erasing = asyncio.create_task(eraser.execute("DELETE FROM subscribers WHERE id = 25"))
+        await support.lock_waited_on(db, eraser.get_server_pid())
+        assert not erasing.done(), "the erasure did not wait for the send"
+        await sending.commit()
+        assert await asyncio.wait_for(erasing, 10) == "DELETE 1"
+    finally:
+        await sender.close()
+        await eraser.close()
+    left = "SELECT count(*) FILTER (WHERE subscriber_id = 25), count(*) FROM {}"
+    assert tuple(await db.fetchrow(left.format("outbox"))) == (0, 49)
+    assert tuple(await db.fetchrow(left.format("deliveries"))) == (0, 49)

@@ -11,7 +11,8 @@ import asyncpg
 import httpx
 import pytest
 
-from service import erasure
+from service import campaigns, erasure
+from service.queries import queries
 from service.tokens import Tokens
 from tests import people, support
 
@@ -234,3 +235,27 @@ async def test_after_a_real_signup_confirm_campaign_and_open_an_unsubscribe_leav
         )
         assert response.status_code == 200
         assert await people.find_anywhere(db, needles) == {}
+
+
+async def test_no_job_can_be_queued_for_a_subscriber_who_is_gone(db) -> None:
+    """deliveries and outbox carry no foreign keys (sql/130): each statement that queues a
+    job locks its subscriber row instead, and queues nothing for a row that is gone."""
+    gone = await people.add_subscriber(db, "gone@example.org")
+    await db.execute("DELETE FROM subscribers WHERE id = $1", gone)
+    assert await queries("manage").queue_link_email.fetchval(db, id=gone) is None
+    assert await queries("manage").queue_address_email.fetchval(db, id=gone) == 0
+    assert await queries("signup").queue_confirmation.fetchval(db, subscriber_id=gone) is None
+    assert await db.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+async def test_deleting_a_campaign_deletes_its_deliveries_and_jobs(db) -> None:
+    """The service never deletes a campaign, but an operator's SQL may: the row trigger
+    that replaced the foreign keys' cascade (sql/130) still removes what named it."""
+    await people.add_many(db, 20)
+    kept, dropped = await people.add_campaign(db), await people.add_campaign(db)
+    for campaign_id in (kept, dropped):
+        assert await campaigns.queue_send(db, campaign_id) == 20
+    await db.execute("DELETE FROM campaigns WHERE id = $1", dropped)
+    jobs = await db.fetch("SELECT campaign_id, count(*) FROM outbox GROUP BY 1")
+    deliveries = await db.fetch("SELECT campaign_id, count(*) FROM deliveries GROUP BY 1")
+    assert [tuple(r) for r in jobs] == [tuple(r) for r in deliveries] == [(kept, 20)]

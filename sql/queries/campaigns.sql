@@ -34,15 +34,25 @@ SELECT count(*) FROM subscribers WHERE status = 'active';
 
 -- name: queue_campaign
 -- One delivery row and one outbox job per active subscriber not yet queued for this
--- campaign (the deliveries primary key makes a second send mail nobody twice).
-WITH queued AS (
+-- campaign (sends of one campaign are serialised by lock_campaign_send, and the
+-- deliveries primary key would refuse a second row). Every recipient is locked FOR KEY
+-- SHARE until commit, which stands for the foreign keys (sql/130): an erasure that
+-- commits first is passed over, one that starts later waits and then deletes the rows.
+WITH recipients AS (
+    SELECT s.id
+    FROM subscribers s
+    WHERE s.status = 'active'
+      AND NOT EXISTS (
+          SELECT 1 FROM deliveries d
+          WHERE d.campaign_id = :campaign_id AND d.subscriber_id = s.id
+      )
+    FOR KEY SHARE OF s
+), queued AS (
     INSERT INTO deliveries (campaign_id, subscriber_id)
-    SELECT :campaign_id, s.id FROM subscribers s WHERE s.status = 'active'
-    ON CONFLICT DO NOTHING
-    RETURNING subscriber_id
+    SELECT :campaign_id, id FROM recipients
 ), jobs AS (
     INSERT INTO outbox (kind, subscriber_id, campaign_id)
-    SELECT 'campaign', subscriber_id, :campaign_id FROM queued
+    SELECT 'campaign', id, :campaign_id FROM recipients
     RETURNING 1
 )
 SELECT count(*) FROM jobs;

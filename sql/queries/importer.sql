@@ -35,6 +35,7 @@ evidence AS (
     SELECT id, 'tracking_granted', consented_at, source, :consent_text_version, 'import'
     FROM joined WHERE status = 'active' AND tracking
 ),
+-- added inserted the subscriber rows: they stay locked until commit (sql/130).
 jobs AS (
     INSERT INTO outbox (kind, subscriber_id, run_at)
     SELECT 'confirm', id,

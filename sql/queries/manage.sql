@@ -16,8 +16,12 @@ LIMIT 1;
 
 -- name: queue_link_email
 -- The fresh-link email job, and the wake-up of every replica's outbox worker (at commit).
+-- The subscriber is locked until commit (FOR KEY SHARE stands for a foreign key, sql/130):
+-- no job for a subscriber erased meanwhile, and a later erasure deletes the job.
 WITH job AS (
-    INSERT INTO outbox (kind, subscriber_id) VALUES ('manage_link', :id) RETURNING id
+    INSERT INTO outbox (kind, subscriber_id)
+    SELECT 'manage_link', id FROM subscribers WHERE id = :id FOR KEY SHARE
+    RETURNING id
 )
 SELECT pg_notify('newsletter_outbox', id::text) FROM job;
 
@@ -85,14 +89,18 @@ INSERT INTO address_changes (subscriber_id, new_email) VALUES (:id, :new_email) 
 -- name: queue_address_email
 -- The new address's confirmation email, unless one waits to be sent (its composer reads
 -- the current request). A job being sent right now (locked by the outbox worker, which
--- may have read the previous request) does not count: SKIP LOCKED passes over it.
+-- may have read the previous request) does not count: SKIP LOCKED passes over it. The
+-- subscriber is locked until commit (FOR KEY SHARE stands for a foreign key, sql/130).
 WITH job AS (
     INSERT INTO outbox (kind, subscriber_id)
-    SELECT 'address_confirm', :id
-    WHERE NOT EXISTS (
-        SELECT 1 FROM outbox WHERE subscriber_id = :id AND kind = 'address_confirm'
-        FOR UPDATE SKIP LOCKED
-    )
+    SELECT 'address_confirm', s.id
+    FROM subscribers s
+    WHERE s.id = :id
+      AND NOT EXISTS (
+          SELECT 1 FROM outbox WHERE subscriber_id = :id AND kind = 'address_confirm'
+          FOR UPDATE SKIP LOCKED
+      )
+    FOR KEY SHARE OF s
     RETURNING id
 )
 SELECT count(*) FROM (SELECT pg_notify('newsletter_outbox', id::text) FROM job) n;

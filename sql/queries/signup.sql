@@ -48,6 +48,7 @@ claim AS (
         WHERE r.hits < :per_day AND r.last_at <= now() - make_interval(secs => :min_interval)
     RETURNING hits
 ),
+-- upserted wrote the subscriber row: it stays locked until commit (sql/130).
 job AS (
     INSERT INTO outbox (kind, subscriber_id)
     SELECT 'confirm', u.id FROM upserted u, claim
@@ -72,8 +73,11 @@ SELECT EXISTS (SELECT 1 FROM outbox WHERE subscriber_id = :subscriber_id AND kin
 
 -- name: queue_confirmation
 -- The email job, and the wake-up of every replica's outbox worker (delivered at commit).
+-- The subscriber is locked until commit (FOR KEY SHARE stands for a foreign key, sql/130).
 WITH job AS (
-    INSERT INTO outbox (kind, subscriber_id) VALUES ('confirm', :subscriber_id) RETURNING id
+    INSERT INTO outbox (kind, subscriber_id)
+    SELECT 'confirm', id FROM subscribers WHERE id = :subscriber_id FOR KEY SHARE
+    RETURNING id
 )
 SELECT pg_notify('newsletter_outbox', id::text) FROM job;
 
