@@ -4,6 +4,7 @@ are reported and never stop the others."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import asyncpg
@@ -193,3 +194,53 @@ async def test_the_dashboard_uploads_a_file_to_the_same_import(app, db: asyncpg.
     assert answer.status_code == 200
     assert "not a JSON object" in answer.text and 'id="import-result"' in answer.text
     assert await db.fetchval("SELECT status FROM subscribers") == "active"
+
+
+async def test_names_and_sources_arrive_exactly_as_written(
+    client, db: asyncpg.Connection, admin_headers
+) -> None:
+    """The staged rows travel as CSV (service/importer.py staging_csv): quotes, commas,
+    backslashes, COPY's own markers and non-ASCII text come through unchanged."""
+    names = ['Ann "Q", Jr.', "back\\slash \\N", "NULL", "Zoë Ørsted-Ñúñez", "李小龍", ",", '"']
+    body = ndjson(
+        *(
+            {
+                "email": f"n{i}@example.org",
+                "name": name,
+                "consented_at": "2024-03-01T10:00:00+01:00",
+                "consent_source": f"{name}; fair, stand 4",
+            }
+            for i, name in enumerate(names)
+        )
+    )
+    response = await client.post(URL, content=body, headers=admin_headers)
+    assert response.json() == {"imported": len(names), "pending": 0, "skipped": 0, "errors": []}
+    rows = await db.fetch(
+        "SELECT s.name, e.source, e.at FROM subscribers s JOIN consent_events e"
+        " ON e.subscriber_id = s.id ORDER BY s.email"
+    )
+    assert sorted(r["name"] for r in rows) == sorted(names)
+    assert {r["source"] for r in rows} == {f"{name}; fair, stand 4" for name in names}
+    assert {r["at"].isoformat() for r in rows} == {"2024-03-01T09:00:00+00:00"}
+
+
+async def test_a_body_of_many_chunks_counts_and_paces_as_one(
+    app_factory, db: asyncpg.Connection, admin_headers, monkeypatch
+) -> None:
+    """Chunks are parsed while the one before is written, in one transaction: repeats are
+    found across chunks, line numbers stay the file's, the pacing runs on unbroken."""
+    monkeypatch.setattr(importer, "CHUNK_LINES", 4)
+    lines = [{"email": f"p{i}@example.org"} for i in range(10)]
+    lines[5] = {"email": "P0@example.org"}  # a repeat of line 1, in the second chunk
+    lines[9] = {"email": "broken"}  # line 10, in the third chunk
+    async with app_factory(import_confirm_rate=4, outbox_concurrency=0) as (_app, client):
+        response = await client.post(URL, content=ndjson(*lines), headers=admin_headers)
+    answer = response.json()
+    assert (answer["imported"], answer["pending"], answer["skipped"]) == (0, 8, 2)
+    assert [e["line"] for e in answer["errors"]] == [10]
+    run_at = [
+        r["run_at"]
+        for r in await db.fetch("SELECT run_at FROM outbox WHERE kind = 'confirm' ORDER BY id")
+    ]
+    gaps = {round((b - a).total_seconds(), 3) for a, b in itertools.pairwise(run_at)}
+    assert len(run_at) == 8 and gaps == {0.25}

@@ -5,7 +5,8 @@
 -- leaves it): active with their consent evidence (a `confirm` event at consented_at,
 -- method `import`, and `tracking_granted` when they agreed to open measurement), or
 -- pending with a `signup` event and a confirmation job; the jobs' run times are spread
--- :rate a second apart, so the outbox paces the re-permission mail.
+-- :rate a second apart, after the :paced_before jobs of the import's earlier chunks, so
+-- the outbox paces the re-permission mail.
 WITH added AS (
     INSERT INTO subscribers (email, name, status, tracking_consent, tracking_requested,
                              confirmed_at)
@@ -39,7 +40,8 @@ evidence AS (
 jobs AS (
     INSERT INTO outbox (kind, subscriber_id, run_at)
     SELECT 'confirm', id,
-           now() + make_interval(secs => (row_number() OVER (ORDER BY id) - 1) / :rate::float8)
+           now() + make_interval(
+               secs => (:paced_before + row_number() OVER (ORDER BY id) - 1) / :rate::float8)
     FROM added WHERE status = 'pending'
     RETURNING 1
 )
