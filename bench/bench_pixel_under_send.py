@@ -31,7 +31,7 @@ import asyncpg
 from bench import pods
 from bench.bench_pixel import CONNECTIONS, SECRET, _load
 from bench.bench_send import _dkim_key, smtp_sink
-from bench.processes import ServiceProcess
+from bench.processes import ServiceProcess, machine_cpu
 from service import campaigns, migrations
 from service.tokens import Tokens
 
@@ -154,17 +154,23 @@ def run_scenario(
     if scenario.worker:
         worker = ServiceProcess(env, ["worker"], preexec=node.enter("worker"))
         row["worker_pod"] = node.describe("worker")
-    with web as web_process, worker:
+    with web as web_process, worker as worker_process:
+        processes = {"web": web_process, "worker": worker_process}
         if scenario.send:
             asyncio.run(queue(url, sending))
             time.sleep(1)  # the send under way before the load starts
         before, _ = asyncio.run(sent(url, sending))
-        started = time.monotonic()
+        cpu_before = {n: p.cpu_seconds() for n, p in processes.items() if p is not None}
+        machine_before, started = machine_cpu(), time.monotonic()
         if web_process is not None:
             row.update(_load(web_process, paths, SECONDS, workdir))
         else:
             time.sleep(SECONDS)
         elapsed = time.monotonic() - started
+        # CPU cores used: by each pod's process, and left idle on the machine.
+        for name, seconds in cpu_before.items():
+            row[f"{name}_cores"] = round((processes[name].cpu_seconds() - seconds) / elapsed, 2)
+        row["idle_cores"] = round((machine_cpu()[1] - machine_before[1]) / elapsed, 2)
         after, busy = asyncio.run(sent(url, sending))
     if scenario.send:
         row["emails_per_s"] = round((after - before) / elapsed, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -14,6 +15,13 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def machine_cpu() -> tuple[float, float]:
+    """Seconds of CPU time the machine spent busy and idle (or waiting for I/O) so far."""
+    user, nice, system, idle, iowait, *rest = map(int, Path("/proc/stat").read_text().split()[1:9])
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + sum(rest)) / tick, (idle + iowait) / tick
 
 
 def free_port() -> int:
@@ -71,6 +79,11 @@ class ServiceProcess:
                     return
             time.sleep(0.1)
         raise RuntimeError(f"{self.module} {self.args[0]} did not start")
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user and system, all threads) the process has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()
