@@ -11,7 +11,10 @@ machines in production, share a harness group weighted like a whole node. The ca
 is DKIM-signed (RSA 2048) and large enough to be still sending when the pixel's
 measurement ends (checked: a row whose send finished early says so). Each sending row
 gives the emails/s sent during the pixel's measurement; a last row the worker's rate
-with no pixel load, so that a pixel win bought by starving the worker shows. Targets
+with no pixel load, so that a pixel win bought by starving the worker shows. A contrast
+row gives the worker as much CPU request as the web pod (the deployed worker requests
+less, so that it yields to the pixel), and each row the CPU cores every process used
+and the machine left idle. Targets
 (issue 16): with the role split the pixel keeps at least 0.9x its throughput and at
 most 1.5x its p99.
 """
@@ -113,27 +116,41 @@ async def sent(url: str, campaign_id: int) -> tuple[int, bool]:
 class Scenario:
     name: str
     web: list[str] | None  # the web process's arguments; None: no web process, no load
-    worker: bool  # a `newsletter worker` process beside it
+    worker: str | None  # the pod (bench/pods.py) of a `newsletter worker` beside it
     send: bool
 
 
 WEB = ["serve", "--no-migrate", "--no-worker"]
+# The contrast to the deployed worker: one requesting as much CPU as the web pod.
+EQUAL_WORKER = "worker-equal"
 SCENARIOS = (
-    Scenario("pixel alone (serve --no-worker)", WEB, worker=False, send=False),
+    Scenario("pixel alone (serve --no-worker)", WEB, worker=None, send=False),
     Scenario(
         "pixel while the same process sends (serve)",
         ["serve", "--no-migrate"],
-        worker=False,
+        worker=None,
         send=True,
     ),
     Scenario(
         "pixel while a worker process sends (serve --no-worker + worker)",
         WEB,
-        worker=True,
+        worker="worker",
         send=True,
     ),
-    Scenario("the worker sending with no pixel load (worker)", None, worker=True, send=True),
+    Scenario(
+        "the same with the worker requesting as much CPU as the web",
+        WEB,
+        worker=EQUAL_WORKER,
+        send=True,
+    ),
+    Scenario("the worker sending with no pixel load (worker)", None, worker="worker", send=True),
 )
+
+
+def bench_pods() -> dict[str, pods.PodCPU]:
+    deployed = pods.deployed_pods()
+    equal = pods.PodCPU(deployed["web"].request_m, deployed["worker"].limit_m)
+    return {**deployed, EQUAL_WORKER: equal}
 
 
 def run_scenario(
@@ -152,8 +169,8 @@ def run_scenario(
         web = ServiceProcess(env, scenario.web, preexec=node.enter("web"))
         row["web_pod"] = node.describe("web")
     if scenario.worker:
-        worker = ServiceProcess(env, ["worker"], preexec=node.enter("worker"))
-        row["worker_pod"] = node.describe("worker")
+        worker = ServiceProcess(env, ["worker"], preexec=node.enter(scenario.worker))
+        row["worker_pod"] = node.describe(scenario.worker)
     with web as web_process, worker as worker_process:
         processes = {"web": web_process, "worker": worker_process}
         if scenario.send:
@@ -187,12 +204,13 @@ def run_scenarios(
     url: str, paths: list[str], sending: int, env: dict[str, str], workdir: Path, node: pods.Node
 ) -> list[dict]:
     rows = [run_scenario(s, url, paths, sending, env, workdir, node) for s in SCENARIOS]
-    alone, same, split, worker_alone = rows
-    for row in (same, split):
+    alone, same, split, equal, worker_alone = rows
+    for row in (same, split, equal):
         row["rps_x"] = round(row["rps"] / alone["rps"], 2)
         row["p99_x"] = round(row["p99_ms"] / alone["p99_ms"], 2) if alone.get("p99_ms") else None
-    if worker_alone["emails_per_s"]:
-        split["emails_x"] = round(split["emails_per_s"] / worker_alone["emails_per_s"], 2)
+    for row in (split, equal):
+        if worker_alone["emails_per_s"]:
+            row["emails_x"] = round(row["emails_per_s"] / worker_alone["emails_per_s"], 2)
     split["target"] = "rps >= 0.9x, p99 <= 1.5x " + (
         "met" if split["rps_x"] >= 0.9 and (split["p99_x"] or 99) <= 1.5 else "NOT met"
     )
@@ -204,7 +222,7 @@ def main() -> list[dict]:
 
     load = os.getloadavg()
     with (
-        pods.Node(pods.deployed_pods()) as node,
+        pods.Node(bench_pods()) as node,
         tempfile.TemporaryDirectory(prefix="bench-under-send-") as directory,
         smtp_sink() as port,
     ):
