@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,17 +112,17 @@ class Node:
         self.model = "nice"
         self.base: Path | None = None  # the node's cgroup directory
         self.home: Path | None = None  # where the bench process was, to go back
+        self.enabled: Path | None = None  # a v2 group whose cpu controller we enabled
 
     def __enter__(self) -> Node:
         for model, setup in (("cgroup v1", self._v1), ("cgroup v2", self._v2)):
             try:
                 if setup():
+                    self._join(HARNESS)
                     self.model = model
                     break
             except OSError:
                 self._remove()
-        if self.base is not None:
-            self._join(HARNESS)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -183,6 +184,7 @@ class Node:
         # hand controllers to children.
         if "cpu" not in (root / "cgroup.subtree_control").read_text().split():
             (root / "cgroup.subtree_control").write_text("+cpu")
+            self.enabled = root  # handed back on exit
         self.base = root / f"newsletter-bench-{os.getpid()}"
         self.base.mkdir()
         (self.base / "cpu.weight").write_text(str(weight(shares(self.cpus * 1000))))
@@ -207,19 +209,23 @@ class Node:
     # -- cleaning up ------------------------------------------------------------------
     def _remove(self) -> None:
         """Move every process left in the node's groups back home, then remove them."""
-        if self.base is None or not self.base.exists():
-            self.base = None
-            return
-        home = self.home if self.home and self.home.exists() else self.base.parent
-        groups = [g for g in self.base.iterdir() if g.is_dir()]
-        for group in [*groups, self.base]:
-            for _ in range(50):
-                for pid in (group / "cgroup.procs").read_text().split():
-                    with contextlib.suppress(OSError):  # gone meanwhile
-                        (home / "cgroup.procs").write_text(pid)
-                try:
-                    group.rmdir()
-                    break
-                except OSError:
-                    time.sleep(0.1)  # a process still exiting
+        if self.base is not None and self.base.exists():
+            home = self.home if self.home and self.home.exists() else self.base.parent
+            groups = [g for g in self.base.iterdir() if g.is_dir()]
+            for group in [*groups, self.base]:
+                for _ in range(50):
+                    for pid in (group / "cgroup.procs").read_text().split():
+                        with contextlib.suppress(OSError):  # gone meanwhile
+                            (home / "cgroup.procs").write_text(pid)
+                    try:
+                        group.rmdir()
+                        break
+                    except OSError:
+                        time.sleep(0.1)  # a process still exiting
+                else:
+                    print(f"bench/pods.py: could not remove {group}", file=sys.stderr)
         self.base = None
+        if self.enabled is not None:
+            with contextlib.suppress(OSError):  # other groups use it meanwhile
+                (self.enabled / "cgroup.subtree_control").write_text("-cpu")
+            self.enabled = None
