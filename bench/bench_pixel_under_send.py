@@ -14,9 +14,8 @@ gives the emails/s sent during the pixel's measurement; a last row the worker's 
 with no pixel load, so that a pixel win bought by starving the worker shows. A contrast
 row gives the worker as much CPU request as the web pod (the deployed worker requests
 less, so that it yields to the pixel), and each row the CPU cores every process used
-and the machine left idle. Targets
-(issue 16): with the role split the pixel keeps at least 0.9x its throughput and at
-most 1.5x its p99.
+and the machine left idle. Targets (issue 16): with the role split the pixel keeps
+at least 0.9x its throughput and at most 1.5x its p99.
 """
 
 from __future__ import annotations
