@@ -37,6 +37,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from bench.processes import ServiceProcess
 from service import migrations
 from service.erasure import erase_subscriber
 from service.tokens import Tokens
@@ -68,14 +69,6 @@ request = function()
   return wrk.format("GET", paths[(i %% #paths) + 1], { ["User-Agent"] = uas[(i %% #uas) + 1] })
 end
 """
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- database ---------------------------------------------------------------------------
@@ -199,64 +192,24 @@ async def _time_unsubscribes(url: str, count: int = 20) -> dict[str, float]:
 
 
 # -- service and load -------------------------------------------------------------------
-class Service:
+class Service(ServiceProcess):
+    """bench/reference_server.py's `serve` (the service plus the reference endpoints)."""
+
     def __init__(self, database_url: str, **env: str) -> None:
-        self.port = _free_port()
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "SMTP_"))},
-            "DATABASE_URL": database_url,
-            "SMTP_URL": "smtp://127.0.0.1:9",
-            "PUBLIC_URL": "http://bench.test",
-            "SECRET_KEYS": SECRET,
-            "LOG_LEVEL": "warning",
-            **env,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Service:
-        self.log = tempfile.NamedTemporaryFile(prefix="bench-service-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bench.reference_server",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--no-migrate",
-            ],
-            env=self.env,
-            cwd=ROOT,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+        super().__init__(
+            {
+                **{k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "SMTP_"))},
+                "DATABASE_URL": database_url,
+                "SMTP_URL": "smtp://127.0.0.1:9",
+                "PUBLIC_URL": "http://bench.test",
+                "SECRET_KEYS": SECRET,
+                "LOG_LEVEL": "warning",
+                **env,
+            },
+            ["serve", "--no-migrate"],
+            module="bench.reference_server",
+            ready="/healthz",
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited: {Path(self.log.name).read_text()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("service did not start")
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
     def dropped(self) -> dict[str, int]:
         """Opens the server counted as lost, by reason (explains an all_recorded False)."""
@@ -275,7 +228,7 @@ class Service:
         return int(float(match.group(1))) if match else 0
 
 
-def _load(service: Service, paths: list[str], seconds: float, workdir: Path) -> dict:
+def _load(service: ServiceProcess, paths: list[str], seconds: float, workdir: Path) -> dict:
     paths_file = workdir / "paths.txt"
     paths_file.write_text("\n".join(paths) + "\n")
     if shutil.which("wrk"):

@@ -2,12 +2,19 @@
 (`newsletter serve` doing everything), and beside a send by a `newsletter worker`
 process (the web process runs `serve --no-worker`), side by side in one run.
 
-Each process is pinned to a CPU of its own where the machine has two or more (the web
-process to the first, the worker to the second), standing for pods with their own CPU
-limits; the load generator (`wrk`, else bench/loadgen.py), PostgreSQL (fsync on) and
-Postfix's `smtp-sink` are not pinned. The campaign is DKIM-signed (RSA 2048) and large
-enough to be still sending when the pixel's measurement ends (checked: a row whose
-send finished early says so). Targets (issue 16): with the role split the pixel keeps
+The processes get the CPU resources of their Deployments in k8s/base the way the
+kubelet gives them (bench/pods.py: requests as cgroup CPU weights, limits as CFS
+quotas; `nice` where no cgroup is writable, which the rows say). The pixel alone runs
+under the same web-pod model as under the send. The load generator (`wrk`, else
+bench/loadgen.py), PostgreSQL (fsync on) and Postfix's `smtp-sink`, which run on other
+machines in production, share a harness group weighted like a whole node. The campaign
+is DKIM-signed (RSA 2048) and large enough to be still sending when the pixel's
+measurement ends (checked: a row whose send finished early says so). Each sending row
+gives the emails/s sent during the pixel's measurement; a last row the worker's rate
+with no pixel load, so that a pixel win bought by starving the worker shows. A contrast
+row gives the worker as much CPU request as the web pod (the deployed worker requests
+less, so that it yields to the pixel), and each row the CPU cores every process used
+and the machine left idle. Targets (issue 16): with the role split the pixel keeps
 at least 0.9x its throughput and at most 1.5x its p99.
 """
 
@@ -16,76 +23,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-import httpx
 
+from bench import pods
 from bench.bench_pixel import CONNECTIONS, SECRET, _load
 from bench.bench_send import _dkim_key, smtp_sink
+from bench.processes import ServiceProcess, machine_cpu
 from service import campaigns, migrations
 from service.tokens import Tokens
 
-ROOT = Path(__file__).resolve().parent.parent
 SUBSCRIBERS = int(os.environ.get("BENCH_UNDER_SEND_RECIPIENTS", "30000"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
-
-
-class Process:
-    """`python -m service <args>` on a free port, pinned to `cpu` when given."""
-
-    def __init__(self, env: dict[str, str], args: list[str], cpu: int | None) -> None:
-        from bench.bench_pixel import _free_port
-
-        self.port = _free_port()
-        self.env, self.args, self.cpu = env, args, cpu
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Process:
-        self.log = tempfile.NamedTemporaryFile(prefix="bench-under-send-", suffix=".log")
-        pin = (lambda: os.sched_setaffinity(0, {self.cpu})) if self.cpu is not None else None
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service",
-                *self.args,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            env=self.env,
-            cwd=ROOT,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=pin,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.args[0]} exited: {Path(self.log.name).read_text()[-2000:]}"
-                )
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return self
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.args[0]} did not start")
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 async def seed(url: str) -> tuple[list[str], int]:
@@ -148,56 +101,117 @@ async def queue(url: str, campaign_id: int) -> None:
         await con.close()
 
 
-async def still_sending(url: str) -> bool:
+async def sent(url: str, campaign_id: int) -> tuple[int, bool]:
+    """The campaign's emails sent so far, and whether jobs are still queued."""
     con = await asyncpg.connect(url)
     try:
-        return await con.fetchval("SELECT count(*) FROM outbox") > 0
+        count = await con.fetchval("SELECT sent FROM campaigns WHERE id = $1", campaign_id)
+        return count, await con.fetchval("SELECT count(*) FROM outbox") > 0
     finally:
         await con.close()
 
 
-@contextlib.contextmanager
-def nothing() -> Iterator[None]:
-    yield None
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    web: list[str] | None  # the web process's arguments; None: no web process, no load
+    worker: str | None  # the pod (bench/pods.py) of a `newsletter worker` beside it
+    send: bool
 
 
-def run_scenarios(
-    url: str, paths: list[str], sending: int, env: dict[str, str], workdir: Path
-) -> list[dict]:
-    cpus = sorted(os.sched_getaffinity(0))
-    web_cpu = cpus[0] if len(cpus) > 1 else None
-    worker_cpu = cpus[1] if len(cpus) > 1 else None
-    scenarios = (
-        ("pixel alone (serve --no-worker)", ["serve", "--no-migrate", "--no-worker"], False),
-        ("pixel while the same process sends (serve)", ["serve", "--no-migrate"], True),
-        (
-            "pixel while a worker process sends (serve --no-worker + worker)",
-            ["serve", "--no-migrate", "--no-worker"],
-            True,
-        ),
-    )
-    rows = []
-    for name, args, send in scenarios:
-        asyncio.run(reset_send(url, sending))
-        worker = Process(env, ["worker"], worker_cpu) if "worker process" in name else nothing()
-        with Process(env, args, web_cpu) as web, worker:
-            if send:
-                asyncio.run(queue(url, sending))
-                time.sleep(1)  # the send under way before the load starts
-            result = _load(web, paths, SECONDS, workdir)  # type: ignore[arg-type]
-            busy = asyncio.run(still_sending(url)) if send else None
-        row = {"bench": "pixel_under_send", "name": name, **result}
-        if busy is False:
+WEB = ["serve", "--no-migrate", "--no-worker"]
+# The contrast to the deployed worker: one requesting as much CPU as the web pod.
+EQUAL_WORKER = "worker-equal"
+SCENARIOS = (
+    Scenario("pixel alone (serve --no-worker)", WEB, worker=None, send=False),
+    Scenario(
+        "pixel while the same process sends (serve)",
+        ["serve", "--no-migrate"],
+        worker=None,
+        send=True,
+    ),
+    Scenario(
+        "pixel while a worker process sends (serve --no-worker + worker)",
+        WEB,
+        worker="worker",
+        send=True,
+    ),
+    Scenario(
+        "the same with the worker requesting as much CPU as the web",
+        WEB,
+        worker=EQUAL_WORKER,
+        send=True,
+    ),
+    Scenario("the worker sending with no pixel load (worker)", None, worker="worker", send=True),
+)
+
+
+def bench_pods() -> dict[str, pods.PodCPU]:
+    deployed = pods.deployed_pods()
+    equal = pods.PodCPU(deployed["web"].request_m, deployed["worker"].limit_m)
+    return {**deployed, EQUAL_WORKER: equal}
+
+
+def run_scenario(
+    scenario: Scenario,
+    url: str,
+    paths: list[str],
+    sending: int,
+    env: dict[str, str],
+    workdir: Path,
+    node: pods.Node,
+) -> dict:
+    asyncio.run(reset_send(url, sending))
+    row: dict = {"bench": "pixel_under_send", "name": scenario.name}
+    web = worker = contextlib.nullcontext()
+    if scenario.web:
+        web = ServiceProcess(env, scenario.web, preexec=node.enter("web"))
+        row["web_pod"] = node.describe("web")
+    if scenario.worker:
+        worker = ServiceProcess(env, ["worker"], preexec=node.enter(scenario.worker))
+        row["worker_pod"] = node.describe(scenario.worker)
+    with web as web_process, worker as worker_process:
+        processes = {"web": web_process, "worker": worker_process}
+        if scenario.send:
+            asyncio.run(queue(url, sending))
+            time.sleep(1)  # the send under way before the load starts
+        before, _ = asyncio.run(sent(url, sending))
+        cpu_before = {n: p.cpu_seconds() for n, p in processes.items() if p is not None}
+        machine_before, started = machine_cpu(), time.monotonic()
+        if web_process is not None:
+            row.update(_load(web_process, paths, SECONDS, workdir))
+        else:
+            time.sleep(SECONDS)
+        elapsed = time.monotonic() - started
+        # CPU cores used: by each pod's process, and left idle on the machine.
+        for name, seconds in cpu_before.items():
+            row[f"{name}_cores"] = round((processes[name].cpu_seconds() - seconds) / elapsed, 2)
+        row["idle_cores"] = round((machine_cpu()[1] - machine_before[1]) / elapsed, 2)
+        after, busy = asyncio.run(sent(url, sending))
+    if scenario.send:
+        row["emails_per_s"] = round((after - before) / elapsed, 1)
+        if not busy:
             row["note"] = (
                 "the send finished before the measurement: raise BENCH_UNDER_SEND_RECIPIENTS"
             )
-        rows.append(row)
-    alone = rows[0]
-    for row in rows[1:]:
+        elif after == before:
+            row["note"] = "the send was starved: nothing sent during the measurement"
+    return row
+
+
+def run_scenarios(
+    url: str, paths: list[str], sending: int, env: dict[str, str], workdir: Path, node: pods.Node
+) -> list[dict]:
+    rows = [run_scenario(s, url, paths, sending, env, workdir, node) for s in SCENARIOS]
+    alone, same, split, equal, worker_alone = rows
+    for row in (same, split, equal):
         row["rps_x"] = round(row["rps"] / alone["rps"], 2)
         row["p99_x"] = round(row["p99_ms"] / alone["p99_ms"], 2) if alone.get("p99_ms") else None
-    rows[2]["target"] = "rps >= 0.9x, p99 <= 1.5x " + (
-        "met" if rows[2]["rps_x"] >= 0.9 and (rows[2]["p99_x"] or 99) <= 1.5 else "NOT met"
+    for row in (split, equal):
+        if worker_alone["emails_per_s"]:
+            row["emails_x"] = round(row["emails_per_s"] / worker_alone["emails_per_s"], 2)
+    split["target"] = "rps >= 0.9x, p99 <= 1.5x " + (
+        "met" if split["rps_x"] >= 0.9 and (split["p99_x"] or 99) <= 1.5 else "NOT met"
     )
     return rows
 
@@ -206,7 +220,11 @@ def main() -> list[dict]:
     import pgserver
 
     load = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="bench-under-send-") as directory, smtp_sink() as port:
+    with (
+        pods.Node(bench_pods()) as node,
+        tempfile.TemporaryDirectory(prefix="bench-under-send-") as directory,
+        smtp_sink() as port,
+    ):
         server = pgserver.get_server(directory, cleanup_mode="delete")
         try:
             url = server.get_uri()
@@ -225,7 +243,7 @@ def main() -> list[dict]:
                 "OUTBOX_POLL_INTERVAL": "0.2s",
                 "LOG_LEVEL": "warning",
             }
-            rows = run_scenarios(url, paths, sending, env, Path(directory))
+            rows = run_scenarios(url, paths, sending, env, Path(directory), node)
         finally:
             server.cleanup()
     for row in rows:

@@ -59,9 +59,9 @@ class Ceiling:
         await answer(send, with_body=True)
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, role: str = "all") -> Starlette:
     """The service's app, with the reference routes matched like the pixel."""
-    app = _create_service_app(settings)
+    app = _create_service_app(settings, role)
     references = [
         TokenRoute("/bench/naive/{token}.gif", NaiveInsert(), methods=["GET"]),
         TokenRoute("/bench/ceiling/{token}.gif", Ceiling(), methods=["GET"]),

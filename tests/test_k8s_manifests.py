@@ -28,6 +28,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
+from bench import pods
 from service import cli
 from service.settings import VARIABLES, Settings, SettingsError, parse_duration
 from tests.kustomize import load_documents, pod_spec, render
@@ -668,3 +669,29 @@ def test_the_overlay_gives_every_ingress_its_own_host(rendered) -> None:
         hosts = [rule["host"] for rule in ingress["spec"]["rules"]]
         hosts += [h for tls in ingress["spec"].get("tls", []) for h in tls["hosts"]]
         assert base_host not in hosts, ingress["metadata"]["name"]
+
+
+def test_the_pixel_under_send_bench_models_the_deployed_cpu_resources(rendered) -> None:
+    """bench/bench_pixel_under_send.py gives its processes the CPU of k8s/base's
+    Deployments (bench/pods.py); an overlay patching them would make it measure other
+    pods than those deployed. Under contention CPU goes by requests, and the worker's
+    stays a tenth of the web's or less so that the pixel wins it (README, "The pixel
+    while a campaign is sent")."""
+    modelled = pods.deployed_pods()
+    for name, deployment in (("web", "newsletter"), ("worker", "newsletter-worker")):
+        [container] = one(rendered, "Deployment", deployment)["spec"]["template"]["spec"][
+            "containers"
+        ]
+        cpu = {kind: container["resources"][kind]["cpu"] for kind in ("requests", "limits")}
+        deployed = pods.PodCPU(pods.millicores(cpu["requests"]), pods.millicores(cpu["limits"]))
+        assert modelled[name] == deployed, name
+    assert modelled["worker"].request_m * 10 <= modelled["web"].request_m
+
+
+def test_the_bench_converts_cpu_resources_as_the_kubelet_does() -> None:
+    """Kubernetes' pkg/kubelet/cm/helpers_linux.go (MilliCPUToShares, MilliCPUToQuota)
+    and its cgroup v2 conversion of shares to cpu.weight (1 + (shares - 2) x 9999 / 262142)."""
+    assert [pods.millicores(q) for q in ("25m", "1", "1.5", 2)] == [25, 1000, 1500, 2000]
+    assert [pods.shares(m) for m in (1, 25, 250, 1000)] == [2, 25, 256, 1024]
+    assert [pods.weight(s) for s in (2, 1024, 262144)] == [1, 39, 10000]
+    assert [pods.quota_us(m) for m in (5, 250, 1000)] == [1000, 25000, 100000]
