@@ -1,7 +1,8 @@
 """The outbox worker: sends the emails that transactions queued as rows in `outbox`.
 
 Each lane claims up to OUTBOX_BATCH due jobs `FOR UPDATE SKIP LOCKED` in one
-transaction, builds their emails (campaign emails with two queries for the whole
+transaction (the ones a person waits for first, then campaign jobs from where the lane's
+previous claim ended, past the index entries of sent jobs: Resume), builds their emails (campaign emails with two queries for the whole
 batch), signs them off the event loop, sends them one after another over the lane's
 SMTP connection, and records every outcome in a few set-based statements before the
 commit. The jobs stay locked through their sends, so replicas never send one job twice
@@ -26,6 +27,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 import asyncpg
 from starlette.applications import Starlette
@@ -51,6 +53,31 @@ def backoff(settings: Settings, attempt: int) -> float:
     its upper half so that jobs failed together do not retry together."""
     ceiling = min(settings.outbox_backoff_max, settings.outbox_backoff_base * 2 ** (attempt - 1))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+# A lane's campaign claim starts again from the head of the queue at least this often.
+RESUME_FOR_S = 30.0
+
+
+@dataclass
+class Resume:
+    """Where a lane's next campaign claim starts: after the last campaign job it claimed.
+
+    Sent jobs are deleted, and their index entries stay at the head of the claim's index
+    until a vacuum: a claim from the head walks them all. Starting after the previous
+    claim's last job skips them. What lies behind the bound is only jobs another lane
+    released without sending (a process killed mid-batch): the lane starts from the head
+    again whenever a claim comes back short, and after RESUME_FOR_S anyway, so such jobs
+    wait at most that long. New jobs are due later (run_at) and retries are due later, so
+    both land after the bound.
+    """
+
+    run_at: datetime | None = None
+    id: int = 0
+    since: float = 0.0
+
+    def restart(self) -> None:
+        self.run_at, self.id = None, 0
 
 
 @dataclass
@@ -110,6 +137,7 @@ class Worker:
         self._stopping = False
         self._listener: asyncpg.Connection | None = None
         self._listen_retry_at = 0.0
+        self._resume: dict[Mailer, Resume] = {}  # one per lane
 
     # -- loop ----------------------------------------------------------------------
     async def run(self) -> None:
@@ -190,7 +218,7 @@ class Worker:
         were) or 'done'."""
         mailer = mailer or self.mailers[0]
         async with self.pool.acquire() as con, con.transaction():
-            jobs = await q.claim_batch.fetch(con, limit=self.settings.outbox_batch)
+            jobs = await self._claim(con, mailer)
             if not jobs:
                 return "idle"
             built = await self._build(con, jobs)
@@ -244,6 +272,33 @@ class Worker:
             for job, failure in ledger.refused:  # erased in this transaction if it was
                 await send_hooks.refused_at_send(con, self.settings, job, failure)
             return outcome
+
+    async def _claim(self, con: asyncpg.Connection, mailer: Mailer) -> list[asyncpg.Record]:
+        """Up to OUTBOX_BATCH due jobs: those a person waits for first, then campaign
+        jobs from where this lane's previous claim ended (Resume)."""
+        limit = self.settings.outbox_batch
+        jobs = await q.claim_urgent.fetch(con, limit=limit)
+        if len(jobs) == limit:
+            return jobs
+        resume = self._resume.setdefault(mailer, Resume())
+        if resume.run_at is not None and time.monotonic() - resume.since > RESUME_FOR_S:
+            resume.restart()
+        claimed: list[int] = []
+        while True:
+            from_head, wanted = resume.run_at is None, limit - len(jobs)
+            found = await q.claim_campaign.fetch(
+                con, limit=wanted, after_run_at=resume.run_at, after_id=resume.id, claimed=claimed
+            )
+            jobs += found
+            if len(found) == wanted:
+                if from_head:
+                    resume.since = time.monotonic()
+                resume.run_at, resume.id = found[-1]["run_at"], found[-1]["id"]
+                return jobs
+            resume.restart()  # the queue ran out after the bound (or at all)
+            if from_head:
+                return jobs
+            claimed += [job["id"] for job in found]  # the head may hold released jobs
 
     async def _build(
         self, con: asyncpg.Connection, jobs: list[asyncpg.Record]

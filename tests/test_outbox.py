@@ -1,4 +1,5 @@
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 
@@ -6,8 +7,8 @@ import asyncpg
 import dkim as dkimpy
 import pytest
 
-from service import emails, outbox
-from tests import support
+from service import campaigns, emails, outbox
+from tests import people, support
 from tests.conftest import running
 from tests.signup_helpers import outbox_empty, subscribe, wait_until
 
@@ -437,3 +438,75 @@ def test_backoff_grows_exponentially_with_jitter_and_is_capped(settings) -> None
         delays = [outbox.backoff(s, attempt) for _ in range(200)]
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert len(set(delays)) > 1
+
+
+# -- a lane's claim starts after its previous one (outbox.Resume) ----------------------------
+
+
+@contextlib.asynccontextmanager
+async def _one_lane(app_factory, database_url: str, count: int):
+    """`count` queued campaign jobs, 5 to a batch, a worker whose batches the test runs one
+    by one, and a second connection standing for another lane."""
+    async with app_factory(outbox_concurrency=0, outbox_batch=5) as (app, _client):
+        async with app.state.pool.acquire() as con:
+            await people.add_many(con, count)
+            await campaigns.queue_send(con, await people.add_campaign(con))
+        settings = app.state.settings.replace(outbox_concurrency=1)
+        context = emails.MailContext(settings, app.state.tokens, app.state.templates)
+        worker = outbox.Worker(app.state.pool, settings, app.state.metrics, context)
+        other = await asyncpg.connect(database_url)
+        try:
+            yield worker, other
+        finally:
+            await worker.close()
+            await other.close()
+
+
+async def _hold_first_jobs(other: asyncpg.Connection, n: int) -> tuple[object, list[str]]:
+    """Another lane's claim of the first n jobs, in a transaction left open."""
+    tx = other.transaction()
+    await tx.start()
+    held = await other.fetch(
+        "SELECT s.email FROM outbox o JOIN subscribers s ON s.id = o.subscriber_id"
+        " ORDER BY o.id LIMIT $1 FOR UPDATE OF o",
+        n,
+    )
+    return tx, [r["email"] for r in held]
+
+
+async def test_jobs_released_behind_a_lanes_bound_are_sent_when_it_restarts_from_the_head(
+    app_factory, database_url, smtp, monkeypatch
+) -> None:
+    """The lane's campaign claims start after its previous claim, past the index entries
+    of sent jobs; jobs another lane released unsent lie behind that bound and are claimed
+    when the lane starts from the head again, at the latest after RESUME_FOR_S."""
+    async with _one_lane(app_factory, database_url, 30) as (worker, other):
+        tx, held = await _hold_first_jobs(other, 5)
+        assert await worker.process_batch() == "done"  # jobs 6-10: the bound is job 10
+        await tx.rollback()  # jobs 1-5 are free again, behind the bound
+        assert await worker.process_batch() == "done"  # jobs 11-15, after the bound
+        monkeypatch.setattr(outbox, "RESUME_FOR_S", 0.0)
+        assert await worker.process_batch() == "done"  # from the head: jobs 1-5
+        monkeypatch.setattr(outbox, "RESUME_FOR_S", 30.0)
+        while await worker.process_batch() != "idle":
+            pass
+    order = [m.to for m in smtp.messages]
+    assert sorted(order[10:15]) == sorted(held)
+    assert len(order) == len(set(order)) == 30
+
+
+async def test_a_claim_that_comes_back_short_after_the_bound_looks_at_the_head(
+    app_factory, database_url, smtp
+) -> None:
+    """When the queue runs out after the bound, the same claim looks at the head of the
+    queue, where released jobs may wait, without claiming its own jobs twice."""
+    async with _one_lane(app_factory, database_url, 12) as (worker, other):
+        tx, held = await _hold_first_jobs(other, 5)
+        assert await worker.process_batch() == "done"  # jobs 6-10
+        await tx.rollback()
+        assert await worker.process_batch() == "done"  # 11-12 after the bound, then 1-3
+        assert await worker.process_batch() == "done"  # 4-5
+        assert await worker.process_batch() == "idle"
+    order = [m.to for m in smtp.messages]
+    assert sorted(order[7:]) == sorted(held)
+    assert len(order) == len(set(order)) == 12

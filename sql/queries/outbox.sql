@@ -1,12 +1,29 @@
 -- The transactional outbox worker (service/outbox.py).
 
--- name: claim_batch
--- Up to :limit due jobs, locked until the worker's transaction ends (through their
--- sends), skipped by every other worker meanwhile. Confirmations (priority 0) before
--- campaign mail.
-SELECT id, kind, subscriber_id, campaign_id, attempts
+-- name: claim_urgent
+-- Up to :limit due jobs a person waits for (priority 0: confirmations, fresh links,
+-- address confirmations), locked until the worker's transaction ends (through their
+-- sends) and skipped by every other worker meanwhile. Claimed before campaign mail.
+SELECT id, kind, subscriber_id, campaign_id, attempts, run_at
 FROM outbox
-WHERE run_at <= now()
+WHERE priority = 0 AND run_at <= now()
+ORDER BY priority, run_at, id
+LIMIT :limit
+FOR UPDATE SKIP LOCKED;
+
+-- name: claim_campaign
+-- Up to :limit due campaign jobs after (:after_run_at, :after_id) in the claim's index
+-- order, but none of :claimed (a lane's own locks are not skipped). The lower bound is
+-- where the lane's previous claim ended (service/outbox.py, Resume): the index entries
+-- of jobs sent since the last vacuum lie before it, and a claim from the head of the
+-- queue walks all of them (12 ms for 50 jobs behind 990,000 sent ones, against 0.4 ms).
+SELECT id, kind, subscriber_id, campaign_id, attempts, run_at
+FROM outbox
+WHERE (priority, run_at, id) > (1, coalesce(:after_run_at, '-infinity'::timestamptz), :after_id)
+  AND priority <= 1  -- campaign mail; not `priority = 1`, which the index scan would start
+                     -- from instead of the bound above
+  AND run_at <= now()
+  AND id <> ALL(:claimed::bigint[])
 ORDER BY priority, run_at, id
 LIMIT :limit
 FOR UPDATE SKIP LOCKED;
