@@ -1,7 +1,8 @@
 """`make bench`: runs every `bench/bench_*.py` module's `main()` in one go.
 
 Each `main()` returns a list of result rows (dicts with at least `bench` and `name`);
-they are printed as a table and written to `bench/results.json`.
+they are printed as a table and written to `bench/results.json` (a run of some benches,
+`python -m bench bench_send bench_import`, replaces only their rows there).
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ def main(argv: list[str]) -> int:
         rows = importlib.import_module(f"bench.{module}").main()
         results[module] = rows
         print(f"\n== {module} ({time.monotonic() - started:.0f}s)\n{_table(rows)}", flush=True)
-    (HERE / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    path = HERE / "results.json"
+    if only and path.exists():  # a partial run replaces its own benches' rows only
+        results = {**json.loads(path.read_text()), **results}
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"\nwritten to {HERE / 'results.json'}")
     return 0
 
