@@ -2,13 +2,14 @@
 
 Each lane claims up to OUTBOX_BATCH due jobs `FOR UPDATE SKIP LOCKED` in one
 transaction (the ones a person waits for first, then campaign jobs from where the lane's
-previous claim ended, past the index entries of sent jobs: Resume), builds their emails (campaign emails with two queries for the whole
-batch), signs them off the event loop, sends them one after another over the lane's
-SMTP connection, and records every outcome in a few set-based statements before the
-commit. The jobs stay locked through their sends, so replicas never send one job twice
-and an erasure (which deletes a subscriber's outbox rows first) waits for a batch in
-flight. Delivery is at-least-once: a process killed between the relay's "250 OK" and
-the commit sends that batch's accepted emails again (at most OUTBOX_BATCH per lane).
+previous claim ended, past the index entries of sent jobs: Resume), builds their emails
+(campaign emails with two queries for the whole batch), signs them off the event loop,
+sends them one after another over the lane's SMTP connection, and records every outcome
+in a few set-based statements before the commit. The jobs stay locked through their
+sends, so replicas never send one job twice and an erasure (which deletes a subscriber's
+outbox rows first) waits for a batch in flight. Delivery is at-least-once: a process
+killed between the relay's "250 OK" and the commit sends that batch's accepted emails
+again (at most OUTBOX_BATCH per lane).
 
 The worker sleeps on `LISTEN newsletter_outbox` (signup transactions `NOTIFY` it) and
 polls every OUTBOX_POLL_INTERVAL anyway, so a lost notification or listener connection
@@ -68,8 +69,9 @@ class Resume:
     claim's last job skips them. What lies behind the bound is only jobs another lane
     released without sending (a process killed mid-batch): the lane starts from the head
     again whenever a claim comes back short, and after RESUME_FOR_S anyway, so such jobs
-    wait at most that long. New jobs are due later (run_at) and retries are due later, so
-    both land after the bound.
+    wait at most that long. Retries are due later, so they land after the bound; so do new
+    jobs (run_at is their queueing transaction's start), except those of a campaign whose
+    queueing started before another's and committed after it: they wait at most as long.
     """
 
     run_at: datetime | None = None
