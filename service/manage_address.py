@@ -77,9 +77,12 @@ async def request_change(
 
 async def compose(con: asyncpg.Connection, job: asyncpg.Record, ctx) -> EmailMessage | None:
     """The new address's confirmation email (the outbox composer of `address_confirm`
-    jobs), for the subscriber's current request; None when there is none any more."""
+    jobs), for the subscriber's current request; None when there is none any more, or
+    another job mails it (sql/132)."""
     max_age = ctx.settings.confirm_max_age
-    row = await q.pending_change.fetchrow(con, subscriber_id=job["subscriber_id"], max_age=max_age)
+    row = await q.pending_change.fetchrow(
+        con, subscriber_id=job["subscriber_id"], max_age=max_age, job_id=job["id"]
+    )
     if row is None:
         return None
     values = {

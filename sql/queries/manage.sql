@@ -106,11 +106,15 @@ WITH job AS (
 SELECT count(*) FROM (SELECT pg_notify('newsletter_outbox', id::text) FROM job) n;
 
 -- name: pending_change
--- The address change an email is composed for (the current request of the subscriber).
-SELECT c.id, c.new_email, s.name
-FROM address_changes c JOIN subscribers s ON s.id = c.subscriber_id
-WHERE c.subscriber_id = :subscriber_id AND s.status = 'active'
-  AND c.requested_at > now() - make_interval(secs => :max_age);
+-- The address change an email is composed for (the current request of the subscriber),
+-- taken for this job unless another job took it (sql/132): mailed once.
+UPDATE address_changes c
+SET mailed_by_job = :job_id
+FROM subscribers s
+WHERE c.subscriber_id = :subscriber_id AND s.id = c.subscriber_id AND s.status = 'active'
+  AND c.requested_at > now() - make_interval(secs => :max_age)
+  AND (c.mailed_by_job IS NULL OR c.mailed_by_job = :job_id)
+RETURNING c.id, c.new_email, s.name;
 
 -- name: change_state
 SELECT c.new_email

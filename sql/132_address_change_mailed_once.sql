@@ -1,0 +1,12 @@
+-- An address change is mailed by one outbox job only.
+--
+-- A request queues an `address_confirm` job unless one waits to be sent; one being sent
+-- right now does not count (it may have read the previous request), so a second job is
+-- queued. When the job in flight reads the request only after that request committed,
+-- both jobs read the same request, and the new address got the same email twice (seen
+-- as a flaky `test_concurrent_patches_leave_one_request_whose_link_alone_works`). The
+-- composer now takes the request for its job (`pending_change` sets `mailed_by_job`),
+-- so the other job waits for the first one's batch and then finds it taken; a retry of
+-- the same job (a 4xx, a relay outage) still finds it its own, and a rolled-back batch
+-- leaves it free again. Not a foreign key: a sent job's row is deleted.
+ALTER TABLE address_changes ADD COLUMN mailed_by_job bigint;
