@@ -244,7 +244,6 @@ async def test_no_job_can_be_queued_for_a_subscriber_who_is_gone(db) -> None:
     await db.execute("DELETE FROM subscribers WHERE id = $1", gone)
     assert await queries("manage").queue_link_email.fetchval(db, id=gone) is None
     assert await queries("manage").queue_address_email.fetchval(db, id=gone) == 0
-    assert await queries("signup").queue_confirmation.fetchval(db, subscriber_id=gone) is None
     assert await db.fetchval("SELECT count(*) FROM outbox") == 0
 
 

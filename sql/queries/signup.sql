@@ -71,16 +71,6 @@ ON CONFLICT (day) DO UPDATE SET confirmations = list_daily.confirmations + 1;
 -- name: confirm_job_queued
 SELECT EXISTS (SELECT 1 FROM outbox WHERE subscriber_id = :subscriber_id AND kind = 'confirm');
 
--- name: queue_confirmation
--- The email job, and the wake-up of every replica's outbox worker (delivered at commit).
--- The subscriber is locked until commit (FOR KEY SHARE stands for a foreign key, sql/130).
-WITH job AS (
-    INSERT INTO outbox (kind, subscriber_id)
-    SELECT 'confirm', id FROM subscribers WHERE id = :subscriber_id FOR KEY SHARE
-    RETURNING id
-)
-SELECT pg_notify('newsletter_outbox', id::text) FROM job;
-
 -- name: subscriber_state
 -- What the confirmation pages need; `expired` is true for a pending sign-up older
 -- than the confirmation period (never activated, purged later).
