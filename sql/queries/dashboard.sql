@@ -45,7 +45,8 @@ ORDER BY c.id DESC
 LIMIT :limit;
 
 -- name: campaign_by_id
-SELECT id, name, subject, html, text, created_at, first_sent_at, recipients, sent, failed
+SELECT id, name, subject, html, text, created_at, first_sent_at, recipients, sent, failed,
+       paused_at, paused_reason
 FROM campaigns
 WHERE id = :id;
 
