@@ -80,6 +80,7 @@ class Breaker:
         self.window: deque[Outcome] = deque(maxlen=settings.send_breaker_window)
         self.holding = False  # whether this process may have held refusals to judge
         self._swept_at = time.monotonic()
+        self._warned: set[str] = set()  # categories logged for one-off emails
 
     def tripped(self) -> str | None:
         """The category whose refusals reached the share, if the window is judged."""
@@ -98,7 +99,10 @@ class Breaker:
         category = self.tripped()
         if category is not None:
             await self._trip(category)
-        elif len(self.window) >= self.settings.send_breaker_min_sends and (
+            return
+        if len(self.window) >= self.settings.send_breaker_min_sends:
+            self._warned.clear()
+        if len(self.window) >= self.settings.send_breaker_min_sends and (
             self.holding or time.monotonic() - self._swept_at > SWEEP_EVERY_S
         ):
             await self._release()
@@ -121,7 +125,8 @@ class Breaker:
                     )
             if category == parse.MAILBOX:
                 await q.drop_held_one_off.execute(con, holder=self.holder)
-        if not campaign_ids:
+        if not campaign_ids and category not in self._warned:  # said once, until healthy
+            self._warned.add(category)
             log.warning(
                 "the relay refuses too many one-off emails",
                 extra={"reason": category, "share": round(share, 3)},
