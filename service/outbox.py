@@ -11,6 +11,13 @@ outbox rows first) waits for a batch in flight. Delivery is at-least-once: a pro
 killed between the relay's "250 OK" and the commit sends that batch's accepted emails
 again (at most OUTBOX_BATCH per lane).
 
+With SMTP_MAX_RATE (or an hourly or daily cap) a lane first reserves its batch's tokens
+from the deployment's bucket (service/send_rate.py). Every refusal is sorted by
+service/bounces/send_hooks.py: a throttle ends the batch and slows the lane down, a
+refusal of the recipient's mailbox is held for the circuit breaker (service/breaker.py),
+which judges the process's recent sends after each batch and pauses campaigns in a
+burst; anything else is retried.
+
 The worker sleeps on `LISTEN newsletter_outbox` (signup transactions `NOTIFY` it) and
 polls every OUTBOX_POLL_INTERVAL anyway, so a lost notification or listener connection
 only delays mail. Subscriber rows are never locked by the claim; the only subscriber
