@@ -5,8 +5,9 @@
 -- name: reserve
 -- Up to :want emails now: tokens refill at :rate per second (NULL: no rate cap) up to
 -- one second's worth (at least 1), and the clock hour's and UTC day's counts stay within
--- :per_hour and :per_day (NULL: no cap). `granted` may be 0; `wait_s` is then how long
--- until something can be granted.
+-- :per_hour and :per_day (NULL: no cap). Nothing is granted while fewer than :at_least
+-- tokens are there (a lane waits for a useful batch instead of asking for every token);
+-- `wait_s` is then how long until something can be granted.
 WITH clock AS (
     SELECT clock_timestamp() AS t
 ), current AS (
@@ -24,10 +25,11 @@ WITH clock AS (
     FOR UPDATE OF r
 ), granting AS (
     SELECT c.*,
-           greatest(0, least(:want::bigint, floor(c.available)::bigint,
-                             coalesce(:per_hour::bigint - c.hour_used, :want::bigint),
-                             coalesce(:per_day::bigint - c.day_used, :want::bigint)))::int
-               AS granted
+           CASE WHEN c.available < least(:at_least::float8, :want::float8) THEN 0
+                ELSE greatest(0, least(:want::bigint, floor(c.available)::bigint,
+                                       coalesce(:per_hour::bigint - c.hour_used, :want::bigint),
+                                       coalesce(:per_day::bigint - c.day_used, :want::bigint)))
+           END::int AS granted
     FROM current c
 )
 UPDATE send_rate r
@@ -46,7 +48,7 @@ RETURNING g.granted,
             extract(epoch FROM date_trunc('day', g.t, 'UTC') + interval '1 day' - g.t)::float8
         WHEN :per_hour::bigint IS NOT NULL AND g.hour_used >= :per_hour::bigint THEN
             extract(epoch FROM date_trunc('hour', g.t, 'UTC') + interval '1 hour' - g.t)::float8
-        ELSE ((1.0 - g.available) / :rate::float8)::float8
+        ELSE ((least(:at_least::float8, :want::float8) - g.available) / :rate::float8)::float8
     END AS wait_s;
 
 -- name: give_back
