@@ -91,9 +91,11 @@ async def test_a_relay_refusing_our_sender_erases_nobody_and_pauses_the_campaign
         async with browser(app) as web:
             await sign_in(web)
             page = (await web.get(f"/admin/campaigns/{campaign_id}")).text
+            listed = (await web.get("/admin/campaigns")).text
         assert 'id="paused-reason">sender<' in page
         assert "our sender address" in page
         assert f'action="/admin/campaigns/{campaign_id}/resume"' in page
+        assert "paused (sender)" in listed
         # the operator fixes the relay and resumes: every email goes out
         sink.answer = lambda _address: None
         resumed = await client.post(

@@ -34,7 +34,7 @@ WHERE day >= :since;
 -- name: campaign_list
 -- Every campaign with its anonymous total counters (newest first).
 SELECT c.id, c.name, c.subject, c.created_at, c.first_sent_at,
-       c.recipients, c.sent, c.failed,
+       c.recipients, c.sent, c.failed, c.paused_reason,
        coalesce(t.opens, 0) AS opens,
        coalesce(t.machine_opens, 0) AS machine_opens,
        coalesce(t.unique_opens, 0) AS unique_opens
