@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from service import campaigns, erasure, manage_address, signup
+from service import breaker, campaigns, erasure, manage_address, signup
 from service.admin_auth import require_admin
 from service.campaign_mail import Links
 
@@ -127,6 +127,37 @@ async def send_campaign(request: Request) -> Response:
         return _not_found("campaign")
     log.info("campaign queued", extra={"campaign_id": campaign_id, "count": queued})
     return _json({"queued": queued}, 202)
+
+
+@require_admin
+async def resume_campaign(request: Request) -> Response:
+    """Resumes a campaign the circuit breaker paused: `200 {"resumed": n}` (its waiting
+    emails are due again, with their attempts back); `409` when it is not paused."""
+    campaign_id = _campaign_id(request)
+    if campaign_id is None:
+        return _not_found("campaign")
+    async with request.app.state.pool.acquire() as con:
+        if not await campaigns.q.campaign_exists.fetchval(con, id=campaign_id):
+            return _not_found("campaign")
+        resumed = await breaker.resume(con, campaign_id)
+    if resumed is None:
+        return _error(409, "not_paused", "the campaign is not paused")
+    log.info("campaign resumed", extra={"campaign_id": campaign_id, "count": resumed})
+    return _json({"resumed": resumed})
+
+
+@require_admin
+async def cancel_campaign(request: Request) -> Response:
+    """Drops the campaign's emails not sent yet, paused or not: `200 {"cancelled": n}`."""
+    campaign_id = _campaign_id(request)
+    if campaign_id is None:
+        return _not_found("campaign")
+    async with request.app.state.pool.acquire() as con:
+        if not await campaigns.q.campaign_exists.fetchval(con, id=campaign_id):
+            return _not_found("campaign")
+        cancelled = await breaker.cancel(con, campaign_id)
+    log.info("campaign cancelled", extra={"campaign_id": campaign_id, "count": cancelled})
+    return _json({"cancelled": cancelled})
 
 
 async def _recipient_lines(app: Starlette, campaign_id: int) -> AsyncIterator[bytes]:

@@ -102,6 +102,16 @@ def routes(settings: Settings) -> list[BaseRoute]:
             methods=["POST"],
         ),
         Route(
+            "/admin/api/campaigns/{campaign_id:int}/resume",
+            admin_api.resume_campaign,
+            methods=["POST"],
+        ),
+        Route(
+            "/admin/api/campaigns/{campaign_id:int}/cancel",
+            admin_api.cancel_campaign,
+            methods=["POST"],
+        ),
+        Route(
             "/admin/api/campaigns/{campaign_id:int}/recipients",
             admin_api.campaign_recipients,
             methods=["GET"],

@@ -10,6 +10,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service import db
+from service.queries import queries
+
+breaker_q = queries("breaker")
 
 READY_TIMEOUT = 2.0
 
@@ -61,5 +64,20 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    registry = request.app.state.metrics.registry
+    state = request.app.state
+    registry = state.metrics.registry
+    await _paused_campaigns(state)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _paused_campaigns(state: object) -> None:
+    """The paused-campaigns gauge, read from the database at each scrape (the pause is
+    the deployment's, not one process's); left as it was when the database is away."""
+    gauge = state.metrics.campaigns_paused  # type: ignore[attr-defined]
+    try:
+        rows = await breaker_q.paused_by_reason.fetch(state.pool)  # type: ignore[attr-defined]
+    except (asyncpg.PostgresError, *db.UNAVAILABLE, TimeoutError):
+        return
+    gauge.clear()
+    for row in rows:
+        gauge.labels(row["reason"] or "other").set(row["n"])

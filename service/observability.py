@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("newsletter.http")
@@ -37,6 +37,22 @@ class Metrics:
         self.emails_sent = Counter("emails_sent", "Emails accepted by SMTP", ["kind"], registry=r)
         self.emails_failed = Counter(
             "emails_failed", "Email attempts that failed", ["kind", "outcome"], registry=r
+        )
+        # Issue 24: what relays answer, by category only (service/bounces/send_hooks.py).
+        self.send_refusals = Counter(
+            "send_refusals", "Relay refusals at send time", ["category"], registry=r
+        )
+        self.campaign_pauses = Counter(
+            "campaign_pauses",
+            "Campaigns this process paused (circuit breaker)",
+            ["reason"],
+            registry=r,
+        )
+        self.campaigns_paused = Gauge(
+            "campaigns_paused",
+            "Campaigns paused now, by reason (from the database)",
+            ["reason"],
+            registry=r,
         )
         self.signups = Counter("signups", "Sign-up requests by outcome", ["outcome"], registry=r)
         self.confirmations = Counter(

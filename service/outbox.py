@@ -11,6 +11,13 @@ outbox rows first) waits for a batch in flight. Delivery is at-least-once: a pro
 killed between the relay's "250 OK" and the commit sends that batch's accepted emails
 again (at most OUTBOX_BATCH per lane).
 
+With SMTP_MAX_RATE (or an hourly or daily cap) a lane first reserves its batch's tokens
+from the deployment's bucket (service/send_rate.py). Every refusal is sorted by
+service/bounces/send_hooks.py: a throttle ends the batch and slows the lane down, a
+refusal of the recipient's mailbox is held for the circuit breaker (service/breaker.py),
+which judges the process's recent sends after each batch and pauses campaigns in a
+burst; anything else is retried.
+
 The worker sleeps on `LISTEN newsletter_outbox` (signup transactions `NOTIFY` it) and
 polls every OUTBOX_POLL_INTERVAL anyway, so a lost notification or listener connection
 only delays mail. Subscriber rows are never locked by the claim; the only subscriber
@@ -35,9 +42,11 @@ from starlette.applications import Starlette
 
 from service import db, dkim, emails
 from service.bounces import send_hooks
+from service.breaker import Breaker, Outcome
 from service.mailbuild import OutgoingEmail
 from service.observability import Metrics
 from service.queries import queries
+from service.send_rate import Bucket
 from service.settings import Settings
 from service.smtp import Mailer, Permanent, RelayUnavailable, SmtpFailure, Transient
 
@@ -47,6 +56,7 @@ DB_ERRORS = (asyncpg.PostgresError, *db.UNAVAILABLE)
 
 log = logging.getLogger("newsletter.outbox")
 q = queries("outbox")
+breaker_q = queries("breaker")
 
 
 def backoff(settings: Settings, attempt: int) -> float:
@@ -92,9 +102,12 @@ class Ledger:
     retries: list[tuple[int, float, str]] = field(default_factory=list)  # (job, delay, error)
     sent: Counter[int] = field(default_factory=Counter)  # per campaign
     failed: Counter[int] = field(default_factory=Counter)
-    refused: list[tuple[asyncpg.Record, SmtpFailure]] = field(default_factory=list)
+    held: list[tuple[asyncpg.Record, str]] = field(default_factory=list)  # (job, status)
+    refusals: list[tuple[int, str, str]] = field(default_factory=list)  # (campaign, cat, code)
+    outcomes: list[Outcome] = field(default_factory=list)  # for the circuit breaker
+    attempted: int = 0  # emails handed to the relay (tokens used: service/send_rate.py)
 
-    async def write(self, con: asyncpg.Connection) -> None:
+    async def write(self, con: asyncpg.Connection, holder: str) -> None:
         if self.done:
             await q.delete_jobs.execute(con, ids=self.done)
         if self.retries:
@@ -109,6 +122,17 @@ class Ledger:
             await q.mark_deliveries_sent.execute(
                 con, campaign_ids=list(campaign_ids), subscriber_ids=list(subscriber_ids)
             )
+        if self.refusals:
+            await _write_refusals(con, self.refusals)
+        if self.held:
+            await breaker_q.hold_refusals.execute(
+                con,
+                subscriber_ids=[job["subscriber_id"] for job, _ in self.held],
+                campaign_ids=[job["campaign_id"] or 0 for job, _ in self.held],
+                kinds=[job["kind"] for job, _ in self.held],
+                reasons=[status for _, status in self.held],
+                holder=holder,
+            )
         campaigns = sorted(set(self.sent) | set(self.failed))  # one lock order for all lanes
         if campaigns:
             await q.count_campaigns.execute(
@@ -117,6 +141,13 @@ class Ledger:
                 sent=[self.sent[c] for c in campaigns],
                 failed=[self.failed[c] for c in campaigns],
             )
+
+
+async def _write_refusals(con: asyncpg.Connection, refusals: list[tuple[int, str, str]]) -> None:
+    campaign_ids, categories, codes = zip(*refusals, strict=True)
+    await breaker_q.count_refusals.execute(
+        con, campaign_ids=list(campaign_ids), categories=list(categories), codes=list(codes)
+    )
 
 
 class Worker:
@@ -140,6 +171,9 @@ class Worker:
         self._listener: asyncpg.Connection | None = None
         self._listen_retry_at = 0.0
         self._resume: dict[Mailer, Resume] = {}  # one per lane
+        self.breaker = Breaker(pool, settings, metrics)
+        self.bucket = Bucket.of(settings)  # None: no cap, nothing to ask
+        self._capped_for: dict[Mailer, float] = {}  # a capped lane's wait
 
     # -- loop ----------------------------------------------------------------------
     async def run(self) -> None:
@@ -160,9 +194,11 @@ class Worker:
                 log.error("outbox worker error", extra={"error": exc.__class__.__name__})
                 await self._sleep(self.settings.outbox_poll_interval)
                 continue
-            if outcome == "relay_down":
+            if outcome in ("relay_down", "throttled"):  # the lane slows down, jobs keep attempts
                 relay_failures += 1
                 await self._sleep(backoff(self.settings, relay_failures))
+            elif outcome == "capped":  # SMTP_MAX_RATE and friends: wait for a token
+                await self._wait_for_tokens(self._capped_for.get(mailer, 0.0))
             elif outcome == "idle":
                 await mailer.close_if_idle()
                 await self._sleep(await self._idle_delay())
@@ -179,6 +215,14 @@ class Worker:
             due_in = None
         poll = self.settings.outbox_poll_interval
         return poll if due_in is None else min(poll, max(due_in, 0.0))
+
+    async def _wait_for_tokens(self, seconds: float) -> None:
+        """Short waits are slept through (other lanes' wake-ups would only make the lane
+        ask the bucket again); long ones (an hourly or daily cap) wake for a stop."""
+        if seconds <= 1.0:
+            await asyncio.sleep(max(seconds, 0.001))
+        else:
+            await self._sleep(min(seconds, self.settings.outbox_poll_interval))
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -219,12 +263,28 @@ class Worker:
         'relay_down' (the relay could not be reached; the unsent jobs stay as they
         were) or 'done'."""
         mailer = mailer or self.mailers[0]
+        limit = self.settings.outbox_batch
+        if self.bucket is not None:
+            limit, wait = await self.bucket.reserve(self.pool, limit)
+            if limit == 0:
+                self._capped_for[mailer] = wait
+                return "capped"
+        ledger = Ledger()
+        try:
+            return await self._batch(mailer, limit, ledger)
+        finally:
+            if self.bucket is not None:
+                with contextlib.suppress(*DB_ERRORS):
+                    await self.bucket.give_back(self.pool, limit - ledger.attempted)
+            if ledger.outcomes:
+                await self.breaker.observe(ledger.outcomes, held=bool(ledger.held))
+
+    async def _batch(self, mailer: Mailer, limit: int, ledger: Ledger) -> str:
         async with self.pool.acquire() as con, con.transaction():
-            jobs = await self._claim(con, mailer)
+            jobs = await self._claim(con, mailer, limit)
             if not jobs:
                 return "idle"
             built = await self._build(con, jobs)
-            ledger = Ledger()
             outcome = "done"
             for job in jobs:
                 if self._stopping:  # shutting down: commit what went out, leave the rest
@@ -254,31 +314,32 @@ class Worker:
                 sender = send_hooks.envelope_sender(
                     self.settings, self.context.tokens, job, email.envelope_from
                 )
+                ledger.attempted += 1
                 try:
                     await mailer.send(sender, list(email.recipients), email.data, email.smtputf8)
                 except RelayUnavailable as failure:
                     log.warning("smtp relay unavailable", extra={"reason": failure.reason})
+                    ledger.attempted -= 1
                     outcome = "relay_down"
                     break
-                except Permanent as failure:
-                    self._refused(job, failure, ledger)
                 except SmtpFailure as failure:
-                    self._failed(job, failure, ledger)
+                    if self._refused(job, failure, ledger):
+                        outcome = "throttled"
+                        break
                 except Exception as exc:  # unforeseen: keep the batch's sends recorded
                     log.error("email send failed", extra={"error": exc.__class__.__name__})
                     await mailer.close()
                     self._failed(job, Transient(None, exc.__class__.__name__), ledger)
                 else:
                     self._sent(job, ledger)
-            await ledger.write(con)
-            for job, failure in ledger.refused:  # erased in this transaction if it was
-                await send_hooks.refused_at_send(con, self.settings, job, failure)
+            await ledger.write(con, self.breaker.holder)
             return outcome
 
-    async def _claim(self, con: asyncpg.Connection, mailer: Mailer) -> list[asyncpg.Record]:
-        """Up to OUTBOX_BATCH due jobs: those a person waits for first, then campaign
-        jobs from where this lane's previous claim ended (Resume)."""
-        limit = self.settings.outbox_batch
+    async def _claim(
+        self, con: asyncpg.Connection, mailer: Mailer, limit: int
+    ) -> list[asyncpg.Record]:
+        """Up to `limit` due jobs: those a person waits for first, then campaign jobs
+        from where this lane's previous claim ended (Resume)."""
         jobs = await q.claim_urgent.fetch(con, limit=limit)
         if len(jobs) == limit:
             return jobs
@@ -365,15 +426,42 @@ class Worker:
         elif job["kind"] == "campaign":
             ledger.deliveries.append((job["campaign_id"], job["subscriber_id"]))
             ledger.sent[job["campaign_id"]] += 1
+        ledger.outcomes.append((None, job["campaign_id"]))
         self.metrics.emails_sent.labels(job["kind"]).inc()
         log.debug("email sent", extra={"job_id": job["id"], "kind": job["kind"]})
 
-    def _refused(self, job: asyncpg.Record, failure: Permanent, ledger: Ledger) -> None:
-        """The relay refused the email for good (a 5xx to MAIL, RCPT or DATA): the one
-        place where a permanent refusal is handled (a hard bounce, for bounce handling)."""
-        self._drop(job, failure, ledger, "rejected")
+    def _refused(self, job: asyncpg.Record, failure: SmtpFailure, ledger: Ledger) -> bool:
+        """The relay did not take the email: the one place where its answer is acted on
+        (service/bounces/send_hooks.py). True when it was a throttle: the lane stops
+        the batch and slows down, the job keeps its attempts and waits for the next
+        claim. A refusal of the recipient's mailbox is held for the circuit breaker
+        (service/breaker.py); any other answer retries the job, or drops it when the
+        failure is ours (an address or extension the relay cannot take)."""
+        refusal = send_hooks.classify(failure)
+        if refusal.category != send_hooks.CONNECTION:
+            self.metrics.send_refusals.labels(refusal.category).inc()
+            ledger.outcomes.append((refusal.category, job["campaign_id"]))
+            ledger.refusals.append((job["campaign_id"] or 0, refusal.category, refusal.code))
+        fields = {**_fields(job, failure), "category": refusal.category}
+        if refusal.throttle:
+            self.metrics.emails_failed.labels(job["kind"], "throttled").inc()
+            log.info("email throttled", extra=fields)
+            return True
+        if refusal.hard and job["kind"] not in send_hooks.NOT_TO_THE_ADDRESS_ON_FILE:
+            ledger.done.append(job["id"])  # a trip of the breaker queues it again
+            ledger.held.append((job, refusal.code.split()[-1]))
+            self.metrics.emails_failed.labels(job["kind"], "held").inc()
+            log.info("email refused: mailbox refusal held", extra=fields)
+            return False
+        if isinstance(failure, Permanent) and failure.code is None:
+            self._drop(job, failure, ledger, "rejected")
+            return False
+        self._failed(job, failure, ledger, refusal.category)
+        return False
 
-    def _failed(self, job: asyncpg.Record, failure: SmtpFailure, ledger: Ledger) -> None:
+    def _failed(
+        self, job: asyncpg.Record, failure: SmtpFailure, ledger: Ledger, category: str = ""
+    ) -> None:
         attempts = job["attempts"] + 1
         if attempts >= self.settings.outbox_max_attempts:
             self._drop(job, failure, ledger, "gave_up")
@@ -381,7 +469,10 @@ class Worker:
         delay = backoff(self.settings, attempts)
         ledger.retries.append((job["id"], delay, failure.reason[:200]))
         self.metrics.emails_failed.labels(job["kind"], "retried").inc()
-        log.info("email deferred", extra={**_fields(job, failure), "delay_s": round(delay, 2)})
+        log.info(
+            "email deferred",
+            extra={**_fields(job, failure), "delay_s": round(delay, 2), "category": category},
+        )
 
     def _drop(
         self, job: asyncpg.Record, failure: SmtpFailure, ledger: Ledger, outcome: str
@@ -389,8 +480,6 @@ class Worker:
         ledger.done.append(job["id"])
         if job["kind"] == "campaign":
             ledger.failed[job["campaign_id"]] += 1
-        if outcome == "rejected":  # a 5xx refusal of the address may be a hard bounce
-            ledger.refused.append((job, failure))
         self.metrics.emails_failed.labels(job["kind"], outcome).inc()
         log.warning(f"email dropped ({outcome})", extra=_fields(job, failure))
 

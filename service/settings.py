@@ -152,6 +152,13 @@ class Settings:
     outbox_poll_interval: float = 5.0
     outbox_backoff_base: float = 30.0
     outbox_backoff_max: float = 6 * 3600
+    # -- a relay in a bad mood (issue 24; README "Sending limits and the circuit breaker")
+    smtp_max_rate: float | None = None  # emails a second, all processes together
+    smtp_max_per_hour: int | None = None  # per UTC clock hour
+    smtp_max_per_day: int | None = None  # per UTC day
+    send_breaker_share: float = 0.10  # refusals of one category that pause a campaign ...
+    send_breaker_min_sends: int = 20  # ... among at least this many recent sends
+    send_breaker_window: int = 200  # the recent sends a worker process judges
     # -- pixel and privacy -------------------------------------------------------
     tracking_mode: str = "consent"
     ip_mode: str = "truncated"
@@ -317,6 +324,31 @@ def _seconds(low: float, high: float):
     return parse
 
 
+def _optional_number(kind: type, low: float, high: float):
+    def parse(text: str) -> float | int | None:
+        if not text:
+            return None
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"must be a number or empty (no cap), got {text!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:g} and {high:g} or empty, got {value:g}")
+        return value
+
+    return parse
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    except ValueError:
+        raise ValueError(f"must be a share like 0.1 or 10%, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"must be above 0 and at most 1 (100%), got {text!r}")
+    return value
+
+
 def _bool(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -448,6 +480,12 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("OUTBOX_POLL_INTERVAL", "outbox_poll_interval", _seconds(0.05, 3600)),
     ("OUTBOX_BACKOFF_BASE", "outbox_backoff_base", _seconds(0.01, _DAY)),
     ("OUTBOX_BACKOFF_MAX", "outbox_backoff_max", _seconds(0.01, 7 * _DAY)),
+    ("SMTP_MAX_RATE", "smtp_max_rate", _optional_number(float, 0.01, 100_000)),
+    ("SMTP_MAX_PER_HOUR", "smtp_max_per_hour", _optional_number(int, 1, 10**9)),
+    ("SMTP_MAX_PER_DAY", "smtp_max_per_day", _optional_number(int, 1, 10**10)),
+    ("SEND_BREAKER_SHARE", "send_breaker_share", _share),
+    ("SEND_BREAKER_MIN_SENDS", "send_breaker_min_sends", _int(1, 100_000)),
+    ("SEND_BREAKER_WINDOW", "send_breaker_window", _int(1, 1_000_000)),
     ("TRACKING_MODE", "tracking_mode", _choice(TRACKING_MODES)),
     ("IP_MODE", "ip_mode", _choice(IP_MODES)),
     ("PIXEL_MODE", "pixel_mode", _choice(PIXEL_MODES)),
@@ -524,4 +562,6 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
             problems.append(f"DKIM_PRIVATE_KEY_FILE is not a usable key: {exc}")
     if values.get("outbox_backoff_base", 30) > values.get("outbox_backoff_max", 6 * 3600):
         problems.append("OUTBOX_BACKOFF_BASE must not be larger than OUTBOX_BACKOFF_MAX")
+    if values.get("send_breaker_min_sends", 20) > values.get("send_breaker_window", 200):
+        problems.append("SEND_BREAKER_MIN_SENDS must not be larger than SEND_BREAKER_WINDOW")
     return problems

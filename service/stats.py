@@ -114,6 +114,14 @@ async def campaign_stats(
         "min_bucket": min_bucket,
         # issue 19: delivered, bounces, complaints, rates and warnings
         "deliverability": await bounce_stats.deliverability(con, campaign_id, sent),
+        # issue 24: the circuit breaker's pause and the relay's refusals by category
+        "paused": {
+            "at": campaign["paused_at"].isoformat(),
+            "reason": campaign["paused_reason"],
+        }
+        if campaign["paused_at"]
+        else None,
+        "refusals": [dict(row) for row in await q.refusals.fetch(con, campaign_id=campaign_id)],
     }
 
 

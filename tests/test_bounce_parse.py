@@ -26,7 +26,7 @@ from tests.bounce_support import DOMAIN, sample, tokens
         ("lhost-office365-11.eml", HARD, "5.1.1", "dsn"),
         ("lhost-outlook-02.eml", HARD, "5.1.1", "dsn"),
         ("lhost-amazonses-05.eml", HARD, "5.1.1", "dsn"),
-        ("rhost-yahooinc-01.eml", SOFT, "5.7.9", "dsn"),  # policy: not about the address
+        ("rhost-yahooinc-01.eml", IGNORE, "5.7.9", "dsn"),  # policy: not about the address
         # non-standard formats, through flufl.bounce
         ("lhost-exim-02.eml", HARD, "5.1.1", "heuristic"),
         ("lhost-exchange2003-01.eml", HARD, "unstructured", "heuristic"),

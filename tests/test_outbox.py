@@ -67,7 +67,7 @@ async def test_mail_queued_while_the_relay_is_down_goes_out_once_it_is_back(
 async def test_transient_4xx_is_retried_with_backoff_and_then_delivered(
     app, client, db, smtp
 ) -> None:
-    smtp.fail_next("451 4.3.0 try later", times=2)
+    smtp.fail_next("452 4.2.2 mailbox full", times=2)  # the mailbox's, not a throttle
     await subscribe(client, "retry@example.com")
     [message] = await smtp.wait_for(1)
     assert message.to == "retry@example.com"
@@ -77,7 +77,7 @@ async def test_transient_4xx_is_retried_with_backoff_and_then_delivered(
 
 
 async def test_retry_records_attempts_error_and_a_later_run_at(app_factory, db, smtp) -> None:
-    smtp.fail_next("452 mailbox full")
+    smtp.fail_next("452 4.2.2 mailbox full")
     async with app_factory(outbox_backoff_base=60, outbox_backoff_max=120) as (_app, client):
         await subscribe(client, "later@example.com")
         job = await wait_until(
@@ -91,15 +91,18 @@ async def test_retry_records_attempts_error_and_a_later_run_at(app_factory, db, 
     assert "later@example.com" not in job["last_error"]
 
 
-async def test_permanent_5xx_is_dropped_with_a_metric_and_a_log_line_without_the_address(
-    app, client, db, smtp, caplog
+async def test_permanent_5xx_is_retried_then_dropped_with_a_metric_and_a_log_line_without_the_address(
+    app_factory, db, smtp, caplog
 ) -> None:
+    """A 5xx at DATA is not a refusal of the recipient's mailbox (issue 24): the job is
+    retried like any failure, and dropped when its attempts are used up."""
     caplog.set_level(logging.DEBUG)
-    smtp.fail_next("550 5.1.1 no such user")
-    await subscribe(client, "nobody@example.com")
-    await wait_until(lambda: outbox_empty(db))  # deleted after the relay's answer
+    smtp.fail_next("550 5.1.1 no such user", times=2)
+    async with app_factory(outbox_max_attempts=2) as (app, client):
+        await subscribe(client, "nobody@example.com")
+        await wait_until(lambda: outbox_empty(db))  # deleted after the second answer
+        assert _metric(app, "emails_failed_total", kind="confirm", outcome="gave_up") == 1
     assert smtp.messages == []
-    assert _metric(app, "emails_failed_total", kind="confirm", outcome="rejected") == 1
     dropped = [r for r in caplog.records if r.getMessage().startswith("email dropped")]
     assert dropped and dropped[0].smtp_code == 550
     for record in caplog.records:
@@ -111,7 +114,7 @@ async def test_permanent_5xx_is_dropped_with_a_metric_and_a_log_line_without_the
 
 
 async def test_transient_failures_give_up_after_the_maximum_attempts(app_factory, db, smtp) -> None:
-    smtp.fail_next("421 busy", times=3)
+    smtp.fail_next("452 4.2.2 mailbox full", times=3)  # 421 is a throttle: no attempt used
     async with app_factory(outbox_max_attempts=3) as (app, client):
         await subscribe(client, "busy@example.com")
         await wait_until(lambda: outbox_empty(db))
@@ -351,9 +354,9 @@ async def test_rejected_campaign_job_counts_as_failed_and_is_deleted(
 ) -> None:
     monkeypatch.setitem(emails.COMPOSERS, "campaign", _tiny_campaign_composer)
     monkeypatch.delitem(emails.BATCH_COMPOSERS, "campaign")  # per-job composer
-    smtp.fail_next("554 5.7.1 rejected")
+    smtp.fail_next("554 5.7.1 rejected")  # policy: retried, here with a single attempt
     campaign_id, _ = await _campaign_job(db, "reader@example.com")
-    async with app_factory() as (_app, _client):
+    async with app_factory(outbox_max_attempts=1) as (_app, _client):
         await wait_until(lambda: outbox_empty(db))
         await wait_until(
             lambda: db.fetchval("SELECT failed = 1 FROM campaigns WHERE id = $1", campaign_id)

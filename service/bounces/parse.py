@@ -12,10 +12,17 @@ In this order:
 4. any other bounce format, through `flufl.bounce` (GNU Mailman's detectors): its
    permanent failures are hard, its warnings ("still trying") are not bounces.
 
-A status of class 5.7 (security or policy: the receiving system refused *our* mail,
-e.g. as spam or for DMARC) says nothing about the address, and 5.2.2 (mailbox full) may
-pass, so both count as soft: only repeated ones end the subscription. `reason` is the status code or a fixed word, never
-text from the message (which quotes addresses).
+Only a status about the recipient's mailbox (RFC 3463) is about the address:
+class 5 with X.1.1 (no such mailbox), X.1.2 (no such system), X.1.3 (bad mailbox
+syntax), X.1.6 (mailbox moved), X.1.10 (no answer for the recipient, RFC 7505's null MX)
+or X.2.1 (mailbox disabled) is hard; the mailbox's temporary states (class 4 of those,
+and X.2.x other than 5.2.1: full, message too long) are soft, and only repeated ones
+end the subscription. Everything else says nothing about the address and is ignored
+here, even repeated: the sender (X.1.7, X.1.8), the receiving system (X.3), routing and
+the network (X.4, including 5.4.5 "sending quota exceeded"), the protocol (X.5), the
+content (X.6) and policy (X.7: spam blocks, DMARC). `status_category` names which of
+these a status is, for the operator (logs, metrics, campaign stats). `reason` is the
+status code or a fixed word, never text from the message (which quotes addresses).
 """
 
 from __future__ import annotations
@@ -47,18 +54,56 @@ class Report:
     recipients: tuple[str, ...] = field(default=())  # addresses the report names, lower case
 
 
+# RFC 3463 section 3.2 and 3.3: X.1.1, X.1.2, X.1.3, X.1.6, X.1.10 and X.2.1 say that
+# the recipient's mailbox does not exist or takes no mail (RFC 7505 added X.1.10).
+MAILBOX_GONE = frozenset({(1, 1), (1, 2), (1, 3), (1, 6), (1, 10), (2, 1)})
+# Which part of the path a status is about (RFC 3463 section 3, by subject and detail):
+# the categories an operator sees when a relay refuses mail.
+MAILBOX, MAILBOX_FULL, SENDER, ADDRESS = "mailbox", "mailbox_full", "sender", "address"
+SYSTEM, ROUTING, QUOTA, PROTOCOL, CONTENT, POLICY, OTHER = (
+    "system",
+    "routing",
+    "quota",
+    "protocol",
+    "content",
+    "policy",
+    "other",
+)
+_BY_SUBJECT = {"3": SYSTEM, "4": ROUTING, "5": PROTOCOL, "6": CONTENT, "7": POLICY}
+
+
+def status_category(status: str) -> str:
+    """The category of the first enhanced status code in `status`, or `other`."""
+    match = _STATUS.search(status)
+    if match is None:
+        return OTHER
+    subject, detail = int(match.group(2)), int(match.group(3))
+    if (subject, detail) in MAILBOX_GONE:
+        return MAILBOX
+    if subject == 2:
+        return MAILBOX_FULL
+    if subject == 1:
+        return SENDER if detail in (7, 8) else ADDRESS
+    if (subject, detail) == (4, 5):  # "mail system congestion": quotas and throttles
+        return QUOTA
+    return _BY_SUBJECT.get(match.group(2), OTHER)
+
+
 def status_event(status: str) -> tuple[str, str] | None:
-    """(event, code) for an enhanced status code somewhere in `status` (RFC 3463)."""
+    """(event, code) for an enhanced status code somewhere in `status` (RFC 3463): hard
+    only for a class-5 status saying the recipient's mailbox is gone, soft for the
+    mailbox's temporary states, ignore for everything else (see the module docstring)."""
     match = _STATUS.search(status)
     if match is None:
         return None
     code = match.group(0)
-    klass, subject = match.group(1), match.group(2)
-    if klass == "5" and subject != "7" and code != "5.2.2":
+    klass, subject, detail = match.group(1), int(match.group(2)), int(match.group(3))
+    about_the_mailbox = subject == 2 or (subject, detail) in MAILBOX_GONE
+    if klass == "2" or not about_the_mailbox:
+        return IGNORE, code
+    if klass == "5" and (subject, detail) in MAILBOX_GONE:
         return HARD, code
-    if klass in ("4", "5"):
-        return SOFT, code
-    return IGNORE, code
+    return SOFT, code
 
 
 def _address(value: str | None) -> str | None:
@@ -125,8 +170,8 @@ def _delivery_status(message: email.message.Message) -> Report | None:
             continue
         if event != IGNORE:
             recipients += [a for a in named if a and a not in recipients]
-        if _SEVERITY[event] > _SEVERITY[worst.event]:
-            worst = Report(event, reason, "dsn")
+        if _SEVERITY[event] > _SEVERITY[worst.event] or worst.reason == "no-failure":
+            worst = Report(event, reason, "dsn")  # a failure not about the address: its code
     return Report(worst.event, worst.reason, "dsn", tuple(recipients))
 
 

@@ -1,29 +1,61 @@
-"""What the sender calls: the return path of each email, and a relay's permanent refusal
-of the recipient at send time, which is a hard bounce that never reaches a mailbox.
+"""What the sender calls: the return path of each email, and what a relay's refusal at
+send time says, sorted for the outbox (service/outbox.py) and its circuit breaker
+(service/breaker.py).
 
-Both are called from service/outbox.py (marked "issue 19 hook"); a new sender calls
-the same two functions.
+A refusal erases someone only when it is about that person's mailbox: a class-5 mailbox
+status (service/bounces/parse.py) in answer to RCPT, whose text quotes no address but
+the recipient's. Even then it is held, not applied, until the worker's recent sends show
+it is no burst (a relay refusing everyone with 5.1.1 is misconfigured, not the list
+dead). Everything else never erases: a throttle slows the lane down and keeps the job's
+attempts; any other refusal retries the job with its attempts, and the operator sees the
+category (logs, `/metrics`, the campaign's stats, the breaker's pause).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiosmtplib
 import asyncpg
 
-from service.bounces import actions, verp
-from service.bounces.parse import HARD, status_event
+from service.bounces import actions, parse, verp
 from service.settings import Settings
 from service.tokens import Tokens
 
 _ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
+_QUOTED = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w.-]+", re.ASCII)
+# Throttling: 421 (service closing), 450-454 (temporary refusals relays use for rate
+# limits), and providers' words for it: Amazon SES answers over its rate
+# "454 Throttling failure: Maximum sending rate exceeded" and over its daily quota
+# "554 Throttling failure: Daily message quota exceeded"
+# (docs.aws.amazon.com/ses/latest/dg/manage-sending-quotas-errors.html).
+THROTTLE_CODES = frozenset({421, 450, 451, 452, 453, 454})
+_THROTTLE_TEXT = re.compile(
+    r"throttl|rate limit|sending rate|quota exceeded|too many (messages|emails|connections)",
+    re.IGNORECASE,
+)
+THROTTLE = "throttle"
+CONNECTION = "connection"
+# Mailbox statuses that are about one recipient, not the relay's rate: retried per job.
+_PER_RECIPIENT = frozenset({parse.MAILBOX, parse.MAILBOX_FULL, parse.ADDRESS})
 # An address change's confirmation goes to the NEW address (service/manage_address.py):
 # its bounce says nothing about the address on file, so it carries no VERP token and a
 # refusal of it erases nobody (the change simply never gets confirmed).
 NOT_TO_THE_ADDRESS_ON_FILE = frozenset({"address_confirm"})
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """What one refusal says: its category (parse.status_category's, `throttle`, or
+    `connection` for no answer), the code to count it by, and what to do."""
+
+    category: str
+    code: str  # "550 5.1.8", "421", or "" when the relay gave no answer
+    hard: bool = False  # the recipient's mailbox is gone: held, then erased
+    throttle: bool = False  # slow the lane down; the job keeps its attempts
 
 
 def envelope_sender(
@@ -37,41 +69,58 @@ def envelope_sender(
     return verp.return_path(settings, tokens, job["subscriber_id"], campaign_id) or default
 
 
-def refusal_reason(failure: BaseException) -> str | None:
-    """The status code when `failure` is the relay refusing the recipient with 5xx at
-    RCPT and an enhanced status code (RFC 3463) that is about the address; else None.
-
-    The outbox raises its own `Permanent` from aiosmtplib's exception (the exception's
-    context). A 5xx at MAIL or DATA, a 5.7.x (policy: "relaying denied", a spam block)
-    or a reply without an enhanced code says nothing certain about the address, and a
-    misconfigured relay must not erase the list, so none of them is a bounce here.
-    """
-    exc = failure if isinstance(failure, aiosmtplib.SMTPRecipientsRefused) else None
-    exc = exc or failure.__context__  # type: ignore[assignment]
-    if not isinstance(exc, aiosmtplib.SMTPRecipientsRefused) or not exc.recipients:
-        return None
-    refused = exc.recipients[0]
-    if not 500 <= refused.code < 600:
-        return None
-    match = _ENHANCED.match(refused.message or "")
-    if match is None:
-        return None
-    decided = status_event(match.group(1))
-    if decided is None or decided[0] != HARD:
-        return None
-    return decided[1]
+def _reply(failure: BaseException) -> tuple[int | None, str, str, str]:
+    """(code, reply text, stage, refused recipient) of aiosmtplib's exception, which the
+    outbox's own failure carries as its context."""
+    exc = failure if isinstance(failure, aiosmtplib.SMTPException) else failure.__context__
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
+        refused = exc.recipients[0]
+        return refused.code, refused.message or "", "rcpt", refused.recipient or ""
+    if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
+        return exc.code, exc.message or "", "rcpt", exc.recipient or ""
+    if isinstance(exc, aiosmtplib.SMTPSenderRefused):
+        return exc.code, exc.message or "", "mail", ""
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return exc.code, exc.message or "", "data", ""
+    return getattr(failure, "code", None), "", "", ""
 
 
-async def refused_at_send(
-    con: asyncpg.Connection, settings: Settings, job: Mapping[str, Any], failure: BaseException
-) -> str | None:
-    """In the outbox's transaction, after the job was given up: erase the recipient if
-    the relay refused the address for good. The outcome, or None if it was not that."""
-    if job["kind"] in NOT_TO_THE_ADDRESS_ON_FILE:
-        return None
-    reason = refusal_reason(failure)
-    if reason is None:
-        return None
-    campaign_id = job["campaign_id"] if job["kind"] == "campaign" else None
-    target = actions.Target(job["subscriber_id"], campaign_id)
-    return await actions.apply_on(con, settings, target, HARD, "smtp", reason)
+def _about(text: str, recipient: str) -> bool:
+    """Whether a reply's text is about the recipient: it quotes no other address."""
+    wanted = recipient.strip("<>").lower()
+    return all(found.lower().strip(".") == wanted for found in _QUOTED.findall(text))
+
+
+def classify(failure: BaseException) -> Refusal:
+    """What a failed send's answer says (never raises; text never leaves this function)."""
+    code, text, stage, recipient = _reply(failure)
+    if code is None:
+        return Refusal(CONNECTION, "")
+    match = _ENHANCED.match(text)
+    status = match.group(1) if match else ""
+    category = parse.status_category(status) if status else parse.OTHER
+    label = f"{code} {status}".strip()
+    if (
+        category == parse.QUOTA
+        or _THROTTLE_TEXT.search(text)
+        or (code in THROTTLE_CODES and category not in _PER_RECIPIENT)
+    ):
+        return Refusal(THROTTLE, label, throttle=True)
+    if category == parse.MAILBOX:
+        decided = parse.status_event(status)
+        if decided is not None and decided[0] == parse.HARD and 500 <= code < 600:
+            if stage == "rcpt" and _about(text, recipient):
+                return Refusal(parse.MAILBOX, label, hard=True)
+            # A mailbox status at MAIL FROM, or one quoting another address (ours), is
+            # about the sender.
+            return Refusal(parse.ADDRESS if stage == "data" else parse.SENDER, label)
+    return Refusal(category, label)
+
+
+async def apply_held(
+    pool: asyncpg.Pool, settings: Settings, subscriber_id: int, campaign_id: int, reason: str
+) -> str:
+    """Erases the person a held mailbox refusal was about, once it is known not to be
+    part of a burst (service/breaker.py): a hard bounce with the intake `smtp`."""
+    target = actions.Target(subscriber_id, campaign_id or None)
+    return await actions.apply(pool, settings, target, parse.HARD, "smtp", reason)

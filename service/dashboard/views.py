@@ -16,7 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from service import campaigns, charts, erasure, pages
+from service import breaker, campaigns, charts, erasure, pages
 from service.dashboard import auth
 from service.dashboard.auth import FormError, Session, read_form, signed_in
 from service.dashboard.render import page, problem
@@ -44,6 +44,24 @@ MACHINE_OPENS_NOTE = (
     "scanners checking new mail within seconds), so they are counted apart from the "
     "opens of people."
 )
+
+
+# What each refusal category (service/bounces/send_hooks.py) means to an operator, for a
+# campaign the circuit breaker paused.
+PAUSE_REASONS = {
+    "sender": "the relay refuses our sender address (MAIL FROM or its domain: X.1.7, X.1.8)",
+    "policy": "the relay's policy refuses the mail (X.7: spam block, authentication, relaying)",
+    "throttle": "the relay throttles us or the sending quota is used up (421, 45x, X.4.5)",
+    "mailbox": "the relay says many mailboxes do not exist (X.1.1): more likely its own "
+    "recipient table than the list; nobody was erased",
+    "system": "the receiving system is unavailable or full (X.3)",
+    "routing": "the relay cannot route the mail (X.4)",
+    "protocol": "the relay refuses the SMTP exchange (X.5)",
+    "content": "the relay refuses the message's content (X.6)",
+    "address": "the relay refuses addresses without naming the recipient",
+    "mailbox_full": "many mailboxes are full or unavailable (X.2)",
+    "other": "the relay refuses with answers that carry no status code",
+}
 
 
 CSRF_REFUSED = (
@@ -299,9 +317,10 @@ async def campaign_page(request: Request, session: Session) -> Response:
         stats=stats,
         open_rate=_rate(stats.get("unique_opens", 0), campaign["sent"]),
         queued=int(queued) if queued.isdigit() and len(queued) < 10 else None,
+        pause_reason=PAUSE_REASONS.get(campaign["paused_reason"] or "", ""),
         # No script under the CSP: while emails wait, the page reloads itself (meta refresh).
-        sending=sending,
-        refresh=REFRESH_SECONDS if sending else 0,
+        sending=sending and not campaign["paused_at"],
+        refresh=REFRESH_SECONDS if sending and not campaign["paused_at"] else 0,
         note=MACHINE_OPENS_NOTE,
         unique_note=UNIQUE_OPENS_NOTE,
         **stats_charts(stats),
@@ -379,6 +398,36 @@ async def send(request: Request, session: Session) -> Response:
         extra={"campaign_id": campaign["id"], "count": queued},
     )
     return RedirectResponse(f"/admin/campaigns/{campaign['id']}?queued={queued}", status_code=303)
+
+
+async def _pause_action(request: Request, session: Session, action: str) -> Response:
+    """Resume or cancel a campaign (the circuit breaker's pause), then back to its page."""
+    form = await _form_or_problem(request, session)
+    if isinstance(form, Response):
+        return form
+    async with request.app.state.pool.acquire() as con:
+        campaign = await _campaign(request, con)
+        if campaign is None:
+            return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
+        if action == "resume":
+            count = await breaker.resume(con, campaign["id"])
+        else:
+            count = await breaker.cancel(con, campaign["id"])
+    log.info(f"campaign {action} from dashboard", extra={"campaign_id": campaign["id"]})
+    done = "resumed" if action == "resume" else "cancelled"
+    return RedirectResponse(
+        f"/admin/campaigns/{campaign['id']}?{done}={count or 0}", status_code=303
+    )
+
+
+@signed_in
+async def resume(request: Request, session: Session) -> Response:
+    return await _pause_action(request, session, "resume")
+
+
+@signed_in
+async def cancel(request: Request, session: Session) -> Response:
+    return await _pause_action(request, session, "cancel")
 
 
 # -- subscriber requests (access and erasure) ---------------------------------------

@@ -7,14 +7,15 @@ RETURNING id;
 
 -- name: get_campaign
 SELECT c.id, c.name, c.subject, c.html, c.text, c.created_at, c.first_sent_at,
-       c.recipients, c.sent, c.failed,
+       c.recipients, c.sent, c.failed, c.paused_at, c.paused_reason,
        (SELECT count(*) FROM outbox o WHERE o.campaign_id = c.id) AS queued
 FROM campaigns c
 WHERE c.id = :id;
 
 -- name: list_campaigns
 -- Newest first; `before` is the last id of the previous page (keyset pagination).
-SELECT id, name, subject, created_at, first_sent_at, recipients, sent, failed
+SELECT id, name, subject, created_at, first_sent_at, recipients, sent, failed,
+       paused_at, paused_reason
 FROM campaigns
 WHERE id < :before
 ORDER BY id DESC
@@ -51,8 +52,12 @@ WITH recipients AS (
     INSERT INTO deliveries (campaign_id, subscriber_id)
     SELECT :campaign_id, id FROM recipients
 ), jobs AS (
-    INSERT INTO outbox (kind, subscriber_id, campaign_id)
-    SELECT 'campaign', id, :campaign_id FROM recipients
+    -- A paused campaign's new jobs wait with the others (run_at infinity, sql/133).
+    INSERT INTO outbox (kind, subscriber_id, campaign_id, run_at)
+    SELECT 'campaign', id, :campaign_id,
+           (SELECT CASE WHEN paused_at IS NULL THEN now() ELSE 'infinity' END
+            FROM campaigns WHERE id = :campaign_id)
+    FROM recipients
     RETURNING 1
 )
 SELECT count(*) FROM jobs;

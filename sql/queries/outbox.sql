@@ -32,9 +32,10 @@ FOR UPDATE SKIP LOCKED;
 -- Seconds until the next job is due (NULL when the outbox is empty), from the claim's
 -- index, one priority at a time. Not greatest(0, …): greatest() ignores NULL, so an
 -- empty outbox would read as "due now" and every lane would poll in a tight loop.
+-- A paused campaign's jobs (run_at infinity) are never due.
 SELECT extract(epoch FROM least(
     (SELECT min(run_at) FROM outbox WHERE priority = 0),
-    (SELECT min(run_at) FROM outbox WHERE priority = 1)
+    (SELECT min(run_at) FROM outbox WHERE priority = 1 AND run_at < 'infinity')
 ) - now())::float8;
 
 -- name: delete_jobs
