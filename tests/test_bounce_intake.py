@@ -4,8 +4,9 @@ real database: erasure leaves only anonymous counts."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aiosmtplib
 import asyncpg
@@ -19,6 +20,7 @@ from service.settings import Settings
 from tests import people
 from tests.bounce_support import (
     DOMAIN,
+    dsn,
     mailed,
     return_path,
     sample,
@@ -185,12 +187,83 @@ async def test_a_bounce_naming_only_an_address_reaches_the_latest_email_sent_bef
     pool, db, settings
 ) -> None:
     """Without VERP (no BOUNCE_DOMAIN) the failed recipient is the only clue."""
-    _sid, campaign = await mailed(db, "kijitora@example.org", datetime(2009, 1, 1, tzinfo=UTC))
+    _sid, campaign = await mailed(db, "kijitora@example.org")
+    _report, outcomes = await intake.process(pool, settings, tokens(), dsn("kijitora@example.org"))
+    assert outcomes == ["erased"]
+    assert await counts(db) == [(campaign, "hard", "dsn", "5.1.1", 1)]
+
+
+async def test_without_bounce_domain_a_report_acts_on_one_address_within_its_window(
+    pool, db, settings
+) -> None:
+    """An address-only report reaches one person at most, and only an email sent to that
+    address in the 7 days before the report's Date."""
+    now = datetime.now(UTC)
+    await mailed(db, "old@example.org", now - timedelta(days=8))
+    await mailed(db, "one@example.org")
+    await mailed(db, "two@example.org")
+    for raw in (
+        dsn("old@example.org"),  # the email was sent before the report's window
+        dsn("old@example.org", date=now - timedelta(days=9)),  # and this one after the email
+        dsn("one@example.org", "two@example.org"),  # several people: nobody
+        dsn("one@example.org", date=now + timedelta(days=1)),  # dated in the future
+        dsn("one@example.org").replace(b"\r\nDate: ", b"\r\nX-Date: "),  # no Date at all
+    ):
+        report, outcomes = await intake.process(pool, settings, tokens(), raw)
+        assert (report.event, outcomes) == ("hard", [])
+    assert await db.fetchval("SELECT count(*) FROM subscribers") == 3
+    assert await counts(db) == []
+    _report, outcomes = await intake.process(pool, settings, tokens(), dsn("one@example.org"))
+    assert outcomes == ["erased"]
+    assert await db.fetchval("SELECT count(*) FROM subscribers") == 2
+
+
+async def test_with_bounce_domain_only_a_token_in_the_envelope_headers_counts(
+    pool, db, bounce_settings
+) -> None:
+    """Anyone can mail the bounce address: the addresses a report names, or a return path
+    quoted in its text, are no evidence; the envelope recipient's token is."""
+    sid, campaign = await mailed(db, "target@example.org")
+    path = return_path(bounce_settings, sid, campaign)
+    forged = (
+        dsn("target@example.org", to=f"bounces@{DOMAIN}"),
+        with_return_path(dsn("target@example.org"), f"bounces@{DOMAIN}"),
+        dsn("target@example.org").replace(
+            b"Your message could not", f"Return-Path: <{path}>\r\nYour message could not".encode()
+        ),
+    )
+    for raw in forged:
+        report, outcomes = await intake.process(pool, bounce_settings, tokens(), raw)
+        assert (report.event, outcomes) == ("hard", [])
+    assert await db.fetchval("SELECT count(*) FROM subscribers") == 1
     _report, outcomes = await intake.process(
-        pool, settings, tokens(), sample("lhost-postfix-01.eml")
+        pool, bounce_settings, tokens(), dsn("anyone@example.org", to=path)
     )
     assert outcomes == ["erased"]
     assert await counts(db) == [(campaign, "hard", "dsn", "5.1.1", 1)]
+
+
+async def test_a_late_report_by_token_for_the_old_address_erases_nobody(
+    receiver, pool, db, bounce_settings
+) -> None:
+    """Return-path tokens bind the address the email went to: after an address change,
+    a report about an email sent before it reaches nobody, by token or by address."""
+    sid, campaign = await mailed(db, "before@example.org", datetime.now(UTC) - timedelta(hours=2))
+    await db.execute("UPDATE subscribers SET confirm_sent_at = now() - interval '3 hours'")
+    old_token = tokens().bounce(sid, campaign, at=time.time() - 2 * 3600)
+    old_path = f"bounces+{old_token}@{DOMAIN}"
+    await db.execute("UPDATE subscribers SET email = 'after@example.org' WHERE id = $1", sid)
+    await deliver(receiver, old_path, dsn("before@example.org", to=old_path))
+    assert await db.fetchval("SELECT email FROM subscribers WHERE id = $1", sid) == (
+        "after@example.org"
+    )
+    async with pool.acquire() as con:  # an address-only report naming the new address
+        assert await actions.target_by_address(con, "after@example.org") is None
+    assert await counts(db) == []
+    # The change happened an hour ago: what was sent since goes to the new address.
+    await db.execute("UPDATE subscribers SET email_since = now() - interval '1 hour'")
+    await deliver(receiver, return_path(bounce_settings, sid, campaign), dsn("after@example.org"))
+    assert await db.fetchval("SELECT count(*) FROM subscribers") == 0
 
 
 async def test_a_late_bounce_never_reaches_the_re_sign_up_that_followed_the_erasure(
