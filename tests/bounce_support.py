@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
 import asyncpg
 
+from service import logs
 from service.bounces import verp
 from service.settings import Settings
 from service.tokens import Tokens
@@ -79,3 +84,23 @@ def dsn(
         f"{blocks}"
         "\r\n--b--\r\n"
     ).encode()
+
+
+@contextlib.contextmanager
+def service_logs(level: str = "debug") -> Iterator[io.StringIO]:
+    """The service's logging setup (service/logs.py) writing into a buffer, as in
+    production, and the previous setup back afterwards."""
+    names = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "mail.log", "aioimaplib")
+    saved = [
+        (lg, lg.level, lg.handlers[:], lg.propagate, lg.disabled)
+        for lg in (logging.getLogger(name) for name in names)
+    ]
+    buffer = io.StringIO()
+    logs.configure(level, buffer)
+    try:
+        yield buffer
+    finally:
+        for lg, lvl, handlers, propagate, disabled in saved:
+            lg.setLevel(lvl)
+            lg.handlers[:] = handlers
+            lg.propagate, lg.disabled = propagate, disabled

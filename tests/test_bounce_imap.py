@@ -19,6 +19,7 @@ from tests.bounce_support import (
     mailed,
     return_path,
     sample,
+    service_logs,
     tokens,
     with_return_path,
 )
@@ -196,3 +197,21 @@ async def test_without_bounce_domain_a_report_naming_several_people_erases_nobod
     emails = await db.fetch("SELECT email FROM subscribers")
     assert [r["email"] for r in emails] == ["one@example.org"]
     assert [m for m, _seen in await mailbox_state(poller)] == [b"Message-ID: <several@x>"]
+
+
+async def test_the_imap_client_logs_no_credentials_addresses_or_message_content(
+    pool, db, imap_settings
+) -> None:
+    """aioimaplib writes every line it exchanges at debug level (the LOGIN command, the
+    messages fetched) and some at info: with LOG_LEVEL=debug, none of it gets out."""
+    sid, campaign = await mailed(db, "secret-person@example.org")
+    poller = MailboxPoller(pool, imap_settings, tokens())
+    raw = dsn("secret-person@example.org", to=return_path(imap_settings, sid, campaign))
+    await append(poller, raw.replace(b"could not be delivered", b"Mysterious-Marker-Text"))
+    with service_logs("debug") as output:
+        assert (await poller.poll_once())["processed"] == 1
+    text = output.getvalue()
+    user = poller.mailbox.user
+    for secret in (user, dovecot.PASSWORD, "secret-person", "Mysterious-Marker", "127.0.0.1"):
+        assert secret not in text, secret
+    assert '"bounce report"' in text  # the service's own line is there

@@ -24,10 +24,11 @@ from tests.bounce_support import (
     mailed,
     return_path,
     sample,
+    service_logs,
     tokens,
     with_return_path,
 )
-from tests.signup_helpers import subscribe
+from tests.signup_helpers import subscribe, wait_until
 
 
 @pytest.fixture
@@ -288,3 +289,89 @@ async def test_a_late_bounce_never_reaches_the_re_sign_up_that_followed_the_eras
             assert await actions.target_by_address(con, address, before) is None
         await erasure.erase(pool, email=address)  # the next round starts afresh
     assert await db.fetchval("SELECT sum(count) FROM bounce_counts") == 5
+
+
+class Session:
+    """A raw SMTP connection from `source` (any 127/8 address is this machine)."""
+
+    async def open(self, port: int, source: str = "127.0.0.1") -> bytes:
+        self.reader, self.writer = await asyncio.open_connection(
+            "127.0.0.1", port, local_addr=(source, 0)
+        )
+        return await self.line()
+
+    async def line(self) -> bytes:
+        return await asyncio.wait_for(self.reader.readline(), 10)
+
+
+async def _session(port: int, source: str = "127.0.0.1") -> tuple[bytes, asyncio.StreamWriter]:
+    session = Session()
+    return await session.open(port, source), session.writer
+
+
+async def test_the_receiver_limits_sessions_in_all_and_per_peer(pool, make_settings, db) -> None:
+    """Each session may hold a message of BOUNCE_SMTP_MAX_BYTES: one sender cannot open
+    more than BOUNCE_SMTP_MAX_PER_PEER, nor all of them more than
+    BOUNCE_SMTP_MAX_CONNECTIONS; the others get 421 (try again later)."""
+    settings = make_settings(
+        bounce_domain=DOMAIN, bounce_smtp_max_per_peer=2, bounce_smtp_max_connections=3
+    )
+    server = BounceServer(pool, settings, tokens())
+    port = await server.start("127.0.0.1", 0)
+    writers = []
+    try:
+        first = [await _session(port) for _ in range(2)]
+        writers += [w for _line, w in first]
+        assert all(line.startswith(b"220 ") for line, _w in first)
+        line, writer = await _session(port)  # a third from the same peer
+        writers.append(writer)
+        assert line.startswith(b"421 4.7.0")
+        line, writer = await _session(port, "127.0.0.2")  # another peer: the third in all
+        writers.append(writer)
+        assert line.startswith(b"220 ")
+        line, writer = await _session(port, "127.0.0.3")  # a fourth in all
+        writers.append(writer)
+        assert line.startswith(b"421 4.7.0")
+        first[0][1].close()  # one ends: its place is free again
+        await wait_until(lambda: _admitted(server, 2))
+        line, writer = await _session(port, "127.0.0.3")
+        writers.append(writer)
+        assert line.startswith(b"220 ")
+        # a sender within the limits still delivers
+        sid, campaign = await mailed(db, "limited@example.org")
+        writers[1].close()
+        await wait_until(lambda: _admitted(server, 2))
+        await deliver(port, return_path(settings, sid, campaign), dsn("limited@example.org"))
+        assert await db.fetchval("SELECT count(*) FROM subscribers") == 0
+    finally:
+        for writer in writers:
+            writer.close()
+        await server.stop()
+
+
+async def _admitted(server: BounceServer, count: int) -> bool:
+    return server.sessions.total == count
+
+
+async def test_the_smtp_server_logs_no_peer_address_command_or_message_content(
+    receiver, db, bounce_settings
+) -> None:
+    """aiosmtpd logs the peer's address with every line, and what it sent; warnings (an
+    unknown command) are above the default level. With LOG_LEVEL=debug none of it
+    gets out."""
+    sid, campaign = await mailed(db, "secret-person@example.org")
+    path = return_path(bounce_settings, sid, campaign)
+    raw = dsn("secret-person@example.org").replace(b"could not be delivered", b"Marker-Text")
+    with service_logs("debug") as output:
+        session = Session()
+        assert (await session.open(receiver)).startswith(b"220 ")
+        session.writer.write(b"EHLO client.example\r\nXSECRETVERB hello\r\nQUIT\r\n")
+        while not (await session.line()).startswith(b"221"):  # every reply, to the end
+            pass
+        session.writer.close()
+        await deliver(receiver, path, raw, sender="someone@sender.example")
+        assert await db.fetchval("SELECT count(*) FROM subscribers") == 0
+    text = output.getvalue()
+    for secret in ("127.0.0.1", "XSECRETVERB", "secret-person", "Marker-Text", "sender.example"):
+        assert secret not in text, secret
+    assert '"bounce received"' in text

@@ -132,3 +132,23 @@ def test_other_addresses_and_forged_tokens_name_no_email() -> None:
     assert verp.delivery_of(Settings(), tokens(), good) is None  # no BOUNCE_DOMAIN
     text = f"Delivered-To: {good}\nX-Original-To: bounces+{'b' * 45}@{DOMAIN}\n"
     assert [d[:2] for d in verp.deliveries_in(settings, tokens(), text)] == [(1, 2)]
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("auth-failure", "feedback-auth-failure"),
+        ("not-spam", "feedback-not-spam"),
+        ("mallory@example.org please read", "feedback-other"),
+        ("Kijitora", "feedback-other"),
+        ("", "feedback-other"),
+    ],
+)
+def test_a_feedback_reports_reason_is_a_registered_type_never_the_senders_text(
+    kind, reason
+) -> None:
+    """The reason is logged and counted: a Feedback-Type nobody registered is "other"."""
+    raw = sample("arf-18.eml").replace(
+        b"Feedback-Type: auth-failure", f"Feedback-Type: {kind}".encode()
+    )
+    assert parse(raw).reason == reason
