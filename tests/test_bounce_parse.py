@@ -152,3 +152,15 @@ def test_a_feedback_reports_reason_is_a_registered_type_never_the_senders_text(
         b"Feedback-Type: auth-failure", f"Feedback-Type: {kind}".encode()
     )
     assert parse(raw).reason == reason
+
+
+@pytest.mark.parametrize("header", ["Delivered-To", "X-Original-To", "Envelope-To", "To"])
+def test_a_token_counts_only_in_the_headers_that_carry_the_envelope_recipient(header) -> None:
+    settings = Settings(bounce_domain=DOMAIN)
+    path = verp.return_path(settings, tokens(), 5, 6)
+    body = f"Subject: x\r\n\r\nThe returned message was sent by <{path}>.\r\n".encode()
+    found = verp.envelope_deliveries(settings, tokens(), f"{header}: <{path}>\r\n".encode() + body)
+    assert [d[:2] for d in found] == [(5, 6)]
+    for elsewhere in ("Reply-To", "Return-Path", "X-Failed-Recipients", "Cc"):
+        raw = f"{elsewhere}: {path}\r\n".encode() + body
+        assert verp.envelope_deliveries(settings, tokens(), raw) == [], elsewhere
