@@ -189,6 +189,29 @@ async def test_ses_subscription_confirmation_visits_only_an_sns_url(hooks) -> No
     assert "https://evil.example/?Action=x" not in sns.fetched
 
 
+async def test_ses_subscription_confirmation_while_sns_is_unreachable_answers_503(hooks) -> None:
+    """Never 500: SNS sends the confirmation again."""
+    app, client, sns = hooks
+
+    async def unreachable(url: str) -> bytes:
+        if url == CERT_URL:
+            return await sns.fetch(url)
+        raise OSError("network unreachable")
+
+    app.state.sns.fetch = unreachable
+    confirm = {
+        "Type": "SubscriptionConfirmation",
+        "MessageId": "165545c9-2a5c-472c-8df2-7ff2be2b3b1c",
+        "Token": "2336412f38",
+        "TopicArn": TOPIC,
+        "Message": "You have chosen to subscribe to the topic.",
+        "SubscribeURL": "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&Token=2336412f38",
+        "Timestamp": sns_time(),
+    }
+    response = await client.post("/webhooks/ses", json=sns.sign(confirm))
+    assert response.status_code == 503 and response.headers["retry-after"] == "30"
+
+
 def test_sendgrid_published_vector_verifies_and_its_bad_signature_does_not() -> None:
     signatures.verify_sendgrid(SG_KEY, SG_PAYLOAD.encode(), SG_SIGNATURE, SG_TIMESTAMP)
     for signature, timestamp in ((SG_BAD_SIGNATURE, SG_TIMESTAMP), (SG_SIGNATURE, "1600112503")):

@@ -57,6 +57,10 @@ class TooLarge(Exception):
     """Above WEBHOOK_MAX_BYTES: 413."""
 
 
+class Unreachable(Exception):
+    """The provider's confirmation URL could not be visited: 503, the provider retries."""
+
+
 @dataclass(frozen=True)
 class Event:
     event: str
@@ -159,7 +163,10 @@ async def _ses(request: Request, body: bytes) -> list[Event]:
         url = str(message.get("SubscribeURL", ""))
         if not signatures.sns_url_allowed(url):
             raise signatures.BadSignature("subscribe URL not allowed")
-        await request.app.state.sns.fetch(url)
+        try:
+            await request.app.state.sns.fetch(url)
+        except (OSError, TimeoutError) as exc:  # SNS unreachable: it sends the message again
+            raise Unreachable(exc.__class__.__name__) from None
         log.info("ses subscription confirmed", extra={"source": "ses"})
         return []
     if message["Type"] != "Notification":
@@ -348,8 +355,8 @@ async def receive(request: Request) -> Response:
         return JSONResponse({"error": "bad signature"}, status_code=401)
     except (Malformed, KeyError, TypeError, AttributeError):
         return JSONResponse({"error": "malformed body"}, status_code=400)
-    except DATABASE_ERRORS as exc:
-        log.warning("webhook deferred: database", extra={"error": exc.__class__.__name__})
+    except (*DATABASE_ERRORS, Unreachable) as exc:
+        log.warning("webhook deferred", extra={"error": exc.__class__.__name__})
         return JSONResponse(
             {"error": "unavailable"}, status_code=503, headers={"Retry-After": "30"}
         )
