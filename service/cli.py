@@ -280,7 +280,7 @@ def cmd_bounces(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level)
     from service.bounces import receiver
 
-    _run_async(lambda: receiver.serve(settings))
+    _run_async(lambda: receiver.serve(settings, args.host, args.port))
     return 0
 
 
@@ -322,9 +322,12 @@ def parser() -> argparse.ArgumentParser:
         help="the database to read the journal from (default: DATABASE_URL)",
     )
     reapply.set_defaults(func=cmd_reapply_erasures)
-    sub.add_parser(
+    bounces = sub.add_parser(
         "bounces", help="run the SMTP server that receives bounces for BOUNCE_DOMAIN"
-    ).set_defaults(func=cmd_bounces)
+    )
+    bounces.add_argument("--host", default=None, help="default: BOUNCE_SMTP_HOST (0.0.0.0)")
+    bounces.add_argument("--port", type=int, default=None, help="default: BOUNCE_SMTP_PORT (2525)")
+    bounces.set_defaults(func=cmd_bounces)
     return p
 
 

@@ -39,6 +39,23 @@ ALLOWED_FIELDS = (
 )
 
 
+# Libraries whose messages carry what a peer sent or who the peer is: aiosmtpd
+# ("mail.log") writes the peer's address and the commands it sent, aioimaplib the lines
+# it exchanges (the mailbox's user name, message contents). Only their warnings and
+# errors pass, and only as a fixed text: the logger and the level.
+SCRUBBED = ("mail.log", "aioimaplib")
+
+
+class ScrubLibraries(logging.Filter):
+    """Replaces the message of a SCRUBBED library's record by `<logger> <level>`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name in SCRUBBED or record.name.startswith(tuple(n + "." for n in SCRUBBED)):
+            record.msg = f"{record.name} {record.levelname.lower()}"
+            record.args = None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -63,6 +80,7 @@ def configure(level: str = "info", stream: Any = None) -> None:
     """Route the service's and uvicorn's loggers to one JSON handler."""
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(ScrubLibraries())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -72,7 +90,7 @@ def configure(level: str = "info", stream: Any = None) -> None:
         logger.propagate = True
     # Libraries may quote request URLs or SQL values in their messages: only their
     # warnings and errors are wanted, and those are rare.
-    for name in ("httpx", "httpcore", "asyncpg", "aiosmtplib", "mail.log", "multipart"):
+    for name in ("httpx", "httpcore", "asyncpg", "aiosmtplib", "multipart", *SCRUBBED):
         logging.getLogger(name).setLevel(logging.WARNING)
     # uvicorn's access log writes the client IP and the raw path (which holds tokens);
     # the service writes its own access lines with the route template instead.

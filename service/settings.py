@@ -194,6 +194,8 @@ class Settings:
     bounce_smtp_port: int = 2525
     bounce_smtp_max_bytes: int = 2 * 1024 * 1024
     bounce_smtp_timeout: float = 60.0
+    bounce_smtp_max_connections: int = 32  # sessions at once; each may hold MAX_BYTES
+    bounce_smtp_max_per_peer: int = 5  # sessions at once from one IP address
     bounce_imap_url: str = ""  # imaps://user:password@host/INBOX, polled by the worker
     bounce_imap_interval: float = 60.0
     webhook_max_bytes: int = 1024 * 1024
@@ -201,6 +203,7 @@ class Settings:
     webhook_postmark_auth: str = ""  # user:password of the webhook URL's basic auth
     webhook_sendgrid_public_key: str = ""  # base64 DER, "Signed Event Webhook" page
     webhook_mailgun_signing_key: str = ""
+    webhook_postmark_ips: tuple[str, ...] = ()  # networks Postmark may call from; () = any
     # -- process -----------------------------------------------------------------
     log_level: str = "info"
     dev: bool = False
@@ -416,13 +419,37 @@ def _bounce_local(text: str) -> str:
     return text
 
 
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _imap_url(text: str) -> str:
     if not text:
         return text
     parts = urlsplit(text)
     if parts.scheme not in ("imap", "imaps") or not parts.hostname or not parts.username:
         raise ValueError("must look like imaps://user:password@host/INBOX")
+    if parts.scheme == "imap" and not _loopback(parts.hostname):
+        raise ValueError(
+            "must use imaps:// (TLS): plain imap:// would send the mailbox password and"
+            " the bounces unencrypted, so it is allowed only to a loopback host"
+        )
     return text
+
+
+def _networks(text: str) -> tuple[str, ...]:
+    networks = _split(text)
+    for part in networks:
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            raise ValueError(f"entry {part!r} is not an IP address or network") from None
+    return networks
 
 
 def _basic_auth(text: str) -> str:
@@ -512,6 +539,8 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("BOUNCE_SMTP_PORT", "bounce_smtp_port", _int(1, 65535)),
     ("BOUNCE_SMTP_MAX_BYTES", "bounce_smtp_max_bytes", _int(64 * 1024, 100 * 1024 * 1024)),
     ("BOUNCE_SMTP_TIMEOUT", "bounce_smtp_timeout", _seconds(1, 3600)),
+    ("BOUNCE_SMTP_MAX_CONNECTIONS", "bounce_smtp_max_connections", _int(1, 10_000)),
+    ("BOUNCE_SMTP_MAX_PER_PEER", "bounce_smtp_max_per_peer", _int(1, 10_000)),
     ("BOUNCE_IMAP_URL", "bounce_imap_url", _imap_url),
     ("BOUNCE_IMAP_INTERVAL", "bounce_imap_interval", _seconds(1, _DAY)),
     ("WEBHOOK_MAX_BYTES", "webhook_max_bytes", _int(1024, 100 * 1024 * 1024)),
@@ -519,6 +548,7 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("WEBHOOK_POSTMARK_AUTH", "webhook_postmark_auth", _basic_auth),
     ("WEBHOOK_SENDGRID_PUBLIC_KEY", "webhook_sendgrid_public_key", _public_key),
     ("WEBHOOK_MAILGUN_SIGNING_KEY", "webhook_mailgun_signing_key", _text(200)),
+    ("WEBHOOK_POSTMARK_IPS", "webhook_postmark_ips", _networks),
     ("LOG_LEVEL", "log_level", _choice(("debug", "info", "warning", "error"))),
 )
 

@@ -31,6 +31,8 @@ import re
 import struct
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
@@ -45,15 +47,21 @@ MANAGE_LINK = "newsletter.manage.link"
 ADDRESS_CONFIRM = "newsletter.manage.address"
 PIXEL = "newsletter.pixel"
 CAMPAIGN_PIXEL = "newsletter.pixel.campaign"
-BOUNCE = "newsletter.bounce"
+BOUNCE = "newsletter.bounce"  # earlier releases' return paths: no time of sending
+BOUNCE_SENT = "newsletter.bounce.sent"
 
 MAX_LENGTH = 200
 _ONE_ID = struct.Struct(">Q")  # unsubscribe, tracking, manage, campaign-only pixel
 _TWO_IDS = struct.Struct(">QQ")  # pixel: subscriber, campaign
 _TIMED = struct.Struct(">QI")  # confirm, cancel: subscriber, issued at (epoch seconds)
 _ROW_TIMED = struct.Struct(">QQI")  # manage link, address change: subscriber, row, issued at
-_DELIVERY = struct.Struct(">QI")  # bounce: subscriber, campaign (0: the confirmation email)
-BOUNCE_TOKEN_LENGTH = 45  # base32 characters of _DELIVERY + tag (224 bits)
+_DELIVERY = struct.Struct(">QI")  # earlier bounce tokens: subscriber, campaign (0: confirmation)
+# Bounce tokens: subscriber (40 bits), campaign (32 bits, 0: the confirmation email) and
+# the time of sending in BOUNCE_TIME_UNIT steps (24 bits: until the year 2129), the same
+# 12 bytes as _DELIVERY, so the token keeps its 45 characters.
+BOUNCE_MAX_SUBSCRIBER = 2**40 - 1
+BOUNCE_TIME_UNIT = 300  # seconds
+BOUNCE_TOKEN_LENGTH = 45  # base32 characters of 12 bytes + tag (224 bits)
 _SIV_TAG = 16
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 _BASE32 = re.compile(r"[A-Z2-7]+")
@@ -226,17 +234,25 @@ class Tokens:
         return PixelClaim(None, self._open(CAMPAIGN_PIXEL, token, _ONE_ID)[0])
 
     # -- the VERP return path (service/bounces/verp.py) -------------------------------
-    def bounce(self, subscriber_id: int, campaign_id: int | None) -> str:
-        """Names one email (campaign None: the confirmation) in its envelope sender. In
-        lower-case base32, 45 characters: a local part is at most 64 octets (RFC 5321
-        4.5.3.1.1) and some relays change its case."""
-        raw = self._ciphers[0].encrypt(
-            _DELIVERY.pack(subscriber_id, campaign_id or 0), [BOUNCE.encode()]
+    def bounce(self, subscriber_id: int, campaign_id: int | None, at: float | None = None) -> str:
+        """Names one email (campaign None: the confirmation) and when it was sent (`at`,
+        now by default) in its envelope sender, so a late report is matched to the
+        address the email went to (`BounceClaim.sent_after`). In lower-case base32, 45
+        characters: a local part is at most 64 octets (RFC 5321 4.5.3.1.1) and some
+        relays change its case. ValueError above BOUNCE_MAX_SUBSCRIBER."""
+        if not 0 < subscriber_id <= BOUNCE_MAX_SUBSCRIBER:
+            raise ValueError("subscriber id out of the bounce token's range")
+        steps = int(time.time() if at is None else at) // BOUNCE_TIME_UNIT
+        payload = (
+            subscriber_id.to_bytes(5, "big")
+            + (campaign_id or 0).to_bytes(4, "big")
+            + steps.to_bytes(3, "big")
         )
+        raw = self._ciphers[0].encrypt(payload, [BOUNCE_SENT.encode()])
         return base64.b32encode(raw).decode().rstrip("=").lower()
 
-    def verify_bounce(self, token: str) -> tuple[int, int | None]:
-        """(subscriber id, campaign id or None); accepts the token in either case."""
+    def verify_bounce(self, token: str) -> BounceClaim:
+        """The email a return path names; accepts the token in either case."""
         text = token.upper()
         if len(text) != BOUNCE_TOKEN_LENGTH or not _BASE32.fullmatch(text):
             raise InvalidToken("malformed")
@@ -245,13 +261,33 @@ class Tokens:
             raise InvalidToken("malformed")  # a changed spare bit: one token, one text
         for cipher in self._ciphers:
             try:
+                payload = cipher.decrypt(raw, [BOUNCE_SENT.encode()])
+            except InvalidTag:
+                pass
+            else:
+                steps = int.from_bytes(payload[9:], "big")
+                sent = datetime.fromtimestamp(steps * BOUNCE_TIME_UNIT, UTC)
+                campaign = int.from_bytes(payload[5:9], "big")
+                return BounceClaim(int.from_bytes(payload[:5], "big"), campaign or None, sent)
+            try:
                 subscriber_id, campaign_id = _DELIVERY.unpack(
                     cipher.decrypt(raw, [BOUNCE.encode()])
                 )
             except InvalidTag:
                 continue
-            return subscriber_id, campaign_id or None
+            return BounceClaim(subscriber_id, campaign_id or None, None)
         raise InvalidToken("forged")
+
+
+class BounceClaim(NamedTuple):
+    """The email a return-path token names. `sent_after`: the start of the time step in
+    which it was sent (None: a token of an earlier release, which says nothing about
+    when); a report about it may act only if the subscriber's address has not changed
+    since then (service/bounces/actions.py)."""
+
+    subscriber_id: int
+    campaign_id: int | None
+    sent_after: datetime | None
 
 
 def _check_age(issued: int, max_age: float) -> None:

@@ -29,18 +29,20 @@ async def _smtp_ready(port: int) -> bool:
 async def test_the_bounces_command_receives_a_bounce_and_stops_on_sigterm(
     database_url, db, make_settings
 ) -> None:
+    """`newsletter bounces --host H --port P` (the contract): the flags win over
+    BOUNCE_SMTP_HOST and BOUNCE_SMTP_PORT."""
     campaign = await people.add_campaign(db)
     sid = await people.add_subscriber(db, "gone@example.org")
-    port = support.free_port()
+    port, unused = support.free_port(), support.free_port()
     env = support.base_env(
         database_url,
         "smtp://127.0.0.1:1",
         BOUNCE_DOMAIN=DOMAIN,
-        BOUNCE_SMTP_HOST="127.0.0.1",
-        BOUNCE_SMTP_PORT=str(port),
+        BOUNCE_SMTP_HOST="192.0.2.1",  # not this machine: binding it would fail
+        BOUNCE_SMTP_PORT=str(unused),
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "bounces"],
+        [sys.executable, "-m", "service", "bounces", "--host", "127.0.0.1", "--port", str(port)],
         env=env,
         cwd=support.ROOT,
         stdout=subprocess.PIPE,
@@ -52,6 +54,7 @@ async def test_the_bounces_command_receives_a_bounce_and_stops_on_sigterm(
         async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10) as smtp:
             await smtp.sendmail("", [path], sample("lhost-outlook-02.eml"))
         assert await db.fetchval("SELECT count(*) FROM subscribers") == 0
+        assert not await _smtp_ready(unused)
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=30)[0].decode()

@@ -13,7 +13,16 @@ import pytest
 from service import db as service_db
 from service.bounces.imap import MailboxPoller
 from tests import dovecot, people
-from tests.bounce_support import DOMAIN, return_path, sample, tokens, with_return_path
+from tests.bounce_support import (
+    DOMAIN,
+    dsn,
+    mailed,
+    return_path,
+    sample,
+    service_logs,
+    tokens,
+    with_return_path,
+)
 from tests.signup_helpers import wait_until
 
 USER = "bounces"
@@ -138,3 +147,71 @@ async def test_a_wrong_password_fails_the_poll_and_changes_nothing(pool, db, ima
         await MailboxPoller(pool, wrong, tokens()).poll_once()
     assert failed.type.__name__ in ("MailboxError", "Abort")
     assert await db.fetchval("SELECT count(*) FROM subscribers WHERE id = $1", sid) == 1
+
+
+async def test_reports_without_a_token_are_left_unread_and_erase_nobody(
+    pool, db, imap_settings
+) -> None:
+    """Anyone can mail the bounce address: a DSN naming a subscriber, or several, without
+    a return-path token in its envelope headers is no evidence. A genuine one (the
+    token in To:, as a mail system addresses a DSN to the return path) is acted on."""
+    target, campaign = await mailed(db, "target@example.org")
+    await mailed(db, "second@example.org")
+    poller = MailboxPoller(pool, imap_settings, tokens())
+    await append(
+        poller,
+        with_return_path(dsn("target@example.org", message_id="<forged@x>"), f"bounces@{DOMAIN}"),
+        dsn(
+            "target@example.org",
+            "second@example.org",
+            to=f"bounces@{DOMAIN}",
+            message_id="<several@x>",
+        ),
+        dsn("target@example.org", to=return_path(imap_settings, target, campaign)),
+    )
+    before = await mailbox_state(poller)
+
+    counts = await poller.poll_once()
+
+    assert counts == {"read": 3, "processed": 1, "left": 2}
+    emails = await db.fetch("SELECT email FROM subscribers")
+    assert [r["email"] for r in emails] == ["second@example.org"]
+    after = await mailbox_state(poller)
+    assert after == before[:2]  # the forged two, untouched: still there, unread
+    assert not any(seen for _id, seen in after)
+
+
+async def test_without_bounce_domain_a_report_naming_several_people_erases_nobody(
+    pool, db, imap_settings
+) -> None:
+    settings = imap_settings.replace(bounce_domain="")
+    await mailed(db, "one@example.org")
+    await mailed(db, "two@example.org")
+    poller = MailboxPoller(pool, settings, tokens())
+    await append(
+        poller,
+        dsn("one@example.org", "two@example.org", message_id="<several@x>"),
+        dsn("two@example.org", message_id="<one@x>"),
+    )
+    assert await poller.poll_once() == {"read": 2, "processed": 1, "left": 1}
+    emails = await db.fetch("SELECT email FROM subscribers")
+    assert [r["email"] for r in emails] == ["one@example.org"]
+    assert [m for m, _seen in await mailbox_state(poller)] == [b"Message-ID: <several@x>"]
+
+
+async def test_the_imap_client_logs_no_credentials_addresses_or_message_content(
+    pool, db, imap_settings
+) -> None:
+    """aioimaplib writes every line it exchanges at debug level (the LOGIN command, the
+    messages fetched) and some at info: with LOG_LEVEL=debug, none of it gets out."""
+    sid, campaign = await mailed(db, "secret-person@example.org")
+    poller = MailboxPoller(pool, imap_settings, tokens())
+    raw = dsn("secret-person@example.org", to=return_path(imap_settings, sid, campaign))
+    await append(poller, raw.replace(b"could not be delivered", b"Mysterious-Marker-Text"))
+    with service_logs("debug") as output:
+        assert (await poller.poll_once())["processed"] == 1
+    text = output.getvalue()
+    user = poller.mailbox.user
+    for secret in (user, dovecot.PASSWORD, "secret-person", "Mysterious-Marker", "127.0.0.1"):
+        assert secret not in text, secret
+    assert '"bounce report"' in text  # the service's own line is there

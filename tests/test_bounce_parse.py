@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import struct
+from datetime import UTC, datetime
 
 import pytest
 
@@ -78,21 +79,23 @@ def test_malformed_messages_never_raise(raw) -> None:
 
 def test_the_return_path_fits_a_local_part_and_names_one_email() -> None:
     settings = Settings(bounce_domain=DOMAIN, bounce_local="b" * 18)
-    path = verp.return_path(settings, tokens(), 2**63 - 1, 2**32 - 1)
+    path = verp.return_path(settings, tokens(), 2**40 - 1, 2**32 - 1)
     local = path.partition("@")[0]
     assert len(local.encode()) == 64  # RFC 5321's limit, at the longest BOUNCE_LOCAL
     assert local == local.lower()
-    assert verp.delivery_of(settings, tokens(), path) == (2**63 - 1, 2**32 - 1)
-    assert verp.delivery_of(settings, tokens(), path.upper()) == (2**63 - 1, 2**32 - 1)
+    assert verp.delivery_of(settings, tokens(), path)[:2] == (2**40 - 1, 2**32 - 1)
+    assert verp.delivery_of(settings, tokens(), path.upper())[:2] == (2**40 - 1, 2**32 - 1)
     confirmation = verp.return_path(settings, tokens(), 7, None)
-    assert verp.delivery_of(settings, tokens(), f"<{confirmation}>") == (7, None)
+    assert verp.delivery_of(settings, tokens(), f"<{confirmation}>")[:2] == (7, None)
+    assert verp.return_path(settings, tokens(), 2**40, 1) is None  # beyond a token's range
 
 
 def test_return_path_tokens_are_opaque_and_bound_to_their_purpose() -> None:
     t = tokens()
-    token = t.bounce(42, 9)
+    token = t.bounce(42, 9, at=1_800_000_000)
     assert len(token) == BOUNCE_TOKEN_LENGTH and "42" not in token
-    assert t.bounce(42, 9) == token  # deterministic, like the other tokens
+    assert t.bounce(42, 9, at=1_800_000_299) == token  # deterministic within a time step
+    assert t.verify_bounce(token) == (42, 9, datetime.fromtimestamp(1_800_000_000, UTC))
     flipped = ("a" if token[0] != "a" else "b") + token[1:]
     with pytest.raises(InvalidToken):
         t.verify_bounce(flipped)
@@ -108,7 +111,14 @@ def test_return_path_tokens_are_opaque_and_bound_to_their_purpose() -> None:
     with pytest.raises(InvalidToken, match="forged"):
         t.verify_bounce(base64.b32encode(other).decode().rstrip("=").lower())
     rotated = Tokens(("new key", support.TEST_KEY), 3600)
-    assert rotated.verify_bounce(token) == (42, 9)  # old mail still bounces to us
+    assert rotated.verify_bounce(token)[:2] == (42, 9)  # old mail still bounces to us
+    # an earlier release's token (no time of sending) is still read, without a time
+    earlier = t._ciphers[0].encrypt(struct.pack(">QI", 42, 9), [b"newsletter.bounce"])
+    assert t.verify_bounce(base64.b32encode(earlier).decode().rstrip("=").lower()) == (
+        42,
+        9,
+        None,
+    )
 
 
 def test_other_addresses_and_forged_tokens_name_no_email() -> None:
@@ -121,4 +131,36 @@ def test_other_addresses_and_forged_tokens_name_no_email() -> None:
     assert verp.delivery_of(settings, tokens(), f"bounces+{'a' * 45}@{DOMAIN}") is None
     assert verp.delivery_of(Settings(), tokens(), good) is None  # no BOUNCE_DOMAIN
     text = f"Delivered-To: {good}\nX-Original-To: bounces+{'b' * 45}@{DOMAIN}\n"
-    assert verp.deliveries_in(settings, tokens(), text) == [(1, 2)]
+    assert [d[:2] for d in verp.deliveries_in(settings, tokens(), text)] == [(1, 2)]
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("auth-failure", "feedback-auth-failure"),
+        ("not-spam", "feedback-not-spam"),
+        ("mallory@example.org please read", "feedback-other"),
+        ("Kijitora", "feedback-other"),
+        ("", "feedback-other"),
+    ],
+)
+def test_a_feedback_reports_reason_is_a_registered_type_never_the_senders_text(
+    kind, reason
+) -> None:
+    """The reason is logged and counted: a Feedback-Type nobody registered is "other"."""
+    raw = sample("arf-18.eml").replace(
+        b"Feedback-Type: auth-failure", f"Feedback-Type: {kind}".encode()
+    )
+    assert parse(raw).reason == reason
+
+
+@pytest.mark.parametrize("header", ["Delivered-To", "X-Original-To", "Envelope-To", "To"])
+def test_a_token_counts_only_in_the_headers_that_carry_the_envelope_recipient(header) -> None:
+    settings = Settings(bounce_domain=DOMAIN)
+    path = verp.return_path(settings, tokens(), 5, 6)
+    body = f"Subject: x\r\n\r\nThe returned message was sent by <{path}>.\r\n".encode()
+    found = verp.envelope_deliveries(settings, tokens(), f"{header}: <{path}>\r\n".encode() + body)
+    assert [d[:2] for d in found] == [(5, 6)]
+    for elsewhere in ("Reply-To", "Return-Path", "X-Failed-Recipients", "Cc"):
+        raw = f"{elsewhere}: {path}\r\n".encode() + body
+        assert verp.envelope_deliveries(settings, tokens(), raw) == [], elsewhere

@@ -40,12 +40,15 @@ async def test_every_email_goes_out_with_its_own_return_path(
         assert (await subscribe(client, "verp@example.org")).status_code == 200
         [confirmation] = await smtp.wait_for(1)
         sid = await db.fetchval("SELECT id FROM subscribers")
-        assert confirmation.sender == f"bounces+{tokens().bounce(sid, None)}@{DOMAIN}"
+        assert verp.delivery_of(app.state.settings, tokens(), confirmation.sender)[:2] == (
+            sid,
+            None,
+        )
         await db.execute("UPDATE subscribers SET status = 'active'")
         campaign_id, _ = await send(client, admin_headers)
         messages = await smtp.wait_for(2)
         settings = app.state.settings
-        assert verp.delivery_of(settings, tokens(), messages[1].sender) == (sid, campaign_id)
+        assert verp.delivery_of(settings, tokens(), messages[1].sender)[:2] == (sid, campaign_id)
         # the header From is unchanged
         assert messages[1].message["From"] == settings.mail_from
 

@@ -50,3 +50,53 @@ def test_bad_bounce_settings_are_named(env, expected) -> None:
     with pytest.raises(SettingsError) as caught:
         Settings.from_env({**GOOD, **env})
     assert any(problem.startswith(expected) for problem in caught.value.problems), caught.value
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "imap://bounces:pw@imap.example.com/INBOX",
+        "imap://bounces:pw@192.0.2.10/INBOX",
+        "imap://bounces:pw@[2001:db8::1]/INBOX",
+    ],
+)
+def test_plain_imap_is_refused_except_to_loopback(url) -> None:
+    """The mailbox password and the bounces (which name addresses) never cross a network
+    unencrypted."""
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({**GOOD, "BOUNCE_IMAP_URL": url})
+    [problem] = caught.value.problems
+    assert problem.startswith("BOUNCE_IMAP_URL must use imaps://"), problem
+    assert "pw" not in problem  # the password is not echoed
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "127.0.0.53", "localhost", "[::1]", "imap.example.com"]
+)
+def test_plain_imap_to_loopback_and_imaps_anywhere_are_taken(host) -> None:
+    scheme = "imaps" if "example" in host else "imap"
+    url = f"{scheme}://bounces:pw@{host}:1143/INBOX"
+    assert Settings.from_env({**GOOD, "BOUNCE_IMAP_URL": url}).bounce_imap_url == url
+
+
+def test_receiver_limits_and_postmark_networks() -> None:
+    defaults = Settings.from_env(GOOD)
+    assert (defaults.bounce_smtp_max_connections, defaults.bounce_smtp_max_per_peer) == (32, 5)
+    assert defaults.webhook_postmark_ips == ()
+    settings = Settings.from_env(
+        {
+            **GOOD,
+            "BOUNCE_SMTP_MAX_CONNECTIONS": "100",
+            "BOUNCE_SMTP_MAX_PER_PEER": "10",
+            "WEBHOOK_POSTMARK_IPS": "192.0.2.6, 198.51.100.0/24, 2001:db8::/32",
+        }
+    )
+    assert (settings.bounce_smtp_max_connections, settings.bounce_smtp_max_per_peer) == (100, 10)
+    assert settings.webhook_postmark_ips == ("192.0.2.6", "198.51.100.0/24", "2001:db8::/32")
+    for env, expected in (
+        ({"BOUNCE_SMTP_MAX_PER_PEER": "0"}, "BOUNCE_SMTP_MAX_PER_PEER must be between"),
+        ({"WEBHOOK_POSTMARK_IPS": "postmark.example"}, "WEBHOOK_POSTMARK_IPS entry"),
+    ):
+        with pytest.raises(SettingsError) as caught:
+            Settings.from_env({**GOOD, **env})
+        assert caught.value.problems[0].startswith(expected), caught.value

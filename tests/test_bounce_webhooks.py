@@ -10,6 +10,8 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import secrets
+import time
 
 import pytest
 from cryptography import x509
@@ -17,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
+from service.bounces import signatures
 from service.bounces.signatures import sns_string_to_sign
 from tests import people
 from tests.bounce_support import mailed
@@ -103,8 +106,13 @@ def ses_bounce(address: str, status: str = "5.1.1", kind: str = "Permanent") -> 
                 "mail": {"source": "news@newsletter.test"},
             }
         ),
-        "Timestamp": "2026-12-02T03:00:00.000Z",
+        "Timestamp": sns_time(),
     }
+
+
+def sns_time(seconds_ago: float = 0) -> str:
+    when = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds_ago)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
 @pytest.fixture
@@ -172,7 +180,7 @@ async def test_ses_subscription_confirmation_visits_only_an_sns_url(hooks) -> No
         "TopicArn": TOPIC,
         "Message": "You have chosen to subscribe to the topic.",
         "SubscribeURL": "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&Token=2336412f37",
-        "Timestamp": "2026-12-02T03:00:00.000Z",
+        "Timestamp": sns_time(),
     }
     assert (await client.post("/webhooks/ses", json=sns.sign(confirm))).status_code == 200
     assert sns.fetched[-1] == confirm["SubscribeURL"]
@@ -181,60 +189,92 @@ async def test_ses_subscription_confirmation_visits_only_an_sns_url(hooks) -> No
     assert "https://evil.example/?Action=x" not in sns.fetched
 
 
-async def test_sendgrid_published_vector_verifies_and_its_bad_signature_does_not(hooks) -> None:
+async def test_ses_subscription_confirmation_while_sns_is_unreachable_answers_503(hooks) -> None:
+    """Never 500: SNS sends the confirmation again."""
+    app, client, sns = hooks
+
+    async def unreachable(url: str) -> bytes:
+        if url == CERT_URL:
+            return await sns.fetch(url)
+        raise OSError("network unreachable")
+
+    app.state.sns.fetch = unreachable
+    confirm = {
+        "Type": "SubscriptionConfirmation",
+        "MessageId": "165545c9-2a5c-472c-8df2-7ff2be2b3b1c",
+        "Token": "2336412f38",
+        "TopicArn": TOPIC,
+        "Message": "You have chosen to subscribe to the topic.",
+        "SubscribeURL": "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&Token=2336412f38",
+        "Timestamp": sns_time(),
+    }
+    response = await client.post("/webhooks/ses", json=sns.sign(confirm))
+    assert response.status_code == 503 and response.headers["retry-after"] == "30"
+
+
+def test_sendgrid_published_vector_verifies_and_its_bad_signature_does_not() -> None:
+    signatures.verify_sendgrid(SG_KEY, SG_PAYLOAD.encode(), SG_SIGNATURE, SG_TIMESTAMP)
+    for signature, timestamp in ((SG_BAD_SIGNATURE, SG_TIMESTAMP), (SG_SIGNATURE, "1600112503")):
+        with pytest.raises(signatures.BadSignature):
+            signatures.verify_sendgrid(SG_KEY, SG_PAYLOAD.encode(), signature, timestamp)
+
+
+async def test_sendgrid_needs_a_valid_signature_and_refuses_the_published_vector_as_stale(
+    hooks,
+) -> None:
     _app, client, _sns = hooks
     headers = {
         "X-Twilio-Email-Event-Webhook-Signature": SG_SIGNATURE,
         "X-Twilio-Email-Event-Webhook-Timestamp": SG_TIMESTAMP,
         "Content-Type": "application/json",
     }
-    good = await client.post("/webhooks/sendgrid", content=SG_PAYLOAD, headers=headers)
-    assert good.status_code == 200 and good.json()["events"] == 0  # "dropped": not a bounce
+    stale = await client.post("/webhooks/sendgrid", content=SG_PAYLOAD, headers=headers)
+    assert stale.status_code == 401  # signed in September 2020
     bad = {**headers, "X-Twilio-Email-Event-Webhook-Signature": SG_BAD_SIGNATURE}
     assert (
         await client.post("/webhooks/sendgrid", content=SG_PAYLOAD, headers=bad)
     ).status_code == 401
-    later = {**headers, "X-Twilio-Email-Event-Webhook-Timestamp": "1600112503"}
-    assert (
-        await client.post("/webhooks/sendgrid", content=SG_PAYLOAD, headers=later)
-    ).status_code == 401
     assert (await client.post("/webhooks/sendgrid", content=SG_PAYLOAD)).status_code == 401
 
 
+class SendGrid:
+    """A signing key of our own, its public half given to the app."""
+
+    def __init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        public = self.key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.public = base64.b64encode(public).decode()
+
+    def headers(self, body: bytes, timestamp: str | None = None) -> dict[str, str]:
+        timestamp = timestamp or str(int(time.time()))
+        signature = self.key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+        return {
+            "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+            "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
+        }
+
+
 async def test_sendgrid_signed_spam_report_erases(app_factory, db) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    public = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    sendgrid = SendGrid()
     _sid, campaign = await mailed(db, "spam@example.org")
     body = json.dumps(
-        [
-            {
-                "email": "spam@example.org",
-                "event": "spamreport",
-                "timestamp": int(dt.datetime.now().timestamp()),
-            }
-        ]
+        [{"email": "spam@example.org", "event": "spamreport", "timestamp": int(time.time())}]
     ).encode()
-    signature = base64.b64encode(key.sign(b"1700000000" + body, ec.ECDSA(hashes.SHA256())))
-    async with app_factory(webhook_sendgrid_public_key=base64.b64encode(public).decode()) as (
-        _app,
-        client,
-    ):
+    async with app_factory(webhook_sendgrid_public_key=sendgrid.public) as (_app, client):
         response = await client.post(
-            "/webhooks/sendgrid",
-            content=body,
-            headers={
-                "X-Twilio-Email-Event-Webhook-Signature": signature.decode(),
-                "X-Twilio-Email-Event-Webhook-Timestamp": "1700000000",
-            },
+            "/webhooks/sendgrid", content=body, headers=sendgrid.headers(body)
         )
     assert response.json()["outcomes"] == {"erased": 1}
     assert await counts(db) == [(campaign, "complaint", "sendgrid", "spamreport", 1)]
 
 
-def mailgun(event: dict, key: str = MAILGUN_KEY) -> dict:
-    timestamp, token = "1700000000", "f3a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6b7c"
+def mailgun(
+    event: dict, key: str = MAILGUN_KEY, timestamp: str | None = None, token: str | None = None
+) -> dict:
+    timestamp = timestamp or str(int(time.time()))
+    token = token or secrets.token_hex(25)  # 50 characters, like Mailgun's
     signature = hmac.new(key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
     return {
         "signature": {"timestamp": timestamp, "token": token, "signature": signature},
@@ -313,3 +353,166 @@ async def test_unknown_or_unconfigured_providers_are_404(app_factory) -> None:
     async with app_factory() as (_app, client):
         for provider in ("ses", "postmark", "sendgrid", "mailgun", "other"):
             assert (await client.post(f"/webhooks/{provider}", json={})).status_code == 404
+
+
+def mailgun_failure(address: str, **status) -> dict:
+    return {
+        "event": "failed",
+        "severity": "permanent",
+        "recipient": address,
+        "timestamp": time.time(),
+        "delivery-status": status or {"code": 550, "message": "5.1.1 No such mailbox"},
+    }
+
+
+def sendgrid_bounce(address: str, status: str = "5.1.1") -> bytes:
+    item = {"email": address, "event": "bounce", "type": "bounce", "status": status}
+    return json.dumps([{**item, "timestamp": int(time.time())}]).encode()
+
+
+@pytest.fixture
+async def signed_hooks(app_factory):
+    """Every provider configured, SendGrid with a key of our own."""
+    sns, sendgrid = Sns(), SendGrid()
+    async with app_factory(
+        webhook_ses_topic_arns=(TOPIC,),
+        webhook_postmark_auth=POSTMARK,
+        webhook_sendgrid_public_key=sendgrid.public,
+        webhook_mailgun_signing_key=MAILGUN_KEY,
+        webhook_max_bytes=64 * 1024,
+    ) as (app, client):
+        app.state.sns.fetch = sns.fetch
+        yield client, sns, sendgrid
+
+
+@pytest.mark.parametrize("seconds", [-301, 301, 30 * 86400])
+async def test_stale_or_future_signed_events_are_refused_for_every_signing_provider(
+    signed_hooks, db, seconds
+) -> None:
+    """A signature stays valid forever: only a signed timestamp within 5 minutes of now
+    makes a request fresh (the providers' advice), so a request seen once is no key."""
+    client, sns, sendgrid = signed_hooks
+    await mailed(db, "kept@example.org")
+    then = str(int(time.time()) - seconds)
+    ses = sns.sign({**ses_bounce("kept@example.org"), "Timestamp": sns_time(seconds)})
+    assert (await client.post("/webhooks/ses", json=ses)).status_code == 401
+    body = sendgrid_bounce("kept@example.org")
+    headers = sendgrid.headers(body, timestamp=then)
+    assert (await client.post("/webhooks/sendgrid", content=body, headers=headers)).status_code == (
+        401
+    )
+    stale = mailgun(mailgun_failure("kept@example.org"), timestamp=then)
+    assert (await client.post("/webhooks/mailgun", json=stale)).status_code == 401
+    assert await db.fetchval("SELECT count(*) FROM subscribers") == 1
+    assert await counts(db) == []
+
+
+async def test_a_mailgun_signature_is_taken_once_whatever_event_comes_with_it(
+    signed_hooks, db
+) -> None:
+    """Mailgun signs only the timestamp and token, not the event: a replay of the same
+    signature with another address is refused, and tokens are forgotten after the window."""
+    client, _sns, _sendgrid = signed_hooks
+    await mailed(db, "first@example.org")
+    await mailed(db, "second@example.org")
+    await db.execute(
+        "INSERT INTO webhook_tokens (provider, token, at)"
+        " VALUES ('mailgun', 'ancient', now() - interval '1 hour')"
+    )
+    first = mailgun(mailgun_failure("first@example.org"))
+    assert (await client.post("/webhooks/mailgun", json=first)).json()["outcomes"] == {"erased": 1}
+    replay = {**first, "event-data": mailgun_failure("second@example.org")}
+    assert (await client.post("/webhooks/mailgun", json=replay)).status_code == 401
+    assert (await client.post("/webhooks/mailgun", json=first)).status_code == 401
+    emails = await db.fetch("SELECT email FROM subscribers")
+    assert [r["email"] for r in emails] == ["second@example.org"]
+    tokens_kept = await db.fetch("SELECT token FROM webhook_tokens")
+    assert [r["token"] for r in tokens_kept] == [first["signature"]["token"]]
+
+
+async def test_validly_signed_or_authenticated_but_malformed_events_answer_400(
+    signed_hooks, db
+) -> None:
+    client, sns, sendgrid = signed_hooks
+    await mailed(db, "kept@example.org")
+    auth = tuple(POSTMARK.split(":", 1))
+    nul = "kept\u0000@example.org"
+    ses = sns.sign(ses_bounce(nul))
+    assert (await client.post("/webhooks/ses", json=ses)).status_code == 400
+    bad_time = sns.sign({**ses_bounce("kept@example.org"), "Timestamp": "yesterday"})
+    assert (await client.post("/webhooks/ses", json=bad_time)).status_code == 400
+    body = sendgrid_bounce("kept@example.org")
+    headers = sendgrid.headers(body, timestamp="soon")
+    assert (await client.post("/webhooks/sendgrid", content=body, headers=headers)).status_code == (
+        400
+    )
+    mg = mailgun(mailgun_failure("kept@example.org"), timestamp="now!")
+    assert (await client.post("/webhooks/mailgun", json=mg)).status_code == 400
+    record = {"RecordType": "Bounce", "Type": "HardBounce", "Email": nul}
+    assert (await client.post("/webhooks/postmark", json=record, auth=auth)).status_code == 400
+    deep = b"[" * 20_000 + b"]" * 20_000
+    for provider in ("ses", "postmark", "mailgun"):
+        response = await client.post(f"/webhooks/{provider}", content=deep, auth=auth)
+        assert response.status_code == 400, provider
+    assert await db.fetchval("SELECT count(*) FROM subscribers") == 1
+
+
+async def test_a_providers_permanent_bounce_for_a_policy_or_full_mailbox_does_not_erase(
+    signed_hooks, db
+) -> None:
+    """Only the SMTP status decides when the provider reports one: a "permanent" bounce
+    for a spam block (5.7.1) or a full mailbox (5.2.2) only counts as soft."""
+    client, sns, sendgrid = signed_hooks
+    auth = tuple(POSTMARK.split(":", 1))
+    for address in ("ses@example.org", "pm@example.org", "sg@example.org", "mg@example.org"):
+        await mailed(db, address)
+    ses = ses_bounce("ses@example.org")
+    message = json.loads(ses["Message"])
+    message["bounce"]["bouncedRecipients"] = [
+        {"emailAddress": "ses@example.org", "diagnosticCode": "smtp; 550 5.7.1 Blocked as spam"}
+    ]
+    ses = sns.sign({**ses, "Message": json.dumps(message)})
+    responses = [
+        await client.post("/webhooks/ses", json=ses),
+        await client.post(
+            "/webhooks/postmark",
+            auth=auth,
+            json={
+                "RecordType": "Bounce",
+                "Type": "HardBounce",
+                "Email": "pm@example.org",
+                "Details": "smtp;552 5.2.2 Mailbox full",
+            },
+        ),
+    ]
+    body = sendgrid_bounce("sg@example.org", "5.7.1")
+    responses.append(
+        await client.post("/webhooks/sendgrid", content=body, headers=sendgrid.headers(body))
+    )
+    mg = mailgun(mailgun_failure("mg@example.org", code=550, message="5.7.1 Rejected by policy"))
+    responses.append(await client.post("/webhooks/mailgun", json=mg))
+    assert [r.json()["outcomes"] for r in responses] == [{"counted": 1}] * 4
+    assert await db.fetchval("SELECT count(*) FROM subscribers") == 4
+    assert sorted((r[1], r[2], r[3]) for r in await counts(db)) == [
+        ("soft", "mailgun", "5.7.1"),
+        ("soft", "postmark", "5.2.2"),
+        ("soft", "sendgrid", "5.7.1"),
+        ("soft", "ses", "5.7.1"),
+    ]
+
+
+async def test_postmark_only_from_the_allowed_networks_when_they_are_set(app_factory, db) -> None:
+    """conftest's client address is 198.51.100.23."""
+    await mailed(db, "pm@example.org")
+    auth = tuple(POSTMARK.split(":", 1))
+    record = {"RecordType": "Bounce", "Type": "HardBounce", "Email": "pm@example.org"}
+    async with app_factory(
+        webhook_postmark_auth=POSTMARK, webhook_postmark_ips=("192.0.2.0/24", "2001:db8::/32")
+    ) as (_app, client):
+        assert (await client.post("/webhooks/postmark", json=record, auth=auth)).status_code == 401
+    assert await db.fetchval("SELECT count(*) FROM subscribers") == 1
+    async with app_factory(
+        webhook_postmark_auth=POSTMARK, webhook_postmark_ips=("198.51.100.0/24",)
+    ) as (_app, client):
+        response = await client.post("/webhooks/postmark", json=record, auth=auth)
+    assert response.json()["outcomes"] == {"erased": 1}

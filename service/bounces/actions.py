@@ -9,7 +9,9 @@ stays (`bounce_counts`).
   (one per email, so a report delivered twice counts once).
 
 A report for someone already erased changes and counts nothing, so every intake may
-deliver the same report again (webhooks retry, a mailbox is read twice).
+deliver the same report again (webhooks retry, a mailbox is read twice). A report found
+by a return-path token acts only while the subscriber's address is the one the email
+went to: `subscribers.email_since` (sql/136) no later than the token's time of sending.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from service import erasure
 from service.bounces.parse import COMPLAINT, HARD, IGNORE, SOFT
 from service.queries import queries
 from service.settings import Settings
+from service.tokens import BounceClaim
 
 log = logging.getLogger("newsletter.bounces")
 q = queries("bounces")
@@ -35,20 +38,44 @@ MAX_REASON = 40
 @dataclass(frozen=True, slots=True)
 class Target:
     """The email a report is about: its subscriber, and its campaign (None: the
-    confirmation email, or no campaign known)."""
+    confirmation email, or no campaign known). `by_token`: named by a return-path token
+    sent in `sent_after`'s time step (None: a token of an earlier release), so acted on
+    only if the address has not changed since; otherwise the address is known current
+    (found by it, or refused at send)."""
 
     subscriber_id: int
     campaign_id: int | None
+    by_token: bool = False
+    sent_after: datetime | None = None
+
+    @classmethod
+    def of(cls, claim: BounceClaim) -> Target:
+        return cls(claim.subscriber_id, claim.campaign_id, True, claim.sent_after)
+
+
+def _usable(address: object) -> bool:
+    return (
+        isinstance(address, str)
+        and 0 < len(address) <= erasure.MAX_EMAIL_LENGTH
+        and "@" in address
+        and address.isprintable()
+    )
 
 
 async def target_by_address(
-    con: asyncpg.Connection, address: str, at: datetime | None = None
+    con: asyncpg.Connection,
+    address: str,
+    at: datetime | None = None,
+    since: datetime | None = None,
 ) -> Target | None:
     """The subscriber a report naming only an address is about, if an email was sent to
-    them no later than `at` (the report's time; now when unknown)."""
-    if len(address) > erasure.MAX_EMAIL_LENGTH or "@" not in address:
+    that address no later than `at` (the report's time; now when unknown) and, when
+    given, no earlier than `since`."""
+    if not _usable(address):
         return None
-    row = await q.recipient_by_address.fetchrow(con, email=address, at=at or datetime.now(UTC))
+    row = await q.recipient_by_address.fetchrow(
+        con, email=address, at=at or datetime.now(UTC), since=since
+    )
     if row is None:
         return None
     if row["campaign_id"] is not None:
@@ -72,6 +99,10 @@ async def apply_on(
         return "ignored"
     reason = reason[:MAX_REASON]
     async with con.transaction():
+        if target.by_token and not await q.address_unchanged_since.fetchval(
+            con, id=target.subscriber_id, sent_after=target.sent_after
+        ):
+            return "unknown"  # gone, or the email went to an address it no longer has
         if event in (HARD, COMPLAINT):
             if not await erasure.erase_subscriber(con, target.subscriber_id):
                 return "unknown"

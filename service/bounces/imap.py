@@ -2,9 +2,11 @@
 mailbox, polled by the worker every BOUNCE_IMAP_INTERVAL.
 
 Messages are read with `BODY.PEEK[]`, which sets no flag. A message is deleted (and
-expunged) only once it was matched to an email of ours and acted on; everything else
-(mail for people, auto-replies, bounces of other mail, what no detector recognises)
-stays exactly as it was, unread. Bounces hold the dead address, so the ones processed
+expunged) only once it was matched to an email of ours and acted on (service/bounces/
+intake.py: with BOUNCE_DOMAIN, by a return-path token in its envelope-recipient headers
+or `To:`); everything else (mail for people, auto-replies, bounces of other mail, a
+report without a token whatever addresses it names, what no detector recognises) stays
+exactly as it was, unread. Bounces hold the dead address, so the ones processed
 are not kept. Within one process the highest UID seen is remembered (per UIDVALIDITY),
 so mail left alone is read once per process, not on every poll. One replica polls at a
 time (a PostgreSQL advisory lock).

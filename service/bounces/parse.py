@@ -41,6 +41,9 @@ log = logging.getLogger("newsletter.bounces")
 HARD, SOFT, COMPLAINT, IGNORE = "hard", "soft", "complaint", "ignore"
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _COMPLAINT_TYPES = frozenset({"abuse", "fraud", "virus"})
+# The registered Feedback-Type values (RFC 5965 7.3, RFC 6430, RFC 6591): the only ones a
+# reason (which is logged and counted) may name; any other text the sender chose is "other".
+_FEEDBACK_TYPES = frozenset({*_COMPLAINT_TYPES, "other", "not-spam", "auth-failure"})
 _NOT_BOUNCES = frozenset({"delayed", "delivered", "relayed", "expanded"})
 _DAEMONS = frozenset({"mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon"})
 _SEVERITY = {HARD: 3, COMPLAINT: 3, SOFT: 2, IGNORE: 0}
@@ -144,7 +147,7 @@ def _feedback(message: email.message.Message) -> Report | None:
     kind = fields.get("feedback-type", "").lower()
     if kind in _COMPLAINT_TYPES:
         return Report(COMPLAINT, kind, "arf", tuple(recipients))
-    return Report(IGNORE, f"feedback-{kind or 'unknown'}"[:40], "arf")
+    return Report(IGNORE, f"feedback-{kind if kind in _FEEDBACK_TYPES else 'other'}", "arf")
 
 
 def _delivery_status(message: email.message.Message) -> Report | None:

@@ -6,12 +6,19 @@ nothing and takes no mail for anyone. Messages are limited to BOUNCE_SMTP_MAX_BY
 (552 above, RFC 1870 SIZE), idle sessions end after BOUNCE_SMTP_TIMEOUT, and a message
 is acted on before the 250: when the database cannot be reached it answers 451, so the
 sending system keeps the bounce and tries again later.
+
+Sessions at once are limited (BOUNCE_SMTP_MAX_CONNECTIONS in all,
+BOUNCE_SMTP_MAX_PER_PEER from one IP address): each may hold a message of
+BOUNCE_SMTP_MAX_BYTES in memory, so one sender opening many connections could otherwise
+exhaust the process. A connection over a limit gets `421` and is closed; a mail system
+tries again later, as it does for any 4xx.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 
 import asyncpg
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -76,14 +83,73 @@ class BounceHandler:
         return "250 2.0.0 OK"
 
 
+class Sessions:
+    """The sessions open now, in all and per peer IP (kept in memory, never logged)."""
+
+    def __init__(self, max_total: int, max_per_peer: int) -> None:
+        self.max_total = max_total
+        self.max_per_peer = max_per_peer
+        self.total = 0
+        self.per_peer: Counter[str] = Counter()
+
+    def admit(self, peer: str) -> bool:
+        if self.total >= self.max_total or self.per_peer[peer] >= self.max_per_peer:
+            return False
+        self.total += 1
+        self.per_peer[peer] += 1
+        return True
+
+    def release(self, peer: str) -> None:
+        self.total -= 1
+        self.per_peer[peer] -= 1
+        if self.per_peer[peer] <= 0:
+            del self.per_peer[peer]
+
+
+TOO_MANY = b"421 4.7.0 Too many connections, try again later\r\n"
+
+
+class LimitedSMTP(SMTP):
+    """aiosmtpd's SMTP session, admitted only within the `Sessions` limits."""
+
+    def __init__(self, sessions: Sessions, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._sessions = sessions
+        self._peer: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._peer is not None or self.transport is not None:  # STARTTLS: same session
+            super().connection_made(transport)
+            return
+        peername = transport.get_extra_info("peername")
+        peer = str(peername[0]) if isinstance(peername, tuple) and peername else "unknown"
+        if not self._sessions.admit(peer):
+            transport.write(TOO_MANY)  # type: ignore[attr-defined]
+            transport.close()
+            return
+        self._peer = peer
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._peer is None:
+            return  # refused: aiosmtpd never started this session
+        self._sessions.release(self._peer)
+        self._peer = None
+        super().connection_lost(error)
+
+
 class BounceServer:
     def __init__(self, pool: asyncpg.Pool, settings: Settings, tokens: Tokens) -> None:
         self.handler = BounceHandler(pool, settings, tokens)
         self.settings = settings
+        self.sessions = Sessions(
+            settings.bounce_smtp_max_connections, settings.bounce_smtp_max_per_peer
+        )
         self._server: asyncio.AbstractServer | None = None
 
     def _protocol(self) -> SMTP:
-        return SMTP(
+        return LimitedSMTP(
+            self.sessions,
             self.handler,
             hostname=self.settings.bounce_domain or None,
             data_size_limit=self.settings.bounce_smtp_max_bytes,
@@ -110,8 +176,9 @@ class BounceServer:
             self._server = None
 
 
-async def serve(settings: Settings) -> None:
-    """Runs until SIGTERM or SIGINT, then stops taking connections and returns."""
+async def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+    """Runs until SIGTERM or SIGINT, then stops taking connections and returns. `host`
+    and `port` (`newsletter bounces --host H --port P`) override the settings."""
     import signal
 
     pool = await db.create_pool(settings)
@@ -121,7 +188,7 @@ async def serve(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        port = await server.start()
+        port = await server.start(host, port)
         log.info("bounce receiver listening", extra={"url": f"smtp://:{port}"})
         await stop.wait()
     finally:

@@ -9,8 +9,15 @@
   https://www.twilio.com/docs/sendgrid/for-developers/tracking-events/getting-started-event-webhook-security-features
 - Mailgun: HMAC-SHA256 of timestamp and token under the webhook signing key.
   https://documentation.mailgun.com/docs/mailgun/user-manual/webhooks/securing-webhooks
-- Postmark: the basic-auth credentials put in the webhook's URL.
+- Postmark: the basic-auth credentials put in the webhook's URL, and optionally the
+  source address: Postmark lists the IPs its webhooks come from on its support page
+  "IPs for firewalls", linked from
   https://postmarkapp.com/developer/webhooks/webhooks-overview
+  (https://postmarkapp.com/support/article/800-ips-for-firewalls).
+
+Freshness (service/bounces/webhooks.py) is checked after the signature, on the signed
+timestamp: Mailgun advises checking the timestamp and caching tokens against replays
+(https://documentation.mailgun.com/docs/mailgun/user-manual/webhooks/securing-webhooks).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import re
 import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,6 +38,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from service.clientinfo import canonical_ip
 
 SNS_HOST = re.compile(r"sns\.[a-z0-9-]{1,30}\.amazonaws\.com(\.cn)?")
 MAX_CERT_BYTES = 16 * 1024
@@ -174,6 +184,16 @@ def verify_mailgun(signing_key: str, timestamp: str, token: str, signature: str)
     ).hexdigest()
     if not hmac.compare_digest(expected, signature.lower()):
         raise BadSignature("signature does not match")
+
+
+def verify_source(networks: tuple[str, ...], ip: str | None) -> None:
+    """The client address (as uvicorn resolved it, FORWARDED_ALLOW_IPS) in one of
+    `networks`, else BadSignature."""
+    address = canonical_ip(ip)
+    if address is None or not any(
+        address in ipaddress.ip_network(network, strict=False) for network in networks
+    ):
+        raise BadSignature("source address not allowed")
 
 
 def verify_basic(expected: str, header: str | None) -> None:

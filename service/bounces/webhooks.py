@@ -2,12 +2,23 @@
 SNS), Postmark, SendGrid and Mailgun, each authenticated the provider's way
 (`signatures`).
 
-Answers: 401 for a request not provably from the provider, 400 for a body that is not
-the provider's format, 413 above WEBHOOK_MAX_BYTES, 404 for a provider not configured,
-503 (with Retry-After) when the database cannot be reached, so the provider retries;
+Fresh and once: a signed timestamp (SNS `Timestamp`, SendGrid's timestamp header,
+Mailgun's `signature.timestamp`) more than FRESHNESS away from now is refused, and a
+Mailgun token is taken once (`webhook_tokens`, sql/135), since Mailgun's signature
+covers only the timestamp and the token, not the event. Postmark signs nothing: its
+basic-auth secret, and optionally the source address (WEBHOOK_POSTMARK_IPS).
+
+Answers: 401 for a request not provably from the provider (bad signature or secret,
+stale, replayed, a source address not allowed), 400 for a body that is not the
+provider's format, 413 above WEBHOOK_MAX_BYTES, 404 for a provider not configured, 503
+(with Retry-After) when the database cannot be reached, so the provider retries;
 otherwise 200, also for events that change nothing (deliveries, opens, a repeat). An
 event is matched to its email by the VERP return path when the provider reports it,
 else by the address and the event's time (`actions.target_by_address`).
+
+A provider's "permanent" bounce is hard only if the SMTP status it reports is a hard
+one for `parse.status_event` (a policy or quota refusal is not); without a status code
+the provider's own verdict stands.
 """
 
 from __future__ import annotations
@@ -23,18 +34,31 @@ import asyncpg
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from service import db
+from service import clientinfo, db
 from service.bounces import actions, signatures, verp
 from service.bounces.parse import COMPLAINT, HARD, IGNORE, SOFT, status_event
+from service.queries import queries
 
 log = logging.getLogger("newsletter.bounces")
+q = queries("bounces")
 
 _REASON = re.compile(r"[A-Za-z0-9 ._:-]{1,40}")
 DATABASE_ERRORS = (asyncpg.PostgresError, *db.UNAVAILABLE)
+FRESHNESS = 300.0  # seconds a signed timestamp may be from now, either way (providers' advice)
+_EVENTS = frozenset({HARD, SOFT, COMPLAINT, IGNORE})
+_MAILGUN_TOKEN = re.compile(r"[A-Za-z0-9]{1,100}")
 
 
 class Malformed(ValueError):
     """Not the provider's format: 400."""
+
+
+class TooLarge(Exception):
+    """Above WEBHOOK_MAX_BYTES: 413."""
+
+
+class Unreachable(Exception):
+    """The provider's confirmation URL could not be visited: 503, the provider retries."""
 
 
 @dataclass(frozen=True)
@@ -53,8 +77,34 @@ def _reason(*candidates: Any) -> str:
     return "other"
 
 
-def _status(text: Any) -> tuple[str, str] | None:
-    return status_event(text) if isinstance(text, str) else None
+def _status(*texts: Any) -> tuple[str, str] | None:
+    """`status_event` of the first text holding an enhanced status code."""
+    for text in texts:
+        decided = status_event(text) if isinstance(text, str) else None
+        if decided is not None:
+            return decided
+    return None
+
+
+def _bounce(permanent: bool, decided: tuple[str, str] | None, reason: str) -> tuple[str, str]:
+    """(event, reason) of a provider's bounce: its status code decides when it reports
+    one (a transient bounce never more than soft), else the provider's verdict."""
+    if decided is None:
+        return (HARD if permanent else SOFT), reason
+    event, code = decided
+    if event not in _EVENTS:  # a kind this module does not know: act on nothing
+        return IGNORE, code
+    if not permanent and event == HARD:
+        return SOFT, code
+    return event, code
+
+
+def fresh(when: datetime | None) -> None:
+    """A signed timestamp within FRESHNESS of now, else BadSignature (401)."""
+    if when is None:
+        raise Malformed("no usable timestamp")
+    if abs((datetime.now(UTC) - when).total_seconds()) > FRESHNESS:
+        raise signatures.BadSignature("stale or future timestamp")
 
 
 def _iso(value: Any) -> datetime | None:
@@ -88,19 +138,15 @@ def ses_events(notification: dict[str, Any]) -> list[Event]:
         bounce = _object(notification.get("bounce"))
         permanent = bounce.get("bounceType") == "Permanent"
         at = _iso(bounce.get("timestamp"))
-        for recipient in bounce.get("bouncedRecipients") or []:
+        for recipient in _list(bounce.get("bouncedRecipients")):
             recipient = _object(recipient)
-            decided = _status(recipient.get("status"))
-            if decided is not None:
-                event, reason = decided
-                event = HARD if permanent and event == HARD else SOFT
-            else:
-                event, reason = (HARD if permanent else SOFT), _reason(bounce.get("bounceSubType"))
+            decided = _status(recipient.get("status"), recipient.get("diagnosticCode"))
+            event, reason = _bounce(permanent, decided, _reason(bounce.get("bounceSubType")))
             events.append(Event(event, reason, recipient.get("emailAddress"), source, at))
     elif kind == "Complaint":
         complaint = _object(notification.get("complaint"))
         reason = _reason(complaint.get("complaintFeedbackType"), "abuse")
-        for recipient in complaint.get("complainedRecipients") or []:
+        for recipient in _list(complaint.get("complainedRecipients")):
             address = _object(recipient).get("emailAddress")
             events.append(
                 Event(COMPLAINT, reason, address, source, _iso(complaint.get("timestamp")))
@@ -112,11 +158,15 @@ async def _ses(request: Request, body: bytes) -> list[Event]:
     settings = request.app.state.settings
     message = _object(_json(body))
     await request.app.state.sns.verify(message, settings.webhook_ses_topic_arns)
+    fresh(_iso(message.get("Timestamp")) if isinstance(message.get("Timestamp"), str) else None)
     if message["Type"] == "SubscriptionConfirmation":
         url = str(message.get("SubscribeURL", ""))
         if not signatures.sns_url_allowed(url):
             raise signatures.BadSignature("subscribe URL not allowed")
-        await request.app.state.sns.fetch(url)
+        try:
+            await request.app.state.sns.fetch(url)
+        except (OSError, TimeoutError) as exc:  # SNS unreachable: it sends the message again
+            raise Unreachable(exc.__class__.__name__) from None
         log.info("ses subscription confirmed", extra={"source": "ses"})
         return []
     if message["Type"] != "Notification":
@@ -139,14 +189,18 @@ def postmark_events(record: dict[str, Any]) -> list[Event]:
     if not isinstance(record.get("RecordType"), str):
         raise Malformed("no RecordType")
     kind = record.get("Type") if record.get("RecordType") == "Bounce" else record.get("RecordType")
-    event = _POSTMARK.get(str(kind), IGNORE)
+    event, reason = _POSTMARK.get(str(kind), IGNORE), _reason(kind)
+    if event in (HARD, SOFT):
+        event, reason = _bounce(event == HARD, _status(record.get("Details")), reason)
     at = _iso(record.get("BouncedAt") or record.get("ReceivedAt"))
-    return [Event(event, _reason(kind), record.get("Email"), None, at)]
+    return [Event(event, reason, record.get("Email"), None, at)]
 
 
 async def _postmark(request: Request, body: bytes) -> list[Event]:
-    expected = request.app.state.settings.webhook_postmark_auth
-    signatures.verify_basic(expected, request.headers.get("authorization"))
+    settings = request.app.state.settings
+    if settings.webhook_postmark_ips:
+        signatures.verify_source(settings.webhook_postmark_ips, clientinfo.client_ip(request))
+    signatures.verify_basic(settings.webhook_postmark_auth, request.headers.get("authorization"))
     return postmark_events(_object(_json(body)))
 
 
@@ -159,21 +213,22 @@ def sendgrid_events(items: list[Any]) -> list[Event]:
         if kind == "spamreport":
             events.append(Event(COMPLAINT, "spamreport", item.get("email"), None, at))
         elif kind == "bounce":
-            decided = _status(item.get("status"))
-            blocked = item.get("type") == "blocked"
-            event = SOFT if blocked or (decided and decided[0] == SOFT) else HARD
-            reason = decided[1] if decided else _reason(item.get("type"))
+            permanent = item.get("type") != "blocked"  # "blocked": a temporary refusal
+            decided = _status(item.get("status"), item.get("reason"))
+            event, reason = _bounce(permanent, decided, _reason(item.get("type")))
             events.append(Event(event, reason, item.get("email"), None, at))
     return events
 
 
 async def _sendgrid(request: Request, body: bytes) -> list[Event]:
+    timestamp = request.headers.get("x-twilio-email-event-webhook-timestamp", "")
     signatures.verify_sendgrid(
         request.app.state.settings.webhook_sendgrid_public_key,
         body,
         request.headers.get("x-twilio-email-event-webhook-signature", ""),
-        request.headers.get("x-twilio-email-event-webhook-timestamp", ""),
+        timestamp,
     )
+    fresh(_epoch(timestamp) if timestamp.isdigit() else None)
     items = _json(body)
     if not isinstance(items, list):
         raise Malformed("expected a list of events")
@@ -190,22 +245,34 @@ def mailgun_events(data: dict[str, Any]) -> list[Event]:
     if kind != "failed" or data.get("severity") != "permanent":
         return []  # a temporary failure is retried by Mailgun: not a bounce yet
     status = data.get("delivery-status") if isinstance(data.get("delivery-status"), dict) else {}
-    decided = _status(status.get("enhanced-code")) or _status(status.get("message"))
-    event, reason = decided if decided else (HARD, _reason(data.get("reason")))
-    return [Event(event if event != IGNORE else HARD, reason, data.get("recipient"), sender, at)]
+    decided = _status(status.get("enhanced-code"), status.get("message"), status.get("description"))
+    event, reason = _bounce(True, decided, _reason(data.get("reason")))
+    return [Event(event, reason, data.get("recipient"), sender, at)]
 
 
 async def _mailgun(request: Request, body: bytes) -> list[Event]:
     payload = _object(_json(body))
     signed = _object(payload.get("signature"))
-    fields = [signed.get(k) for k in ("timestamp", "token", "signature")]
-    if not all(isinstance(f, str) for f in fields):
+    timestamp, token, signature = (signed.get(k) for k in ("timestamp", "token", "signature"))
+    if not (isinstance(timestamp, str) and isinstance(token, str) and isinstance(signature, str)):
         raise Malformed("signature fields missing")
     signatures.verify_mailgun(
-        request.app.state.settings.webhook_mailgun_signing_key,
-        *fields,  # type: ignore[arg-type]
+        request.app.state.settings.webhook_mailgun_signing_key, timestamp, token, signature
     )
-    return mailgun_events(_object(payload.get("event-data")))
+    fresh(_epoch(timestamp) if timestamp.isdigit() else None)
+    if not _MAILGUN_TOKEN.fullmatch(token):
+        raise Malformed("token")
+    events = mailgun_events(_object(payload.get("event-data")))
+    async with request.app.state.pool.acquire() as con:
+        if (
+            await q.claim_webhook_token.fetchval(
+                con, provider="mailgun", token=token, window=2 * FRESHNESS
+            )
+            is None
+        ):
+            raise signatures.BadSignature("token already used")
+    request.state.claimed = ("mailgun", token)
+    return events
 
 
 PROVIDERS = {
@@ -219,8 +286,16 @@ PROVIDERS = {
 def _json(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[…
         raise Malformed("not JSON") from None
+
+
+def _list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise Malformed("expected a list")
+    return value
 
 
 async def _read(request: Request, limit: int) -> bytes:
@@ -228,7 +303,7 @@ async def _read(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise OverflowError
+            raise TooLarge
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -239,10 +314,13 @@ async def _act(request: Request, events: list[Event], provider: str) -> dict[str
     for item in events:
         if item.event == IGNORE:
             continue
+        for text in (item.address, item.return_path):
+            if isinstance(text, str) and not text.isprintable():
+                raise Malformed("control characters in an address")
         target = None
         if isinstance(item.return_path, str):
             found = verp.delivery_of(state.settings, state.tokens, item.return_path)
-            target = actions.Target(*found) if found else None
+            target = actions.Target.of(found) if found else None
         if target is None and isinstance(item.address, str):
             async with state.pool.acquire() as con:
                 target = await actions.target_by_address(con, item.address, item.at)
@@ -263,8 +341,12 @@ async def receive(request: Request) -> Response:
     try:
         body = await _read(request, settings.webhook_max_bytes)
         events = await PROVIDERS[provider][1](request, body)
-        outcomes = await _act(request, events, provider)
-    except OverflowError:
+        try:
+            outcomes = await _act(request, events, provider)
+        except DATABASE_ERRORS:
+            await _release(request)
+            raise
+    except TooLarge:
         return JSONResponse({"error": "body too large"}, status_code=413)
     except ClientDisconnect:
         return Response(status_code=400)
@@ -273,9 +355,21 @@ async def receive(request: Request) -> Response:
         return JSONResponse({"error": "bad signature"}, status_code=401)
     except (Malformed, KeyError, TypeError, AttributeError):
         return JSONResponse({"error": "malformed body"}, status_code=400)
-    except DATABASE_ERRORS as exc:
-        log.warning("webhook deferred: database", extra={"error": exc.__class__.__name__})
+    except (*DATABASE_ERRORS, Unreachable) as exc:
+        log.warning("webhook deferred", extra={"error": exc.__class__.__name__})
         return JSONResponse(
             {"error": "unavailable"}, status_code=503, headers={"Retry-After": "30"}
         )
     return JSONResponse({"events": len(events), "outcomes": outcomes})
+
+
+async def _release(request: Request) -> None:
+    """The provider's retry of a request that failed here must not count as a replay."""
+    claimed = getattr(request.state, "claimed", None)
+    if claimed is None:
+        return
+    try:
+        async with request.app.state.pool.acquire() as con:
+            await q.release_webhook_token.execute(con, provider=claimed[0], token=claimed[1])
+    except DATABASE_ERRORS as exc:
+        log.warning("webhook token kept", extra={"error": exc.__class__.__name__})

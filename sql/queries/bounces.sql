@@ -26,16 +26,45 @@ DELETE FROM soft_bounces WHERE at <= now() - make_interval(secs => :window);
 
 -- name: recipient_by_address
 -- For reports that name only an address (provider webhooks, a mailbox without VERP):
--- the subscriber with that address and the latest email sent to them no later than the
--- report's time, so a late report never reaches a sign-up made after the bounced email.
+-- the subscriber with that address and the latest email sent to it between :since
+-- (NULL: any time) and the report's time :at, so a late report never reaches a sign-up
+-- made after the bounced email, nor an email that went to the address the subscriber
+-- had before an address change (email_since).
 SELECT s.id,
-       s.confirm_sent_at <= :at AS confirmation_before,
+       s.confirm_sent_at <= :at
+           AND s.confirm_sent_at >= coalesce(:since::timestamptz, '-infinity')
+           AND s.confirm_sent_at >= coalesce(s.email_since, '-infinity')
+           AS confirmation_before,
        (SELECT d.campaign_id FROM deliveries d
         WHERE d.subscriber_id = s.id AND d.sent_at <= :at
+          AND d.sent_at >= coalesce(:since::timestamptz, '-infinity')
+          AND d.sent_at >= coalesce(s.email_since, '-infinity')
           AND (s.confirm_sent_at IS NULL OR d.sent_at >= s.confirm_sent_at)
         ORDER BY d.sent_at DESC LIMIT 1) AS campaign_id
 FROM subscribers s
 WHERE lower(s.email) = lower(:email);
+
+-- name: address_unchanged_since
+-- A report found by a return-path token acts only while the subscriber's address is the
+-- one the email went to: unchanged since :sent_after (NULL, a token of an earlier
+-- release: never changed). Locks the row, so an address change waits for the report.
+SELECT email_since IS NULL OR email_since <= :sent_after::timestamptz
+FROM subscribers WHERE id = :id FOR UPDATE;
+
+-- name: claim_webhook_token
+-- A provider's one-time token (Mailgun's signature token): a row while it is fresh, so
+-- a replay inside the freshness window finds it and is refused. Older rows go first.
+WITH purged AS (
+    DELETE FROM webhook_tokens WHERE at < now() - make_interval(secs => :window)
+)
+INSERT INTO webhook_tokens (provider, token) VALUES (:provider, :token)
+ON CONFLICT DO NOTHING
+RETURNING 1;
+
+-- name: release_webhook_token
+-- The event could not be processed (the database went away): the provider's retry of the
+-- same signed request must be taken.
+DELETE FROM webhook_tokens WHERE provider = :provider AND token = :token;
 
 -- name: campaign_bounces
 -- A campaign's bounce and complaint counters, summed over intakes and reasons.
