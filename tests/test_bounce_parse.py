@@ -30,7 +30,7 @@ from tests.bounce_support import DOMAIN, sample, tokens
         ("rhost-yahooinc-01.eml", IGNORE, "5.7.9", "dsn"),  # policy: not about the address
         # non-standard formats, through flufl.bounce
         ("lhost-exim-02.eml", HARD, "5.1.1", "heuristic"),
-        ("lhost-exchange2003-01.eml", HARD, "unstructured", "heuristic"),
+        ("lhost-exchange2003-01.eml", SOFT, "unstructured", "heuristic"),
         ("lhost-gmail-01.eml", HARD, "5.1.1", "heuristic"),
         ("lhost-yahoo-03.eml", HARD, "5.1.1", "heuristic"),
         # delay warnings: the relay is still trying
@@ -60,6 +60,40 @@ def test_a_hard_dsn_names_its_failed_recipient() -> None:
         "r@p351355.pool.example.ne.jp",
     )
     assert parse(sample("lhost-gmail-01.eml")).recipients == ("userunknown@example.jp",)
+
+
+def _dsn(fields: str) -> bytes:
+    return (
+        "From: MAILER-DAEMON@mx.example.org\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/plain\r\n\r\nUndeliverable.\r\n"
+        "--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.example.org\r\n\r\n"
+        f"Final-Recipient: rfc822; reader@example.org\r\n{fields}\r\n--b--\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("fields", "event", "reason"),
+    [
+        ("Action: failed\r\nStatus: 5.1.1\r\n", HARD, "5.1.1"),
+        # No status code: a failure, but no evidence that the mailbox is gone.
+        ("Action: failed\r\n", SOFT, "failed"),
+        # Our sender or our quota refused, not the reader's mailbox.
+        ("Action: failed\r\nStatus: 5.1.8\r\n", IGNORE, "5.1.8"),
+        ("Action: failed\r\nStatus: 5.4.5\r\n", IGNORE, "5.4.5"),
+    ],
+)
+def test_only_a_mailbox_status_makes_a_dsn_hard(fields, event, reason) -> None:
+    report = parse(_dsn(fields))
+    assert (report.event, report.reason) == (event, reason)
+
+
+def test_a_free_text_bounce_with_a_policy_code_is_not_hard() -> None:
+    """flufl.bounce reads a permanent failure in the Exim text; the code in it decides."""
+    raw = sample("lhost-exim-02.eml").replace(b"5.1.1", b"5.7.1")
+    assert parse(sample("lhost-exim-02.eml")).event == HARD
+    assert (parse(raw).event, parse(raw).reason) == (IGNORE, "5.7.1")
 
 
 @pytest.mark.parametrize(

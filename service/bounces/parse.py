@@ -4,13 +4,14 @@ complaint, or nothing to act on.
 In this order:
 
 1. a complaint: an ARF feedback report (RFC 5965) of type `abuse`, `fraud` or `virus`;
-2. a delivery status notification (RFC 3464): per recipient, `Action: failed` with a
-   `Status:` of class 5 is hard, of class 4 soft; `delayed`, `delivered`, `relayed`
-   and `expanded` are not bounces;
+2. a delivery status notification (RFC 3464): per recipient, `Action: failed` decides
+   by its `Status:` as below (without one: soft); `delayed`, `delivered`, `relayed` and
+   `expanded` are not bounces;
 3. an auto-reply (RFC 3834 `Auto-Submitted`, and the older vacation markers), unless
    it comes from a mail system (`MAILER-DAEMON`, `postmaster`): not a bounce;
 4. any other bounce format, through `flufl.bounce` (GNU Mailman's detectors): its
-   permanent failures are hard, its warnings ("still trying") are not bounces.
+   permanent failures decide by the status code in the text as below (without one:
+   soft), its warnings ("still trying") are not bounces.
 
 Only a status about the recipient's mailbox (RFC 3463) is about the address:
 class 5 with X.1.1 (no such mailbox), X.1.2 (no such system), X.1.3 (bad mailbox
@@ -167,8 +168,8 @@ def _delivery_status(message: email.message.Message) -> Report | None:
             event, reason = IGNORE, action
         elif decided is not None and (action == "failed" or not action):
             event, reason = decided
-        elif action == "failed":
-            event, reason = HARD, "failed"
+        elif action == "failed":  # no status code: not evidence of a dead mailbox alone
+            event, reason = SOFT, "failed"
         else:
             continue
         if event != IGNORE:
@@ -215,10 +216,13 @@ def _heuristic(message: email.message.Message) -> Report:
         )
     )
     if permanent:
+        # A status code in the text decides as in a DSN (a policy or quota code ignores it);
+        # without one, "permanent" is a detector's reading of free text: soft, so only
+        # repeated failures of separate emails end the subscription.
         decided = status_event(_text_of(message))
-        if decided is not None and decided[0] != IGNORE:
+        if decided is not None:
             return Report(decided[0], decided[1], "heuristic", recipients)
-        return Report(HARD, "unstructured", "heuristic", recipients)
+        return Report(SOFT, "unstructured", "heuristic", recipients)
     if temporary:
         return Report(IGNORE, "delayed", "heuristic")
     return Report(IGNORE, "not-a-bounce", "heuristic")
