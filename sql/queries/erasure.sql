@@ -70,6 +70,13 @@ SELECT new_email, requested_at FROM address_changes WHERE subscriber_id = :id;
 -- The fresh links to the person's page (times only; the session's hash is a secret).
 SELECT created_at, expires_at, used_at FROM manage_links WHERE subscriber_id = :id ORDER BY id;
 
+-- name: export_soft_bounces
+-- Emails to the person that came back with a temporary failure, kept BOUNCE_SOFT_WINDOW
+-- (campaign 0: a confirmation email).
+SELECT b.at, nullif(b.campaign_id, 0) AS campaign_id, c.name AS campaign_name
+FROM soft_bounces b LEFT JOIN campaigns c ON c.id = b.campaign_id
+WHERE b.subscriber_id = :id ORDER BY b.at, b.campaign_id;
+
 -- name: export_rate_limits
 SELECT window_start, hits, last_at
 FROM rate_limits WHERE scope = 'address' AND key = ANY (:keys::bytea[]) ORDER BY window_start;
