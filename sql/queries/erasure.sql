@@ -31,7 +31,9 @@ SELECT status, email FROM gone;
 
 -- name: pending_addresses
 -- The new address of a pending address change: its allowance's rate-limit rows go too.
-SELECT new_email FROM address_changes WHERE subscriber_id = :id;
+-- Not of an unmailed one (sql/137): that address is someone else's, or its allowance was
+-- spent by others; its rows are not about this person.
+SELECT new_email FROM address_changes WHERE subscriber_id = :id AND NOT unmailed;
 
 -- name: count_unsubscribe
 INSERT INTO list_daily (day, unsubscribes)
