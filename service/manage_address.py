@@ -81,11 +81,10 @@ async def request_change(
             return "gone"
         if row["email"].lower() == new_email.lower():
             return "same"
-        outcome = "queued"
-        if not await manage_links.claim(con, settings, day_key, new_email):
-            outcome = "limited"
-        elif await q.address_taken.fetchval(con, email=new_email):
-            outcome = "taken"
+        # Both questions asked every time: the three outcomes take the same statements.
+        allowed = await manage_links.claim(con, settings, day_key, new_email)
+        taken = await q.address_taken.fetchval(con, email=new_email)
+        outcome = "limited" if not allowed else "taken" if taken else "queued"
         if outcome != "queued" and not masked:
             return outcome
         current = await q.current_change.fetchval(
