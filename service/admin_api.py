@@ -259,7 +259,7 @@ async def correct_subscriber(request: Request) -> Response:
         if "email" in fields:
             day_key = await state.day_keys.today(con)
             outcome = await manage_address.request_change(
-                con, state.settings, day_key, subscriber_id, fields["email"]
+                con, state.settings, day_key, subscriber_id, fields["email"], masked=False
             )
     log.info("subscriber corrected", extra={"kind": ",".join(sorted(fields))})
     if outcome == "gone":

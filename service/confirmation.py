@@ -11,13 +11,24 @@ The choices of the sign-up form (the name, the wish to have opens measured) came
 whoever submitted it, who need not be the address's owner. So they are only proposals:
 the page shows them in a form (`choices=1`) for the person to keep or change, and only
 that form's button sets them. The automatic post confirms the subscription and grants
-nothing; its answer shows the same form, which works as long as the link does. Consent
-to tracking is recorded with its evidence (time, IP per IP_MODE, user agent, consent
-text version) by the request that grants it, and withdrawn the same way.
+nothing; its answer shows the same form. Consent to tracking is recorded with its
+evidence (time, IP per IP_MODE, user agent, consent text version) by the request that
+grants it, and withdrawn the same way.
+
+Confirmation emails get forwarded too, and their link keeps working. Once the
+subscription is active, the link shows neither the name nor the choices: it says
+"confirmed" and points to the subscriber's page, whose fresh emailed link is what shows
+personal data. Only the answer of the request that confirmed carries the choices form,
+with a secret in it (`session`, never in a URL: an HMAC of the subscriber and the moment
+of confirmation under SECRET_KEYS) that lets the form act for MANAGE_LINK_MAX_AGE after
+the confirmation, as the data page's secret does.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 import secrets
 from dataclasses import dataclass
@@ -52,6 +63,28 @@ def _verified(request: Request, verify: str) -> int | None:
     except InvalidToken as exc:
         log.info("bad token", extra={"reason": exc.reason, "route": request.url.path.split("/")[1]})
         return None
+
+
+def _choices_secret(key: str, row: asyncpg.Record) -> str:
+    """The choices form's secret: bound to this subscriber and this confirmation."""
+    derived = hashlib.sha256(b"newsletter.confirm.choices\0" + key.encode()).digest()
+    message = f"{row['id']}:{row['confirmed_at'].timestamp():.6f}".encode()
+    return base64.urlsafe_b64encode(hmac.digest(derived, message, "sha256")).decode().rstrip("=")
+
+
+def _may_choose(settings: Settings, row: asyncpg.Record, secret: object) -> bool:
+    """Whether a post may set the choices of this subscriber: a pending one's link is
+    the person's by the double opt-in; an active one's only with the secret of the
+    answer that confirmed it, within MANAGE_LINK_MAX_AGE."""
+    if row["status"] != "active":
+        return True
+    if not isinstance(secret, str) or not secret or row["confirmed_at"] is None:
+        return False
+    if row["confirmed_age"] > settings.manage_link_max_age:
+        return False
+    return any(
+        hmac.compare_digest(_choices_secret(key, row), secret) for key in settings.secret_keys
+    )
 
 
 def _invalid(request: Request) -> Response:
@@ -98,13 +131,26 @@ def _confirm_page(
 
 
 def _done_page(
-    request: Request, row: asyncpg.Record | None, status_code: int = 200, **extra: object
+    request: Request,
+    row: asyncpg.Record,
+    status_code: int = 200,
+    *,
+    choosing: bool = False,
+    **extra: object,
 ) -> Response:
-    """Confirmed, with the choices form (the link that reached it still works)."""
-    context = {**_page_context(request.app.state.settings, row), **extra}
-    manage = "" if row is None else request.app.state.tokens.manage(row["id"])
+    """Confirmed, and a link to the subscriber's page; with `choosing` (the answer to the
+    request that confirmed, or to its form) also the choices form and its secret. Without
+    it, nothing personal: the link may be a forwarded email's."""
+    settings: Settings = request.app.state.settings
+    context = {**_page_context(settings, row if choosing else None), **extra}
+    session = _choices_secret(settings.secret_keys[0], row) if choosing else ""
     return pages.render(
-        request, "confirm_done.html", status_code=status_code, manage_token=manage, **context
+        request,
+        "confirm_done.html",
+        status_code=status_code,
+        manage_token=request.app.state.tokens.manage(row["id"]),
+        session=session,
+        **context,
     )
 
 
@@ -134,7 +180,7 @@ async def confirm_get(request: Request) -> Response:
     if row is None or row["expired"]:
         return _invalid(request)
     if row["status"] == "active":
-        return _done_page(request, row)
+        return _done_page(request, row)  # "confirmed", nothing personal
     return _confirm_page(request, row, auto=True)
 
 
@@ -171,13 +217,16 @@ async def confirm_post(request: Request) -> Response:
     method = "auto" if auto else "button"
     choices, error = _choices(settings, form)
     async with state.pool.acquire() as con:
-        if error:
-            row = await _state(con, settings, subscriber_id)
-            if row is None or row["expired"]:
-                return _invalid(request)
-            page = _done_page if row["status"] == "active" else _confirm_page
-            extra = {"auto": False} if page is _confirm_page else {}
-            return page(request, row, status_code=400, error=error, **extra)
+        before = await _state(con, settings, subscriber_id)
+        if before is None or before["expired"]:
+            return _invalid(request)
+        may_choose = _may_choose(settings, before, form.get("session"))
+        if error and may_choose:
+            if before["status"] == "active":
+                return _done_page(request, before, 400, choosing=True, error=error)
+            return _confirm_page(request, before, auto=False, status_code=400, error=error)
+        if not may_choose:
+            choices = None  # an active subscriber's link, maybe forwarded: no choices
         async with con.transaction():
             outcome = await _activate(con, request, settings, subscriber_id, method)
             if choices is not None and outcome in ("activated", "already"):
@@ -190,9 +239,17 @@ async def confirm_post(request: Request) -> Response:
         return _confirm_page(request, row, auto=False)
     if outcome == "activated":
         state.metrics.confirmations.labels(method).inc()
-    if choices is None and settings.confirmed_url and not _wish_waiting(settings, row):
+    # The form again for whoever may choose: the request that confirmed, or its form.
+    choosing = may_choose and (
+        before["status"] == "active" or outcome == "activated" or choices is not None
+    )
+    if (
+        choices is None
+        and settings.confirmed_url
+        and not (choosing and _wish_waiting(settings, row))
+    ):
         return RedirectResponse(settings.confirmed_url, status_code=303)
-    return _done_page(request, row, saved=choices is not None)
+    return _done_page(request, row, choosing=choosing, saved=choices is not None)
 
 
 async def _activate(

@@ -151,6 +151,7 @@ async def export_subscriber(con: asyncpg.Connection, email: str) -> dict[str, An
             "queued_emails": [],
             "address_changes": [],
             "manage_links": [],
+            "soft_bounces": [],
             "rate_limits": rate_limits,
         }
         if subscriber is not None:
@@ -162,6 +163,7 @@ async def export_subscriber(con: asyncpg.Connection, email: str) -> dict[str, An
             export["queued_emails"] = _rows(await q.export_outbox.fetch(con, id=sid))
             export["address_changes"] = _rows(await q.export_address_changes.fetch(con, id=sid))
             export["manage_links"] = _rows(await q.export_manage_links.fetch(con, id=sid))
+            export["soft_bounces"] = _rows(await q.export_soft_bounces.fetch(con, id=sid))
         return export
 
 

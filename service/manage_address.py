@@ -8,10 +8,18 @@ puts the new address on the subscriber row, deletes the request row and the old
 address's rate-limit rows (nothing else holds an address), and records an
 `address_changed` consent event. So after it no table holds the old address.
 
-An address that is anyone's already gets no email, and the answer is the one a usable
-address gets: a sign-up tells nobody whether an address is subscribed, neither does this.
-Every request spends the new address's daily email allowance (as a sign-up does), the
-taken ones too, so both write the same rows but the request.
+An address that is anyone's already gets no email, and the person's page answers and
+shows exactly what a usable address gets, "waiting for confirmation" included: a sign-up
+tells nobody whether an address is subscribed, neither does this. So does an address
+whose daily email allowance is spent. Such a request is stored `unmailed` (sql/137): it
+replaces the previous one and is shown and exported like it, its outbox job is queued
+like any (the composer finds nothing to mail), and its link, never sent, cannot exist.
+Every request spends the new address's allowance (as a sign-up does), the taken ones
+too, so all three write the same rows. The owner of a taken address gets nothing: a
+notice would let anyone with a subscription mail any subscriber; their address's
+allowance (RATE_CONFIRM_PER_DAY) is spent, as by a sign-up of it. The operator's
+correction (`PATCH /admin/api/subscribers/{email}`) is told the outcome instead and
+stores nothing for a refused address.
 
 Races: the confirmation locks the subscriber row first, as an erasure's delete does. An
 unsubscribe that commits first leaves nothing to change (the request row went with the
@@ -55,24 +63,41 @@ def clean_address(raw: object, missing: str) -> tuple[str | None, str | None]:
 
 
 async def request_change(
-    con: asyncpg.Connection, settings: Settings, day_key: bytes, subscriber_id: int, new_email: str
+    con: asyncpg.Connection,
+    settings: Settings,
+    day_key: bytes,
+    subscriber_id: int,
+    new_email: str,
+    *,
+    masked: bool = True,
 ) -> str:
     """'queued', 'same' (the address is theirs already), 'taken', 'limited' (allowance
-    spent) or 'gone'. Callers answer 'taken' and 'limited' as they answer 'queued'."""
+    spent) or 'gone'. `masked` (the person's page): a taken or limited address is stored
+    and queued as a queued one is, unmailed, so that the page cannot tell them apart;
+    without it (the operator) nothing is stored for them."""
     async with con.transaction():
         row = await q.lock_subscriber.fetchrow(con, id=subscriber_id)
         if row is None:
             return "gone"
         if row["email"].lower() == new_email.lower():
             return "same"
-        if not await manage_links.claim(con, settings, day_key, new_email):
-            return "limited"
-        if await q.address_taken.fetchval(con, email=new_email):
-            return "taken"
-        await q.drop_address_change.execute(con, id=subscriber_id)
-        await q.request_address_change.fetchval(con, id=subscriber_id, new_email=new_email)
+        # Both questions asked every time: the three outcomes take the same statements.
+        allowed = await manage_links.claim(con, settings, day_key, new_email)
+        taken = await q.address_taken.fetchval(con, email=new_email)
+        outcome = "limited" if not allowed else "taken" if taken else "queued"
+        if outcome != "queued" and not masked:
+            return outcome
+        current = await q.current_change.fetchval(
+            con, id=subscriber_id, max_age=settings.confirm_max_age
+        )
+        # Asked again too soon: the request whose email went out stays, its link works.
+        if not (outcome == "limited" and (current or "").lower() == new_email.lower()):
+            await q.drop_address_change.execute(con, id=subscriber_id)
+            await q.request_address_change.fetchval(
+                con, id=subscriber_id, new_email=new_email, unmailed=outcome != "queued"
+            )
         await q.queue_address_email.fetchval(con, id=subscriber_id)
-        return "queued"
+        return outcome
 
 
 async def compose(con: asyncpg.Connection, job: asyncpg.Record, ctx) -> EmailMessage | None:

@@ -71,6 +71,11 @@ SECTIONS: dict[str, tuple[str, dict[str, str]]] = {
         "Links to this page we emailed you",
         {"created_at": "Sent", "expires_at": "Expires", "used_at": "Opened"},
     ),
+    "soft_bounces": (
+        "Emails to you that came back undelivered for a while (kept a few days to tell a "
+        "full mailbox from a closed one)",
+        {"at": "When", "campaign_name": "Newsletter"},
+    ),
     "rate_limits": (
         "Counters against abuse (emails to your address per day)",
         {"window_start": "Day", "hits": "Emails", "last_at": "Last"},

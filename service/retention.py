@@ -6,6 +6,7 @@
 - erasure journal rows older than ERASURE_JOURNAL_RETENTION (no backup needs them);
 - fresh links to the subscriber's page that no longer work, and address changes not
   confirmed within CONFIRM_MAX_AGE (the new address goes with them).
+- soft bounces older than BOUNCE_SOFT_WINDOW (they no longer count towards an erasure).
 
 One pass is one transaction under `pg_try_advisory_xact_lock`: with several replicas (and
 the `newsletter purge` CronJob) exactly one runs at a time and the others skip; the lock
@@ -69,6 +70,9 @@ async def purge(con: asyncpg.Connection, settings: Settings) -> dict[str, int]:
             "manage_links": await _in_batches(q.delete_old_manage_links, con),
             "address_changes": await _in_batches(
                 q.delete_expired_address_changes, con, max_age=settings.confirm_max_age
+            ),
+            "soft_bounces": await _in_batches(
+                q.delete_old_soft_bounces, con, window=settings.bounce_soft_window
             ),
         }
 

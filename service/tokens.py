@@ -325,9 +325,12 @@ class _LegacyTokens:
     def timed(self, salt: str, token: str) -> int:
         if len(token) > MAX_LENGTH:
             raise InvalidToken("malformed")
+        signer = self._timed.get(salt)
+        if signer is None:  # a purpose that never had this format: a forgery
+            raise InvalidToken("forged")
         _check_signature_spelling(token.rpartition(".")[2])
         try:
-            value = self._timed[salt].unsign(token, max_age=self.confirm_max_age)
+            value = signer.unsign(token, max_age=self.confirm_max_age)
         except SignatureExpired:
             raise InvalidToken("expired") from None
         except BadData:
@@ -337,13 +340,16 @@ class _LegacyTokens:
     def _verify(self, salt: str, token: str) -> str:
         if len(token) > MAX_LENGTH:
             raise InvalidToken("malformed")
+        keys = self._keys.get(salt)
+        if keys is None:  # a purpose that never had this format (manage): a forgery
+            raise InvalidToken("forged")
         value, _, signature = token.rpartition(".")
         mac = _check_signature_spelling(signature)
         try:
             message = value.encode("ascii")
         except UnicodeEncodeError:
             raise InvalidToken("forged") from None
-        for key in self._keys[salt]:
+        for key in keys:
             if hmac.compare_digest(hmac.digest(key, message, "sha1"), mac):
                 return value
         raise InvalidToken("forged")

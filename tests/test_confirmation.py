@@ -121,7 +121,9 @@ async def test_confirming_twice_is_idempotent(client, db, smtp) -> None:
     first = await client.post(paths["confirm"])
     second = await client.post(paths["confirm"])
     assert first.status_code == second.status_code == 200
-    assert first.content == second.content
+    # The confirming answer offers the choices; a repeat (maybe a forwarded email's)
+    # only says it is confirmed.
+    assert "Subscription confirmed" in first.text and "Subscription confirmed" in second.text
     assert await db.fetchval("SELECT count(*) FROM consent_events WHERE kind = 'confirm'") == 1
     assert await db.fetchval("SELECT confirmations FROM list_daily") == 1
     page = await client.get(paths["confirm"])

@@ -4,7 +4,6 @@ with its evidence row, and the page lets them change both first."""
 
 import re
 
-from tests import support
 from tests.signup_helpers import links, subscribe, wait_until
 
 BROWSER = {"user-agent": "Person's Browser/2.0"}
@@ -129,9 +128,12 @@ async def test_the_automatic_post_confirms_but_grants_nothing_and_offers_the_cho
     assert "checked" in _checkbox(done.text)
     assert "starts only when you confirm it here" in done.text
 
-    # The answer's form: now the person's click grants it ...
+    # The answer's form (with its secret): now the person's click grants it ...
+    session = _session(done.text)
     saved = await client.post(
-        paths["confirm"], data={"choices": "1", "name": "Cy", "tracking": "1"}, headers=BROWSER
+        paths["confirm"],
+        data={"choices": "1", "name": "Cy", "tracking": "1", "session": session},
+        headers=BROWSER,
     )
     assert "Your choices are saved" in saved.text
     assert (await _state(db, "cy@example.com"))["tracking_consent"] is True
@@ -143,7 +145,7 @@ async def test_the_automatic_post_confirms_but_grants_nothing_and_offers_the_cho
     await db.execute(
         "INSERT INTO opens (subscriber_id, campaign_id, at) VALUES ($1, $2, now())", sid, campaign
     )
-    await client.post(paths["confirm"], data={"choices": "1", "name": "Cy"})
+    await client.post(paths["confirm"], data={"choices": "1", "name": "Cy", "session": session})
     assert (await _state(db, "cy@example.com"))["tracking_consent"] is False
     assert await db.fetchval("SELECT count(*) FROM opens") == 0
     assert await _kinds(db, "cy@example.com") == [
@@ -194,15 +196,63 @@ async def test_in_notice_mode_the_page_and_email_explain_the_pixel_and_have_no_c
     assert (await _state(db, "n@example.com"))["tracking_requested"] is False
 
 
-async def test_the_confirmation_link_after_confirming_shows_the_choices_form(
+def _session(html: str) -> str:
+    match = re.search(r'name="session" value="([^"]+)"', html)
+    assert match, "the page has no choices form secret"
+    return match.group(1)
+
+
+async def test_a_forwarded_link_of_an_active_subscriber_shows_no_name_and_takes_no_choices(
     client, db, smtp
 ) -> None:
-    _message, paths = await _confirmation(client, db, smtp, "e@example.com", name="E")
+    """Confirmation emails get forwarded: once the subscription is active, its link says
+    "confirmed" and points to the subscriber's page; the name is not shown and the
+    choices form (name, tracking consent) is refused without the secret that only the
+    confirming answer held."""
+    _message, paths = await _confirmation(client, db, smtp, "e@example.com", name="Eve Secret")
     await _outside_scanner_window(db)
-    await client.post(paths["confirm"])
+    confirmed = await client.post(paths["confirm"])
+    assert "Eve Secret" in confirmed.text  # the person who confirmed sees their choices
+
     again = await client.get(paths["confirm"])
     assert again.status_code == 200
-    assert "Subscription confirmed" in again.text
-    assert 'value="E"' in again.text
-    assert "checked" not in _checkbox(again.text)
-    assert support.PUBLIC_URL not in again.text
+    assert "Subscription confirmed" in again.text and 'id="manage-link"' in again.text
+    assert "Eve Secret" not in again.text
+    assert 'name="name"' not in again.text and 'name="session"' not in again.text
+    for session in ("", "forged", _session(confirmed.text)[:-2] + "AA"):
+        posted = await client.post(
+            paths["confirm"],
+            data={"choices": "1", "name": "Mallory", "tracking": "1", "session": session},
+            headers=BROWSER,
+        )
+        assert posted.status_code == 200
+        assert "Subscription confirmed" in posted.text and 'id="manage-link"' in posted.text
+        assert "Eve Secret" not in posted.text and "Mallory" not in posted.text
+        assert "Your choices are saved" not in posted.text
+    bad_name = await client.post(
+        paths["confirm"], data={"choices": "1", "name": "Eve\r\nBcc: x@example.com"}
+    )
+    assert bad_name.status_code == 200 and "Eve Secret" not in bad_name.text
+    row = await _state(db, "e@example.com")
+    assert (row["status"], row["name"], row["tracking_consent"]) == ("active", "Eve Secret", False)
+    assert await _kinds(db, "e@example.com") == ["signup", "confirm"]
+
+
+async def test_the_confirming_answers_secret_works_until_manage_link_max_age(
+    client, db, smtp
+) -> None:
+    _message, paths = await _confirmation(client, db, smtp, "f@example.com", name="Fay")
+    await _outside_scanner_window(db)
+    confirmed = await client.post(paths["confirm"], data={"auto": "1"})
+    session = _session(confirmed.text)
+    saved = await client.post(
+        paths["confirm"], data={"choices": "1", "name": "Fay B", "session": session}
+    )
+    assert "Your choices are saved" in saved.text and _session(saved.text) == session
+    assert (await _state(db, "f@example.com"))["name"] == "Fay B"
+    await db.execute("UPDATE subscribers SET confirmed_at = confirmed_at - interval '31 minutes'")
+    late = await client.post(
+        paths["confirm"], data={"choices": "1", "name": "Fay C", "session": session}
+    )
+    assert "Your choices are saved" not in late.text and "Fay" not in late.text
+    assert (await _state(db, "f@example.com"))["name"] == "Fay B"

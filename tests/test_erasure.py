@@ -138,6 +138,26 @@ async def test_access_request_returns_everything_stored_about_the_address(
     assert set(await people.find_anywhere(db, person.needles)) >= {"subscribers", "opens"}
 
 
+async def test_access_request_includes_the_soft_bounces(
+    client, db, settings, admin_headers, campaign
+) -> None:
+    person = await people.add_person(db, settings, "reader@example.org", "bounces", campaign)
+    await db.execute(
+        "INSERT INTO soft_bounces (subscriber_id, campaign_id, at) VALUES"
+        " ($1, 0, '2026-11-01T10:00:00Z'), ($1, $2, '2026-11-02T10:00:00Z')",
+        person.id,
+        campaign,
+    )
+    response = await client.get("/admin/api/subscribers/reader@example.org", headers=admin_headers)
+    assert response.status_code == 200
+    bounces = response.json()["soft_bounces"]
+    assert [(b["campaign_id"], b["campaign_name"]) for b in bounces] == [
+        (None, None),  # the confirmation email
+        (campaign, "Spring news"),
+    ]
+    assert [b["at"][:10] for b in bounces] == ["2026-11-01", "2026-11-02"]
+
+
 async def test_access_request_for_an_unknown_address_is_404(client, admin_headers) -> None:
     for email in ("nobody@example.org", "", "a" * 400, "no-at-sign", "%ff%fe"):
         response = await client.get(f"/admin/api/subscribers/{email}", headers=admin_headers)

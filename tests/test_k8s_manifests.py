@@ -542,6 +542,20 @@ def test_postgres_logs_no_statement_parameters_but_still_slow_statements(rendere
     assert parse_duration_ms(parameters["log_min_duration_statement"]) > 0
 
 
+def test_postgres_logs_no_values_from_errors_nor_whole_statements(rendered) -> None:
+    """A unique violation's DETAIL quotes the address (`Key (lower(email))=(…) already
+    exists`), a COPY error's CONTEXT an import's line: `terse` leaves both out. Statement
+    logging other than the slow-statement line (whose parameters are cut to nothing)
+    stays off."""
+    parameters = one(rendered, "Cluster")["spec"]["postgresql"]["parameters"]
+    assert parameters["log_error_verbosity"] == "terse"
+    assert parameters["log_statement"] == "none"
+    assert parameters["log_min_duration_sample"] == "-1"
+    assert float(parameters["log_transaction_sample_rate"]) == 0
+    preload = parameters.get("shared_preload_libraries", "")
+    assert "auto_explain" not in preload and "pgaudit" not in preload
+
+
 def parse_duration_ms(text: str) -> float:
     units = {"ms": 1, "s": 1000, "min": 60000}
     for unit, factor in sorted(units.items(), key=lambda kv: -len(kv[0])):
@@ -657,6 +671,29 @@ def test_sending_runs_in_its_own_worker_deployment_with_its_own_hpa(rendered) ->
     ]
     egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
     assert {5432, 25, 587, 465, 53} <= egress_ports
+
+
+def test_the_worker_runs_two_replicas_on_two_nodes_with_a_disruption_budget(rendered) -> None:
+    """A person waiting for a confirmation email should not wait for a node to be
+    replaced: two workers on different nodes, and a drain takes one at a time."""
+    worker = one(rendered, "Deployment", "newsletter-worker")
+    assert worker["spec"]["replicas"] >= 2
+    labels = pod_labels(worker)
+    spread = worker["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    by_node = [c for c in spread if c["topologyKey"] == "kubernetes.io/hostname"]
+    assert by_node and by_node[0]["whenUnsatisfiable"] == "DoNotSchedule"
+    assert selects(by_node[0]["labelSelector"], labels)
+    hpa = one(rendered, "HorizontalPodAutoscaler", "newsletter-worker")
+    assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    [pdb] = [
+        p
+        for p in rendered
+        if p["kind"] == "PodDisruptionBudget" and selects(p["spec"]["selector"], labels)
+    ]
+    spec = pdb["spec"]
+    assert spec.get("maxUnavailable") == 1 or spec.get("minAvailable") == 1
+    server = one(rendered, "Deployment", "newsletter")
+    assert not selects(spec["selector"], pod_labels(server))
 
 
 def test_the_overlay_gives_every_ingress_its_own_host(rendered) -> None:

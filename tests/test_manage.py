@@ -270,6 +270,25 @@ async def test_download_is_the_admin_export(client, db, smtp, person, admin_head
     ]
 
 
+async def test_the_data_page_and_its_download_show_the_soft_bounces(
+    client, db, smtp, person
+) -> None:
+    campaign = await people.add_campaign(db, "Winter news")
+    await db.execute(
+        "INSERT INTO soft_bounces (subscriber_id, campaign_id, at)"
+        " VALUES ($1, $2, '2026-11-02T10:00:00Z')",
+        person.id,
+        campaign,
+    )
+    link = await fresh_link(client, smtp, person.id, person.email, db)
+    page, session = await open_data(client, link)
+    section = page.text.split('id="data-soft-bounces"', 1)[1].split("</section>", 1)[0]
+    assert "came back undelivered" in section
+    assert "2026-11-02 10:00 UTC" in section and "Winter news" in section
+    download = await act(client, session, "download")
+    assert [b["campaign_name"] for b in download.json()["soft_bounces"]] == ["Winter news"]
+
+
 async def test_tracking_is_granted_with_evidence_and_withdrawn_with_the_opens(
     client, db, smtp, person
 ) -> None:

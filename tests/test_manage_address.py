@@ -4,6 +4,7 @@ gone from every table; taken addresses, replaced requests, expiry and races."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -86,6 +87,75 @@ async def test_an_address_already_subscribed_gets_the_same_answer_and_no_email(
     assert mails_to(smtp, "taken@example.net") == []
     assert len(mails_to(smtp, "free@example.net")) == 1
     assert await db.fetchval("SELECT new_email FROM address_changes") == "free@example.net"
+
+
+def _same_shape(html: str, address: str) -> str:
+    """The page with the asked-for address and the times blanked out."""
+    html = html.replace(address, "NEW").replace(address.lower(), "NEW")
+    return re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", "TIME", html)
+
+
+async def test_free_taken_and_over_allowance_addresses_get_the_same_page(
+    app_factory, db, smtp, person, settings
+) -> None:
+    """Whether the new address is free, someone's subscription, or over its daily email
+    allowance: the same status, the same answer and the same data page ("waiting for
+    confirmation" and the queued email included), and an email only to the free one.
+    The pages are compared with the outbox stopped, so that none shows a job the worker
+    has or has not taken yet."""
+    await people.add_subscriber(db, "taken@example.net")
+    await db.execute(
+        "INSERT INTO rate_limits (scope, key, window_start, hits, last_at)"
+        " VALUES ('address', $1, date_trunc('day', now()), $2, now())",
+        await people.address_key_today(db, "limited@example.net"),
+        settings.rate_confirm_per_day,
+    )
+    async with app_factory() as (_app, client):
+        session = await _session(client, db, smtp, person)
+    answers, pages = {}, {}
+    async with app_factory(outbox_concurrency=0) as (_app, client):
+        for address in ("taken@example.net", "limited@example.net", "free@example.net"):
+            answer = await act(client, session, "change_address", new_email=address)
+            page = await act(client, session, "show")
+            assert (answer.status_code, page.status_code) == (200, 200), address
+            assert f"Waiting for confirmation: your new address {address}" in page.text
+            assert "confirmation of your new address" in page.text  # the queued email
+            answers[address] = _same_shape(answer.text, address)
+            pages[address] = _same_shape(page.text, address)
+    assert len(set(answers.values())) == 1, "the answer tells the addresses apart"
+    assert len(set(pages.values())) == 1, "the data page tells the addresses apart"
+    async with app_factory() as (_app, client):
+        await wait_until(lambda: no_jobs(db, "address_confirm"))
+    assert mails_to(smtp, "taken@example.net") == mails_to(smtp, "limited@example.net") == []
+    assert len(mails_to(smtp, "free@example.net")) == 1
+
+
+async def test_a_taken_address_request_can_never_be_confirmed_nor_mailed(
+    client, db, smtp, person
+) -> None:
+    await people.add_subscriber(db, "taken@example.net")
+    await db.execute(
+        "INSERT INTO rate_limits (scope, key, window_start, hits, last_at)"
+        " VALUES ('address', $1, date_trunc('day', now()), 100, now())",
+        await people.address_key_today(db, "limited@example.net"),
+    )
+    session = await _session(client, db, smtp, person)
+    await act(client, session, "change_address", new_email="limited@example.net")
+    await wait_until(lambda: no_jobs(db, "address_confirm"))
+    assert mails_to(smtp, "limited@example.net") == []
+    await act(client, session, "change_address", new_email="taken@example.net")
+    await wait_until(lambda: no_jobs(db, "address_confirm"))
+    change_id = await db.fetchval("SELECT id FROM address_changes")
+    token = aged_token(ADDRESS_CONFIRM, person.id, change_id, 0)  # as if it had been mailed
+    assert (await client.get(f"/manage/address/{token}")).status_code == 400
+    assert (await client.post(f"/manage/address/{token}", data={})).status_code == 400
+    assert mails_to(smtp, "taken@example.net") == []
+    emails = {r["email"] for r in await db.fetch("SELECT email FROM subscribers")}
+    assert emails == {person.email, "taken@example.net"}
+    # Unsubscribing leaves the taken address's own allowance rows alone.
+    assert await people.address_rate_limit_rows(db, None, "taken@example.net") == 1
+    await client.post(manage_path(person.id), data={"action": "unsubscribe"})
+    assert await people.address_rate_limit_rows(db, None, "taken@example.net") == 1
 
 
 async def test_own_address_and_malformed_addresses_change_nothing(client, db, smtp, person) -> None:

@@ -101,6 +101,37 @@ async def test_opens_and_deliveries_older_than_the_retention_are_deleted(db, set
     assert await db.fetchval("SELECT count(*) FROM subscribers") == 1
 
 
+async def test_soft_bounces_older_than_the_window_are_deleted_and_recent_ones_kept(
+    db, settings
+) -> None:
+    """A soft bounce counts towards an erasure only within BOUNCE_SOFT_WINDOW; after it,
+    the row (personal: who bounced, when) is needed no more, even if no new bounce of
+    the person ever arrives."""
+    s = settings.replace(bounce_soft_window=15 * DAY)
+    reader = await people.add_subscriber(db, "reader@example.org")
+    other = await people.add_subscriber(db, "other@example.org")
+    campaign = await people.add_campaign(db)
+    for subscriber_id, campaign_id, age in (
+        (reader, 0, 16 * DAY),
+        (reader, campaign, 14 * DAY),
+        (other, campaign, 15 * DAY + 60),
+    ):
+        await db.execute(
+            "INSERT INTO soft_bounces (subscriber_id, campaign_id, at)"
+            " VALUES ($1, $2, now() - make_interval(secs => $3))",
+            subscriber_id,
+            campaign_id,
+            float(age),
+        )
+
+    counts = await retention.purge(db, s)
+
+    assert counts["soft_bounces"] == 2
+    rows = await db.fetch("SELECT subscriber_id, campaign_id FROM soft_bounces")
+    assert [(r["subscriber_id"], r["campaign_id"]) for r in rows] == [(reader, campaign)]
+    assert await db.fetchval("SELECT count(*) FROM subscribers") == 2
+
+
 async def test_a_delivery_whose_email_is_still_queued_is_kept(db, settings) -> None:
     campaign = await people.add_campaign(db)
     reader = await people.add_subscriber(db, "slow@example.org")
@@ -232,4 +263,5 @@ def test_newsletter_purge_command_runs_one_pass_and_prints_the_counts(database_u
         "erasure_journal",
         "manage_links",
         "address_changes",
+        "soft_bounces",
     }

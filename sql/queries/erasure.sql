@@ -31,7 +31,9 @@ SELECT status, email FROM gone;
 
 -- name: pending_addresses
 -- The new address of a pending address change: its allowance's rate-limit rows go too.
-SELECT new_email FROM address_changes WHERE subscriber_id = :id;
+-- Not of an unmailed one (sql/137): that address is someone else's, or its allowance was
+-- spent by others; its rows are not about this person.
+SELECT new_email FROM address_changes WHERE subscriber_id = :id AND NOT unmailed;
 
 -- name: count_unsubscribe
 INSERT INTO list_daily (day, unsubscribes)
@@ -69,6 +71,13 @@ SELECT new_email, requested_at FROM address_changes WHERE subscriber_id = :id;
 -- name: export_manage_links
 -- The fresh links to the person's page (times only; the session's hash is a secret).
 SELECT created_at, expires_at, used_at FROM manage_links WHERE subscriber_id = :id ORDER BY id;
+
+-- name: export_soft_bounces
+-- Emails to the person that came back with a temporary failure, kept BOUNCE_SOFT_WINDOW
+-- (campaign 0: a confirmation email).
+SELECT b.at, nullif(b.campaign_id, 0) AS campaign_id, c.name AS campaign_name
+FROM soft_bounces b LEFT JOIN campaigns c ON c.id = b.campaign_id
+WHERE b.subscriber_id = :id ORDER BY b.at, b.campaign_id;
 
 -- name: export_rate_limits
 SELECT window_start, hits, last_at

@@ -83,8 +83,16 @@ DELETE FROM address_changes WHERE subscriber_id = :id;
 
 -- name: request_address_change
 -- A new row (a new id) for every request: a link mailed for an earlier request names
--- a row that is gone, so it cannot confirm a later address.
-INSERT INTO address_changes (subscriber_id, new_email) VALUES (:id, :new_email) RETURNING id;
+-- a row that is gone, so it cannot confirm a later address. `unmailed`: shown on the
+-- person's page like any request, never mailed (the address is taken or over its
+-- allowance, sql/137).
+INSERT INTO address_changes (subscriber_id, new_email, unmailed)
+VALUES (:id, :new_email, :unmailed) RETURNING id;
+
+-- name: current_change
+-- The new address of the subscriber's request, while it can still be confirmed.
+SELECT new_email FROM address_changes
+WHERE subscriber_id = :id AND requested_at > now() - make_interval(secs => :max_age);
 
 -- name: queue_address_email
 -- The new address's confirmation email, unless one waits to be sent (its composer reads
@@ -112,7 +120,7 @@ UPDATE address_changes c
 SET mailed_by_job = :job_id
 FROM subscribers s
 WHERE c.subscriber_id = :subscriber_id AND s.id = c.subscriber_id AND s.status = 'active'
-  AND c.requested_at > now() - make_interval(secs => :max_age)
+  AND c.requested_at > now() - make_interval(secs => :max_age) AND NOT c.unmailed
   AND (c.mailed_by_job IS NULL OR c.mailed_by_job = :job_id)
 RETURNING c.id, c.new_email, s.name;
 
@@ -120,7 +128,7 @@ RETURNING c.id, c.new_email, s.name;
 SELECT c.new_email
 FROM address_changes c JOIN subscribers s ON s.id = c.subscriber_id
 WHERE c.id = :change_id AND c.subscriber_id = :id AND s.status = 'active'
-  AND c.requested_at > now() - make_interval(secs => :max_age);
+  AND c.requested_at > now() - make_interval(secs => :max_age) AND NOT c.unmailed;
 
 -- name: lock_change
 -- The subscriber row first (the order of a sign-up and of an erasure's delete), then
@@ -128,7 +136,7 @@ WHERE c.id = :change_id AND c.subscriber_id = :id AND s.status = 'active'
 SELECT s.email AS old_email, c.new_email
 FROM subscribers s JOIN address_changes c ON c.subscriber_id = s.id
 WHERE s.id = :id AND c.id = :change_id AND s.status = 'active'
-  AND c.requested_at > now() - make_interval(secs => :max_age)
+  AND c.requested_at > now() - make_interval(secs => :max_age) AND NOT c.unmailed
 FOR UPDATE OF s, c;
 
 -- name: apply_address_change

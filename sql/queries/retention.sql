@@ -65,3 +65,13 @@ WHERE id IN (
     WHERE requested_at < now() - make_interval(secs => :max_age)
     LIMIT :batch
 );
+
+-- name: delete_old_soft_bounces
+-- Soft bounces older than BOUNCE_SOFT_WINDOW: they no longer count towards an erasure
+-- (service/bounces/actions.py), so nothing needs them.
+DELETE FROM soft_bounces
+WHERE (subscriber_id, campaign_id) IN (
+    SELECT subscriber_id, campaign_id FROM soft_bounces
+    WHERE at <= now() - make_interval(secs => :window)
+    LIMIT :batch
+);

@@ -74,7 +74,8 @@ SELECT EXISTS (SELECT 1 FROM outbox WHERE subscriber_id = :subscriber_id AND kin
 -- name: subscriber_state
 -- What the confirmation pages need; `expired` is true for a pending sign-up older
 -- than the confirmation period (never activated, purged later).
-SELECT id, status, confirm_sent_at, name, tracking_requested, tracking_consent,
+SELECT id, status, confirm_sent_at, name, tracking_requested, tracking_consent, confirmed_at,
+       extract(epoch FROM now() - confirmed_at)::float8 AS confirmed_age,
        (status = 'pending' AND signup_at < now() - make_interval(secs => :max_age)) AS expired,
        (confirm_sent_at IS NULL
         OR confirm_sent_at > now() - make_interval(secs => :scanner_window)) AS in_scanner_window
