@@ -152,6 +152,7 @@ async def export_subscriber(con: asyncpg.Connection, email: str) -> dict[str, An
             "address_changes": [],
             "manage_links": [],
             "soft_bounces": [],
+            "held_refusals": [],
             "rate_limits": rate_limits,
         }
         if subscriber is not None:
@@ -164,6 +165,7 @@ async def export_subscriber(con: asyncpg.Connection, email: str) -> dict[str, An
             export["address_changes"] = _rows(await q.export_address_changes.fetch(con, id=sid))
             export["manage_links"] = _rows(await q.export_manage_links.fetch(con, id=sid))
             export["soft_bounces"] = _rows(await q.export_soft_bounces.fetch(con, id=sid))
+            export["held_refusals"] = _rows(await q.export_held_refusals.fetch(con, id=sid))
         return export
 
 

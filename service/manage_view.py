@@ -76,6 +76,10 @@ SECTIONS: dict[str, tuple[str, dict[str, str]]] = {
         "full mailbox from a closed one)",
         {"at": "When", "campaign_name": "Newsletter"},
     ),
+    "held_refusals": (
+        "Emails to you that your mail provider refused, being checked before we act on it",
+        {"held_at": "When", "campaign_name": "Newsletter", "reason": "Code"},
+    ),
     "rate_limits": (
         "Counters against abuse (emails to your address per day)",
         {"window_start": "Day", "hits": "Emails", "last_at": "Last"},

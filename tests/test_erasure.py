@@ -158,6 +158,26 @@ async def test_access_request_includes_the_soft_bounces(
     assert [b["at"][:10] for b in bounces] == ["2026-11-01", "2026-11-02"]
 
 
+async def test_access_request_includes_held_refusals_and_the_address_date(
+    client, db, settings, admin_headers, campaign
+) -> None:
+    person = await people.add_person(db, settings, "reader@example.org", "held", campaign)
+    await db.execute(
+        "INSERT INTO held_refusals (subscriber_id, campaign_id, kind, reason, holder)"
+        " VALUES ($1, $2, 'campaign', '5.1.1', 'worker-a')",
+        person.id,
+        campaign,
+    )
+    response = await client.get("/admin/api/subscribers/reader@example.org", headers=admin_headers)
+    assert response.status_code == 200
+    data = response.json()
+    held = data["held_refusals"]
+    assert [(h["campaign_id"], h["campaign_name"], h["reason"]) for h in held] == [
+        (campaign, "Spring news", "5.1.1")
+    ]
+    assert "email_since" in data["subscriber"]
+
+
 async def test_access_request_for_an_unknown_address_is_404(client, admin_headers) -> None:
     for email in ("nobody@example.org", "", "a" * 400, "no-at-sign", "%ff%fe"):
         response = await client.get(f"/admin/api/subscribers/{email}", headers=admin_headers)

@@ -42,7 +42,7 @@ ON CONFLICT (day) DO UPDATE SET unsubscribes = list_daily.unsubscribes + 1;
 
 -- name: export_subscriber
 SELECT id, email, name, status, tracking_consent, created_at, signup_at,
-       confirm_sent_at, confirmed_at
+       confirm_sent_at, confirmed_at, email_since
 FROM subscribers
 WHERE lower(email) = lower(:email);
 
@@ -78,6 +78,14 @@ SELECT created_at, expires_at, used_at FROM manage_links WHERE subscriber_id = :
 SELECT b.at, nullif(b.campaign_id, 0) AS campaign_id, c.name AS campaign_name
 FROM soft_bounces b LEFT JOIN campaigns c ON c.id = b.campaign_id
 WHERE b.subscriber_id = :id ORDER BY b.at, b.campaign_id;
+
+-- name: export_held_refusals
+-- An email the relay refused with a mailbox status at send time, held until the worker's
+-- recent sends show the refusal is no burst (service/breaker.py); campaign 0: a one-off.
+SELECT r.held_at, nullif(r.campaign_id, 0) AS campaign_id, c.name AS campaign_name, r.kind,
+       r.reason
+FROM held_refusals r LEFT JOIN campaigns c ON c.id = r.campaign_id
+WHERE r.subscriber_id = :id ORDER BY r.held_at, r.campaign_id;
 
 -- name: export_rate_limits
 SELECT window_start, hits, last_at
