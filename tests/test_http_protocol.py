@@ -18,7 +18,6 @@ import uvicorn
 from service.http_protocol import CoalescingHttpToolsProtocol
 from tests import support
 
-
 STREAM_READ: list[asyncio.Event] = []  # set by the test as it reads each part of /stream
 
 
