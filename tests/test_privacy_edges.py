@@ -340,7 +340,7 @@ async def test_an_erasure_survives_a_restore_of_a_backup_taken_before_it(
     )
     # After the backup: the person unsubscribes.
     assert await erasure.erase_subscriber(db, person.id)
-    assert not await people.find_anywhere(db, person.needles)
+    assert not await people.find_anywhere(db, person.traces)
 
     # The restore brings them back ...
     restored_name = f"t_restored_{uuid.uuid4().hex[:10]}"
@@ -358,13 +358,13 @@ async def test_an_erasure_survives_a_restore_of_a_backup_taken_before_it(
         )
         restored = await asyncpg.connect(restored_url)
         try:
-            assert await people.find_anywhere(restored, person.needles)
+            assert await people.find_anywhere(restored, person.traces)
             # ... until the journal of the live database is applied to it.
             env = {**os.environ, "DATABASE_URL": restored_url, "LOG_LEVEL": "warning"}
             result = support.run_cli(env, "reapply-erasures", "--journal-url", database_url)
             assert result.returncode == 0, result.stderr
             assert '"erased": 1' in result.stdout
-            assert await people.find_anywhere(restored, person.needles) == {}
+            assert await people.find_anywhere(restored, person.traces) == {}
             assert (
                 await restored.fetchval("SELECT count(*) FROM subscribers WHERE id = $1", keeper.id)
                 == 1
