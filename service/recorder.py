@@ -100,7 +100,10 @@ class Recorder:
         self.retry_for = RETRY_FOR if retry_for is None else retry_for
         # Proxies (Apple, Google, scanners) fetch from few addresses: worth a small cache,
         # but one that forgets: a full address is personal data kept only for its batch.
-        self._ip_facts = ExpiringCache(self._ip_facts_uncached, IP_CACHE_SECONDS, IP_CACHE_SIZE)
+        self._ip_cache_seconds = IP_CACHE_SECONDS  # read here: a test shortens it
+        self._ip_facts = ExpiringCache(
+            self._ip_facts_uncached, self._ip_cache_seconds, IP_CACHE_SIZE
+        )
         self._con: asyncpg.Connection | None = None
         self.wait = settings.pixel_mode == "wait"
         self._query = queries("pixel").record_opens
@@ -137,7 +140,7 @@ class Recorder:
         """Ages the IP cache out with or without traffic."""
         self._ip_facts.expire()
         if not self._closing:
-            self._expiry = self._loop.call_later(IP_CACHE_SECONDS / 6, self._expire_later)
+            self._expiry = self._loop.call_later(self._ip_cache_seconds / 6, self._expire_later)
 
     async def stop(self, flush_max: float = SHUTDOWN_FLUSH_MAX) -> None:
         """Write everything collected so far, then end the writer."""
@@ -287,16 +290,23 @@ class ExpiringCache:
     recorder also calls `expire()` every `seconds / 6` from a timer, so entries age out
     with no traffic: an entry lives at most two generations and two timer periods."""
 
-    def __init__(self, compute: Callable[[str | None], _Facts], seconds: float, size: int) -> None:
+    def __init__(
+        self,
+        compute: Callable[[str | None], _Facts],
+        seconds: float,
+        size: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._compute = compute
+        self._clock = clock  # a test's own clock; never the process's time.monotonic patched
         self._span = seconds / 3
         self._size = size
         self._young: dict[str | None, _Facts] = {}
         self._old: dict[str | None, _Facts] = {}
-        self._turn_at = time.monotonic() + self._span
+        self._turn_at = clock() + self._span
 
     def expire(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if now >= self._turn_at or len(self._young) >= self._size:
             # A full period without a turn: the young generation is as old as the old one.
             self._old = {} if now >= self._turn_at + self._span else self._young

@@ -23,7 +23,13 @@ class Person:
 
     @property
     def needles(self) -> tuple[str, ...]:
+        """The texts that identify the person (in pages, logs and rows)."""
         return (self.email, self.name, *self.ips, *self.user_agents)
+
+    @property
+    def traces(self) -> tuple[str | int, ...]:
+        """The texts and the row id: what find_anywhere looks for after an erasure."""
+        return (self.id, *self.needles)
 
 
 async def add_campaign(db: asyncpg.Connection, name: str = "Spring news") -> int:
@@ -66,9 +72,10 @@ async def add_many(db: asyncpg.Connection, count: int, prefix: str = "reader") -
 async def add_person(
     db: asyncpg.Connection, settings: Settings, email: str, tag: str, campaign_id: int
 ) -> Person:
-    """A subscriber with consent evidence, a queued and a sent delivery, open events and
-    address-keyed rate-limit rows, each with IPs and user agents of their own (`tag`
-    makes them unique, so that a search hit can only be this person)."""
+    """A subscriber with consent evidence, a queued and a sent delivery, open events,
+    address-keyed rate-limit rows, a soft bounce and a manage link, each with IPs and
+    user agents of their own (`tag` makes them unique, so that a search hit can only be
+    this person)."""
     name = f"Person {tag}"
     n = zlib.crc32(tag.encode())
     ips = (f"203.0.113.{n % 250 + 2}", f"2001:db8:{n % 65000:x}::{n % 4000 + 7:x}")
@@ -119,6 +126,14 @@ async def add_person(
         " VALUES ('address', $1, date_trunc('day', now()), 1)",
         await address_key_today(db, email),
     )
+    # Rows keyed by the id alone, with no text of the person: only find_anywhere's id
+    # search sees them (a soft bounce of the confirmation email, an unused manage link).
+    await db.execute("INSERT INTO soft_bounces (subscriber_id, campaign_id) VALUES ($1, 0)", sid)
+    await db.execute(
+        "INSERT INTO manage_links (subscriber_id, expires_at)"
+        " VALUES ($1, now() + interval '1 hour')",
+        sid,
+    )
     return Person(sid, email, name, ips, agents)
 
 
@@ -138,15 +153,61 @@ async def base_tables(db: asyncpg.Connection) -> list[str]:
     return [row["table_name"] for row in rows]
 
 
-async def find_anywhere(db: asyncpg.Connection, needles: tuple[str, ...]) -> dict[str, set[str]]:
-    """{table: needles found in some row of it (the whole row cast to text)}."""
-    found: dict[str, set[str]] = {}
+# The erasure journal keeps the erased row's internal id and creation time, and nothing
+# else, by design (sql/072_erasure_journal.sql): `reapply-erasures` erases the row again
+# after a backup restore. Every other table must hold no id of an erased subscriber.
+KEEPS_ERASED_IDS = frozenset({"erasure_journal"})
+
+
+async def subscriber_id_columns(db: asyncpg.Connection) -> list[tuple[str, str]]:
+    """(table, column) of every column that holds a subscriber's id, from the catalogue:
+    subscribers.id, every `subscriber_id` column (with or without a foreign key: the
+    queueing tables lost theirs in sql/130) and every column with a foreign key to
+    subscribers."""
+    rows = await db.fetch(
+        """SELECT c.table_name, c.column_name
+           FROM information_schema.columns c
+           JOIN information_schema.tables t
+             ON t.table_schema = c.table_schema AND t.table_name = c.table_name
+           WHERE c.table_schema = 'public' AND t.table_type = 'BASE TABLE'
+             AND (c.column_name = 'subscriber_id'
+                  OR (c.table_name = 'subscribers' AND c.column_name = 'id'))
+           UNION
+           SELECT src.relname::text, a.attname::text
+           FROM pg_constraint k
+           JOIN pg_class src ON src.oid = k.conrelid
+           JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = ANY(k.conkey)
+           WHERE k.contype = 'f' AND k.confrelid = 'subscribers'::regclass
+           ORDER BY 1, 2"""
+    )
+    return [(r[0], r[1]) for r in rows if r[0] not in KEEPS_ERASED_IDS]
+
+
+async def find_anywhere(
+    db: asyncpg.Connection, needles: tuple[str | int, ...]
+) -> dict[str, set[str | int]]:
+    """{table: needles found in some row of it}: a text needle anywhere in the row (the
+    whole row cast to text), an int needle (a subscriber's id) in a column that holds
+    subscribers' ids (rows keyed by the id alone, with no text of the person)."""
+    found: dict[str, set[str | int]] = {}
+    texts = [n for n in needles if isinstance(n, str)]
+    ids = [n for n in needles if isinstance(n, int)]
     for table in await base_tables(db):
         quoted = '"' + table.replace('"', '""') + '"'
-        for needle in needles:
+        for needle in texts:
             hit = await db.fetchval(
                 f"SELECT EXISTS (SELECT 1 FROM {quoted} AS r"  # noqa: S608 (a catalogue name)
                 " WHERE strpos(lower(r::text), lower($1)) > 0)",
+                needle,
+            )
+            if hit:
+                found.setdefault(table, set()).add(needle)
+    for table, column in await subscriber_id_columns(db) if ids else []:
+        quoted = '"' + table.replace('"', '""') + '"'
+        name = '"' + column.replace('"', '""') + '"'
+        for needle in ids:
+            hit = await db.fetchval(
+                f"SELECT EXISTS (SELECT 1 FROM {quoted} WHERE {name} = $1)",  # noqa: S608
                 needle,
             )
             if hit:

@@ -75,11 +75,11 @@ async def test_a_hard_bounce_erases_the_subscriber_leaving_no_trace_but_a_count(
         receiver, return_path(bounce_settings, person.id, campaign), sample("lhost-postfix-01.eml")
     )
 
-    assert await people.find_anywhere(db, person.needles) == {}
+    assert await people.find_anywhere(db, person.traces) == {}
     assert await people.address_rate_limit_rows(db, settings, person.email) == 0
     assert await counts(db) == [(campaign, "hard", "dsn", "5.1.1", 1)]
     assert {"subscribers", "consent_events", "opens"} <= set(
-        await people.find_anywhere(db, other.needles)
+        await people.find_anywhere(db, other.traces)
     )
 
 

@@ -344,7 +344,10 @@ async def test_malformed_oversized_and_unknown_requests(hooks, provider) -> None
     auth = tuple(POSTMARK.split(":", 1)) if provider == "postmark" else None
     for body in (b"not json", b"\xff\xfe", b"[1, 2", b'"a string"', b"{}", b"[{}]", b"null"):
         response = await client.post(f"/webhooks/{provider}", content=body, auth=auth)
-        assert response.status_code in (400, 401), (body, response.status_code)
+        # Unsigned: SendGrid checks the signature over the raw body first, and an SNS
+        # object is checked before its contents; the others read the body first.
+        refused = provider == "sendgrid" or (provider == "ses" and body == b"{}")
+        assert response.status_code == (401 if refused else 400), (body, response.status_code)
     big = await client.post(f"/webhooks/{provider}", content=b"[" + b" " * 70_000 + b"]", auth=auth)
     assert big.status_code == 413
 

@@ -111,8 +111,12 @@ class Browser:
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {what}; page: {self.driver.current_url}")
 
+    # Reads go through a script on whatever document is current, never through a node
+    # handle: a handle found on a page that is then replaced (a form's answer, a page that
+    # posts itself) fails with "Node with given id does not belong to the document", a
+    # WebDriverException that is not a StaleElementReferenceException (issue 26).
     def text(self) -> str:
-        return self.driver.find_element("tag name", "body").text
+        return self.driver.execute_script("return document.body ? document.body.innerText : ''")
 
     def wait_text(self, text: str) -> None:
         self.wait_for(lambda: text in self.text(), repr(text))
@@ -124,13 +128,38 @@ class Browser:
         element.send_keys(value)
 
     def click(self, css: str) -> None:
+        """A click that stays on the page (a checkbox, a link to a new window)."""
         self.driver.find_element("css selector", css).click()
 
-    def by_id(self, element_id: str) -> str:
-        return self.driver.find_element("id", element_id).text
+    def submit(self, css: str) -> None:
+        """A click that loads another page: returns once the new document has replaced the
+        one clicked in and has loaded (a marker set on the old window is gone from the new
+        one, and readyState is complete), so nothing after it can read the old page."""
+        from selenium.common.exceptions import WebDriverException
 
-    def form_value(self, css: str) -> str:
-        return self.driver.find_element("css selector", css).get_attribute("value")
+        self.driver.execute_script("window.__replacedByNavigation = true")
+        self.driver.find_element("css selector", css).click()
+
+        def loaded() -> bool:
+            try:
+                return self.driver.execute_script(
+                    "return !window.__replacedByNavigation && document.readyState === 'complete'"
+                )
+            except WebDriverException:  # asked in the middle of the navigation: ask again
+                return False
+
+        self.wait_for(loaded, f"the page that {css} loads")
+
+    def by_id(self, element_id: str) -> str | None:
+        return self.driver.execute_script(
+            "const e = document.getElementById(arguments[0]); return e ? e.innerText : null",
+            element_id,
+        )
+
+    def form_value(self, css: str) -> str | None:
+        return self.driver.execute_script(
+            "const e = document.querySelector(arguments[0]); return e ? e.value : null", css
+        )
 
     # -- screenshots -----------------------------------------------------------------
     def screenshot(
@@ -272,7 +301,7 @@ async def test_signup_confirm_send_open_and_unsubscribe_in_a_real_browser(
     await run(browser.fill, "#email", "reader@example")
     await run(browser.fill, "#name", "Rea Der")
     await run(browser.click, "input[name=tracking]")
-    await run(browser.click, "form[action='/subscribe'] button[type=submit]")
+    await run(browser.submit, "form[action='/subscribe'] button[type=submit]")
     await run(browser.wait_text, "Please check the form")
     assert await run(browser.form_value, "#email") == "reader@example"
     assert await run(browser.form_value, "#name") == "Rea Der"
@@ -288,13 +317,13 @@ async def test_signup_confirm_send_open_and_unsubscribe_in_a_real_browser(
         "document.getElementById('name').removeAttribute('maxlength');"
         "document.getElementById('name').value = 'x'.repeat(9000);",
     )
-    await run(browser.click, "form[action='/subscribe'] button[type=submit]")
+    await run(browser.submit, "form[action='/subscribe'] button[type=submit]")
     await run(browser.wait_text, "larger than 8192 bytes")
     await run(browser.shoot, "signup-too-large", False)
     await run(browser.fill, "#email", email)
     await run(browser.fill, "#name", "Rea Der")
     await run(browser.click, "input[name=tracking]")
-    await run(browser.click, "form[action='/subscribe'] button[type=submit]")
+    await run(browser.submit, "form[action='/subscribe'] button[type=submit]")
     await run(browser.wait_text, "Check your inbox")
     await run(browser.shoot, "check-inbox", False)
 
@@ -310,7 +339,7 @@ async def test_signup_confirm_send_open_and_unsubscribe_in_a_real_browser(
         is False
     )
     await run(browser.shoot, "confirm")
-    await run(browser.click, "form[method=post] button[type=submit]")
+    await run(browser.submit, "form[method=post] button[type=submit]")
     await run(browser.wait_text, "Subscription confirmed")
     await run(browser.shoot, "confirmed", False)
     row = await db.fetchrow(
@@ -326,7 +355,7 @@ async def test_signup_confirm_send_open_and_unsubscribe_in_a_real_browser(
     await run(browser.wait_text, "Admin token")
     await run(browser.shoot, "sign-in")
     await run(browser.fill, "#token", support.ADMIN_TOKEN)
-    await run(browser.click, "form[action='/admin/login'] button")
+    await run(browser.submit, "form[action='/admin/login'] button")
     await run(browser.wait_text, "active subscriber")
     assert await run(browser.by_id, "active-count") == "1"
     await run(browser.open, url + "/admin/campaigns/new")
@@ -334,7 +363,7 @@ async def test_signup_confirm_send_open_and_unsubscribe_in_a_real_browser(
     await run(browser.fill, "#subject", "Hello from the browser test")
     await run(browser.fill, "#html", "<h1>Hello {{ name }</h1><p>Our news.</p>")  # a typo
     await run(browser.fill, "#text", "Hello {{ name }}\n\nOur news.")
-    await run(browser.click, "form[action='/admin/campaigns'] button")
+    await run(browser.submit, "form[action='/admin/campaigns'] button")
     await run(browser.wait_text, "Please correct the fields marked below.")
     outline = await run(
         browser.driver.execute_script,
@@ -343,12 +372,12 @@ async def test_signup_confirm_send_open_and_unsubscribe_in_a_real_browser(
     assert outline == "rgb(180, 35, 24)", outline  # the invalid field is outlined
     await run(browser.shoot, "campaign-new-invalid", False)
     await run(browser.fill, "#html", "<h1>Hello {{ name }}</h1><p>Our news.</p>")
-    await run(browser.click, "form[action='/admin/campaigns'] button")
+    await run(browser.submit, "form[action='/admin/campaigns'] button")
     await run(browser.wait_text, "Send…")
-    await run(browser.click, "a.button[href$='/send']")
+    await run(browser.submit, "a.button[href$='/send']")
     await run(browser.wait_text, "The list has 1 active subscriber.")
     await run(browser.shoot, "send-confirm")
-    await run(browser.click, "#confirm-send")
+    await run(browser.submit, "#confirm-send")
     await run(browser.wait_text, "1 email queued.")
     await run(browser.shoot, "campaign-after-send", False)  # sending, or already sent
     campaign_url = browser.driver.current_url.split("?")[0]
@@ -386,7 +415,7 @@ async def test_signup_confirm_send_open_and_unsubscribe_in_a_real_browser(
         await run(browser.shoot, name)
     await run(browser.open, url + "/admin/subscribers")
     await run(browser.fill, "#email", email)
-    await run(browser.click, "form[action='/admin/subscribers'] button")
+    await run(browser.submit, "form[action='/admin/subscribers'] button")
     await run(browser.wait_text, f"Stored about {email}")
     assert "Rea Der" in await run(browser.text)
     await run(browser.shoot, "subscriber-lookup", False)
@@ -400,7 +429,7 @@ async def test_signup_confirm_send_open_and_unsubscribe_in_a_real_browser(
         await run(browser.driver.switch_to.window, browser.driver.window_handles[-1])
     await run(browser.wait_text, "Unsubscribe from the newsletter?")
     await run(browser.shoot, "unsubscribe")
-    await run(browser.click, "form[method=post] button[type=submit]")
+    await run(browser.submit, "form[method=post] button[type=submit]")
     await run(browser.wait_text, "You are unsubscribed")
     await run(browser.shoot, "unsubscribed", False)
 
@@ -417,19 +446,19 @@ async def test_signup_confirm_send_open_and_unsubscribe_in_a_real_browser(
     assert await run(browser.by_id, "sent-count") == "1"
     await run(browser.open, url + "/admin/subscribers")
     await run(browser.fill, "#email", email)
-    await run(browser.click, "form[action='/admin/subscribers'] button")
+    await run(browser.submit, "form[action='/admin/subscribers'] button")
     await run(browser.wait_text, f"Nothing is stored about {email}")
 
     # 9. "This wasn't me": another sign-up, removed from its email's cancel link.
     await run(browser.open, url + "/")
     await run(browser.fill, "#email", "not-me@example.com")
-    await run(browser.click, "form[action='/subscribe'] button[type=submit]")
+    await run(browser.submit, "form[action='/subscribe'] button[type=submit]")
     await run(browser.wait_text, "Check your inbox")
     messages = await smtp.wait_for(3, timeout=WAIT)
     await run(browser.open, link(messages[2].part("plain"), url, "cancel"))
     await run(browser.wait_text, "This wasn't you?")
     await run(browser.shoot, "cancel")
-    await run(browser.click, "form[method=post] button[type=submit]")
+    await run(browser.submit, "form[method=post] button[type=submit]")
     await run(browser.wait_text, "Sign-up removed")
     assert browser.driver.title == "Sign-up removed"
     await run(browser.shoot, "cancel-done", False)
@@ -464,7 +493,7 @@ async def test_the_subscriber_sees_corrects_and_moves_their_data_in_a_real_brows
     assert person.email not in await run(browser.text)
     assert "forwarded" in await run(browser.by_id, "why-fresh-link")
     await run(browser.shoot, "manage")
-    await run(browser.click, "#send-link")
+    await run(browser.submit, "#send-link")
     await run(browser.wait_text, "We emailed you a link to your data")
     await run(browser.shoot, "manage-link-sent", False)
 
@@ -476,7 +505,7 @@ async def test_the_subscriber_sees_corrects_and_moves_their_data_in_a_real_brows
     await run(browser.open, fresh)
     await run(browser.wait_text, "Press the button to see what we keep about you")
     await run(browser.shoot, "manage-open")
-    await run(browser.click, "#open-data")
+    await run(browser.submit, "#open-data")
     await run(browser.wait_text, "What we keep about you")
     body = await run(browser.text)
     for needle in (person.email, person.name, "Thunderbird", "Subscription confirmed"):
@@ -485,11 +514,11 @@ async def test_the_subscriber_sees_corrects_and_moves_their_data_in_a_real_brows
 
     # 3. Correct the name; ask for the address change.
     await run(browser.fill, "#name", "Moe Ver")
-    await run(browser.click, "#save-name")
+    await run(browser.submit, "#save-name")
     await run(browser.wait_text, "Your name is saved")
     assert await db.fetchval("SELECT name FROM subscribers") == "Moe Ver"
     await run(browser.fill, "#new_email", "moved@example.net")
-    await run(browser.click, "#change-address")
+    await run(browser.submit, "#change-address")
     await run(browser.wait_text, "We emailed moved@example.net")
     await run(browser.shoot, "manage-data-after-change", False)
     assert await db.fetchval("SELECT email FROM subscribers") == person.email
@@ -500,7 +529,7 @@ async def test_the_subscriber_sees_corrects_and_moves_their_data_in_a_real_brows
     await run(browser.open, link(confirm_mail.part("plain"), url, "manage/address"))
     await run(browser.wait_text, "Confirm your new address")
     await run(browser.shoot, "manage-address-confirm")
-    await run(browser.click, "#confirm-address")
+    await run(browser.submit, "#confirm-address")
     await run(browser.wait_text, "Your address is changed")
     await run(browser.shoot, "manage-address-changed", False)
     assert await db.fetchval("SELECT email FROM subscribers") == "moved@example.net"
@@ -514,14 +543,14 @@ async def test_the_subscriber_sees_corrects_and_moves_their_data_in_a_real_brows
     await run(browser.wait_text, "Enter the address you subscribed with")
     await run(browser.shoot, "manage-lost")
     await run(browser.fill, "#email", "someone-else@example.org")
-    await run(browser.click, "form[action='/manage'] button[type=submit]")
+    await run(browser.submit, "form[action='/manage'] button[type=submit]")
     await run(browser.wait_text, "If this address is subscribed")
     await run(browser.shoot, "manage-lost-sent", False)
 
     # 6. The operator's list of subscribers.
     await run(browser.open, url + "/admin")
     await run(browser.fill, "#token", support.ADMIN_TOKEN)
-    await run(browser.click, "form[action='/admin/login'] button")
+    await run(browser.submit, "form[action='/admin/login'] button")
     await run(browser.wait_text, "active subscriber")
     await run(browser.open, url + "/admin/subscribers/list")
     await run(browser.wait_text, "moved@example.net")
@@ -575,7 +604,7 @@ async def test_dev_mode_mail_catcher_pages_in_a_real_browser(
     # 1. Sign up on the demo page; the confirmation email shows up in /dev/mail.
     await run(browser.open, url + "/")
     await run(browser.fill, "#email", email)
-    await run(browser.click, "form[action='/subscribe'] button[type=submit]")
+    await run(browser.submit, "form[action='/subscribe'] button[type=submit]")
     await run(browser.wait_text, "Check your inbox")
     await run(
         browser.wait_for,
@@ -584,7 +613,7 @@ async def test_dev_mode_mail_catcher_pages_in_a_real_browser(
     )
 
     # 2. The message page: links inside the preview open the page itself, not the frame.
-    await run(browser.click, "ul.mails a")
+    await run(browser.submit, "ul.mails a")
     await run(browser.wait_text, "HTML part")
     await run(browser.shoot, "dev-mail-message")
     frame = await run(browser.driver.find_element, "css selector", "iframe")
@@ -593,7 +622,7 @@ async def test_dev_mode_mail_catcher_pages_in_a_real_browser(
     await run(browser.driver.switch_to.default_content)
     await run(browser.wait_for, lambda: "/confirm/" in browser.driver.current_url, "top navigation")
     await run(browser.wait_text, "Confirm your subscription")
-    await run(browser.click, "form[method=post] button[type=submit]")
+    await run(browser.submit, "form[method=post] button[type=submit]")
     await run(browser.wait_text, "Subscription confirmed")
 
     # 3. Another address signs up, and again once its email is out: the second email is
@@ -604,7 +633,7 @@ async def test_dev_mode_mail_catcher_pages_in_a_real_browser(
     async def sign_up_twice() -> None:
         await run(browser.open, url + "/")
         await run(browser.fill, "#email", "twice@example.com")
-        await run(browser.click, "form[action='/subscribe'] button[type=submit]")
+        await run(browser.submit, "form[action='/subscribe'] button[type=submit]")
         await run(browser.wait_text, "Check your inbox")
         await run(browser.open, url + "/dev/mail")
 

@@ -4,6 +4,7 @@ import sys
 import asyncpg
 import pytest
 
+from service import migrations
 from tests import support
 
 # Every test runs the `newsletter` command in a process of its own.
@@ -64,13 +65,37 @@ async def test_migrate_applies_the_schema_and_is_idempotent(pg_admin_url: str) -
         env = {**bare_env(), "DATABASE_URL": url}
         first = newsletter("migrate", env=env)
         assert first.returncode == 0, first.stderr
-        second = newsletter("migrate", env=env)
-        assert second.returncode == 0, second.stderr
         con = await asyncpg.connect(url)
-        assert await con.fetchval("SELECT count(*) FROM schema_migrations") >= 1
-        await con.close()
+        try:
+            applied, schema = await _migrations_and_schema(con)
+            # Every migration file, each recorded with its checksum.
+            expected = [(m.name, m.checksum) for m in migrations.discover()]
+            assert [(r["name"], r["sha256"]) for r in applied] == expected
+            second = newsletter("migrate", env=env)
+            assert second.returncode == 0, second.stderr
+            # The second run applied nothing: the same records (not re-stamped) and the
+            # same schema.
+            assert await _migrations_and_schema(con) == (applied, schema)
+        finally:
+            await con.close()
     finally:
         await support.drop_database(pg_admin_url, name)
+
+
+async def _migrations_and_schema(con: asyncpg.Connection) -> tuple[list, str]:
+    applied = await con.fetch(
+        "SELECT name, sha256, applied_at FROM schema_migrations ORDER BY name"
+    )
+    schema = await con.fetchval(
+        """SELECT md5(string_agg(item, ',' ORDER BY item)) FROM (
+               SELECT format('%s.%s:%s', table_name, column_name, data_type) AS item
+               FROM information_schema.columns WHERE table_schema = 'public'
+               UNION ALL SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'public'
+               UNION ALL SELECT 'trigger ' || tgname || ' on ' || tgrelid::regclass::text
+               FROM pg_trigger WHERE NOT tgisinternal
+           ) AS items"""
+    )
+    return applied, schema
 
 
 @pytest.mark.parametrize("args", [[], ["frobnicate"]])

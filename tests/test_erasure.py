@@ -34,12 +34,35 @@ async def test_the_scan_searches_every_table_including_ones_added_later(db) -> N
     assert "subscribers" in await people.base_tables(db)
 
 
+async def test_the_scan_finds_rows_keyed_by_the_subscriber_id_alone(db, settings, campaign) -> None:
+    """Deliveries, jobs, soft bounces and manage links hold no text of the person, only
+    the id: the scan looks for the id in every column that holds one."""
+    person = await people.add_person(db, settings, "ids@example.org", "id-scan", campaign)
+    await db.execute("CREATE TABLE future_queue (subscriber_id bigint)")
+    await db.execute("INSERT INTO future_queue VALUES ($1)", person.id)
+    found = await people.find_anywhere(db, (person.id,))
+    assert set(found) == {
+        "subscribers",
+        "consent_events",
+        "deliveries",
+        "outbox",
+        "opens",
+        "soft_bounces",
+        "manage_links",
+        "future_queue",
+    }
+    await db.execute(
+        "INSERT INTO erasure_journal (subscriber_id, created_at) VALUES ($1, now())", person.id
+    )
+    assert "erasure_journal" not in await people.find_anywhere(db, (person.id,))
+
+
 async def test_after_an_unsubscribe_no_table_holds_the_address_ips_or_user_agents(
     client, db, settings, campaign
 ) -> None:
     person = await people.add_person(db, settings, "Erase.Me@Example.org", "unsub-scan", campaign)
     other = await people.add_person(db, settings, "keep.me@example.org", "other-scan-x", campaign)
-    before = await people.find_anywhere(db, person.needles)
+    before = await people.find_anywhere(db, person.traces)
     assert {"subscribers", "consent_events", "opens"} <= set(before)  # the scan sees them
 
     token = Tokens((support.TEST_KEY,), 3600).unsubscribe(person.id)
@@ -50,11 +73,11 @@ async def test_after_an_unsubscribe_no_table_holds_the_address_ips_or_user_agent
     )
     assert response.status_code == 200
 
-    assert await people.find_anywhere(db, person.needles) == {}
+    assert await people.find_anywhere(db, person.traces) == {}
     assert await people.address_rate_limit_rows(db, settings, person.email) == 0
     # The control: the other person is still found everywhere they were.
     assert {"subscribers", "consent_events", "opens"} <= set(
-        await people.find_anywhere(db, other.needles)
+        await people.find_anywhere(db, other.traces)
     )
 
 
@@ -62,14 +85,14 @@ async def test_after_an_admin_erasure_no_table_holds_the_address_ips_or_user_age
     client, db, settings, admin_headers, campaign
 ) -> None:
     person = await people.add_person(db, settings, "Gdpr+News@Example.org", "admin-scan", campaign)
-    assert await people.find_anywhere(db, person.needles)
+    assert await people.find_anywhere(db, person.traces)
 
     path = f"/admin/api/subscribers/{quote(person.email)}"
     response = await client.delete(path, headers=admin_headers)
     assert response.status_code == 204
     assert response.content == b""
 
-    assert await people.find_anywhere(db, person.needles) == {}
+    assert await people.find_anywhere(db, person.traces) == {}
     assert await people.address_rate_limit_rows(db, settings, person.email) == 0
     assert (await client.get(path, headers=admin_headers)).status_code == 404
 
@@ -81,7 +104,7 @@ async def test_admin_erasure_is_idempotent_and_finds_the_address_in_any_case(
     first = await client.delete("/admin/api/subscribers/TWICE@example.ORG", headers=admin_headers)
     second = await client.delete("/admin/api/subscribers/twice@example.org", headers=admin_headers)
     assert (first.status_code, second.status_code) == (204, 204)
-    assert await people.find_anywhere(db, person.needles) == {}
+    assert await people.find_anywhere(db, person.traces) == {}
     assert await db.fetchval("SELECT sum(unsubscribes) FROM list_daily") == 1
 
 
@@ -135,7 +158,7 @@ async def test_access_request_returns_everything_stored_about_the_address(
     assert [j["kind"] for j in data["queued_emails"]] == ["campaign"]
     assert len(data["rate_limits"]) == 1
     # Looking changes nothing.
-    assert set(await people.find_anywhere(db, person.needles)) >= {"subscribers", "opens"}
+    assert set(await people.find_anywhere(db, person.traces)) >= {"subscribers", "opens"}
 
 
 async def test_access_request_includes_the_soft_bounces(
@@ -207,7 +230,7 @@ async def test_erasure_waits_for_an_in_flight_send_and_then_removes_the_job(
     finally:
         await worker.close()
         await eraser.close()
-    assert await people.find_anywhere(db, person.needles) == {}
+    assert await people.find_anywhere(db, person.traces) == {}
 
 
 async def test_erase_subscriber_reports_whether_someone_was_there(db, settings, campaign) -> None:
@@ -265,9 +288,10 @@ async def test_after_a_real_signup_confirm_campaign_and_open_an_unsubscribe_leav
             assert time.monotonic() < deadline, "the open was not recorded"
             await asyncio.sleep(0.05)
 
-        needles = (address, name, *ips, *agents)
+        sid = await db.fetchval("SELECT id FROM subscribers")
+        needles = (sid, address, name, *ips, *agents)
         before = await people.find_anywhere(db, needles)
-        assert {"subscribers", "consent_events", "opens"} <= set(before), before
+        assert {"subscribers", "consent_events", "opens", "deliveries"} <= set(before), before
 
         unsubscribe = mail.message["List-Unsubscribe"].strip("<>")
         response = await admin.post(

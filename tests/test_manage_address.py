@@ -241,7 +241,7 @@ async def test_an_address_change_racing_an_unsubscribe_leaves_neither_address(
         assert changed.status_code == 200
     assert unsubscribed.status_code == 200
     assert changed.status_code in (200, 400)
-    assert await people.find_anywhere(db, (*person.needles, NEW)) == {}
+    assert await people.find_anywhere(db, (*person.traces, NEW)) == {}
     for address in (person.email, NEW):
         assert await people.address_rate_limit_rows(db, None, address) == 0
 

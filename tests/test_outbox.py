@@ -7,7 +7,7 @@ import asyncpg
 import dkim as dkimpy
 import pytest
 
-from service import campaigns, emails, outbox
+from service import campaign_mail, campaigns, emails, outbox
 from tests import people, support
 from tests.conftest import running
 from tests.signup_helpers import outbox_empty, subscribe, wait_until
@@ -421,6 +421,122 @@ async def test_a_connection_lost_while_composing_is_no_broken_job(
     assert record.error == "InterfaceError"
     job = await db.fetchrow("SELECT attempts, last_error FROM outbox")
     assert (job["attempts"], job["last_error"]) == (0, None)
+
+
+# -- the batch composer, as every campaign is sent -------------------------------------
+# The four tests above swap in a per-job composer; these run campaign_mail.compose_batch
+# itself (emails.BATCH_COMPOSERS), with real rows and a real database failing.
+
+
+async def _two_campaign_jobs(db: asyncpg.Connection, second: str) -> tuple[int, int]:
+    """One campaign, two recipients in one batch: good@example.com and `second`."""
+    assert emails.BATCH_COMPOSERS["campaign"] is campaign_mail.compose_batch
+    campaign_id, _ = await _campaign_job(db, "good@example.com")
+    other = await db.fetchval(
+        "INSERT INTO subscribers (email, status, confirmed_at) VALUES ($1, 'active', now())"
+        " RETURNING id",
+        second,
+    )
+    await db.execute(
+        "INSERT INTO deliveries (campaign_id, subscriber_id) VALUES ($1, $2)", campaign_id, other
+    )
+    await db.execute(
+        "INSERT INTO outbox (kind, subscriber_id, campaign_id) VALUES ('campaign', $1, $2)",
+        other,
+        campaign_id,
+    )
+    return campaign_id, other
+
+
+async def test_the_batch_composer_retries_the_job_it_cannot_build_and_sends_the_others(
+    app_factory, db, smtp
+) -> None:
+    # An address no relay can take (stored before validation was strict): its email
+    # cannot be built; the other recipient of the same batch is mailed all the same.
+    campaign_id, broken = await _two_campaign_jobs(db, "bad@ex\u00e4mple..org")
+    async with app_factory(outbox_backoff_base=30, outbox_backoff_max=30) as (_app, _client):
+        [message] = await smtp.wait_for(1)
+        job = await wait_until(
+            lambda: db.fetchrow(
+                "SELECT subscriber_id, attempts, last_error FROM outbox WHERE attempts > 0"
+            )
+        )
+        await wait_until(
+            lambda: db.fetchval("SELECT sent = 1 FROM campaigns WHERE id = $1", campaign_id)
+        )
+    assert message.to == "good@example.com"
+    assert (job["subscriber_id"], job["attempts"], job["last_error"]) == (
+        broken,
+        1,
+        "compose ValueError",
+    )
+    assert await db.fetchval("SELECT count(*) FROM outbox") == 1
+    assert len(smtp.messages) == 1
+
+
+async def test_a_failing_batch_query_retries_its_jobs_and_they_go_out_once_it_works(
+    app_factory, db, smtp
+) -> None:
+    """A database error in the batch's queries (not the database going away) fails its
+    jobs, which are retried; the savepoint keeps the claims and the batch's ledger."""
+    await _two_campaign_jobs(db, "second@example.com")
+    await db.execute("ALTER TABLE campaigns RENAME COLUMN html TO html_gone")
+    async with app_factory() as (_app, _client):
+        failed = await wait_until(
+            lambda: db.fetch("SELECT attempts, last_error FROM outbox WHERE attempts > 0")
+        )
+        assert {r["last_error"] for r in failed} == {"compose UndefinedColumnError"}
+        assert smtp.messages == []
+        await db.execute("ALTER TABLE campaigns RENAME COLUMN html_gone TO html")
+        messages = await smtp.wait_for(2, timeout=20)
+        await wait_until(lambda: outbox_empty(db))
+    assert sorted(m.to for m in messages) == ["good@example.com", "second@example.com"]
+    assert await db.fetchval("SELECT sent FROM campaigns") == 2
+
+
+async def test_the_database_going_away_while_a_batch_composes_fails_no_job(
+    app_factory, db, database_url, smtp, caplog
+) -> None:
+    """The worker's connection ended in the middle of the batch composer's queries: the
+    batch is abandoned whole (no job charged an attempt or reported as unbuildable), and
+    sent once the database answers again."""
+    caplog.set_level(logging.INFO, logger="newsletter.outbox")
+    await _two_campaign_jobs(db, "second@example.com")
+    blocker = await asyncpg.connect(database_url)
+    try:
+        held = blocker.transaction()
+        await held.start()
+        # The composer's template query waits behind this lock: its connection is then
+        # ended by the server, as a failover or a restart ends it.
+        await blocker.execute("LOCK TABLE campaigns IN ACCESS EXCLUSIVE MODE")
+        async with app_factory() as (_app, _client):
+            pid = await wait_until(
+                lambda: db.fetchval(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%FROM campaigns WHERE id = ANY%'"
+                )
+            )
+            assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
+            [record] = await wait_until(
+                lambda: _async(
+                    [r for r in caplog.records if r.getMessage() == "outbox worker error"][:1]
+                )
+            )
+            assert record.error in (
+                "AdminShutdownError",
+                "ConnectionDoesNotExistError",
+                "InterfaceError",
+            )
+            jobs = await db.fetch("SELECT attempts, last_error FROM outbox")
+            assert [(j["attempts"], j["last_error"]) for j in jobs] == [(0, None)] * 2
+            await held.rollback()
+            messages = await smtp.wait_for(2, timeout=20)
+            await wait_until(lambda: outbox_empty(db))
+    finally:
+        await blocker.close()
+    assert sorted(m.to for m in messages) == ["good@example.com", "second@example.com"]
+    assert not [r for r in caplog.records if r.getMessage() == "email could not be built"]
+    assert await db.fetchval("SELECT (sent, failed) = (2, 0) FROM campaigns")
 
 
 async def test_worker_signs_with_dkim_when_configured(app_factory, db, smtp, tmp_path) -> None:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 
 import asyncpg
@@ -75,3 +76,68 @@ async def test_the_worker_command_sends_and_stops_cleanly_on_sigterm(
     finally:
         worker.stop()
         web.stop()
+
+
+# -- what runs in each role: retention and the bounce mailbox ---------------------------
+
+
+@pytest.mark.parametrize("role", ["all", "worker", "web"])
+async def test_retention_and_the_bounce_mailbox_run_in_worker_and_all_never_in_web(
+    make_settings, db: asyncpg.Connection, role: str
+) -> None:
+    """The real lifespan of each role, with a retention pass due within 0.5 s and a
+    mailbox to poll (a listener on loopback that counts the poller's
+    connections): both run in `worker` and `all`, neither in `web`."""
+    connections = 0
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        # Just enough IMAP for the poll to fail at once (and be retried): a greeting, the
+        # capabilities, and every other command refused (LOGIN first).
+        writer.write(b"* OK ready\r\n")
+        with contextlib.suppress(ConnectionError):
+            while line := await reader.readline():
+                tag, _, command = line.partition(b" ")
+                if command.upper().startswith(b"CAPABILITY"):
+                    writer.write(b"* CAPABILITY IMAP4rev1\r\n" + tag + b" OK done\r\n")
+                else:
+                    writer.write(tag + b" NO refused\r\n")
+                await writer.drain()
+        writer.close()
+
+    mailbox = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = mailbox.sockets[0].getsockname()[1]
+    # An erasure-journal row older than every backup: the retention pass deletes it.
+    await db.execute(
+        "INSERT INTO erasure_journal (subscriber_id, created_at, erased_at)"
+        " VALUES (1, now() - interval '400 days', now() - interval '400 days')"
+    )
+    settings = make_settings(
+        purge_interval=0.5,
+        bounce_imap_url=f"imap://bounces:secret@127.0.0.1:{port}/INBOX",
+        bounce_imap_interval=0.2,
+    )
+    app = create_app(settings, role)
+    try:
+        async with app.router.lifespan_context(app):
+            tasks = {task.get_name() for task in asyncio.all_tasks()}
+            if role == "web":
+                await asyncio.sleep(1.5)  # three times the retention's longest first delay
+            else:
+                await wait_until(lambda: db.fetchval("SELECT count(*) = 0 FROM erasure_journal"))
+                await wait_until(lambda: _value(connections >= 1))
+    finally:
+        mailbox.close()
+        await mailbox.wait_closed()
+    running = {"retention", "bounce-mailbox"} & tasks
+    journal = await db.fetchval("SELECT count(*) FROM erasure_journal")
+    if role == "web":
+        assert (running, journal, connections) == (set(), 1, 0)
+    else:
+        assert running == {"retention", "bounce-mailbox"}
+        assert journal == 0 and connections >= 1
+
+
+async def _value(value: object) -> object:
+    return value

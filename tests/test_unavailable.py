@@ -34,3 +34,19 @@ async def test_pages_and_admin_api_answer_503_not_500_while_the_database_is_gone
     assert {a.headers["retry-after"] for a in answers} == {RETRY_AFTER}
     # A 503 page is never cached by a proxy in front of the service.
     assert {a.headers["cache-control"] for a in answers} == {"no-store"}
+
+
+async def test_healthz_answers_while_the_database_is_gone_and_readyz_does_not(
+    app_factory, db, database_url
+) -> None:
+    """Liveness must not depend on the database (a restart would not bring it back), so
+    /healthz is asked while the app's connections are cut off, not only with them up."""
+    async with app_factory() as (_app, client):
+        admin = await cut_off(database_url, db.get_server_pid())
+        try:
+            health = await client.get("/healthz")
+            ready = await client.get("/readyz")
+        finally:
+            await restore(admin, database_url)
+    assert (health.status_code, health.json()) == (200, {"status": "ok"})
+    assert ready.status_code == 503 and ready.json()["status"] == "unavailable"
