@@ -46,38 +46,46 @@ format: $(STAMP)
 # declared minimum): through a real PgBouncer in transaction pooling mode
 # (DB_STATEMENT_CACHE_SIZE=0, as the replicas run behind CloudNativePG's Pooler) when
 # it is installed, directly otherwise. The second pass leaves out the tests that start
-# their own processes or a browser (marked slow / browser): those connect directly.
-# The two passes run side by side (each with its own embedded PostgreSQL): the tests wait
-# on PostgreSQL and SMTP far more than they compute (pytest uses about a fifth of a core),
-# so on two cores this takes little more than the first pass alone. TEST_PARALLEL=0 runs
-# them one after the other.
+# their own processes or a browser (marked slow / browser: those connect directly),
+# except those marked `floors`, and runs fewer Hypothesis examples (the first pass runs
+# them all on the same code). Each pass runs TEST_WORKERS xdist workers sharing one
+# embedded PostgreSQL, slow tests first (tests/suite_hooks.py); the two passes run side
+# by side: the tests wait on PostgreSQL, SMTP and their own processes far more than they
+# compute. TEST_PARALLEL=0 runs the passes one after the other; TEST_WORKERS=0, each
+# pass in one process.
 TEST_PARALLEL ?= 1
+TEST_WORKERS ?= 4
+FLOORS_WORKERS ?= 3
+XDIST = $(if $(filter 0,$(1)),,-n $(1) --dist load --maxschedchunk 2)
 FLOORS_LOG := test-output/floors-pass.log
+FLOORS_ENV = HYPOTHESIS_PROFILE=floors
 ifneq ($(shell command -v pgbouncer || test -x /usr/sbin/pgbouncer && echo yes),)
-FLOORS = TEST_VIA_PGBOUNCER=1 $(MIN_PY) -m pytest -q -p no:cacheprovider -m "not slow and not browser"
+FLOORS_ENV += TEST_VIA_PGBOUNCER=1
 FLOORS_WHAT = the minimum versions, through PgBouncer (transaction mode)
 else
-FLOORS = $(MIN_PY) -m pytest -q -p no:cacheprovider -m "not slow and not browser"
 FLOORS_WHAT = the minimum versions, directly (pgbouncer not installed: make system-deps)
 endif
+FLOORS = $(FLOORS_ENV) $(MIN_PY) -m pytest -q -p no:cacheprovider $(call XDIST,$(FLOORS_WORKERS)) \
+	-m "(not slow or floors) and not browser"
+FIRST = $(PY) -m pytest $(call XDIST,$(TEST_WORKERS))
 
 test: lint $(MIN_STAMP)
 ifeq ($(TEST_PARALLEL),1)
 	@mkdir -p test-output
 	@echo "== second pass ($(FLOORS_WHAT)) runs beside the first; its log: $(FLOORS_LOG)"
 	@( $(FLOORS) > $(FLOORS_LOG) 2>&1; echo $$? > $(FLOORS_LOG).rc ) & \
-	$(PY) -m pytest; first=$$?; wait; second=$$(cat $(FLOORS_LOG).rc); \
+	$(FIRST); first=$$?; wait; second=$$(cat $(FLOORS_LOG).rc); \
 	echo "== second pass: $(FLOORS_WHAT)"; tail -n 40 $(FLOORS_LOG); \
 	test $$first = 0 && test $$second = 0
 else
-	$(PY) -m pytest
+	$(FIRST)
 	@echo "== again with $(FLOORS_WHAT)"
 	$(FLOORS)
 endif
 
 # The edit-test loop: everything but the tests that spawn processes or drive a browser.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not browser"
+	$(PY) -m pytest -q $(call XDIST,$(TEST_WORKERS)) -m "not slow and not browser"
 
 # The production image (needs Debian's docker.io and mmdebstrap; see .ci/image).
 image:

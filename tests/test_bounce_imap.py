@@ -17,6 +17,7 @@ from tests.bounce_support import DOMAIN, return_path, sample, tokens, with_retur
 from tests.signup_helpers import wait_until
 
 USER = "bounces"
+pytestmark = pytest.mark.slow  # a Dovecot process for the module
 
 
 @pytest.fixture(scope="module")
