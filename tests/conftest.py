@@ -38,8 +38,16 @@ hypothesis.settings.register_profile("floors", deadline=None, max_examples=25)
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's tmp_path plugin reads --basetemp
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(suite_hooks, "newsletter_suite_hooks")
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = suite_runtime.basetemp()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if exitstatus == 0 and not hasattr(session.config, "workerinput"):
+        suite_runtime.remove_basetemp()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

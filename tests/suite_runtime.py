@@ -38,6 +38,7 @@ THROWAWAY_SETTINGS = (
     "max_connections = 400",
 )
 
+_basetemp: Path | None = None
 _server: object | None = None  # pgserver.PostgresServer, imported only when needed
 _directory: Path | None = None
 
@@ -51,6 +52,25 @@ def template_name() -> str:
         digest.update(path.relative_to(sql).as_posix().encode() + b"\0" + path.read_bytes())
     digest.update((support.ROOT / "service" / "migrations.py").read_bytes())
     return f"nl_template_{digest.hexdigest()[:16]}"
+
+
+def basetemp() -> Path:
+    """The session's own base for tmp_path, instead of pytest's /tmp/pytest-of-<user>.
+
+    PostgreSQL runs as `pgserver` when we are root, and the tests that start a server of
+    their own put its data under tmp_path. pytest resets /tmp/pytest-of-<user> to mode
+    0700 whenever any pytest session starts (another checkout, a test that runs pytest):
+    from then on `pgserver` cannot reach its data directory, and initdb or the server
+    fails half-way ("could not open file …/global/pg_control: Permission denied")."""
+    global _basetemp
+    _basetemp = Path(tempfile.mkdtemp(prefix="newsletter-pytest-"))
+    return _basetemp
+
+
+def remove_basetemp() -> None:
+    """After a green run; a failed one keeps its files to look at."""
+    if _basetemp is not None:
+        shutil.rmtree(_basetemp, ignore_errors=True)
 
 
 def _system_user() -> str | None:

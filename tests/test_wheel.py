@@ -21,7 +21,9 @@ import pytest
 from tests import support
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
+# Builds a wheel and installs the locked dependencies into a new venv: minutes on a
+# loaded machine, past the suite's default timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def _run(*command: str | Path, **kw) -> subprocess.CompletedProcess[str]:
