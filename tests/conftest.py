@@ -1,8 +1,11 @@
 """Fixtures: a real PostgreSQL, a fresh database per test, a real SMTP server, the app.
 
 The server is `TEST_DATABASE_URL` when set, else one embedded pgserver instance for the
-whole session. The schema is migrated once into a template database; each test gets
-its own copy with `CREATE DATABASE … TEMPLATE` (a file copy, a few milliseconds).
+whole run: started by the main pytest process (xdist's controller under `-n`), shared by
+its workers through the environment. The schema is migrated once into a template
+database named after a hash of the migrations, so a long-lived `TEST_DATABASE_URL` server
+reuses it across runs; each test gets its own copy with `CREATE DATABASE … TEMPLATE` (a
+file copy, a few milliseconds).
 """
 
 from __future__ import annotations
@@ -10,10 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -22,66 +22,59 @@ import hypothesis
 import pytest
 from starlette.applications import Starlette
 
-from service import migrations
+from service import geo
 from service.app import create_app
 from service.settings import Settings
-from tests import support
+from tests import suite_hooks, suite_runtime, support
 
 CLIENT_IP = "198.51.100.23"
 
 # Hypothesis's per-example deadline (200 ms) is a wall-clock assertion: on a loaded machine
 # it fails correct tests (and hypothesis 6.100, the floor, then crashes in its own error
-# report). Durations belong to `make bench`.
+# report). Durations belong to `make bench`. HYPOTHESIS_PROFILE=floors (the second pass of
+# `make test`) runs fewer examples: the first pass runs the full number on the same code.
 hypothesis.settings.register_profile("suite", deadline=None)
-hypothesis.settings.load_profile("suite")
+hypothesis.settings.register_profile("floors", deadline=None, max_examples=25)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's tmp_path plugin reads --basetemp
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(suite_hooks, "newsletter_suite_hooks")
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = suite_runtime.basetemp()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if exitstatus == 0 and not hasattr(session.config, "workerinput"):
+        suite_runtime.remove_basetemp()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The main process starts the run's PostgreSQL before xdist starts its workers (its
+    own sessionstart runs last), so every worker inherits one server and one template.
+    geoip2fast's loader runs `ps` twice (its memory report), once per process: loaded
+    here, it is no test's process."""
+    with suite_hooks.infrastructure():
+        if not hasattr(session.config, "workerinput"):
+            suite_runtime.start(session.config)
+        geo.resolver()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        suite_runtime.stop()
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url() -> Any:
-    url = os.environ.get("TEST_DATABASE_URL")
-    if url:
-        yield url
-        return
-    import pgserver
-
-    # Not under pytest's numbered temporary directories: a second pytest session started
-    # meanwhile (another checkout, a second terminal) prunes the older ones, and with
-    # them this server's data directory and socket, in the middle of the run.
-    directory = Path(tempfile.mkdtemp(prefix="newsletter-test-pg-"))
-    server = pgserver.get_server(directory, cleanup_mode="delete")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
-        shutil.rmtree(directory, ignore_errors=True)
+def pg_admin_url() -> str:
+    with suite_hooks.infrastructure():
+        return suite_runtime.admin_url()
 
 
 @pytest.fixture(scope="session")
-async def template_db(pg_admin_url: str) -> AsyncIterator[str]:
-    name = f"nl_template_{os.getpid()}"
-    con = await asyncpg.connect(pg_admin_url)
-    try:
-        if not os.environ.get("TEST_DATABASE_URL"):
-            # A throwaway server: trade durability for speed.
-            for setting in (
-                "fsync = off",
-                "synchronous_commit = off",
-                "full_page_writes = off",
-                "jit = off",
-            ):
-                await con.execute(f"ALTER SYSTEM SET {setting}")
-            await con.execute("SELECT pg_reload_conf()")
-        await con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await con.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await con.close()
-    con = await asyncpg.connect(support.with_database(pg_admin_url, name))
-    try:
-        await migrations.migrate(con)
-    finally:
-        await con.close()
-    yield name
-    await support.drop_database(pg_admin_url, name)
+def template_db(pg_admin_url: str) -> str:
+    return suite_runtime.template_name()
 
 
 class Databases:
@@ -156,9 +149,9 @@ def make_settings(database_url: str, smtp: support.SmtpSink) -> Callable[..., Se
             outbox_backoff_max=0.2,
             purge_interval=3600,
             # Tests that try every admin route with bad credentials would hit the
-            # per-client limit; its own tests set it low (test_admin_auth_limits.py).
+            # per-client limit; its own tests set it low (test_privacy_edges.py).
             admin_auth_failures=10_000,
-            # Sign-up answers are padded to this; its own test sets it (test_signup_timing.py).
+            # Sign-up answers are padded to this; its own test sets it (test_privacy_edges.py).
             signup_min_duration=0.0,
         )
         values.update(overrides)
@@ -237,7 +230,7 @@ if os.environ.get("TEST_VIA_PGBOUNCER") == "1":
     def pgbouncer_server(pg_admin_url: str) -> Any:
         if _pgbouncer.executable() is None:
             pytest.exit(f"TEST_VIA_PGBOUNCER=1 but {_pgbouncer.NOT_INSTALLED}", returncode=4)
-        with _pgbouncer.running(pg_admin_url) as bouncer:
+        with suite_hooks.infrastructure(), _pgbouncer.running(pg_admin_url) as bouncer:
             yield bouncer
 
     @pytest.fixture

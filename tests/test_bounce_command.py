@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import aiosmtplib
+import pytest
 
 from service import db as service_db
 from service.bounces.receiver import BounceServer
@@ -26,6 +27,7 @@ async def _smtp_ready(port: int) -> bool:
     return False
 
 
+@pytest.mark.slow
 async def test_the_bounces_command_receives_a_bounce_and_stops_on_sigterm(
     database_url, db, make_settings
 ) -> None:
@@ -63,6 +65,7 @@ async def test_the_bounces_command_receives_a_bounce_and_stops_on_sigterm(
     assert '"bounce received"' in output or "bounce received" in output
 
 
+@pytest.mark.slow
 def test_the_bounces_command_needs_bounce_domain(database_url) -> None:
     result = support.run_cli(support.base_env(database_url, "smtp://127.0.0.1:1"), "bounces")
     assert result.returncode == 2

@@ -26,6 +26,7 @@ from tests.bounce_support import (
 from tests.signup_helpers import wait_until
 
 USER = "bounces"
+pytestmark = pytest.mark.slow  # a Dovecot process for the module
 
 
 @pytest.fixture(scope="module")

@@ -156,6 +156,7 @@ def test_port_in_use_sees_a_listener_and_not_a_free_port() -> None:
     assert not devmode.port_in_use(support.free_port())
 
 
+@pytest.mark.slow
 def test_a_second_newsletter_dev_on_a_taken_port_says_so_plainly(tmp_path) -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))

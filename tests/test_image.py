@@ -74,7 +74,7 @@ def _docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.
 @pytest.fixture(scope="module")
 def image() -> str:
     if shutil.which("docker") is None:
-        pytest.skip("no docker client (apt-get install docker.io)")
+        pytest.skip("docker is not installed (apt-get install docker.io)")
     engine = subprocess.run([ROOT / ".ci" / "image", "engine"], capture_output=True, text=True)
     if engine.returncode != 0:
         pytest.skip(f"no container engine can run here: {engine.stderr.strip()[-500:]}")

@@ -49,6 +49,9 @@ def test_address_confirmations_expire_after_confirm_max_age() -> None:
         "x" * 201,
         TOKENS.manage_link(1, 1)[:-1],
     ],
+    # Named, not shown: the tokens differ on each run, and xdist's workers must collect
+    # the same test ids.
+    ids=["address-confirm", "manage", "confirm", "pixel", "empty", "too-long", "truncated"],
 )
 def test_nothing_else_is_a_fresh_link(token: str) -> None:
     with pytest.raises(InvalidToken):

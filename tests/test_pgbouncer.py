@@ -19,7 +19,11 @@ import pytest
 from tests import pgbouncer
 from tests.conftest import running
 
-pytestmark = pytest.mark.skipif(pgbouncer.executable() is None, reason=pgbouncer.NOT_INSTALLED)
+# slow: every test here runs PgBouncer processes.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(pgbouncer.executable() is None, reason=pgbouncer.NOT_INSTALLED),
+]
 
 
 @pytest.fixture(scope="module")

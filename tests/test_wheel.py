@@ -1,17 +1,19 @@
 """The project installs from its wheel alone: the SQL ships inside it (`service.sql`).
 
-The wheel is built from the repository, installed with the locked dependencies
-(requirements.lock, hash-checked) into a fresh virtual environment outside the
-repository, and its `newsletter migrate` run from a directory where no source tree is
-in reach, against an empty database.
+The wheel is built from the repository and installed into a copy of a virtual
+environment outside the repository that holds the locked dependencies (requirements.lock,
+hash-checked; kept between runs on the lock file's hash), and its `newsletter migrate` is
+run from a directory where no source tree is in reach, against an empty database.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -21,7 +23,9 @@ import pytest
 from tests import support
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
+# Builds a wheel and installs the locked dependencies into a new venv: minutes on a
+# loaded machine, past the suite's default timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def _run(*command: str | Path, **kw) -> subprocess.CompletedProcess[str]:
@@ -30,6 +34,30 @@ def _run(*command: str | Path, **kw) -> subprocess.CompletedProcess[str]:
     )
     assert done.returncode == 0, f"{command}: {done.stdout[-2000:]}\n{done.stderr[-2000:]}"
     return done
+
+
+def locked_venv() -> Path:
+    """A venv with requirements.lock installed (hash-checked), kept between runs under a
+    name that carries the lock file's hash: a changed lock file makes a new one. Made
+    under a temporary name and renamed, so a half-made one is never used."""
+    lock = (ROOT / "requirements.lock").read_bytes()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "newsletter-tests"
+    venv = cache / f"wheel-venv-{sys.version_info[0]}.{sys.version_info[1]}-"
+    venv = venv.with_name(venv.name + hashlib.sha256(lock).hexdigest()[:16])
+    if (venv / "bin" / "python").exists():
+        return venv
+    cache.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix="building-", dir=cache))
+    _run(sys.executable, "-m", "venv", building)
+    _run(
+        building / "bin" / "python", "-m", "pip", "install", "-q", "--require-hashes",
+        "--no-deps", "-r", ROOT / "requirements.lock",
+    )  # fmt: skip
+    try:
+        building.rename(venv)
+    except OSError:  # another run made it meanwhile
+        shutil.rmtree(building, ignore_errors=True)
+    return venv
 
 
 async def test_the_wheel_alone_installs_and_migrates_an_empty_database(
@@ -51,10 +79,8 @@ async def test_the_wheel_alone_installs_and_migrates_an_empty_database(
     assert "service/sql/queries/signup.sql" in names
 
     venv = work / "venv"
-    _run(sys.executable, "-m", "venv", venv)
-    pip = venv / "bin" / "pip"
-    _run(pip, "install", "-q", "--require-hashes", "--no-deps", "-r", ROOT / "requirements.lock")
-    _run(pip, "install", "-q", "--no-deps", wheel)
+    shutil.copytree(locked_venv(), venv, symlinks=True)
+    _run(venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", wheel)
     shutil.rmtree(source)
 
     name = f"t_wheel_{os.getpid()}"
