@@ -413,7 +413,15 @@ async def test_sigterm_completes_pixel_requests_in_flight_records_them_and_exits
                 return False
 
             await until(refusing_connections, "new connections to go unserved after SIGTERM", 10)
-            assert not any(task.done() for task in in_flight)  # still in flight, not cut
+            # Still in flight, not cut; if not, say how each finished early.
+            early = [
+                repr(t.exception()) if t.exception() else t.result().status_code
+                for t in in_flight
+                if t.done()
+            ]
+            assert not early, (
+                f"{len(early)} requests finished before the lock was released: {early[:5]}"
+            )
             await locked.rollback()
             responses = await asyncio.gather(*in_flight)
         code = await asyncio.to_thread(service.wait, GRACEFUL_SHUTDOWN_S + 5)
