@@ -32,6 +32,7 @@ from service.settings import Settings
 
 log = logging.getLogger("newsletter.breaker")
 q = queries("breaker")
+campaigns_q = queries("campaigns")
 
 # Held refusals left by a process that ended are looked for at least this often.
 SWEEP_EVERY_S = 60.0
@@ -58,7 +59,7 @@ async def resume(con: asyncpg.Connection, campaign_id: int) -> int | None:
         if await q.resume_campaign.fetchval(con, id=campaign_id) is None:
             return None
         resumed = await q.unpark_campaign_jobs.fetchval(con, id=campaign_id)
-        await con.execute("SELECT pg_notify('newsletter_outbox', '')")
+        await campaigns_q.notify_outbox.execute(con)
         return resumed
 
 
