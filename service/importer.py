@@ -226,7 +226,11 @@ class Writer:
         await con.copy_to_table(
             "import_staging", source=io.BytesIO(staged), columns=STAGING_COLUMNS, format="csv"
         )
-        await con.execute("ANALYZE import_staging")  # the planner's row counts for the joins
+        # The planner's row counts for the joins. ANALYZE also takes the staging table's
+        # SHARE UPDATE EXCLUSIVE lock, which conflicts with itself, until the commit: imports
+        # run their inserts one after another, so two lists with addresses in common, in
+        # different orders, never wait for each other's rows (a deadlock).
+        await con.execute("ANALYZE import_staging")
         counts = await q.import_staged.fetchrow(
             con,
             import_id=import_id,
