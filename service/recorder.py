@@ -19,7 +19,8 @@ that, even while the database is down. The timer starts with the first open, not
 batch is swapped in: a batch left empty through an idle spell longer than PIXEL_WAIT_MAX
 would otherwise be resolved already and answer its first opens before their commit. A batch that fails for a transient reason (connection
 lost, database restarting, deadlock) is retried with backoff for up to RETRY_FOR
-seconds, then dropped and counted (`reason="database"`). On shutdown the writer drains
+seconds (also one that found no free pooled connection in time), then dropped and
+counted (`reason="database"`). On shutdown the writer drains
 everything collected before the pool closes.
 """
 
@@ -54,8 +55,15 @@ _BACKOFF = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 # A lost database (db.UNAVAILABLE, which includes asyncpg's "cannot switch to state …"
 # after a restart: nothing was sent, so a fresh connection retries) or a lock conflict.
 _RETRY_AT_ONCE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
+class PoolBusy(Exception):
+    """No pooled connection within DB_COMMAND_TIMEOUT: other work holds them all."""
+
+
 # InterfaceError: the pool detached the writer's held connection when the server dropped it.
-_TRANSIENT = (*db.UNAVAILABLE, *_RETRY_AT_ONCE, asyncpg.InterfaceError)
+# PoolBusy: nothing was sent; the batch waits for a connection like for a lost database.
+_TRANSIENT = (*db.UNAVAILABLE, *_RETRY_AT_ONCE, asyncpg.InterfaceError, PoolBusy)
 
 
 class BatchDone(asyncio.Future):
@@ -254,7 +262,14 @@ class Recorder:
                 if self._con is None:
                     # Bounded: a pool exhausted by other work must fail the batch into the
                     # retry path (and its metric), never stall the writer unseen.
-                    self._con = await self.pool.acquire(timeout=self.settings.db_command_timeout)
+                    # (A TimeoutError of the statement itself is not retried: the commit
+                    # may have happened before the cancel, and a retry would count twice.)
+                    try:
+                        self._con = await self.pool.acquire(
+                            timeout=self.settings.db_command_timeout
+                        )
+                    except TimeoutError as exc:
+                        raise PoolBusy from exc
                 row = await self._query.fetchrow(self._con, **args)
             except _TRANSIENT as exc:
                 await self._release(broken=not isinstance(exc, _RETRY_AT_ONCE))

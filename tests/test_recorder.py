@@ -93,6 +93,39 @@ async def test_an_open_after_an_idle_spell_waits_for_its_commit(make_settings, d
         await pool.close()
 
 
+async def test_a_batch_that_cannot_get_a_connection_in_time_is_retried_not_lost(
+    make_settings, db, caplog
+) -> None:
+    """The writer's bounded acquire (DB_COMMAND_TIMEOUT) raised TimeoutError, which was not
+    among the retried errors: a pool busy with other work for a moment lost the batch
+    (counted as reason="error") instead of retrying it for RETRY_FOR."""
+    campaign_id, (sid,) = await seed(db, 1)
+    settings = make_settings(db_pool_min=1, db_pool_max=1, db_command_timeout=0.2)
+    pool = await service_db.create_pool(settings)
+    try:
+        metrics = Metrics()
+        rec = Recorder(pool, settings, metrics, retry_for=10.0)
+        busy = await pool.acquire()  # other work holds the only connection
+        rec.start()
+        done = rec.submit(Open(sid, campaign_id, time.time(), None, CHROME))
+        assert done is not None
+        # hold it until the writer's acquire has timed out once (retried, or failed)
+        outcomes = {"recorder retrying a batch", "recorder batch failed"}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if outcomes & {r.getMessage() for r in caplog.records}:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            pytest.fail("the writer's acquire never timed out")
+        await pool.release(busy)
+        await rec.stop()
+    finally:
+        await pool.close()
+    assert dropped(metrics, "error") == 0 and dropped(metrics, "database") == 0
+    assert await db.fetchval("SELECT count(*) FROM opens") == 1
+
+
 async def test_answer_first_mode_answers_at_once_and_records_soon_after(app_factory, db) -> None:
     campaign_id, subscriber_ids = await seed(db, 20)
     async with app_factory(pixel_mode="answer-first") as (_app, client):
