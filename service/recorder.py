@@ -14,10 +14,13 @@ The bound is the same: at most PIXEL_QUEUE_MAX events wait in memory; beyond it 
 is dropped and counted (`pixel_opens_dropped{reason="queue_full"}`).
 
 Waiting is bounded without a timer per request: each batch's future also resolves
-PIXEL_WAIT_MAX seconds after the batch was opened, so no request waits longer than that,
-even while the database is down. A batch that fails for a transient reason (connection
+PIXEL_WAIT_MAX seconds after its first open joined it, so no request waits longer than
+that, even while the database is down. The timer starts with the first open, not when the
+batch is swapped in: a batch left empty through an idle spell longer than PIXEL_WAIT_MAX
+would otherwise be resolved already and answer its first opens before their commit. A batch that fails for a transient reason (connection
 lost, database restarting, deadlock) is retried with backoff for up to RETRY_FOR
-seconds, then dropped and counted (`reason="database"`). On shutdown the writer drains
+seconds (also one that found no free pooled connection in time), then dropped and
+counted (`reason="database"`). On shutdown the writer drains
 everything collected before the pool closes.
 """
 
@@ -52,12 +55,20 @@ _BACKOFF = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 # A lost database (db.UNAVAILABLE, which includes asyncpg's "cannot switch to state …"
 # after a restart: nothing was sent, so a fresh connection retries) or a lock conflict.
 _RETRY_AT_ONCE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
+class PoolBusy(Exception):
+    """No pooled connection within DB_COMMAND_TIMEOUT: other work holds them all."""
+
+
 # InterfaceError: the pool detached the writer's held connection when the server dropped it.
-_TRANSIENT = (*db.UNAVAILABLE, *_RETRY_AT_ONCE, asyncpg.InterfaceError)
+# PoolBusy: nothing was sent; the batch waits for a connection like for a lost database.
+_TRANSIENT = (*db.UNAVAILABLE, *_RETRY_AT_ONCE, asyncpg.InterfaceError, PoolBusy)
 
 
 class BatchDone(asyncio.Future):
-    """Resolves when a batch is committed (True) or PIXEL_WAIT_MAX passed (False).
+    """Resolves when a batch is committed (True) or PIXEL_WAIT_MAX after its first open
+    joined (False).
 
     Shared by every request of the batch. A cancelled waiter must not cancel it for the
     others, and `asyncio.shield` per request showed up in the profile: refusing
@@ -121,16 +132,15 @@ class Recorder:
         if len(self._pending) >= self.settings.pixel_queue_max:
             self.metrics.opens_dropped.labels("queue_full").inc()
             return None
+        if not self._pending and self.wait:  # the batch's first open: its wait starts now
+            self._loop.call_later(self.settings.pixel_wait_max, _resolve, self._done, False)
         self._pending.append(event)
         self._wakeup.set()
         return self._done
 
     # -- the writer ------------------------------------------------------------------
     def _new_future(self) -> BatchDone:
-        future = BatchDone(loop=self._loop)
-        if self.wait:
-            self._loop.call_later(self.settings.pixel_wait_max, _resolve, future, False)
-        return future
+        return BatchDone(loop=self._loop)  # its PIXEL_WAIT_MAX timer starts in submit()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="pixel-recorder")
@@ -252,7 +262,14 @@ class Recorder:
                 if self._con is None:
                     # Bounded: a pool exhausted by other work must fail the batch into the
                     # retry path (and its metric), never stall the writer unseen.
-                    self._con = await self.pool.acquire(timeout=self.settings.db_command_timeout)
+                    # (A TimeoutError of the statement itself is not retried: the commit
+                    # may have happened before the cancel, and a retry would count twice.)
+                    try:
+                        self._con = await self.pool.acquire(
+                            timeout=self.settings.db_command_timeout
+                        )
+                    except TimeoutError as exc:
+                        raise PoolBusy from exc
                 row = await self._query.fetchrow(self._con, **args)
             except _TRANSIENT as exc:
                 await self._release(broken=not isinstance(exc, _RETRY_AT_ONCE))
