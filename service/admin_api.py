@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import asyncpg
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -129,17 +130,27 @@ async def send_campaign(request: Request) -> Response:
     return _json({"queued": queued}, 202)
 
 
-@require_admin
-async def resume_campaign(request: Request) -> Response:
-    """Resumes a campaign the circuit breaker paused: `200 {"resumed": n}` (its waiting
-    emails are due again, with their attempts back); `409` when it is not paused."""
+async def _on_existing_campaign(
+    request: Request, act: Callable[[asyncpg.Connection, int], Awaitable[Any]]
+) -> tuple[int, Any] | Response:
+    """(campaign id, what `act` returned) for the campaign of the path, or its 404."""
     campaign_id = _campaign_id(request)
     if campaign_id is None:
         return _not_found("campaign")
     async with request.app.state.pool.acquire() as con:
         if not await campaigns.q.campaign_exists.fetchval(con, id=campaign_id):
             return _not_found("campaign")
-        resumed = await breaker.resume(con, campaign_id)
+        return campaign_id, await act(con, campaign_id)
+
+
+@require_admin
+async def resume_campaign(request: Request) -> Response:
+    """Resumes a campaign the circuit breaker paused: `200 {"resumed": n}` (its waiting
+    emails are due again, with their attempts back); `409` when it is not paused."""
+    outcome = await _on_existing_campaign(request, breaker.resume)
+    if isinstance(outcome, Response):
+        return outcome
+    campaign_id, resumed = outcome
     if resumed is None:
         return _error(409, "not_paused", "the campaign is not paused")
     log.info("campaign resumed", extra={"campaign_id": campaign_id, "count": resumed})
@@ -149,13 +160,10 @@ async def resume_campaign(request: Request) -> Response:
 @require_admin
 async def cancel_campaign(request: Request) -> Response:
     """Drops the campaign's emails not sent yet, paused or not: `200 {"cancelled": n}`."""
-    campaign_id = _campaign_id(request)
-    if campaign_id is None:
-        return _not_found("campaign")
-    async with request.app.state.pool.acquire() as con:
-        if not await campaigns.q.campaign_exists.fetchval(con, id=campaign_id):
-            return _not_found("campaign")
-        cancelled = await breaker.cancel(con, campaign_id)
+    outcome = await _on_existing_campaign(request, breaker.cancel)
+    if isinstance(outcome, Response):
+        return outcome
+    campaign_id, cancelled = outcome
     log.info("campaign cancelled", extra={"campaign_id": campaign_id, "count": cancelled})
     return _json({"cancelled": cancelled})
 
