@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 import asyncpg
@@ -130,8 +131,11 @@ async def _reset(url: str, count: int) -> None:
         await con.close()
 
 
-async def service_send(url: str, port: int, lanes: int, dkim_key: Path | None, count: int) -> float:
-    """emails/s of the outbox worker sending one campaign of `count` emails."""
+async def service_send(
+    url: str, port: int, lanes: int, dkim_key: Path | None, count: int, **extra: Any
+) -> float:
+    """emails/s of the outbox worker sending one campaign of `count` emails (`extra`:
+    further settings, e.g. bench_send_rate's caps)."""
     await _reset(url, count)
     dkim = (
         {
@@ -153,6 +157,7 @@ async def service_send(url: str, port: int, lanes: int, dkim_key: Path | None, c
         outbox_concurrency=lanes,
         purge_interval=3600,
         **dkim,
+        **extra,
     )
     app = create_app(settings)
     watcher = await asyncpg.connect(url)

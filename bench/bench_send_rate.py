@@ -22,16 +22,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import asyncpg
-import httpx
 
-from bench.bench_send import ADMIN_TOKEN, CAMPAIGN, KEY, _reset, smtp_sink
+from bench.bench_send import service_send, smtp_sink
 from service import migrations
-from service.app import create_app
-from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 40.0
@@ -54,47 +50,12 @@ print(asyncio.run(service_send(sys.argv[1], int(sys.argv[2]), 4, None, int(sys.a
 
 async def send(url: str, port: int, count: int, **caps: float) -> float:
     """emails/s of this checkout's worker sending one campaign of `count` emails."""
-    await _reset(url, count)
     con = await asyncpg.connect(url)
     try:  # the bucket starts full, as it is after any idle second
         await con.execute("UPDATE send_rate SET tokens = 0, refilled_at = now() - interval '1h'")
     finally:
         await con.close()
-    settings = Settings(
-        database_url=url,
-        smtp_url=f"smtp://127.0.0.1:{port}",
-        public_url="https://news.example.com",
-        secret_keys=(KEY,),
-        admin_tokens=(ADMIN_TOKEN,),
-        mail_from="Bench News <news@example.com>",
-        outbox_poll_interval=0.05,
-        outbox_concurrency=LANES,
-        purge_interval=3600,
-        **caps,
-    )
-    app = create_app(settings)
-    watcher = await asyncpg.connect(url)
-    try:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-            async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
-                created = await client.post("/admin/api/campaigns", headers=headers, json=CAMPAIGN)
-                campaign_id = created.json()["id"]
-                started = time.perf_counter()
-                await client.post(f"/admin/api/campaigns/{campaign_id}/send", headers=headers)
-                query = "SELECT sent, failed FROM campaigns WHERE id = $1"
-                while True:
-                    sent, failed = await watcher.fetchrow(query, campaign_id)
-                    if sent + failed >= count:
-                        break
-                    await asyncio.sleep(0.02)
-                elapsed = time.perf_counter() - started
-                if failed:
-                    raise RuntimeError(f"{failed} emails failed in the bench")
-    finally:
-        await watcher.close()
-    return count / elapsed
+    return await service_send(url, port, LANES, None, count, **caps)
 
 
 def earlier_tree(directory: Path) -> tuple[Path, str]:
