@@ -17,10 +17,11 @@ Waiting is bounded without a timer per request: each batch's future also resolve
 PIXEL_WAIT_MAX seconds after its first open joined it, so no request waits longer than
 that, even while the database is down. The timer starts with the first open, not when the
 batch is swapped in: a batch left empty through an idle spell longer than PIXEL_WAIT_MAX
-would otherwise be resolved already and answer its first opens before their commit. A batch that fails for a transient reason (connection
-lost, database restarting, deadlock) is retried with backoff for up to RETRY_FOR
-seconds (also one that found no free pooled connection in time), then dropped and
-counted (`reason="database"`). On shutdown the writer drains
+would otherwise be resolved already and answer its first opens before their commit.
+
+A batch that fails for a transient reason (connection lost, database restarting,
+deadlock, no free pooled connection in time) is retried with backoff for up to RETRY_FOR
+seconds, then dropped and counted (`reason="database"`). On shutdown the writer drains
 everything collected before the pool closes.
 """
 

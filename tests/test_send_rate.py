@@ -53,9 +53,11 @@ async def test_the_rate_cap_holds_across_two_app_instances(make_settings, db, sm
         elapsed = time.monotonic() - started
     assert len(smtp.messages) == 60
     assert len({m.to for m in smtp.messages}) == 60  # each once
-    # 60 tokens at 20 a second from an empty bucket: three seconds; without the cap the
-    # two instances send them in a fraction of a second.
-    assert 2.7 <= elapsed <= 6, elapsed
+    # 60 tokens at 20 a second from an empty bucket: at least three seconds, however fast
+    # the machine (without the cap the two instances send them in a fraction of a second).
+    # Only the lower bound is asserted: a slow machine may take longer without anything
+    # being wrong (wait_for above bounds it); how close the cap holds is bench_send_rate's.
+    assert elapsed >= 2.7, elapsed
 
 
 async def test_the_hourly_cap_stops_sending_until_the_next_hour(make_settings, db, smtp) -> None:
