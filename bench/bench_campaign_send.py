@@ -11,7 +11,7 @@ server. Rows:
   claimed and deleted in batches as the worker does (their dead index entries still in
   the way: the worst case between two autovacuum passes), twice: from the head of the
   queue (what a lane does after a restart, at most every RESUME_FOR_S) and after the
-  lane's bound (every other claim: service/outbox.py, Resume); target: no slowdown;
+  lane's bound (every other claim: service/outbox/sender.py, Resume); target: no slowdown;
 - `claim ... near the end, after a vacuum`: from the head once (auto)vacuum removed them;
   migration 110 starts autovacuum on the outbox after 10,000 dead rows.
 
@@ -28,8 +28,9 @@ import time
 
 import asyncpg
 
-from service import campaigns, migrations
-from service.queries import queries
+from service.campaigns import store
+from service.db import migrations
+from service.db.queries import queries
 
 QUEUE = int(os.environ.get("BENCH_CAMPAIGN_QUEUE", "1000000"))
 BATCH = 50
@@ -50,11 +51,11 @@ async def add_subscribers(con: asyncpg.Connection, count: int) -> None:
 
 async def measure_queueing(con: asyncpg.Connection, count: int) -> dict:
     await add_subscribers(con, count)
-    campaign_id = await campaigns.create_campaign(
+    campaign_id = await store.create_campaign(
         con, name="bench", subject="Hello {{ name }}", html="<p>Hi {{ name }}</p>", text="Hi"
     )
     started = time.perf_counter()
-    queued = await campaigns.queue_send(con, campaign_id)
+    queued = await store.queue_send(con, campaign_id)
     elapsed = time.perf_counter() - started
     return {
         "bench": "campaign_send",

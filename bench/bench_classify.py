@@ -29,7 +29,7 @@ _SPEC.loader.exec_module(ua_table)
 
 
 def main() -> list[dict]:
-    from service.classify import Classifier
+    from service.tracking.classify import Classifier
 
     print(f"classifier from {Classifier.__module__} in {__import__('service').__file__}")
     started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Importing an existing list: 1,000,000 NDJSON lines through `service.importer.run` (the
+"""Importing an existing list: 1,000,000 NDJSON lines through `service.admin.importer.run` (the
 endpoint's work: parsing and checking every line in a thread, chunk by chunk, while the
 chunk before is COPYed into the staging table and written by one set-based statement, all
 in one transaction), on its own PostgreSQL (fsync on). Half the lines carry consent
@@ -16,7 +16,8 @@ from types import SimpleNamespace
 
 import asyncpg
 
-from service import importer, migrations
+from service.admin import importer
+from service.db import migrations
 from service.settings import Settings
 
 LINES = int(os.environ.get("BENCH_IMPORT_LINES", "1000000"))

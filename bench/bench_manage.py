@@ -20,8 +20,8 @@ import time
 import asyncpg
 import httpx
 
-from service import migrations
 from service.app import create_app
+from service.db import migrations
 from service.settings import Settings
 
 KEY = "bench-secret-key-0123456789-abcdefghijklmnop"

@@ -38,8 +38,8 @@ import asyncpg
 import httpx
 
 from bench.processes import ServiceProcess
-from service import migrations
-from service.erasure import erase_subscriber
+from service.db import migrations
+from service.privacy.erasure import erase_subscriber
 from service.tokens import Tokens
 
 ROOT = Path(__file__).resolve().parent.parent

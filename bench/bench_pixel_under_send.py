@@ -34,7 +34,8 @@ from bench import pods
 from bench.bench_pixel import CONNECTIONS, SECRET, _load
 from bench.bench_send import _dkim_key, smtp_sink
 from bench.processes import ServiceProcess, machine_cpu
-from service import campaigns, migrations
+from service.campaigns import store
+from service.db import migrations
 from service.tokens import Tokens
 
 SUBSCRIBERS = int(os.environ.get("BENCH_UNDER_SEND_RECIPIENTS", "30000"))
@@ -65,7 +66,7 @@ async def seed(url: str) -> tuple[list[str], int]:
         )
         from bench.bench_send import CAMPAIGN
 
-        sending = await campaigns.create_campaign(
+        sending = await store.create_campaign(
             con,
             name="sending",
             subject=CAMPAIGN["subject"],
@@ -96,7 +97,7 @@ async def reset_send(url: str, campaign_id: int) -> None:
 async def queue(url: str, campaign_id: int) -> None:
     con = await asyncpg.connect(url)
     try:
-        await campaigns.queue_send(con, campaign_id)
+        await store.queue_send(con, campaign_id)
     finally:
         await con.close()
 

@@ -32,8 +32,8 @@ import aiosmtplib
 import asyncpg
 import httpx
 
-from service import migrations
 from service.app import create_app
+from service.db import migrations
 from service.settings import Settings
 
 RECIPIENTS = int(os.environ.get("BENCH_SEND_RECIPIENTS", "10000"))

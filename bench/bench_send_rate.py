@@ -27,7 +27,7 @@ from pathlib import Path
 import asyncpg
 
 from bench.bench_send import service_send, smtp_sink
-from service import migrations
+from service.db import migrations
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 40.0

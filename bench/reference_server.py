@@ -22,10 +22,10 @@ from starlette.types import Receive, Scope, Send
 
 from service import app as app_module
 from service.cli import main
-from service.pixel import TokenRoute, answer, request_ip, request_user_agent
-from service.queries import parse
+from service.db.queries import parse
 from service.settings import Settings
 from service.tokens import InvalidToken
+from service.tracking.pixel import TokenRoute, answer, request_ip, request_user_agent
 
 QUERIES = parse((Path(__file__).parent / "reference.sql").read_text(), "reference.sql")
 

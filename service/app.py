@@ -14,29 +14,19 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from service import (
-    admin_api,
-    confirmation,
-    dashboard,
-    db,
-    health,
-    importer,
-    manage,
-    outbox,
-    pages,
-    pixel,
-    ratelimit,
-    recorder,
-    retention,
-    signup,
-    stats,
-    tracking_consent,
-    unsubscribe,
-)
+from service import health
+from service.admin import api, dashboard, importer
 from service.bounces import imap, signatures, webhooks
+from service.db import connections
+from service.manage import page, unsubscribe
 from service.observability import Metrics, ObservabilityMiddleware, observed, route_template
+from service.outbox import sender
+from service.privacy import retention
 from service.settings import Settings
+from service.signup import confirmation, subscribe
 from service.tokens import Tokens
+from service.tracking import consent, pixel, recorder
+from service.web import pages, ratelimit
 
 log = logging.getLogger("newsletter.app")
 
@@ -78,7 +68,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),
         Route("/favicon.ico", pages.favicon, methods=["GET"]),
-        *signup.routes(settings),
+        *subscribe.routes(settings),
         *confirmation.routes(),
         Route("/unsubscribe/{token}", unsubscribe.page, methods=["GET"]),
         Route(
@@ -87,43 +77,39 @@ def routes(settings: Settings) -> list[BaseRoute]:
             methods=["POST"],
             max_body_size=settings.max_body_bytes,
         ),
-        Route("/tracking/{token}", tracking_consent.show, methods=["GET"]),
-        Route("/tracking/{token}", tracking_consent.post, methods=["POST"]),
-        *manage.routes(),
-        Route(
-            "/admin/api/campaigns/{campaign_id:int}/stats", stats.stats_endpoint, methods=["GET"]
-        ),
-        Route("/admin/api/campaigns", admin_api.list_campaigns, methods=["GET"]),
-        Route("/admin/api/campaigns", admin_api.create_campaign, methods=["POST"]),
-        Route("/admin/api/campaigns/{campaign_id:int}", admin_api.get_campaign, methods=["GET"]),
+        Route("/tracking/{token}", consent.show, methods=["GET"]),
+        Route("/tracking/{token}", consent.post, methods=["POST"]),
+        *page.routes(),
+        Route("/admin/api/campaigns/{campaign_id:int}/stats", api.stats_endpoint, methods=["GET"]),
+        Route("/admin/api/campaigns", api.list_campaigns, methods=["GET"]),
+        Route("/admin/api/campaigns", api.create_campaign, methods=["POST"]),
+        Route("/admin/api/campaigns/{campaign_id:int}", api.get_campaign, methods=["GET"]),
         Route(
             "/admin/api/campaigns/{campaign_id:int}/send",
-            admin_api.send_campaign,
+            api.send_campaign,
             methods=["POST"],
         ),
         Route(
             "/admin/api/campaigns/{campaign_id:int}/resume",
-            admin_api.resume_campaign,
+            api.resume_campaign,
             methods=["POST"],
         ),
         Route(
             "/admin/api/campaigns/{campaign_id:int}/cancel",
-            admin_api.cancel_campaign,
+            api.cancel_campaign,
             methods=["POST"],
         ),
         Route(
             "/admin/api/campaigns/{campaign_id:int}/recipients",
-            admin_api.campaign_recipients,
+            api.campaign_recipients,
             methods=["GET"],
         ),
         Route("/admin/api/subscribers/import", importer.import_subscribers, methods=["POST"]),
-        Route("/admin/api/subscribers/{email:path}", admin_api.export_subscriber, methods=["GET"]),
-        Route(
-            "/admin/api/subscribers/{email:path}", admin_api.erase_subscriber, methods=["DELETE"]
-        ),
+        Route("/admin/api/subscribers/{email:path}", api.export_subscriber, methods=["GET"]),
+        Route("/admin/api/subscribers/{email:path}", api.erase_subscriber, methods=["DELETE"]),
         Route(
             "/admin/api/subscribers/{email:path}",
-            admin_api.correct_subscriber,
+            api.correct_subscriber,
             methods=["PATCH"],
         ),
     ]
@@ -146,7 +132,7 @@ async def database_unavailable(request: Request, exc: Exception) -> Response:
         "database unavailable",
         extra={"route": route_template(request.scope), "error": exc.__class__.__name__},
     )
-    headers = {"Retry-After": db.RETRY_AFTER, "Cache-Control": "no-store"}
+    headers = {"Retry-After": connections.RETRY_AFTER, "Cache-Control": "no-store"}
     if request.url.path.startswith("/admin/api/") or "json" in request.headers.get("accept", ""):
         return JSONResponse({"error": "unavailable"}, status_code=503, headers=headers)
     return pages.render(request, "unavailable.html", status_code=503, headers=headers)
@@ -170,7 +156,7 @@ async def database_error(request: Request, exc: Exception) -> Response:
 
 async def database_interface_error(request: Request, exc: Exception) -> Response:
     """A query on a connection the server already ended is unavailable; the rest are bugs."""
-    if db.is_unavailable(exc):
+    if connections.is_unavailable(exc):
         return await database_unavailable(request, exc)
     return await database_error(request, exc)
 
@@ -181,7 +167,7 @@ async def database_interface_error(request: Request, exc: Exception) -> Response
 # a request path times out): behind PgBouncer a lost database looks like that, the query
 # waiting for a server connection (k8s/postgres/pooler.yaml's query_wait_timeout is longer).
 EXCEPTION_HANDLERS = {
-    **{error: database_unavailable for error in (*db.UNAVAILABLE, TimeoutError)},
+    **{error: database_unavailable for error in (*connections.UNAVAILABLE, TimeoutError)},
     asyncpg.PostgresError: database_error,
     asyncpg.InterfaceError: database_interface_error,
 }
@@ -213,12 +199,12 @@ def create_app(settings: Settings, role: str = "all") -> Starlette:
                 from service import devmode
 
                 await stack.enter_async_context(devmode.mail_catcher(app))
-            app.state.pool = await db.create_pool(settings)
-            stack.push_async_callback(db.close_pool, app.state.pool)
+            app.state.pool = await connections.create_pool(settings)
+            stack.push_async_callback(connections.close_pool, app.state.pool)
             if role != "worker":
                 await stack.enter_async_context(recorder.running(app))
             if role != "web":
-                await stack.enter_async_context(outbox.running(app))
+                await stack.enter_async_context(sender.running(app))
                 await stack.enter_async_context(imap.running(app))  # the bounce mailbox
                 await stack.enter_async_context(retention.running(app))
             else:

@@ -50,7 +50,7 @@ def describe_error(exc: BaseException) -> str:
     the row it refused (`Key (email)=(…) already exists`), so only its class, SQLSTATE and
     a fixed hint are printed; other messages only for failures to reach the server (a
     host and port) and for the service's own migration errors (file names)."""
-    from service.migrations import MigrationError
+    from service.db.migrations import MigrationError
 
     name = exc.__class__.__name__
     sqlstate = getattr(exc, "sqlstate", None)
@@ -71,9 +71,9 @@ def _run_async(main: Callable[[], object]) -> None:
 
 
 async def _migrate(settings: Settings) -> list[str]:
-    from service import db, migrations
+    from service.db import connections, migrations
 
-    con = await db.connect(settings)
+    con = await connections.connect(settings)
     try:
         return await migrations.migrate(con)
     finally:
@@ -96,7 +96,7 @@ def _uvicorn(settings: Settings, host: str, port: int, role: str = "all") -> Non
     import uvicorn
 
     from service.app import create_app
-    from service.http_protocol import CoalescingHttpToolsProtocol
+    from service.web.http_protocol import CoalescingHttpToolsProtocol
 
     uvicorn.run(
         create_app(settings, role),
@@ -220,15 +220,15 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    from service import retention
+    from service.privacy import retention
 
     settings = _settings(required=("DATABASE_URL",))
     logs.configure(settings.log_level)
 
     async def main() -> None:
-        from service import db
+        from service.db import connections
 
-        con = await db.connect(settings)
+        con = await connections.connect(settings)
         try:
             counts = await retention.purge(con, settings)
         finally:
@@ -250,9 +250,10 @@ def cmd_reapply_erasures(args: argparse.Namespace) -> int:
     async def main() -> None:
         import asyncpg
 
-        from service import db, erasure
+        from service.db import connections
+        from service.privacy import erasure
 
-        target = await db.connect(settings)
+        target = await connections.connect(settings)
         try:
             source = target if journal_url == settings.database_url else None
             if source is None:

@@ -29,9 +29,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from service import pages, ratelimit
-from service.queries import queries
+from service.db.queries import queries
 from service.settings import Settings
+from service.web import pages, ratelimit
 
 if TYPE_CHECKING:
     from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -173,7 +173,7 @@ class HeldBack:
 
 
 def _why(settings: Settings, signup_at: datetime, allowance: Any) -> tuple[str, datetime | None]:
-    """Which address limit of service/ratelimit.py held the email back, and until when."""
+    """Which address limit of service/web/ratelimit.py held the email back, and until when."""
     if allowance is not None and allowance["hits"] >= settings.rate_confirm_per_day:
         return (
             f"{allowance['hits']} confirmation emails went to this address today, the most "
@@ -192,7 +192,7 @@ def _why(settings: Settings, signup_at: datetime, allowance: Any) -> tuple[str, 
 
 
 async def _address_keys(con: Any, settings: Settings, email: str) -> list[bytes]:
-    """The keys the address's rate_limits rows can have, as service/ratelimit.py makes them."""
+    """The keys the address's rate_limits rows can have, as service/web/ratelimit.py makes them."""
     return await ratelimit.address_keys(con, email)
 
 

@@ -9,8 +9,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service import db
-from service.queries import queries
+from service.db import connections
+from service.db.queries import queries
 
 breaker_q = queries("breaker")
 
@@ -58,7 +58,7 @@ async def readyz(request: Request) -> Response:
         return JSONResponse(
             {"status": "unavailable", "database": exc.__class__.__name__},
             status_code=503,
-            headers={"Retry-After": db.RETRY_AFTER},
+            headers={"Retry-After": connections.RETRY_AFTER},
         )
     return JSONResponse({"status": "ok", "database": "ok"})
 
@@ -76,7 +76,7 @@ async def _paused_campaigns(state: object) -> None:
     gauge = state.metrics.campaigns_paused  # type: ignore[attr-defined]
     try:
         rows = await breaker_q.paused_by_reason.fetch(state.pool)  # type: ignore[attr-defined]
-    except (asyncpg.PostgresError, *db.UNAVAILABLE, TimeoutError):
+    except (asyncpg.PostgresError, *connections.UNAVAILABLE, TimeoutError):
         return
     gauge.clear()
     for row in rows:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from service import keys
+
 REQUIRED = ("DATABASE_URL", "SMTP_URL", "PUBLIC_URL", "SECRET_KEYS")
 
 IP_MODES = ("full", "truncated", "none")
@@ -460,9 +462,7 @@ def _basic_auth(text: str) -> str:
 
 def _public_key(text: str) -> str:
     if text:
-        from service.bounces.signatures import load_public_key
-
-        load_public_key(text)
+        keys.ecdsa_public_key(text)
     return text
 
 
@@ -584,10 +584,8 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
     if any(dkim) and not all(dkim):
         problems.append("DKIM_PRIVATE_KEY_FILE, DKIM_SELECTOR and DKIM_DOMAIN must be set together")
     elif all(dkim):
-        from service.dkim import load_key  # here: service.dkim imports this module
-
         try:
-            load_key(Path(dkim[0]).read_bytes())
+            keys.dkim_private_key(Path(dkim[0]).read_bytes())
         except (ValueError, TypeError, OSError) as exc:
             problems.append(f"DKIM_PRIVATE_KEY_FILE is not a usable key: {exc}")
     if values.get("outbox_backoff_base", 30) > values.get("outbox_backoff_max", 6 * 3600):

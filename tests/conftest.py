@@ -22,9 +22,9 @@ import hypothesis
 import pytest
 from starlette.applications import Starlette
 
-from service import geo
 from service.app import create_app
 from service.settings import Settings
+from service.tracking import geo
 from tests import suite_hooks, suite_runtime, support
 
 CLIENT_IP = "198.51.100.23"

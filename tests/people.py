@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from service import ratelimit
 from service.settings import Settings
+from service.web import ratelimit
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from service import migrations
+from service.db import migrations
 from tests import support
 
 URL_VARIABLE = "NEWSLETTER_TEST_PG_URL"
@@ -50,7 +50,7 @@ def template_name() -> str:
     sql = support.ROOT / "sql"
     for path in sorted(sql.rglob("*.sql")):
         digest.update(path.relative_to(sql).as_posix().encode() + b"\0" + path.read_bytes())
-    digest.update((support.ROOT / "service" / "migrations.py").read_bytes())
+    digest.update((support.ROOT / "service" / "db" / "migrations.py").read_bytes())
     return f"nl_template_{digest.hexdigest()[:16]}"
 
 

@@ -11,8 +11,8 @@ import sys
 import aiosmtplib
 import pytest
 
-from service import db as service_db
 from service.bounces.receiver import BounceServer
+from service.db import connections as service_db
 from tests import people, support
 from tests.bounce_support import DOMAIN, return_path, sample, tokens
 from tests.signup_helpers import wait_until

@@ -10,8 +10,8 @@ import aioimaplib
 import asyncpg
 import pytest
 
-from service import db as service_db
 from service.bounces.imap import MailboxPoller
+from service.db import connections as service_db
 from tests import dovecot, people
 from tests.bounce_support import (
     DOMAIN,

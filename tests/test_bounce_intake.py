@@ -12,10 +12,10 @@ import aiosmtplib
 import asyncpg
 import pytest
 
-from service import db as service_db
-from service import erasure
 from service.bounces import actions, intake
 from service.bounces.receiver import BounceServer
+from service.db import connections as service_db
+from service.privacy import erasure
 from service.settings import Settings
 from tests import people
 from tests.bounce_support import (

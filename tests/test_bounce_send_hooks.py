@@ -6,10 +6,12 @@ anything else never is)."""
 from __future__ import annotations
 
 import contextlib
+from email.utils import parseaddr
 
 import pytest
 
 from service.bounces import verp
+from service.outbox.kinds import KINDS
 from tests import support
 from tests.bounce_support import DOMAIN, tokens
 from tests.conftest import running
@@ -168,7 +170,9 @@ async def test_an_address_change_confirmation_names_nobody_and_its_refusal_erase
     )
     job = {"kind": "address_confirm", "subscriber_id": sid, "campaign_id": None}
     with_domain = make_settings(bounce_domain=DOMAIN)
-    assert send_hooks.envelope_sender(with_domain, tokens(), job, "news@x.test") == "news@x.test"
+    on_file = KINDS["address_confirm"].to_address_on_file
+    sender = send_hooks.envelope_sender(with_domain, tokens(), job, on_file)
+    assert sender == parseaddr(with_domain.mail_from)[1]
     new_address = "550 5.1.1 <refuse-new@example.org>: user unknown"
     async with refusing(make_settings, new_address) as (_app, _client):
         await db.execute(

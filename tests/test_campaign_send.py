@@ -16,10 +16,11 @@ import dkim as dkimpy
 import httpx
 import pytest
 
-from service import campaign_mail, campaigns, emails
-from service.pages import environment
-from service.queries import queries
+from service.campaigns import mail, store
+from service.db.queries import queries
+from service.mail import messages
 from service.tokens import Tokens
+from service.web.pages import environment
 from tests import people, support
 
 TOKENS = Tokens((support.TEST_KEY,), 3600)
@@ -206,7 +207,7 @@ async def test_composer_sends_nothing_to_someone_gone_pending_or_already_mailed(
     db, settings
 ) -> None:
     campaign_id = await people.add_campaign(db)
-    ctx = emails.MailContext(settings, TOKENS, environment())
+    ctx = messages.MailContext(settings, TOKENS, environment())
     active = await people.add_subscriber(db, "a@example.org", name="A")
     pending = await people.add_subscriber(db, "p@example.org", status="pending")
     for sid in (active, pending):
@@ -223,13 +224,16 @@ async def test_composer_sends_nothing_to_someone_gone_pending_or_already_mailed(
             "attempts": 0,
         }
 
-    message = await campaign_mail.compose(db, job(active), ctx)
+    async def compose(job: dict[str, object]) -> object:
+        return (await mail.compose_batch(db, [job], ctx))[1]
+
+    message = await compose(job(active))
     assert message is not None and message.recipients == ("a@example.org",)
     assert email.message_from_bytes(message.data)["To"] == "A <a@example.org>"
-    assert await campaign_mail.compose(db, job(pending), ctx) is None
-    assert await campaign_mail.compose(db, job(987654), ctx) is None
+    assert await compose(job(pending)) is None
+    assert await compose(job(987654)) is None
     await db.execute("UPDATE deliveries SET sent_at = now() WHERE subscriber_id = $1", active)
-    assert await campaign_mail.compose(db, job(active), ctx) is None
+    assert await compose(job(active)) is None
 
 
 # -- DKIM ------------------------------------------------------------------------------------
@@ -320,13 +324,13 @@ async def test_queueing_one_hundred_thousand_subscribers_queues_each_once(db) ->
     """How long it takes is bench/bench_campaign_send.py's question, not this test's."""
     await people.add_many(db, 100_000)
     campaign_id = await people.add_campaign(db)
-    queued = await campaigns.queue_send(db, campaign_id)
+    queued = await store.queue_send(db, campaign_id)
     assert queued == 100_000
     assert (
         await db.fetchval("SELECT count(*) FROM outbox WHERE campaign_id = $1", campaign_id)
         == 100_000
     )
-    assert await campaigns.queue_send(db, campaign_id) == 0
+    assert await store.queue_send(db, campaign_id) == 0
 
 
 # -- erasure while sending ------------------------------------------------------------------
@@ -461,7 +465,7 @@ async def test_a_send_blocked_by_an_uncommitted_erasure_goes_on_without_that_sub
         erasing = eraser.transaction()
         await erasing.start()
         await eraser.execute("DELETE FROM subscribers WHERE id = 25")
-        queueing = asyncio.create_task(campaigns.queue_send(sender, campaign_id))
+        queueing = asyncio.create_task(store.queue_send(sender, campaign_id))
         await support.lock_waited_on(db, sender.get_server_pid())
         assert not queueing.done(), "the send did not wait for the erasure"
         await erasing.commit()

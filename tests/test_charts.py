@@ -1,4 +1,4 @@
-"""service.charts: pure functions from numbers to inline SVG."""
+"""service.admin.dashboard.charts: pure functions from numbers to inline SVG."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service import charts
+from service.admin.dashboard import charts
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -2,7 +2,14 @@ import json
 
 import pytest
 
-from service.classify import RULES_FILE, Classifier, Ranges, Verdict, read_ranges_csv, verdict
+from service.tracking.classify import (
+    RULES_FILE,
+    Classifier,
+    Ranges,
+    Verdict,
+    read_ranges_csv,
+    verdict,
+)
 
 CLASSIFIER = Classifier.from_files()
 

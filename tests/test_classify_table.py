@@ -4,7 +4,7 @@
 also lists every string on the wrong side.
 """
 
-from service.classify import Classifier
+from service.tracking.classify import Classifier
 from tests import ua_table
 
 CLASSIFIER = Classifier.from_files()

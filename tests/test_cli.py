@@ -4,7 +4,7 @@ import sys
 import asyncpg
 import pytest
 
-from service import migrations
+from service.db import migrations
 from tests import support
 
 # Every test runs the `newsletter` command in a process of its own.

@@ -18,7 +18,7 @@ import pytest
 from itsdangerous import TimestampSigner
 from starlette.applications import Starlette
 
-from service.dashboard import auth
+from service.admin.dashboard import auth
 from tests import support
 from tests.conftest import CLIENT_IP
 

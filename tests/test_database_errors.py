@@ -9,7 +9,7 @@ import logging
 import asyncpg
 import pytest
 
-from service import db as database
+from service.db import connections as database
 from service.logs import JsonFormatter
 from tests.signup_helpers import subscribe
 

@@ -12,7 +12,7 @@ from dkim.canonicalization import Relaxed
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service import dkim
+from service.mail import dkim
 from service.settings import Settings, SettingsError
 
 MESSAGE = (
@@ -129,5 +129,8 @@ def test_the_key_is_checked_at_start(tmp_path) -> None:
         with pytest.raises(SettingsError, match="DKIM_PRIVATE_KEY_FILE is not a usable key"):
             Settings.from_env({**base, "DKIM_PRIVATE_KEY_FILE": str(bad)})
     settings = Settings.from_env({**base, "DKIM_PRIVATE_KEY_FILE": str(good)})
-    assert dkim.signer(settings).algorithm == "ed25519-sha256"
-    assert base64.b64decode(dkim.dns_record(dkim.signer(settings).key).split("p=")[1])
+    signer = dkim.signer(
+        settings.dkim_private_key_file, settings.dkim_selector, settings.dkim_domain
+    )
+    assert signer.algorithm == "ed25519-sha256"
+    assert base64.b64decode(dkim.dns_record(signer.key).split("p=")[1])

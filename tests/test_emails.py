@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from service import dkim, emails
+from service.mail import dkim, messages
 from service.settings import Settings
 from tests import support
 
@@ -24,10 +24,10 @@ def _parse(raw: bytes) -> email.message.EmailMessage:
 
 
 def test_message_is_multipart_alternative_with_text_and_html_and_required_headers() -> None:
-    message = emails.build_message(
+    message = messages.build_message(
         SETTINGS, to="ada@example.com", subject="Grüße", text="Hallo ü\n", html="<p>Hallo ü</p>\n"
     )
-    parsed = _parse(emails.to_bytes(message))
+    parsed = _parse(messages.to_bytes(message))
     assert parsed.get_content_type() == "multipart/alternative"
     assert [p.get_content_type() for p in parsed.iter_parts()] == ["text/plain", "text/html"]
     assert parsed["From"] == "Test News <news@newsletter.test>"
@@ -37,7 +37,7 @@ def test_message_is_multipart_alternative_with_text_and_html_and_required_header
     assert parsed["Date"]
     assert parsed.get_body(("plain",)).get_content().rstrip() == "Hallo ü"
     assert parsed.get_body(("html",)).get_content().rstrip() == "<p>Hallo ü</p>"
-    raw = emails.to_bytes(message)
+    raw = messages.to_bytes(message)
     assert raw.isascii()  # 7-bit on the wire: no relay re-encodes it and breaks DKIM
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998
 
@@ -53,19 +53,21 @@ def test_line_breaks_in_any_header_are_refused(field: str, breaker: str) -> None
         values["headers"] = {"X-Thing": evil}
     else:
         values["headers"] = {evil: "v"}
-    with pytest.raises(emails.HeaderInjection):
-        emails.build_message(SETTINGS, text="t", html="<p>t</p>", **values)
+    with pytest.raises(messages.HeaderInjection):
+        messages.build_message(SETTINGS, text="t", html="<p>t</p>", **values)
 
 
 @hsettings(max_examples=200)
 @given(name=st.text(max_size=100), subject=st.text(max_size=200))
 def test_no_name_or_subject_can_add_a_header(name: str, subject: str) -> None:
     try:
-        to = emails.recipient_header("ada@example.com", name)
-        message = emails.build_message(SETTINGS, to=to, subject=subject, text="t", html="<p>t</p>")
-    except (emails.HeaderInjection, ValueError):
+        to = messages.recipient_header("ada@example.com", name)
+        message = messages.build_message(
+            SETTINGS, to=to, subject=subject, text="t", html="<p>t</p>"
+        )
+    except (messages.HeaderInjection, ValueError):
         return  # refused outright is fine
-    parsed = _parse(emails.to_bytes(message))
+    parsed = _parse(messages.to_bytes(message))
     assert [a.addr_spec for a in parsed["To"].addresses] == ["ada@example.com"]
     assert parsed["Bcc"] is None and parsed["Cc"] is None
     names = [k.lower() for k in parsed.keys()]
@@ -75,7 +77,7 @@ def test_no_name_or_subject_can_add_a_header(name: str, subject: str) -> None:
 
 
 def test_html_template_escapes_the_name(settings) -> None:
-    from service import pages
+    from service.web import pages
 
     env = pages.environment()
     html = env.get_template("email/confirm.html").render(
@@ -91,18 +93,18 @@ def test_html_template_escapes_the_name(settings) -> None:
 
 
 def test_idn_domain_goes_out_as_ascii_and_unicode_local_part_needs_smtputf8() -> None:
-    assert emails.smtp_address("user@bücher.example") == ("user@xn--bcher-kva.example", False)
-    assert emails.smtp_address("jörg@example.com") == ("jörg@example.com", True)
-    message = emails.build_message(
+    assert messages.smtp_address("user@bücher.example") == ("user@xn--bcher-kva.example", False)
+    assert messages.smtp_address("jörg@example.com") == ("jörg@example.com", True)
+    message = messages.build_message(
         SETTINGS,
-        to=emails.recipient_header("jörg@example.com", "Jörg"),
+        to=messages.recipient_header("jörg@example.com", "Jörg"),
         subject="s",
         text="t",
         html="h",
     )
-    recipients, utf8 = emails.envelope_recipients(message)
+    recipients, utf8 = messages.envelope_recipients(message)
     assert recipients == ["jörg@example.com"] and utf8
-    assert b"To: j\xc3\xb6rg@example.com" in emails.to_bytes(message, smtputf8=True)
+    assert b"To: j\xc3\xb6rg@example.com" in messages.to_bytes(message, smtputf8=True)
 
 
 def _dkim_key(tmp_path) -> tuple[str, bytes]:
@@ -115,7 +117,7 @@ def test_dkim_signature_covers_list_unsubscribe_and_verifies(tmp_path) -> None:
     settings = SETTINGS.replace(
         dkim_private_key_file=key, dkim_selector="s2026", dkim_domain="newsletter.test"
     )
-    message = emails.build_message(
+    message = messages.build_message(
         settings,
         to="ada@example.com",
         subject="Spring news",
@@ -126,7 +128,10 @@ def test_dkim_signature_covers_list_unsubscribe_and_verifies(tmp_path) -> None:
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
         },
     )
-    signed = dkim.sign(emails.to_bytes(message), settings)
+    signer = dkim.signer(
+        settings.dkim_private_key_file, settings.dkim_selector, settings.dkim_domain
+    )
+    signed = signer.sign(messages.to_bytes(message))
 
     def dns(name, timeout=5):
         assert name == b"s2026._domainkey.newsletter.test."

@@ -11,8 +11,9 @@ import asyncpg
 import httpx
 import pytest
 
-from service import campaigns, erasure
-from service.queries import queries
+from service.campaigns import store
+from service.db.queries import queries
+from service.privacy import erasure
 from service.tokens import Tokens
 from tests import people, support
 
@@ -319,7 +320,7 @@ async def test_deleting_a_campaign_deletes_its_deliveries_and_jobs(db) -> None:
     await people.add_many(db, 20)
     kept, dropped = await people.add_campaign(db), await people.add_campaign(db)
     for campaign_id in (kept, dropped):
-        assert await campaigns.queue_send(db, campaign_id) == 20
+        assert await store.queue_send(db, campaign_id) == 20
     await db.execute("DELETE FROM campaigns WHERE id = $1", dropped)
     jobs = await db.fetch("SELECT campaign_id, count(*) FROM outbox GROUP BY 1")
     deliveries = await db.fetch("SELECT campaign_id, count(*) FROM deliveries GROUP BY 1")

@@ -11,7 +11,7 @@ import asyncpg
 import httpx
 import pytest
 
-from service import migrations
+from service.db import migrations
 from tests import pgbouncer, suite_runtime, support
 from tests.conftest import running
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 import uvicorn
 
-from service.http_protocol import CoalescingHttpToolsProtocol
+from service.web.http_protocol import CoalescingHttpToolsProtocol
 from tests import support
 
 STREAM_READ: list[asyncio.Event] = []  # set by the test as it reads each part of /stream

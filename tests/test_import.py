@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from service import importer
+from service.admin import importer
 from tests import people
 from tests.signup_helpers import wait_until
 
@@ -240,7 +240,7 @@ async def test_the_dashboard_uploads_a_file_to_the_same_import(app, db: asyncpg.
 async def test_names_and_sources_arrive_exactly_as_written(
     client, db: asyncpg.Connection, admin_headers
 ) -> None:
-    """The staged rows travel as CSV (service/importer.py staging_csv): quotes, commas,
+    """The staged rows travel as CSV (service/admin/importer.py staging_csv): quotes, commas,
     backslashes, COPY's own markers and non-ASCII text come through unchanged."""
     names = ['Ann "Q", Jr.', "back\\slash \\N", "NULL", "Zoë Ørsted-Ñúñez", "李小龍", ",", '"']
     body = ndjson(

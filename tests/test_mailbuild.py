@@ -16,7 +16,7 @@ from hypothesis import example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from service import dkim, mailbuild
+from service.mail import dkim, wire
 from service.settings import Settings
 from tests import support
 
@@ -49,8 +49,8 @@ def _lines(text: str) -> str:
 
 
 def build(name: str, subject: str, text: str, html: str, address: str = "reader@example.org"):
-    skeleton = mailbuild.Skeleton(SETTINGS)
-    to = mailbuild.recipient(address, not address.isascii(), name)
+    skeleton = wire.Skeleton(SETTINGS)
+    to = wire.recipient(address, not address.isascii(), name)
     raw = skeleton.render(
         to=to, subject=subject, text=text, html=html, list_unsubscribe=UNSUBSCRIBE
     )
@@ -82,7 +82,7 @@ def test_every_email_parses_alike_in_two_parsers_and_its_signature_verifies(
     # RFC 2047 section 6.2 says to ignore (a name longer than one word, 45 UTF-8 bytes):
     # it is compared without spaces; the second parser must give the name exactly.
     assert to.display_name.replace(" ", "") == expected_name.replace(" ", "")
-    if len(mailbuild.encoded_words(expected_name)) <= 1:
+    if len(wire.encoded_words(expected_name)) <= 1:
         assert to.display_name == expected_name
     assert parsed["Subject"] == subject
     assert parsed["List-Unsubscribe"] == f"<{UNSUBSCRIBE}>"
@@ -102,13 +102,13 @@ def test_every_email_parses_alike_in_two_parsers_and_its_signature_verifies(
 
 @pytest.mark.parametrize("breaker", ["\r", "\n", "\0"])
 def test_a_line_break_in_the_subject_or_the_link_is_refused(breaker: str) -> None:
-    skeleton = mailbuild.Skeleton(SETTINGS)
+    skeleton = wire.Skeleton(SETTINGS)
     good = {"to": "a@example.org", "subject": "s", "text": "t", "html": "h"}
     for field in ("subject", "list_unsubscribe", "to"):
-        with pytest.raises(mailbuild.HeaderInjection):
+        with pytest.raises(wire.HeaderInjection):
             skeleton.render(**{**good, field: f"x{breaker}Bcc: victim@example.com"})
-    with pytest.raises(mailbuild.HeaderInjection):
-        mailbuild.display_name(f"x{breaker}Bcc: victim@example.com")
+    with pytest.raises(wire.HeaderInjection):
+        wire.display_name(f"x{breaker}Bcc: victim@example.com")
 
 
 def test_ascii_subjects_are_folded_at_spaces_and_encoded_words_stay_within_75() -> None:
@@ -116,7 +116,7 @@ def test_ascii_subjects_are_folded_at_spaces_and_encoded_words_stay_within_75() 
     head = raw.split(b"\r\n\r\n")[0]
     subject = head.split(b"Subject:")[1].split(b"\r\nDate:")[0]
     assert all(len(line) <= 78 for line in (b"Subject:" + subject).split(b"\r\n"))
-    words = mailbuild.encoded_words("ü" * 100 + "🙂" * 30)
+    words = wire.encoded_words("ü" * 100 + "🙂" * 30)
     assert all(len(word) <= 75 for word in words)
     assert (
         email.message_from_bytes(
@@ -133,7 +133,7 @@ def test_a_unicode_local_part_goes_out_as_utf8_without_a_name() -> None:
 
 
 def test_the_boundary_cannot_occur_in_a_quoted_printable_body() -> None:
-    skeleton = mailbuild.Skeleton(SETTINGS)
+    skeleton = wire.Skeleton(SETTINGS)
     evil = f"--{skeleton.boundary}--\n"
     raw = skeleton.render(to="a@example.org", subject="s", text=evil, html=evil)
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
@@ -147,21 +147,23 @@ def test_the_boundary_cannot_occur_in_a_quoted_printable_body() -> None:
 def test_footers_rendered_once_equal_the_templates_rendered_per_subscriber(
     tracking_mode: str, ip_mode: str, consent: bool
 ) -> None:
-    from service import campaign_mail, emails, pages
+    from service.campaigns import mail
+    from service.mail import messages
     from service.tokens import Tokens
+    from service.web import pages
 
     settings = SETTINGS.replace(
         tracking_mode=tracking_mode, ip_mode=ip_mode, public_url="https://news.example.com/a&b"
     )
     templates = pages.environment()
-    ctx = emails.MailContext(
+    ctx = messages.MailContext(
         settings, Tokens(settings.secret_keys, settings.confirm_max_age), templates
     )
-    links = campaign_mail.Links.mint(settings, ctx.tokens, 42, 7, consent)
+    links = mail.Links.mint(settings, ctx.tokens, 42, 7, consent)
     values = {"links": links, "tracking_mode": tracking_mode, "ip_mode": ip_mode}
     expected = (
         templates.get_template("campaign_footer.html").render(**values),
         templates.get_template("campaign_footer.txt").render(**values),
     )
-    assert campaign_mail.footers(ctx, links) == expected
+    assert mail.footers(ctx, links) == expected
     assert "a&amp;b" in expected[0] and "a&b" in expected[1]

@@ -255,11 +255,12 @@ async def test_a_request_while_the_previous_email_is_being_sent_queues_its_own(
 
     import asyncpg
 
-    from service import manage_address, ratelimit
+    from service.manage import address_change
+    from service.web import ratelimit
 
     sid = await people.add_subscriber(db, "mid@example.org")
     day_key = await ratelimit.key_of_day(db, datetime.datetime.now(datetime.UTC).date())
-    assert await manage_address.request_change(db, settings, day_key, sid, "a@example.net") == (
+    assert await address_change.request_change(db, settings, day_key, sid, "a@example.net") == (
         "queued"
     )
     worker = await asyncpg.connect(database_url)
@@ -267,7 +268,7 @@ async def test_a_request_while_the_previous_email_is_being_sent_queues_its_own(
         sending = worker.transaction()
         await sending.start()
         await worker.fetchval("SELECT id FROM outbox FOR UPDATE")
-        outcome = await manage_address.request_change(db, settings, day_key, sid, "b@example.net")
+        outcome = await address_change.request_change(db, settings, day_key, sid, "b@example.net")
         assert outcome == "queued"
         await sending.rollback()
     finally:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 
-from service import retention
+from service.privacy import retention
 from tests import people
 from tests.manage_support import link_in, mails_to, no_jobs, open_data
 from tests.signup_helpers import wait_until

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from service.dashboard.subscriber_list import PAGE_SIZE, like_prefix
+from service.admin.dashboard.subscriber_list import PAGE_SIZE, like_prefix
 from tests import people
 from tests.manage_support import link_in, mails_to, no_jobs
 from tests.signup_helpers import wait_until

@@ -4,8 +4,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from service import migrations
-from service.migrations import MigrationError
+from service.db import migrations
+from service.db.migrations import MigrationError
 from tests import support
 
 

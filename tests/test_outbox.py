@@ -2,12 +2,15 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from dataclasses import replace
 
 import asyncpg
 import dkim as dkimpy
 import pytest
 
-from service import campaign_mail, campaigns, emails, outbox
+from service.campaigns import mail, store
+from service.mail import messages
+from service.outbox import kinds, sender
 from tests import people, support
 from tests.conftest import running
 from tests.signup_helpers import outbox_empty, subscribe, wait_until
@@ -209,13 +212,13 @@ async def test_an_idle_worker_sleeps_for_the_poll_interval_not_in_a_tight_loop(
     """An empty outbox once read as "a job is due now" (greatest(0, NULL) is 0), so every
     lane of every replica polled the database without pause."""
     naps: list[float] = []
-    sleep = outbox.Worker._sleep
+    sleep = sender.Worker._sleep
 
     async def recorded(self, seconds: float) -> None:
         naps.append(seconds)
         await sleep(self, seconds)
 
-    monkeypatch.setattr(outbox.Worker, "_sleep", recorded)
+    monkeypatch.setattr(sender.Worker, "_sleep", recorded)
     async with app_factory(outbox_poll_interval=30, outbox_concurrency=2) as (app, _client):
         worker = app.state.outbox
         assert await worker._idle_delay() == 30
@@ -320,7 +323,7 @@ async def _tiny_campaign_composer(con, job, ctx):
         job["subscriber_id"],
         job["campaign_id"],
     )
-    return emails.build_message(
+    return messages.build_message(
         ctx.settings,
         to=row["email"],
         subject=row["subject"],
@@ -330,11 +333,18 @@ async def _tiny_campaign_composer(con, job, ctx):
     )
 
 
+def _campaign_composed_by(monkeypatch: pytest.MonkeyPatch, composer: kinds.Composer) -> None:
+    """The campaign kind built one job at a time by `composer` instead of its batch."""
+    campaign = kinds.KINDS["campaign"]
+    monkeypatch.setitem(
+        kinds.KINDS, "campaign", replace(campaign, compose=composer, compose_batch=None)
+    )
+
+
 async def test_sent_campaign_job_marks_the_delivery_and_counts_the_campaign(
     app_factory, db, smtp, monkeypatch
 ) -> None:
-    monkeypatch.setitem(emails.COMPOSERS, "campaign", _tiny_campaign_composer)
-    monkeypatch.delitem(emails.BATCH_COMPOSERS, "campaign")  # per-job composer
+    _campaign_composed_by(monkeypatch, _tiny_campaign_composer)
     campaign_id, subscriber_id = await _campaign_job(db, "reader@example.com")
     async with app_factory() as (app, _client):
         [message] = await smtp.wait_for(1)
@@ -352,8 +362,7 @@ async def test_sent_campaign_job_marks_the_delivery_and_counts_the_campaign(
 async def test_rejected_campaign_job_counts_as_failed_and_is_deleted(
     app_factory, db, smtp, monkeypatch
 ) -> None:
-    monkeypatch.setitem(emails.COMPOSERS, "campaign", _tiny_campaign_composer)
-    monkeypatch.delitem(emails.BATCH_COMPOSERS, "campaign")  # per-job composer
+    _campaign_composed_by(monkeypatch, _tiny_campaign_composer)
     smtp.fail_next("554 5.7.1 rejected")  # policy: retried, here with a single attempt
     campaign_id, _ = await _campaign_job(db, "reader@example.com")
     async with app_factory(outbox_max_attempts=1) as (_app, _client):
@@ -385,9 +394,7 @@ async def test_a_composer_that_fails_is_retried_while_other_jobs_are_sent(
     async def broken(con, job, ctx):
         await con.execute("SELECT 1/0")
 
-    monkeypatch.setitem(emails.COMPOSERS, "campaign", broken)
-
-    monkeypatch.delitem(emails.BATCH_COMPOSERS, "campaign")  # per-job composer
+    _campaign_composed_by(monkeypatch, broken)
     await _campaign_job(db, "broken@example.com")
     await _add_pending(db, 2)
     async with app_factory() as (_app, _client):
@@ -409,8 +416,7 @@ async def test_a_connection_lost_while_composing_is_no_broken_job(
     async def lost(con, job, ctx):
         raise asyncpg.InterfaceError("connection is closed")
 
-    monkeypatch.setitem(emails.COMPOSERS, "campaign", lost)
-    monkeypatch.delitem(emails.BATCH_COMPOSERS, "campaign")  # per-job composer
+    _campaign_composed_by(monkeypatch, lost)
     await _campaign_job(db, "lost@example.com")
     async with app_factory() as (_app, _client):
         [record] = await wait_until(
@@ -424,13 +430,13 @@ async def test_a_connection_lost_while_composing_is_no_broken_job(
 
 
 # -- the batch composer, as every campaign is sent -------------------------------------
-# The four tests above swap in a per-job composer; these run campaign_mail.compose_batch
-# itself (emails.BATCH_COMPOSERS), with real rows and a real database failing.
+# The four tests above swap in a per-job composer; these run campaigns/mail.compose_batch
+# itself (the campaign kind's batch composer), with real rows and a real database failing.
 
 
 async def _two_campaign_jobs(db: asyncpg.Connection, second: str) -> tuple[int, int]:
     """One campaign, two recipients in one batch: good@example.com and `second`."""
-    assert emails.BATCH_COMPOSERS["campaign"] is campaign_mail.compose_batch
+    assert kinds.KINDS["campaign"].compose_batch is mail.compose_batch
     campaign_id, _ = await _campaign_job(db, "good@example.com")
     other = await db.fetchval(
         "INSERT INTO subscribers (email, status, confirmed_at) VALUES ($1, 'active', now())"
@@ -554,7 +560,7 @@ async def test_worker_signs_with_dkim_when_configured(app_factory, db, smtp, tmp
 def test_backoff_grows_exponentially_with_jitter_and_is_capped(settings) -> None:
     s = settings.replace(outbox_backoff_base=10, outbox_backoff_max=100)
     for attempt, ceiling in ((1, 10), (2, 20), (3, 40), (4, 80), (5, 100), (20, 100)):
-        delays = [outbox.backoff(s, attempt) for _ in range(200)]
+        delays = [sender.backoff(s, attempt) for _ in range(200)]
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert len(set(delays)) > 1
 
@@ -569,10 +575,10 @@ async def _one_lane(app_factory, database_url: str, count: int):
     async with app_factory(outbox_concurrency=0, outbox_batch=5) as (app, _client):
         async with app.state.pool.acquire() as con:
             await people.add_many(con, count)
-            await campaigns.queue_send(con, await people.add_campaign(con))
+            await store.queue_send(con, await people.add_campaign(con))
         settings = app.state.settings.replace(outbox_concurrency=1)
-        context = emails.MailContext(settings, app.state.tokens, app.state.templates)
-        worker = outbox.Worker(app.state.pool, settings, app.state.metrics, context)
+        context = messages.MailContext(settings, app.state.tokens, app.state.templates)
+        worker = sender.Worker(app.state.pool, settings, app.state.metrics, context)
         other = await asyncpg.connect(database_url)
         try:
             yield worker, other
@@ -604,9 +610,9 @@ async def test_jobs_released_behind_a_lanes_bound_are_sent_when_it_restarts_from
         assert await worker.process_batch() == "done"  # jobs 6-10: the bound is job 10
         await tx.rollback()  # jobs 1-5 are free again, behind the bound
         assert await worker.process_batch() == "done"  # jobs 11-15, after the bound
-        monkeypatch.setattr(outbox, "RESUME_FOR_S", 0.0)
+        monkeypatch.setattr(sender, "RESUME_FOR_S", 0.0)
         assert await worker.process_batch() == "done"  # from the head: jobs 1-5
-        monkeypatch.setattr(outbox, "RESUME_FOR_S", 30.0)
+        monkeypatch.setattr(sender, "RESUME_FOR_S", 30.0)
         while await worker.process_batch() != "idle":
             pass
     order = [m.to for m in smtp.messages]

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.pixel import GIF
+from service.tracking.pixel import GIF
 from tests import support
 from tests.pixel_support import CHROME, TOKENS, pixel_path, seed, wait_for_count
 
@@ -106,7 +106,7 @@ def test_the_short_way_in_matches_exactly_what_starlettes_route_matches(path: st
     must agree on every path, and on the token they take out of it."""
     from starlette.routing import Match
 
-    from service.pixel import route
+    from service.tracking.pixel import route
 
     pixel_route = route()
     path = "/" + path

@@ -17,7 +17,11 @@ import asyncpg
 import httpx
 import pytest
 
-from service import cli, erasure, ratelimit, recorder, stats
+from service import cli
+from service.campaigns import stats
+from service.privacy import erasure
+from service.tracking import recorder
+from service.web import ratelimit
 from tests import people, support
 from tests.pixel_support import CHROME, pixel_path, seed, wait_for_count
 
@@ -424,7 +428,7 @@ async def test_reapplying_never_touches_someone_who_got_a_reused_id(db, settings
 
 
 async def test_old_journal_rows_are_purged_by_retention(db, settings) -> None:
-    from service import retention
+    from service.privacy import retention
 
     await db.execute(
         "INSERT INTO erasure_journal (subscriber_id, created_at, erased_at) VALUES"

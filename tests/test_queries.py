@@ -1,6 +1,6 @@
 import pytest
 
-from service.queries import QUERY_DIR, Queries, parse
+from service.db.queries import QUERY_DIR, Queries, parse
 
 
 def test_named_parameters_become_numbered_in_first_use_order() -> None:

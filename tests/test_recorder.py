@@ -6,11 +6,12 @@ import asyncpg
 import httpx
 import pytest
 
-from service import db as service_db
-from service import migrations, recorder
+from service.db import connections as service_db
+from service.db import migrations
 from service.observability import Metrics
-from service.pixel import GIF
-from service.recorder import Open, Recorder
+from service.tracking import recorder
+from service.tracking.pixel import GIF
+from service.tracking.recorder import Open, Recorder
 from tests import support
 from tests.conftest import running
 from tests.pixel_support import CHROME, pixel_path, seed, wait_for_count

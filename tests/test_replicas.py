@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from service import migrations
+from service.db import migrations
 from tests import support
 
 REPLICAS = 3

@@ -24,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.cli import GRACEFUL_SHUTDOWN_S
-from service.pixel import GIF
+from service.tracking.pixel import GIF
 from tests import support
 from tests.pixel_support import CHROME, pixel_path, seed
 
@@ -511,7 +511,7 @@ async def test_database_restart_under_load_signup_503_pixel_answers_and_all_reco
     import pgserver
     from pgserver._commands import pg_ctl
 
-    from service import migrations
+    from service.db import migrations
 
     server = pgserver.get_server(tmp_path / "pg", cleanup_mode="delete")
     service: support.ServiceProcess | None = None

@@ -10,7 +10,7 @@ import time
 import asyncpg
 import pytest
 
-from service import retention
+from service.privacy import retention
 from tests import people, support
 
 DAY = 86400

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import time
 
-from service import campaigns
+from service.campaigns import store
 from service.settings import Settings
 from tests import people
 from tests.conftest import running
@@ -17,7 +17,7 @@ from tests.conftest import running
 async def queue_campaign(db, count: int) -> int:
     await people.add_many(db, count)
     campaign_id = await people.add_campaign(db)
-    assert await campaigns.queue_send(db, campaign_id) == count
+    assert await store.queue_send(db, campaign_id) == count
     return campaign_id
 
 

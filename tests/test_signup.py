@@ -5,7 +5,7 @@ import asyncpg
 import httpx
 import pytest
 
-from service import ratelimit
+from service.web import ratelimit
 from tests import support
 from tests.conftest import CLIENT_IP
 from tests.signup_helpers import (

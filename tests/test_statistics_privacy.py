@@ -8,7 +8,7 @@ import json
 
 import asyncpg
 
-from service import migrations
+from service.db import migrations
 from tests import people
 
 IMPORT_URL = "/admin/api/subscribers/import"

@@ -7,9 +7,9 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from itsdangerous import Signer, TimestampSigner
 
-from service import ratelimit
 from service import tokens as tokens_module
 from service.tokens import InvalidToken, Tokens
+from service.web import ratelimit
 from tests import support
 
 IDS = st.integers(min_value=1, max_value=2**63 - 1)

@@ -1,6 +1,6 @@
 """Every endpoint that needs the database answers 503 with Retry-After while it is gone."""
 
-from service.db import RETRY_AFTER
+from service.db.connections import RETRY_AFTER
 from tests.signup_helpers import subscribe
 from tests.support import cut_off, restore
 

@@ -156,7 +156,7 @@ def score(rows: list[Row], classify: Callable[[str], tuple[str | None, str | Non
 
 
 def main(argv: list[str]) -> int:
-    from service.classify import Classifier
+    from service.tracking.classify import Classifier
 
     classifier = Classifier.from_files()
 

@@ -1,6 +1,6 @@
 """What a bounce or complaint does. The privacy policy decides it: a dead address or a
 "this is spam" ends the subscription, and ending it is the erasure of an unsubscribe
-(service/erasure.py); only an anonymous count per campaign, event, intake and reason
+(service/privacy/erasure.py); only an anonymous count per campaign, event, intake and reason
 stays (`bounce_counts`).
 
 - hard bounce: erased at once (for a confirmation email, the pending sign-up);
@@ -22,9 +22,9 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from service import erasure
 from service.bounces.parse import COMPLAINT, HARD, IGNORE, SOFT
-from service.queries import queries
+from service.db.queries import queries
+from service.privacy import erasure
 from service.settings import Settings
 from service.tokens import BounceClaim
 

@@ -28,7 +28,7 @@ import asyncpg
 from starlette.applications import Starlette
 
 from service.bounces import intake
-from service.queries import queries
+from service.db.queries import queries
 from service.settings import Settings
 from service.tokens import Tokens
 

@@ -23,15 +23,15 @@ from collections import Counter
 import asyncpg
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from service import db
 from service.bounces import intake, verp
+from service.db import connections
 from service.settings import Settings
 from service.tokens import Tokens
 
 log = logging.getLogger("newsletter.bounces")
 
 MAX_RECIPIENTS = 20
-DATABASE_ERRORS = (asyncpg.PostgresError, *db.UNAVAILABLE)
+DATABASE_ERRORS = (asyncpg.PostgresError, *connections.UNAVAILABLE)
 
 
 class BounceHandler:
@@ -181,7 +181,7 @@ async def serve(settings: Settings, host: str | None = None, port: int | None = 
     and `port` (`newsletter bounces --host H --port P`) override the settings."""
     import signal
 
-    pool = await db.create_pool(settings)
+    pool = await connections.create_pool(settings)
     server = BounceServer(pool, settings, Tokens(settings.secret_keys, settings.confirm_max_age))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

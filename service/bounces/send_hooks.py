@@ -1,6 +1,6 @@
 """What the sender calls: the return path of each email, and what a relay's refusal at
-send time says, sorted for the outbox (service/outbox.py) and its circuit breaker
-(service/breaker.py).
+send time says, sorted for the outbox (service/outbox/sender.py) and its circuit breaker
+(service/outbox/breaker.py).
 
 A refusal erases someone only when it is about that person's mailbox: a class-5 mailbox
 status (service/bounces/parse.py) in answer to RCPT, whose text quotes no address but
@@ -13,9 +13,11 @@ category (logs, `/metrics`, the campaign's stats, the breaker's pause).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from email.utils import parseaddr
 from typing import Any
 
 import aiosmtplib
@@ -41,10 +43,6 @@ THROTTLE = "throttle"
 CONNECTION = "connection"
 # Mailbox statuses that are about one recipient, not the relay's rate: retried per job.
 _PER_RECIPIENT = frozenset({parse.MAILBOX, parse.MAILBOX_FULL, parse.ADDRESS})
-# An address change's confirmation goes to the NEW address (service/manage_address.py):
-# its bounce says nothing about the address on file, so it carries no VERP token and a
-# refusal of it erases nobody (the change simply never gets confirmed).
-NOT_TO_THE_ADDRESS_ON_FILE = frozenset({"address_confirm"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +57,23 @@ class Refusal:
 
 
 def envelope_sender(
-    settings: Settings, tokens: Tokens, job: Mapping[str, Any], default: str
+    settings: Settings, tokens: Tokens, job: Mapping[str, Any], to_address_on_file: bool
 ) -> str:
-    """MAIL FROM for an outbox job: its VERP return path, or `default` (MAIL_FROM's
-    address) without BOUNCE_DOMAIN."""
-    if job["kind"] in NOT_TO_THE_ADDRESS_ON_FILE:
-        return default
-    campaign_id = job["campaign_id"] if job["kind"] == "campaign" else None
-    return verp.return_path(settings, tokens, job["subscriber_id"], campaign_id) or default
+    """MAIL FROM for an outbox job: the VERP return path that names its subscriber (and
+    campaign), or MAIL_FROM's address without BOUNCE_DOMAIN. A job whose email goes
+    elsewhere than the address on file (an address change's confirmation goes to the NEW
+    address, service/outbox/kinds.py) carries no token: its bounce says nothing about the
+    subscriber's address, so it can erase nobody."""
+    if to_address_on_file:
+        path = verp.return_path(settings, tokens, job["subscriber_id"], job["campaign_id"])
+        if path is not None:
+            return path
+    return _address(settings.mail_from)
+
+
+@functools.lru_cache(maxsize=8)
+def _address(mail_from: str) -> str:
+    return parseaddr(mail_from)[1]
 
 
 def _reply(failure: BaseException) -> tuple[int | None, str, str, str]:
@@ -121,6 +128,6 @@ async def apply_held(
     pool: asyncpg.Pool, settings: Settings, subscriber_id: int, campaign_id: int, reason: str
 ) -> str:
     """Erases the person a held mailbox refusal was about, once it is known not to be
-    part of a burst (service/breaker.py): a hard bounce with the intake `smtp`."""
+    part of a burst (service/outbox/breaker.py): a hard bounce with the intake `smtp`."""
     target = actions.Target(subscriber_id, campaign_id or None)
     return await actions.apply(pool, settings, target, parse.HARD, "smtp", reason)

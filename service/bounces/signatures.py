@@ -36,10 +36,11 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from service.clientinfo import canonical_ip
+from service import keys
+from service.web.clientinfo import canonical_ip
 
 SNS_HOST = re.compile(r"sns\.[a-z0-9-]{1,30}\.amazonaws\.com(\.cn)?")
 MAX_CERT_BYTES = 16 * 1024
@@ -154,24 +155,10 @@ class SnsVerifier:
             raise BadSignature("signature does not match") from None
 
 
-def load_public_key(text: str) -> ec.EllipticCurvePublicKey:
-    """SendGrid's verification key: base64 DER (SubjectPublicKeyInfo), or PEM."""
-    try:
-        if "BEGIN PUBLIC KEY" in text:
-            key = serialization.load_pem_public_key(text.encode())
-        else:
-            key = serialization.load_der_public_key(base64.b64decode(text, validate=True))
-    except (ValueError, binascii.Error, TypeError):
-        raise ValueError("is not a base64 DER or PEM public key") from None
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise ValueError("is not an ECDSA public key")
-    return key
-
-
 def verify_sendgrid(public_key: str, body: bytes, signature: str, timestamp: str) -> None:
     try:
         raw = base64.b64decode(signature, validate=True)
-        load_public_key(public_key).verify(
+        keys.ecdsa_public_key(public_key).verify(
             raw, timestamp.encode() + body, ec.ECDSA(hashes.SHA256())
         )
     except (InvalidSignature, binascii.Error, ValueError, UnicodeEncodeError):

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from service.queries import queries
+from service.db.queries import queries
 
 q = queries("bounces")
 

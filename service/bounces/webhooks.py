@@ -34,16 +34,17 @@ import asyncpg
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from service import clientinfo, db
 from service.bounces import actions, signatures, verp
 from service.bounces.parse import COMPLAINT, HARD, IGNORE, SOFT, status_event
-from service.queries import queries
+from service.db import connections
+from service.db.queries import queries
+from service.web import clientinfo
 
 log = logging.getLogger("newsletter.bounces")
 q = queries("bounces")
 
 _REASON = re.compile(r"[A-Za-z0-9 ._:-]{1,40}")
-DATABASE_ERRORS = (asyncpg.PostgresError, *db.UNAVAILABLE)
+DATABASE_ERRORS = (asyncpg.PostgresError, *connections.UNAVAILABLE)
 FRESHNESS = 300.0  # seconds a signed timestamp may be from now, either way (providers' advice)
 _EVENTS = frozenset({HARD, SOFT, COMPLAINT, IGNORE})
 _MAILGUN_TOKEN = re.compile(r"[A-Za-z0-9]{1,100}")

@@ -1,4 +1,4 @@
--- The send circuit breaker (service/breaker.py) and the operator's resume and cancel.
+-- The send circuit breaker (service/outbox/breaker.py) and the operator's resume and cancel.
 
 -- name: hold_refusals
 -- Mailbox refusals at RCPT, held until the worker's recent sends show they are no burst.

@@ -70,7 +70,7 @@ SET recipients = recipients + :queued,
 WHERE id = :campaign_id;
 
 -- name: notify_outbox
--- Wakes the outbox worker of every replica (service/outbox.py listens on this channel).
+-- Wakes the outbox worker of every replica (service/outbox/sender.py listens on this channel).
 SELECT pg_notify('newsletter_outbox', '');
 
 -- name: mail_for_job

@@ -2,7 +2,7 @@
 
 -- name: held_back_confirmations
 -- Pending sign-ups whose latest request got no confirmation email: none is queued and
--- none was handed to SMTP after it (the address limits of service/ratelimit.py held it).
+-- none was handed to SMTP after it (the address limits of service/web/ratelimit.py held it).
 SELECT s.email, s.signup_at, s.confirm_sent_at
 FROM subscribers s
 WHERE s.status = 'pending'

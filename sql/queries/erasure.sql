@@ -12,7 +12,7 @@ SELECT email FROM subscribers WHERE id = :id;
 DELETE FROM outbox WHERE subscriber_id = :id;
 
 -- name: delete_address_rate_limits
--- :keys are the address's HMACs under every day key still held (service/ratelimit.py).
+-- :keys are the address's HMACs under every day key still held (service/web/ratelimit.py).
 DELETE FROM rate_limits WHERE scope = 'address' AND key = ANY (:keys::bytea[]);
 
 -- name: delete_subscriber
@@ -81,7 +81,7 @@ WHERE b.subscriber_id = :id ORDER BY b.at, b.campaign_id;
 
 -- name: export_held_refusals
 -- An email the relay refused with a mailbox status at send time, held until the worker's
--- recent sends show the refusal is no burst (service/breaker.py); campaign 0: a one-off.
+-- recent sends show the refusal is no burst (service/outbox/breaker.py); campaign 0: a one-off.
 SELECT r.held_at, nullif(r.campaign_id, 0) AS campaign_id, c.name AS campaign_name, r.kind,
        r.reason
 FROM held_refusals r LEFT JOIN campaigns c ON c.id = r.campaign_id

@@ -1,4 +1,4 @@
--- Importing an existing list (service/importer.py).
+-- Importing an existing list (service/admin/importer.py).
 
 -- name: import_staged
 -- New addresses only (an address on the list already is left alone, as a sign-up

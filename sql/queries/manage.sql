@@ -1,4 +1,4 @@
--- The subscriber's own page (service/manage.py, manage_links.py, manage_address.py).
+-- The subscriber's own page (service/manage/page.py, manage_links.py, manage_address.py).
 
 -- name: subscriber
 SELECT id, email, name, status, tracking_consent, tracking_withdrawn_at

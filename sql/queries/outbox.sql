@@ -1,4 +1,4 @@
--- The transactional outbox worker (service/outbox.py).
+-- The transactional outbox worker (service/outbox/sender.py).
 
 -- name: claim_urgent
 -- Up to :limit due jobs a person waits for (priority 0: confirmations, fresh links,
@@ -14,7 +14,7 @@ FOR UPDATE SKIP LOCKED;
 -- name: claim_campaign
 -- Up to :limit due campaign jobs after (:after_run_at, :after_id) in the claim's index
 -- order, but none of :claimed (a lane's own locks are not skipped). The lower bound is
--- where the lane's previous claim ended (service/outbox.py, Resume): the index entries
+-- where the lane's previous claim ended (service/outbox/sender.py, Resume): the index entries
 -- of jobs sent since the last vacuum lie before it, and a claim from the head of the
 -- queue walks all of them (12 ms for 50 jobs behind 990,000 sent ones, against 0.4 ms).
 SELECT id, kind, subscriber_id, campaign_id, attempts, run_at

@@ -1,4 +1,4 @@
--- Abuse limits kept in PostgreSQL so that they hold across replicas (service/ratelimit.py).
+-- Abuse limits kept in PostgreSQL so that they hold across replicas (service/web/ratelimit.py).
 
 -- name: key_of_day
 -- The day's random HMAC key, created by the first replica that asks. NULL when another

@@ -1,5 +1,5 @@
 -- SMTP_MAX_RATE, SMTP_MAX_PER_HOUR and SMTP_MAX_PER_DAY, for every process together
--- (service/send_rate.py). Each statement is its own short transaction: the bucket row
+-- (service/outbox/send_rate.py). Each statement is its own short transaction: the bucket row
 -- is locked only while it is read and written, never through a send.
 
 -- name: reserve

@@ -1,9 +1,9 @@
--- Sign-up, confirmation and "this wasn't me" (service/signup.py, service/confirmation.py).
+-- Sign-up, confirmation and "this wasn't me" (service/signup/subscribe.py, service/signup/confirmation.py).
 
 -- name: sign_up
 -- The whole sign-up in one statement, with the same writes and one commit whatever the
 -- address's state, so that neither the answer nor its timing tells whether the address
--- was new, pending or subscribed (service/signup.py also answers no sooner than
+-- was new, pending or subscribed (service/signup/subscribe.py also answers no sooner than
 -- SIGNUP_MIN_DURATION):
 -- 1. a new address becomes a pending row; a pending one is refreshed (its purge clock
 --    restarts; the name and the tracking wish are proposals that the confirmation page

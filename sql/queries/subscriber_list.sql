@@ -1,4 +1,4 @@
--- The dashboard's subscriber list (service/dashboard/subscriber_list.py).
+-- The dashboard's subscriber list (service/admin/dashboard/subscriber_list.py).
 
 -- name: list_subscribers
 -- The dashboard's list: a keyset page in address order (C collation: the index

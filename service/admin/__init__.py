@@ -1,0 +1,1 @@
+"""The operator's side: `/admin/api/*`, admin tokens, list import, the dashboard."""

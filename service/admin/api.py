@@ -1,0 +1,325 @@
+"""`/admin/api/*` for campaigns and for access and erasure requests.
+
+Every endpoint is wrapped in `admin_auth.require_admin` (bearer token, constant-time
+comparison). Answers are JSON with `Cache-Control: no-store`: several hold personal data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from service.admin.auth import require_admin
+from service.campaigns import store
+from service.campaigns.mail import Links
+from service.campaigns.stats import campaign_stats
+from service.manage import address_change
+from service.outbox import breaker
+from service.privacy import erasure
+from service.signup import subscribe
+
+log = logging.getLogger("newsletter.admin_api")
+
+NO_STORE = {"Cache-Control": "no-store"}
+MAX_ID = 2**63 - 1
+RECIPIENT_BATCH = 1000  # rows per cursor fetch and per chunk written to the client
+LIST_LIMIT_DEFAULT = 100
+LIST_LIMIT_MAX = 500
+PATCH_MAX_BYTES = 2048
+
+
+def _json(content: Any, status_code: int = 200) -> JSONResponse:
+    return JSONResponse(content, status_code=status_code, headers=NO_STORE)
+
+
+def _error(status_code: int, error: str, detail: str, **extra: Any) -> JSONResponse:
+    return _json({"error": error, "detail": detail, **extra}, status_code)
+
+
+def _not_found(what: str) -> JSONResponse:
+    return _error(404, "not_found", f"no such {what}")
+
+
+def _campaign_id(request: Request) -> int | None:
+    """The path's campaign id, or None when it cannot name a campaign (too large)."""
+    value = request.path_params["campaign_id"]
+    return value if 0 < value <= MAX_ID else None
+
+
+async def _json_body(request: Request, limit: int) -> tuple[Any, JSONResponse | None]:
+    declared = request.headers.get("content-length", "")
+    if declared and (not declared.isdigit() or int(declared) > limit):
+        return None, _error(413, "too_large", f"the body must be at most {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None, _error(413, "too_large", f"the body must be at most {limit} bytes")
+    try:
+        return json.loads(body), None
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None, _error(400, "malformed", "the body must be a JSON object")
+
+
+# -- campaigns --------------------------------------------------------------------
+
+
+@require_admin
+async def create_campaign(request: Request) -> Response:
+    payload, problem = await _json_body(request, store.MAX_REQUEST_BYTES)
+    if problem is not None:
+        return problem
+    clean, errors = store.validate_campaign(payload)
+    if errors:
+        return _error(422, "invalid", "some fields are not valid", fields=errors)
+    async with request.app.state.pool.acquire() as con:
+        campaign_id = await store.create_campaign(con, **clean)
+    log.info("campaign created", extra={"campaign_id": campaign_id})
+    return _json({"id": campaign_id}, 201)
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 19 or not low <= int(raw) <= high:
+        return None
+    return int(raw)
+
+
+@require_admin
+async def list_campaigns(request: Request) -> Response:
+    """Newest first, `?limit=` (1-500, default 100) and `?before=<id>` to page."""
+    limit = _int_param(request, "limit", LIST_LIMIT_DEFAULT, 1, LIST_LIMIT_MAX)
+    before = _int_param(request, "before", MAX_ID, 1, MAX_ID)
+    if limit is None or before is None:
+        return _error(422, "invalid", f"limit must be 1-{LIST_LIMIT_MAX} and before a campaign id")
+    async with request.app.state.pool.acquire() as con:
+        rows = await store.q.list_campaigns.fetch(con, before=before, limit=limit)
+    items = [store.campaign_json(row) for row in rows]
+    next_before = items[-1]["id"] if len(items) == limit else None
+    return _json({"campaigns": items, "next_before": next_before})
+
+
+@require_admin
+async def get_campaign(request: Request) -> Response:
+    campaign_id = _campaign_id(request)
+    row = None
+    if campaign_id is not None:
+        async with request.app.state.pool.acquire() as con:
+            row = await store.q.get_campaign.fetchrow(con, id=campaign_id)
+    if row is None:
+        return _not_found("campaign")
+    return _json(store.campaign_json(row))
+
+
+@require_admin
+async def send_campaign(request: Request) -> Response:
+    """Queues the campaign for every active subscriber not yet mailed it; `202`."""
+    campaign_id = _campaign_id(request)
+    if campaign_id is None:
+        return _not_found("campaign")
+    try:
+        async with request.app.state.pool.acquire() as con:
+            queued = await store.queue_send(con, campaign_id)
+    except store.CampaignNotFound:
+        return _not_found("campaign")
+    log.info("campaign queued", extra={"campaign_id": campaign_id, "count": queued})
+    return _json({"queued": queued}, 202)
+
+
+async def _on_existing_campaign(
+    request: Request, act: Callable[[asyncpg.Connection, int], Awaitable[Any]]
+) -> tuple[int, Any] | Response:
+    """(campaign id, what `act` returned) for the campaign of the path, or its 404."""
+    campaign_id = _campaign_id(request)
+    if campaign_id is None:
+        return _not_found("campaign")
+    async with request.app.state.pool.acquire() as con:
+        if not await store.q.campaign_exists.fetchval(con, id=campaign_id):
+            return _not_found("campaign")
+        return campaign_id, await act(con, campaign_id)
+
+
+@require_admin
+async def resume_campaign(request: Request) -> Response:
+    """Resumes a campaign the circuit breaker paused: `200 {"resumed": n}` (its waiting
+    emails are due again, with their attempts back); `409` when it is not paused."""
+    outcome = await _on_existing_campaign(request, breaker.resume)
+    if isinstance(outcome, Response):
+        return outcome
+    campaign_id, resumed = outcome
+    if resumed is None:
+        return _error(409, "not_paused", "the campaign is not paused")
+    log.info("campaign resumed", extra={"campaign_id": campaign_id, "count": resumed})
+    return _json({"resumed": resumed})
+
+
+@require_admin
+async def cancel_campaign(request: Request) -> Response:
+    """Drops the campaign's emails not sent yet, paused or not: `200 {"cancelled": n}`."""
+    outcome = await _on_existing_campaign(request, breaker.cancel)
+    if isinstance(outcome, Response):
+        return outcome
+    campaign_id, cancelled = outcome
+    log.info("campaign cancelled", extra={"campaign_id": campaign_id, "count": cancelled})
+    return _json({"cancelled": cancelled})
+
+
+async def _recipient_lines(app: Starlette, campaign_id: int) -> AsyncIterator[bytes]:
+    """NDJSON from a server-side cursor: at most RECIPIENT_BATCH rows in memory."""
+    settings, tokens = app.state.settings, app.state.tokens
+    query = store.q.active_recipients
+    async with app.state.pool.acquire() as con:
+        async with con.transaction(readonly=True, isolation="repeatable_read"):
+            lines: list[str] = []
+            async for row in con.cursor(query.sql, prefetch=RECIPIENT_BATCH):
+                links = Links.mint(
+                    settings,
+                    tokens,
+                    row["id"],
+                    campaign_id,
+                    row["tracking_consent"],
+                    row["tracking_withdrawn"],
+                )
+                record = {
+                    "email": row["email"],
+                    "name": row["name"],
+                    "pixel_url": links.pixel_url or None,
+                    "unsubscribe_url": links.unsubscribe_url,
+                    "tracking_url": links.tracking_url or None,
+                }
+                lines.append(json.dumps(record, ensure_ascii=False))
+                if len(lines) >= RECIPIENT_BATCH:
+                    yield ("\n".join(lines) + "\n").encode()
+                    lines = []
+            if lines:
+                yield ("\n".join(lines) + "\n").encode()
+
+
+@require_admin
+async def campaign_recipients(request: Request) -> Response:
+    """One NDJSON line per active subscriber, for sending through another mail system."""
+    campaign_id = _campaign_id(request)
+    exists = False
+    if campaign_id is not None:
+        async with request.app.state.pool.acquire() as con:
+            exists = await store.q.campaign_exists.fetchval(con, id=campaign_id)
+    if campaign_id is None or not exists:
+        return _not_found("campaign")
+    return StreamingResponse(
+        _recipient_lines(request.app, campaign_id),
+        media_type="application/x-ndjson",
+        headers=NO_STORE,
+    )
+
+
+# -- access and erasure requests ----------------------------------------------------
+
+
+@require_admin
+async def export_subscriber(request: Request) -> Response:
+    """Everything stored about the address (GDPR Art. 15), `404` if nothing."""
+    email = request.path_params["email"]
+    data = None
+    if 0 < len(email) <= erasure.MAX_EMAIL_LENGTH:
+        async with request.app.state.pool.acquire() as con:
+            data = await erasure.export_subscriber(con, email)
+    if data is None:
+        return _not_found("subscriber")
+    return _json(data)
+
+
+@require_admin
+async def erase_subscriber(request: Request) -> Response:
+    """Erases the address as an unsubscribe does; `204` whether or not it existed."""
+    email = request.path_params["email"]
+    if 0 < len(email) <= erasure.MAX_EMAIL_LENGTH:
+        if await erasure.erase(request.app.state.pool, email=email):
+            request.app.state.metrics.unsubscribes.labels("admin").inc()
+            log.info("subscriber erased", extra={"kind": "admin"})
+    return Response(status_code=204, headers=NO_STORE)
+
+
+@require_admin
+async def correct_subscriber(request: Request) -> Response:
+    """Corrections on the person's request: `name` (a string, or null to delete it) at
+    once; `email` starts an address change, which the new address confirms (`202`)."""
+    payload, problem = await _json_body(request, PATCH_MAX_BYTES)
+    if problem is not None:
+        return problem
+    fields, errors = _correction(payload)
+    if errors:
+        return _error(422, "invalid", "some fields are not valid", fields=errors)
+    email = request.path_params["email"]
+    state = request.app.state
+    async with state.pool.acquire() as con:
+        subscriber_id = None
+        if 0 < len(email) <= erasure.MAX_EMAIL_LENGTH:
+            subscriber_id = await erasure.find_subscriber(con, email)
+        if subscriber_id is None:
+            return _not_found("subscriber")
+        if "name" in fields:
+            await address_change.q.set_name.execute(con, id=subscriber_id, name=fields["name"])
+        outcome = None
+        if "email" in fields:
+            day_key = await state.day_keys.today(con)
+            outcome = await address_change.request_change(
+                con, state.settings, day_key, subscriber_id, fields["email"], masked=False
+            )
+    log.info("subscriber corrected", extra={"kind": ",".join(sorted(fields))})
+    if outcome == "gone":
+        return _error(409, "not_active", "only an active subscriber's address can change")
+    if outcome == "taken":
+        return _error(409, "taken", "the new address is subscribed already")
+    if outcome == "limited":
+        return _error(429, "rate_limited", "the new address got its emails for today")
+    body: dict[str, Any] = {"address_change": None}
+    if "name" in fields:
+        body["name"] = fields["name"]
+    if outcome == "queued":
+        body["address_change"] = "confirmation_sent"
+    return _json(body, 202 if outcome == "queued" else 200)
+
+
+def _correction(payload: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    if not isinstance(payload, dict) or not payload:
+        return {}, {"body": "send a JSON object with name and/or email"}
+    unknown = sorted(set(payload) - {"name", "email"})
+    if unknown:
+        return {}, {key: "unknown field" for key in unknown}
+    fields: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    if "name" in payload:
+        name, error = subscribe.clean_name(payload["name"])
+        if error:
+            errors["name"] = error
+        fields["name"] = name
+    if "email" in payload:
+        email, error = address_change.clean_address(payload["email"], "must be an email address")
+        if error:
+            errors["email"] = error
+        fields["email"] = email
+    return fields, errors
+
+
+@require_admin
+async def stats_endpoint(request: Request) -> Response:
+    """`GET /admin/api/campaigns/{id}/stats`."""
+    campaign_id = request.path_params["campaign_id"]
+    stats = None
+    if 0 < campaign_id < 2**63:
+        async with request.app.state.pool.acquire() as con:
+            stats = await campaign_stats(
+                con, campaign_id, request.app.state.settings.stats_min_bucket
+            )
+    if stats is None:
+        return JSONResponse({"error": "not_found", "detail": "no such campaign"}, 404)
+    return JSONResponse(stats, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,95 @@
+"""The dashboard's subscriber list: keyset pages in address order, a status filter and an
+address prefix search, each row leading to the look-up (the person's data, the JSON
+download) and to the erase action.
+
+Filters and the page cursor travel in posted forms, never in a URL: an address prefix
+and the cursor (the last address shown) are personal data, and URLs end up in logs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.admin.dashboard.auth import Session, signed_in
+from service.admin.dashboard.render import page, problem
+from service.admin.dashboard.views import _form_or_problem
+from service.db.queries import queries
+
+q = queries("subscriber_list")
+
+PAGE_SIZE = 50
+STATUSES = ("active", "pending")
+MAX_ID = 2**63 - 1
+
+
+def like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching addresses that start with `prefix` (its % and _ literal)."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+def _filters(form: dict[str, str]) -> dict[str, Any] | str:
+    """The list's filters and cursor from a posted form, or what is wrong with them."""
+    status = form.get("status", "")
+    if status not in ("", *STATUSES):
+        return "Choose a status from the list."
+    prefix = form.get("prefix", "").strip().lower()
+    if len(prefix) > 320 or any(ord(c) < 32 or c == "\x7f" for c in prefix):
+        return "The search must be at most 320 characters, without control characters."
+    after_key = form.get("after_key", "")
+    after_id = form.get("after_id", "0") or "0"
+    if len(after_key) > 320 or not after_id.isdigit() or int(after_id) > MAX_ID:
+        return "That page does not exist. Start again from the first page."
+    return {
+        "status": status,
+        "prefix": prefix,
+        "after_key": after_key.lower(),
+        "after_id": int(after_id),
+    }
+
+
+async def _page(request: Request, session: Session, filters: dict[str, Any]) -> Response:
+    async with request.app.state.pool.acquire() as con:
+        rows = await q.list_subscribers.fetch(
+            con,
+            status=filters["status"] or None,
+            pattern=like_prefix(filters["prefix"]),
+            after_key=filters["after_key"],
+            after_id=filters["after_id"],
+            limit=PAGE_SIZE + 1,
+        )
+    more = len(rows) > PAGE_SIZE
+    rows = rows[:PAGE_SIZE]
+    return page(
+        request,
+        "subscriber_list.html",
+        csrf=session.csrf,
+        rows=rows,
+        more=more,
+        next_key=rows[-1]["sort_key"] if more else "",
+        next_id=rows[-1]["id"] if more else 0,
+        first_page=not filters["after_key"] and not filters["after_id"],
+        statuses=STATUSES,
+        **{k: filters[k] for k in ("status", "prefix")},
+    )
+
+
+@signed_in
+async def list_get(request: Request, session: Session) -> Response:
+    return await _page(
+        request, session, {"status": "", "prefix": "", "after_key": "", "after_id": 0}
+    )
+
+
+@signed_in
+async def list_post(request: Request, session: Session) -> Response:
+    form = await _form_or_problem(request, session)
+    if isinstance(form, Response):
+        return form
+    filters = _filters(form)
+    if isinstance(filters, str):
+        return problem(request, 400, filters, csrf=session.csrf)
+    return await _page(request, session, filters)

@@ -1,0 +1,1 @@
+"""Building and sending one email: safe headers, wire bytes, SMTP, DKIM. Knows no capability."""

@@ -1,0 +1,379 @@
+"""The subscriber's own page: `/manage`, `/manage/{token}`, `/manage/link/{token}`, `/manage/me`.
+
+Newsletters get forwarded, and a forwarded email carries its links. So the footer's link
+(`/manage/{token}`, never expires) offers only what is harmless in anyone's hands:
+unsubscribe, stop open tracking, and "email me a fresh link". What reveals or changes
+personal data (seeing it, downloading it, correcting the name, changing the address,
+allowing tracking) needs that fresh link (service/manage/links.py): mailed to the address
+on file, it works once within MANAGE_LINK_MAX_AGE, and the page it opens carries a secret
+in its forms (never in a URL) that lets it act for MANAGE_LINK_MAX_AGE more.
+
+GET never changes anything (mail scanners fetch links); every change is a POST. The fresh
+link's page posts itself with a script allowed by a per-response CSP nonce and has a
+button for when scripts are off; an automatic post within SCANNER_WINDOW of the link's
+issue is a scanner's and does not use the link up (as confirmation does).
+
+`/manage` without a token is a form for people who lost their emails: it mails a fresh
+link to an address that is subscribed, answers every address the same, no sooner than
+SIGNUP_MIN_DURATION, and is rate-limited like sign-up (per client IP per hour, per
+address per day).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service.db.queries import queries
+from service.manage import address_change, links, view
+from service.privacy import erasure
+from service.settings import Settings
+from service.signup import subscribe
+from service.tracking import consent
+from service.web import clientinfo, pages, ratelimit
+
+log = logging.getLogger("newsletter.manage")
+q = queries("manage")
+
+FORM_MAX_BYTES = 2048
+EMAIL_MAX = 320
+
+
+# -- shared ----------------------------------------------------------------------------
+def _render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
+    settings: Settings = request.app.state.settings
+    return pages.render(
+        request,
+        template,
+        status_code=status_code,
+        tracking_mode=settings.tracking_mode,
+        minutes=round(settings.manage_link_max_age / 60),
+        **context,
+    )
+
+
+def _ip(request: Request) -> str | None:
+    return clientinfo.reduce_ip(clientinfo.client_ip(request), request.app.state.settings.ip_mode)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    form = await request.form(max_files=0, max_fields=10)
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+async def _ip_allowed(request: Request, con: Any, day_key: bytes) -> ratelimit.Verdict:
+    """The sign-up's limit per client IP and hour, shared with it: both mail addresses
+    someone typed."""
+    ip = clientinfo.client_ip(request)
+    if ip is None:
+        return ratelimit.Verdict(True, 0)
+    return await ratelimit.hit_ip(con, request.app.state.settings, day_key, ip)
+
+
+def _too_many(request: Request, template: str, verdict: ratelimit.Verdict, **ctx: Any) -> Response:
+    return _render(
+        request,
+        template,
+        429,
+        headers={"Retry-After": str(verdict.retry_after)},
+        **ctx,
+    )
+
+
+# -- /manage: the form for people who lost their emails -------------------------------
+async def lost_form(request: Request) -> Response:
+    return _render(request, "manage_lost.html", state="ask", email="", error="")
+
+
+async def lost_post(request: Request) -> Response:
+    """Mails a fresh link if the address is subscribed; the same answer for any address."""
+    started = time.monotonic()
+    state = request.app.state
+    settings: Settings = state.settings
+    form = await _form(request)
+    raw = form.get("email", "")
+    email, error = address_change.clean_address(raw, "Please enter your email address.")
+    if email is None:
+        shown = subscribe._printable(raw.strip(), EMAIL_MAX)
+        return _render(request, "manage_lost.html", 400, state="ask", email=shown, error=error)
+    async with state.pool.acquire() as con:
+        day_key = await state.day_keys.today(con)
+        verdict = await _ip_allowed(request, con, day_key)
+        if not verdict.allowed:
+            return _too_many(
+                request, "manage_lost.html", verdict, state="limited", email="", error=""
+            )
+        await links.queue_link(con, settings, day_key, email)
+    await subscribe.answer_no_sooner(started, settings)
+    return _render(request, "manage_lost.html", state="sent", email="", error="")
+
+
+# -- /manage/{token}: the footer's link, harmless actions only -------------------------
+async def page(request: Request) -> Response:
+    """What anyone holding the email may do; shows no personal data, changes nothing."""
+    subscriber_id = links.verified(request, "verify_manage")
+    if subscriber_id is None:
+        return _render(request, "manage.html", 400, state="invalid", tracking=False)
+    row = await q.subscriber.fetchrow(request.app.state.pool, id=subscriber_id)
+    if row is None:
+        return _render(request, "manage.html", state="gone", tracking=False)
+    return _render(request, "manage.html", state="ask", tracking=_tracked(request, row))
+
+
+def _tracked(request: Request, row: Any) -> bool:
+    """Whether "stop open tracking" does anything for this subscriber."""
+    mode = request.app.state.settings.tracking_mode
+    if mode == "consent":
+        return bool(row["tracking_consent"])
+    return mode == "notice" and row["tracking_withdrawn_at"] is None
+
+
+async def act(request: Request) -> Response:
+    """`action`: `unsubscribe`, `stop_tracking` or `send_link`."""
+    form = await _form(request)
+    subscriber_id = links.verified(request, "verify_manage")
+    if subscriber_id is None:
+        return _render(request, "manage.html", 400, state="invalid", tracking=False)
+    action = form.get("action", "")
+    state = request.app.state
+    if action == "unsubscribe":
+        if await erasure.erase(state.pool, subscriber_id=subscriber_id):
+            state.metrics.unsubscribes.labels("manage").inc()
+            log.info("unsubscribed", extra={"kind": "manage"})
+        return pages.render(request, "unsubscribed.html")
+    if action == "stop_tracking":
+        async with state.pool.acquire() as con:
+            await _stop_tracking(con, request, subscriber_id)
+        return _render(request, "manage.html", state="tracking_off", tracking=False)
+    if action != "send_link":
+        return _render(request, "manage.html", 400, state="bad_action", tracking=False)
+    async with state.pool.acquire() as con:
+        row = await q.subscriber.fetchrow(con, id=subscriber_id)
+        if row is None or row["status"] != "active":
+            return _render(request, "manage.html", state="gone", tracking=False)
+        day_key = await state.day_keys.today(con)
+        verdict = await _ip_allowed(request, con, day_key)
+        if not verdict.allowed:
+            return _too_many(request, "manage.html", verdict, state="limited", tracking=False)
+        await links.queue_link(con, state.settings, day_key, row["email"], subscriber_id)
+    # Queued or not (a link is on its way already, or today's allowance is spent): the
+    # same page, which says a link is on its way unless one was sent very recently.
+    return _render(request, "manage.html", state="link_sent", tracking=_tracked(request, row))
+
+
+async def _stop_tracking(con: Any, request: Request, subscriber_id: int) -> bool | None:
+    settings: Settings = request.app.state.settings
+    return await consent.withdraw(
+        con,
+        subscriber_id,
+        ip=_ip(request),
+        user_agent=clientinfo.user_agent(request),
+        consent_text_version=settings.consent_text_version,
+        source="manage",
+    )
+
+
+# -- /manage/link/{token}: the fresh link, opened once ---------------------------------
+def _open_page(request: Request, status_code: int = 200, *, auto: bool, state: str) -> Response:
+    nonce = secrets.token_urlsafe(18) if auto else None
+    csp = pages.CSP + (f"; script-src 'nonce-{nonce}'" if nonce else "")
+    return pages.render(
+        request,
+        "manage_open.html",
+        status_code=status_code,
+        csp=csp,
+        auto=auto,
+        nonce=nonce,
+        state=state,
+        minutes=round(request.app.state.settings.manage_link_max_age / 60),
+    )
+
+
+async def link_get(request: Request) -> Response:
+    """A button that opens the data page (and a script that presses it); changes nothing."""
+    claim = links.verified(request, "verify_manage_link")
+    if claim is None:
+        return _open_page(request, 400, auto=False, state="invalid")
+    subscriber_id, link_id = claim
+    row = await q.link_state.fetchrow(
+        request.app.state.pool, link_id=link_id, subscriber_id=subscriber_id, scanner_window=0.0
+    )
+    if row is None:
+        return _open_page(request, 400, auto=False, state="invalid")
+    if row["used"] or row["expired"]:
+        return _open_page(request, 410, auto=False, state="used" if row["used"] else "expired")
+    return _open_page(request, auto=True, state="ask")
+
+
+async def link_post(request: Request) -> Response:
+    """Uses the link up and answers the data page, whose forms carry the session."""
+    form = await _form(request)
+    claim = links.verified(request, "verify_manage_link")
+    if claim is None:
+        return _open_page(request, 400, auto=False, state="invalid")
+    subscriber_id, link_id = claim
+    auto = form.get("auto") == "1"
+    async with request.app.state.pool.acquire() as con:
+        outcome, secret = await links.open_link(
+            con, request.app.state.settings, subscriber_id, link_id, auto=auto
+        )
+        if outcome == "opened":
+            log.info("manage link opened", extra={"kind": "auto" if auto else "button"})
+            return await _data_page(request, con, subscriber_id, secret or "")
+    if outcome == "scanner_window":
+        return _open_page(request, auto=False, state="ask")
+    if outcome == "gone":
+        return _open_page(request, 400, auto=False, state="invalid")
+    return _open_page(request, 410, auto=False, state=outcome)
+
+
+# -- /manage/me: the data page's forms ---------------------------------------------------
+async def _data_page(
+    request: Request,
+    con: Any,
+    subscriber_id: int,
+    secret: str,
+    status_code: int = 200,
+    **extra: Any,
+) -> Response:
+    row = await q.subscriber.fetchrow(con, id=subscriber_id)
+    export = None if row is None else await erasure.export_subscriber(con, row["email"])
+    if export is None or export["subscriber"] is None:
+        return _render(request, "manage.html", state="gone", tracking=False)
+    settings: Settings = request.app.state.settings
+    context: dict[str, Any] = {"message": "", "error": "", "name_error": "", "new_email": ""}
+    context.update(extra)
+    return _render(
+        request,
+        "manage_data.html",
+        status_code,
+        session=secret,
+        subscriber=export["subscriber"],
+        facts=view.subscription(export["subscriber"], settings.tracking_mode),
+        sections=view.sections(export),
+        pending=export["address_changes"],
+        tracking_on=bool(export["subscriber"]["tracking_consent"]),
+        tracking_withdrawn=row["tracking_withdrawn_at"] is not None,
+        **context,
+    )
+
+
+def _session_over(request: Request) -> Response:
+    return _open_page(request, 403, auto=False, state="session_over")
+
+
+async def data_post(request: Request) -> Response:
+    """`session` and `action`: `show`, `download`, `name`, `allow_tracking`,
+    `stop_tracking`, `change_address`, `unsubscribe`."""
+    form = await _form(request)
+    secret = form.get("session", "")
+    state = request.app.state
+    action = form.get("action", "show")
+    async with state.pool.acquire() as con:
+        subscriber_id = await links.session_subscriber(con, secret)
+        if subscriber_id is None:
+            return _session_over(request)
+        if action == "download":
+            return await _download(con, subscriber_id)
+        if action == "unsubscribe":
+            if await erasure.erase(state.pool, subscriber_id=subscriber_id):
+                state.metrics.unsubscribes.labels("manage").inc()
+                log.info("unsubscribed", extra={"kind": "manage"})
+            return pages.render(request, "unsubscribed.html")
+        handler = _ACTIONS.get(action)
+        if handler is None:
+            return await _data_page(
+                request, con, subscriber_id, secret, 400, error="Unknown action."
+            )
+        extra = await handler(con, request, subscriber_id, form)
+        status = 400 if extra.get("error") or extra.get("name_error") else 200
+        return await _data_page(request, con, subscriber_id, secret, status, **extra)
+
+
+async def _download(con: Any, subscriber_id: int) -> Response:
+    """Everything stored, as the JSON file GDPR Art. 15 and 20 ask for."""
+    row = await q.subscriber.fetchrow(con, id=subscriber_id)
+    data = None if row is None else await erasure.export_subscriber(con, row["email"])
+    return pages.json_download(data, "my-newsletter-data.json")
+
+
+async def _show(con: Any, request: Request, subscriber_id: int, form: dict) -> dict[str, Any]:
+    return {}
+
+
+async def _name(con: Any, request: Request, subscriber_id: int, form: dict) -> dict[str, Any]:
+    name, error = subscribe.clean_name(form.get("name", ""))
+    if error:
+        return {"name_error": error}
+    async with con.transaction():
+        if await q.lock_subscriber.fetchrow(con, id=subscriber_id) is not None:
+            await q.set_name.execute(con, id=subscriber_id, name=name)
+    return {"message": "Your name is saved." if name else "Your name is deleted."}
+
+
+async def _allow(con: Any, request: Request, subscriber_id: int, form: dict) -> dict[str, Any]:
+    if request.app.state.settings.tracking_mode != "consent":
+        return {"error": "Open tracking needs no consent here."}
+    async with con.transaction():
+        row = await q.lock_subscriber.fetchrow(con, id=subscriber_id)
+        if row is not None and not row["tracking_consent"]:
+            await q.grant_tracking.execute(con, id=subscriber_id)
+            await address_change.record_event(con, request, subscriber_id, "tracking_granted")
+    return {"message": "We measure when you open our emails from the next one on."}
+
+
+async def _stop(con: Any, request: Request, subscriber_id: int, form: dict) -> dict[str, Any]:
+    await _stop_tracking(con, request, subscriber_id)
+    return {"message": "Open tracking is off; we deleted the opens we had recorded for you."}
+
+
+async def _address(con: Any, request: Request, subscriber_id: int, form: dict) -> dict[str, Any]:
+    raw = form.get("new_email", "")
+    new_email, error = address_change.clean_address(raw, "Please enter the new address.")
+    if new_email is None:
+        return {"error": error, "new_email": subscribe._printable(raw.strip(), EMAIL_MAX)}
+    state = request.app.state
+    day_key = await state.day_keys.today(con)
+    verdict = await _ip_allowed(request, con, day_key)
+    if not verdict.allowed:
+        return {"error": "Too many requests from your network. Please try again later."}
+    outcome = await address_change.request_change(
+        con, state.settings, day_key, subscriber_id, new_email
+    )
+    if outcome == "same":
+        return {"message": "That is your address already."}
+    # queued, taken, limited: one answer, which tells nobody whether the address is
+    # someone's subscription.
+    return {
+        "message": f"We emailed {new_email} a link to confirm it. Until it is confirmed, "
+        "the newsletter keeps coming to your current address."
+    }
+
+
+_ACTIONS = {
+    "show": _show,
+    "name": _name,
+    "allow_tracking": _allow,
+    "stop_tracking": _stop,
+    "change_address": _address,
+}
+
+
+def routes() -> list[Route]:
+    post = {"methods": ["POST"], "max_body_size": FORM_MAX_BYTES}
+    return [
+        Route("/manage", lost_form, methods=["GET"]),
+        Route("/manage", lost_post, **post),
+        Route("/manage/me", data_post, **post),
+        Route("/manage/link/{token}", link_get, methods=["GET"]),
+        Route("/manage/link/{token}", link_post, **post),
+        *address_change.routes(),
+        Route("/manage/{token}", page, methods=["GET"]),
+        Route("/manage/{token}", act, **post),
+    ]

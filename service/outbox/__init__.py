@@ -1,0 +1,1 @@
+"""The outbox worker: claims queued jobs, has each kind's composer build its email, sends within the rate caps and the circuit breaker."""

@@ -1,0 +1,1 @@
+"""What the privacy policy promises: erasure, access export, retention."""

@@ -1,0 +1,1 @@
+"""Double opt-in: `POST /subscribe`, its field rules, the confirmation email, `/confirm` and `/cancel`."""

@@ -1,0 +1,391 @@
+"""`POST /subscribe`: a double opt-in sign-up from a site's form or script.
+
+The answer never tells whether the address was new, pending or already subscribed:
+those three get byte-identical responses after the same database work (one statement,
+`sign_up`, that writes in every case), no sooner than SIGNUP_MIN_DURATION after the
+request came in, and a filled honeypot gets the same answer, as late, with nothing
+stored. The pending row, its evidence and the confirmation email job are written in
+that one statement (the outbox worker sends the email).
+
+Whoever submits a form can type anyone's address, so a sign-up grants nothing: the name
+and the wish to have opens measured are proposals that the confirmation page shows to
+the person, and only the person's confirming request sets them (service/signup/confirmation.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+from email_validator import EmailNotValidError, validate_email
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from service.db import connections
+from service.db.queries import queries
+from service.settings import Settings
+from service.web import clientinfo, pages, ratelimit
+from service.web.body_limit import BodyLimit
+
+log = logging.getLogger("newsletter.signup")
+q = queries("signup")
+
+NAME_MAX = 100
+SOURCE_MAX = 200
+EMAIL_MAX = 320
+FORM_FIELDS = ("email", "name")
+_TRUE = frozenset({"1", "on", "true", "yes"})
+
+
+class BadBody(Exception):
+    """The body could not be read as the content type it claims."""
+
+
+@dataclass(frozen=True)
+class Signup:
+    email: str
+    name: str | None
+    tracking: bool
+    source: str | None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    ip: str | None
+    user_agent: str | None
+    source: str | None
+    consent_text_version: str
+
+
+# -- reading and validating --------------------------------------------------------
+def _content_kind(request: Request) -> str | None:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media == "application/json":
+        return "json"
+    if media in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return "form"
+    return None
+
+
+async def _fields(request: Request, kind: str) -> dict[str, Any]:
+    if kind == "json":
+        body = await request.body()  # the route's max_body_size answers 413 past the limit
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise BadBody("the body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise BadBody("the body must be a JSON object")
+        return data
+    form = await request.form(max_files=0, max_fields=20)
+    return dict(form.items())
+
+
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text)
+
+
+def _printable(text: str, limit: int) -> str:
+    return "".join(c for c in text if not _has_control(c))[:limit]
+
+
+def truthy(value: Any) -> bool:
+    """A ticked checkbox (`on`), a JSON true, or the usual words for yes."""
+    if isinstance(value, bool):
+        return value
+    return isinstance(value, str) and value.strip().lower() in _TRUE
+
+
+def _referer_source(request: Request) -> str | None:
+    """The page the form was on, without its query (which may hold personal data)."""
+    referer = request.headers.get("referer")
+    if not referer:
+        return None
+    parts = urlsplit(referer)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    return _printable(f"{parts.scheme}://{parts.netloc}{parts.path}", SOURCE_MAX)
+
+
+def clean_name(value: Any) -> tuple[str | None, str | None]:
+    """(the name, or None when empty or absent; an error message, or None)."""
+    if value is None:
+        return None, None
+    if not isinstance(value, str):
+        return None, "The name must be text."
+    name = value.strip() or None
+    if name and len(name) > NAME_MAX:
+        return None, f"The name may have at most {NAME_MAX} characters."
+    if name and _has_control(name):
+        return None, "The name must not contain line breaks or control characters."
+    return name, None
+
+
+async def validate(
+    fields: dict[str, Any], settings: Settings, request: Request
+) -> tuple[Signup | None, dict[str, str]]:
+    """The clean sign-up, or field-level error messages."""
+    errors: dict[str, str] = {}
+    raw_email = fields.get("email")
+    email = ""
+    if not isinstance(raw_email, str) or not raw_email.strip():
+        errors["email"] = "Please enter your email address."
+    elif len(raw_email) > EMAIL_MAX:
+        errors["email"] = "This email address is too long."
+    else:
+        check = settings.email_check_deliverability
+        # strict: a local part of at most 64 characters (RFC 5321 section 4.5.3.1.1).
+        try:
+            # The deliverability check asks DNS, synchronously: keep it off the loop.
+            valid = (
+                await asyncio.to_thread(
+                    validate_email, raw_email.strip(), check_deliverability=check, strict=True
+                )
+                if check
+                else validate_email(raw_email.strip(), check_deliverability=False, strict=True)
+            )
+            email = valid.normalized
+        except EmailNotValidError as exc:
+            errors["email"] = str(exc)
+
+    name, name_error = clean_name(fields.get("name"))
+    if name_error:
+        errors["name"] = name_error
+
+    raw_source = fields.get("source")
+    source = (
+        _printable(raw_source.strip(), SOURCE_MAX) or None
+        if isinstance(raw_source, str)
+        else _referer_source(request)
+    )
+    # Only a wish: the person grants or refuses it on the confirmation page.
+    tracking = settings.tracking_mode == "consent" and truthy(fields.get("tracking"))
+    if errors:
+        return None, errors
+    return Signup(email=email, name=name, tracking=tracking, source=source), {}
+
+
+# -- storing -------------------------------------------------------------------------
+async def register(
+    con: asyncpg.Connection,
+    settings: Settings,
+    day_key: bytes,
+    signup: Signup,
+    evidence: Evidence,
+) -> str:
+    """Writes the sign-up (see `sign_up` in sql/queries/signup.sql) in one statement.
+
+    Returns the outcome for the metric: 'new', 'pending', 'active' (left alone), with
+    '_limited' when the address's email allowance was spent.
+    """
+    claim = ratelimit.EmailClaim.of(settings, day_key, signup.email)
+    row = await q.sign_up.fetchrow(
+        con,
+        email=signup.email,
+        name=signup.name,
+        tracking=signup.tracking,
+        ip=evidence.ip,
+        user_agent=evidence.user_agent,
+        source=evidence.source,
+        consent_text_version=evidence.consent_text_version,
+        claim_key=claim.key,
+        window_start=claim.window_start,
+        per_day=claim.per_day,
+        min_interval=claim.min_interval,
+    )
+    if row["created"] is None:
+        return "active"
+    outcome = "new" if row["created"] else "pending"
+    if not row["already_queued"] and not row["claimed"]:
+        return outcome + "_limited"
+    return outcome
+
+
+async def answer_no_sooner(started: float, settings: Settings) -> None:
+    """Pads an accepted sign-up to SIGNUP_MIN_DURATION after `started`, so the time of
+    the answer does not depend on what the address's state made the database do."""
+    remaining = settings.signup_min_duration - (time.monotonic() - started)
+    if remaining > 0:
+        await asyncio.sleep(remaining)
+
+
+# -- answers -------------------------------------------------------------------------
+def _accepted(request: Request, kind: str) -> Response:
+    """The one answer for new, pending, subscribed and honeypot sign-ups."""
+    if kind == "json":
+        return JSONResponse({"status": "pending"}, status_code=202)
+    thank_you = request.app.state.settings.thank_you_url
+    if thank_you:
+        return RedirectResponse(thank_you, status_code=303)
+    return pages.render(request, "signup_thanks.html")
+
+
+def _problem(
+    request: Request,
+    kind: str | None,
+    status: int,
+    errors: dict[str, str],
+    headers: dict[str, str] | None = None,
+    fields: dict[str, Any] | None = None,
+) -> Response:
+    """JSON errors, or for a form the form again: each message beside its field, with
+    what was typed (never the honeypot)."""
+    if kind == "form":
+        fields = fields or {}
+        values = {
+            k: _printable(v, EMAIL_MAX) for k in FORM_FIELDS if isinstance(v := fields.get(k), str)
+        }
+        ticked = fields.get("tracking")
+        values["tracking"] = isinstance(ticked, str) and ticked.strip().lower() in _TRUE
+        source = fields.get("source")
+        values["source"] = (
+            _printable(source, SOURCE_MAX) if isinstance(source, str) else _referer_source(request)
+        )
+        settings = request.app.state.settings
+        return pages.render(
+            request,
+            "signup_error.html",
+            status_code=status,
+            headers=headers,
+            errors={k: m for k, m in errors.items() if k in FORM_FIELDS},
+            general=[m for k, m in errors.items() if k not in FORM_FIELDS],
+            values=values,
+            honeypot=settings.honeypot_field,
+            tracking_mode=settings.tracking_mode,
+        )
+    return JSONResponse({"errors": errors}, status_code=status, headers=headers)
+
+
+async def subscribe(request: Request) -> Response:
+    started = time.monotonic()
+    state = request.app.state
+    settings: Settings = state.settings
+    metrics = state.metrics
+    kind = _content_kind(request)
+    if kind is None:
+        metrics.signups.labels("invalid").inc()
+        return _problem(
+            request,
+            None,
+            415,
+            {"body": "Send application/json or a form (application/x-www-form-urlencoded)."},
+        )
+    try:
+        fields = await _fields(request, kind)
+    except BadBody as exc:
+        metrics.signups.labels("invalid").inc()
+        return _problem(request, kind, 400, {"body": str(exc)})
+
+    honeypot = fields.get(settings.honeypot_field)
+    if honeypot not in (None, "", False):
+        metrics.signups.labels("honeypot").inc()
+        await answer_no_sooner(started, settings)
+        return _accepted(request, kind)
+
+    signup, errors = await validate(fields, settings, request)
+    if signup is None:
+        metrics.signups.labels("invalid").inc()
+        return _problem(request, kind, 422 if kind == "json" else 400, errors, fields=fields)
+
+    ip = clientinfo.client_ip(request)
+    evidence = Evidence(
+        ip=clientinfo.reduce_ip(ip, settings.ip_mode),
+        user_agent=clientinfo.user_agent(request),
+        source=signup.source,
+        consent_text_version=settings.consent_text_version,
+    )
+    try:
+        async with state.pool.acquire() as con:
+            day_key = await state.day_keys.today(con)
+            if ip is not None:
+                verdict = await ratelimit.hit_ip(con, settings, day_key, ip)
+                if not verdict.allowed:
+                    metrics.signups.labels("rate_limited").inc()
+                    return _problem(
+                        request,
+                        kind,
+                        429,
+                        {"email": "Too many sign-ups from your network. Please try again later."},
+                        headers={"Retry-After": str(verdict.retry_after)},
+                        fields=fields,
+                    )
+            outcome = await register(con, settings, day_key, signup, evidence)
+    except (*connections.UNAVAILABLE, asyncpg.InterfaceError) as exc:
+        if not connections.is_unavailable(exc):
+            raise
+        # The one place that answers a lost database itself rather than through the app's
+        # handler: the form comes back with what the person typed, so nothing is lost.
+        # Same definition, same Retry-After; any other database error is a bug and a 500.
+        log.warning("signup database unavailable", extra={"error": exc.__class__.__name__})
+        metrics.signups.labels("unavailable").inc()
+        return _problem(
+            request,
+            kind,
+            503,
+            {"service": "Sign-up is briefly unavailable. Please try again in a minute."},
+            headers={"Retry-After": connections.RETRY_AFTER, "Cache-Control": "no-store"},
+            fields=fields,
+        )
+    metrics.signups.labels(outcome).inc()
+    await answer_no_sooner(started, settings)
+    return _accepted(request, kind)
+
+
+def routes(settings: Settings) -> list[Route]:
+    """The sign-up route, with CORS for the configured origins only (JSON posts need it;
+    plain form posts never do)."""
+    middleware = []
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["POST"],
+                allow_headers=["Content-Type"],
+                max_age=3600,
+            )
+        )
+    middleware.append(Middleware(BodyLimit, limit=settings.max_body_bytes, answer=_too_large))
+    return [
+        Route(
+            "/subscribe",
+            _only_post(subscribe),
+            methods=["GET", "POST", "OPTIONS"],
+            middleware=middleware,
+        )
+    ]
+
+
+def _too_large(request: Request) -> Response:
+    limit = request.app.state.settings.max_body_bytes
+    request.app.state.metrics.signups.labels("invalid").inc()
+    message = f"The sign-up was larger than {limit} bytes and was not read. Please shorten it."
+    return _problem(request, _content_kind(request), 413, {"body": message})
+
+
+def _only_post(endpoint: Any) -> Any:
+    """OPTIONS is routed for CORS preflights and GET for a page that says what this
+    address is for; both answer 405 (a person who opens /subscribe gets a page)."""
+
+    async def handler(request: Request) -> Response:
+        if request.method != "POST":
+            headers = {"Allow": "POST"}
+            if request.method in ("GET", "HEAD") and "json" not in request.headers.get(
+                "accept", ""
+            ):
+                return pages.render(request, "subscribe_get.html", 405, headers=headers)
+            return JSONResponse({"errors": {"method": "Use POST."}}, 405, headers=headers)
+        return await endpoint(request)
+
+    handler.__name__ = endpoint.__name__
+    return handler

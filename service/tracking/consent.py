@@ -1,0 +1,94 @@
+"""`GET/POST /tracking/{token}`: withdraw consent to (or object to) personal open tracking.
+
+GET only shows a button (mail scanners prefetch links); POST, in one transaction, turns
+tracking off for the subscriber, records a `tracking_withdrawn` consent event (the
+evidence GDPR Art. 7(1) asks for) and deletes every recorded open and first-open time
+of that subscriber. The subscriber row is locked first, which waits for any pixel batch
+holding it, so no open of an in-flight batch survives the withdrawal; later fetches of
+old emails only move the anonymous counters. Idempotent: a repeated POST changes
+nothing and records no second event. The link never expires, like the emails carrying it.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.db.queries import queries
+from service.tokens import InvalidToken
+from service.web import clientinfo, pages
+
+q = queries("tracking")
+_ATTEMPTS = 3
+
+
+def _subscriber_id(request: Request) -> int | None:
+    try:
+        return request.app.state.tokens.verify_tracking(request.path_params["token"])
+    except InvalidToken:
+        return None
+
+
+def _page(request: Request, state: str, status_code: int = 200) -> Response:
+    return pages.render(request, "tracking.html", status_code=status_code, state=state)
+
+
+async def withdraw(
+    con: asyncpg.Connection,
+    subscriber_id: int,
+    *,
+    ip: str | None,
+    user_agent: str | None,
+    consent_text_version: str,
+    source: str = "tracking_link",
+) -> bool | None:
+    """Turn tracking off; True if it changed, False if already off, None if no subscriber."""
+    async with con.transaction():
+        row = await q.lock_subscriber.fetchrow(con, subscriber_id=subscriber_id)
+        if row is None:
+            return None
+        changed = row["tracking_consent"] or row["tracking_withdrawn_at"] is None
+        await q.withdraw.execute(con, subscriber_id=subscriber_id)
+        if changed:
+            await q.record_withdrawal.execute(
+                con,
+                subscriber_id=subscriber_id,
+                ip=ip,
+                user_agent=user_agent,
+                version=consent_text_version,
+                source=source,
+            )
+        await q.delete_opens.execute(con, subscriber_id=subscriber_id)
+        await q.forget_first_opens.execute(con, subscriber_id=subscriber_id)
+        return changed
+
+
+async def show(request: Request) -> Response:
+    if _subscriber_id(request) is None:
+        return _page(request, "invalid", 400)
+    return _page(request, "ask")
+
+
+async def post(request: Request) -> Response:
+    subscriber_id = _subscriber_id(request)
+    if subscriber_id is None:
+        return _page(request, "invalid", 400)
+    settings = request.app.state.settings
+    ip = clientinfo.reduce_ip(clientinfo.client_ip(request), settings.ip_mode)
+    user_agent = clientinfo.user_agent(request)
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            async with request.app.state.pool.acquire() as con:
+                result = await withdraw(
+                    con,
+                    subscriber_id,
+                    ip=ip,
+                    user_agent=user_agent,
+                    consent_text_version=settings.consent_text_version,
+                )
+            break
+        except asyncpg.DeadlockDetectedError:
+            if attempt == _ATTEMPTS:
+                raise
+    return _page(request, "gone" if result is None else "done")
