@@ -23,7 +23,7 @@ from service.campaigns.stats import campaign_stats
 from service.manage import address_change
 from service.outbox import breaker
 from service.privacy import erasure
-from service.signup import subscribe
+from service.signup.fields import clean_name
 
 log = logging.getLogger("newsletter.admin_api")
 
@@ -298,7 +298,7 @@ def _correction(payload: Any) -> tuple[dict[str, Any], dict[str, str]]:
     fields: dict[str, Any] = {}
     errors: dict[str, str] = {}
     if "name" in payload:
-        name, error = subscribe.clean_name(payload["name"])
+        name, error = clean_name(payload["name"])
         if error:
             errors["name"] = error
         fields["name"] = name

@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, Response
 from service.admin.auth import require_admin
 from service.db.queries import queries
 from service.settings import Settings
-from service.signup.subscribe import EMAIL_MAX, NAME_MAX, SOURCE_MAX, _has_control, clean_name
+from service.signup.fields import EMAIL_MAX, NAME_MAX, SOURCE_MAX, clean_name, has_control
 
 log = logging.getLogger("newsletter.importer")
 q = queries("importer")
@@ -147,7 +147,7 @@ def parse_line(number: int, text: bytes, settings: Settings) -> Row:
             raise LineError("consent_source must be text")
         source = source.strip()
         if len(source) > SOURCE_MAX or not (
-            (source.isascii() and source.isprintable()) or not _has_control(source)
+            (source.isascii() and source.isprintable()) or not has_control(source)
         ):
             raise LineError(f"consent_source must be one line of at most {SOURCE_MAX} characters")
     tracking = item.get("tracking", False)

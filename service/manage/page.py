@@ -34,7 +34,7 @@ from service.db.queries import queries
 from service.manage import address_change, links, view
 from service.privacy import erasure
 from service.settings import Settings
-from service.signup import subscribe
+from service.signup import fields, subscribe
 from service.tracking import consent
 from service.web import clientinfo, pages, ratelimit
 
@@ -42,7 +42,6 @@ log = logging.getLogger("newsletter.manage")
 q = queries("manage")
 
 FORM_MAX_BYTES = 2048
-EMAIL_MAX = 320
 
 
 # -- shared ----------------------------------------------------------------------------
@@ -100,7 +99,7 @@ async def lost_post(request: Request) -> Response:
     raw = form.get("email", "")
     email, error = address_change.clean_address(raw, "Please enter your email address.")
     if email is None:
-        shown = subscribe._printable(raw.strip(), EMAIL_MAX)
+        shown = fields.printable(raw.strip(), fields.EMAIL_MAX)
         return _render(request, "manage_lost.html", 400, state="ask", email=shown, error=error)
     async with state.pool.acquire() as con:
         day_key = await state.day_keys.today(con)
@@ -308,7 +307,7 @@ async def _show(con: Any, request: Request, subscriber_id: int, form: dict) -> d
 
 
 async def _name(con: Any, request: Request, subscriber_id: int, form: dict) -> dict[str, Any]:
-    name, error = subscribe.clean_name(form.get("name", ""))
+    name, error = fields.clean_name(form.get("name", ""))
     if error:
         return {"name_error": error}
     async with con.transaction():
@@ -337,7 +336,7 @@ async def _address(con: Any, request: Request, subscriber_id: int, form: dict) -
     raw = form.get("new_email", "")
     new_email, error = address_change.clean_address(raw, "Please enter the new address.")
     if new_email is None:
-        return {"error": error, "new_email": subscribe._printable(raw.strip(), EMAIL_MAX)}
+        return {"error": error, "new_email": fields.printable(raw.strip(), fields.EMAIL_MAX)}
     state = request.app.state
     day_key = await state.day_keys.today(con)
     verdict = await _ip_allowed(request, con, day_key)

@@ -42,7 +42,7 @@ from starlette.routing import Route
 
 from service.db.queries import queries
 from service.settings import Settings
-from service.signup import subscribe
+from service.signup import fields
 from service.tokens import InvalidToken
 from service.tracking import consent
 from service.web import clientinfo, pages
@@ -199,10 +199,10 @@ def _choices(settings: Settings, form: Any) -> tuple[Choices | None, str | None]
     the name's error message."""
     if form.get("auto") == "1" or form.get("choices") != "1":
         return None, None
-    name, error = subscribe.clean_name(form.get("name"))
+    name, error = fields.clean_name(form.get("name"))
     if error:
         return None, error
-    tracking = settings.tracking_mode == "consent" and subscribe.truthy(form.get("tracking"))
+    tracking = settings.tracking_mode == "consent" and fields.truthy(form.get("tracking"))
     return Choices(name=name, tracking=tracking), None
 
 

@@ -18,7 +18,6 @@ import asyncio
 import json
 import logging
 import time
-import unicodedata
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,17 +33,14 @@ from starlette.routing import Route
 from service.db import connections
 from service.db.queries import queries
 from service.settings import Settings
+from service.signup.fields import EMAIL_MAX, SOURCE_MAX, clean_name, printable, truthy
 from service.web import clientinfo, pages, ratelimit
 from service.web.body_limit import BodyLimit
 
 log = logging.getLogger("newsletter.signup")
 q = queries("signup")
 
-NAME_MAX = 100
-SOURCE_MAX = 200
-EMAIL_MAX = 320
 FORM_FIELDS = ("email", "name")
-_TRUE = frozenset({"1", "on", "true", "yes"})
 
 
 class BadBody(Exception):
@@ -91,21 +87,6 @@ async def _fields(request: Request, kind: str) -> dict[str, Any]:
     return dict(form.items())
 
 
-def _has_control(text: str) -> bool:
-    return any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text)
-
-
-def _printable(text: str, limit: int) -> str:
-    return "".join(c for c in text if not _has_control(c))[:limit]
-
-
-def truthy(value: Any) -> bool:
-    """A ticked checkbox (`on`), a JSON true, or the usual words for yes."""
-    if isinstance(value, bool):
-        return value
-    return isinstance(value, str) and value.strip().lower() in _TRUE
-
-
 def _referer_source(request: Request) -> str | None:
     """The page the form was on, without its query (which may hold personal data)."""
     referer = request.headers.get("referer")
@@ -114,21 +95,7 @@ def _referer_source(request: Request) -> str | None:
     parts = urlsplit(referer)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return None
-    return _printable(f"{parts.scheme}://{parts.netloc}{parts.path}", SOURCE_MAX)
-
-
-def clean_name(value: Any) -> tuple[str | None, str | None]:
-    """(the name, or None when empty or absent; an error message, or None)."""
-    if value is None:
-        return None, None
-    if not isinstance(value, str):
-        return None, "The name must be text."
-    name = value.strip() or None
-    if name and len(name) > NAME_MAX:
-        return None, f"The name may have at most {NAME_MAX} characters."
-    if name and _has_control(name):
-        return None, "The name must not contain line breaks or control characters."
-    return name, None
+    return printable(f"{parts.scheme}://{parts.netloc}{parts.path}", SOURCE_MAX)
 
 
 async def validate(
@@ -164,7 +131,7 @@ async def validate(
 
     raw_source = fields.get("source")
     source = (
-        _printable(raw_source.strip(), SOURCE_MAX) or None
+        printable(raw_source.strip(), SOURCE_MAX) or None
         if isinstance(raw_source, str)
         else _referer_source(request)
     )
@@ -243,13 +210,13 @@ def _problem(
     if kind == "form":
         fields = fields or {}
         values = {
-            k: _printable(v, EMAIL_MAX) for k in FORM_FIELDS if isinstance(v := fields.get(k), str)
+            k: printable(v, EMAIL_MAX) for k in FORM_FIELDS if isinstance(v := fields.get(k), str)
         }
         ticked = fields.get("tracking")
-        values["tracking"] = isinstance(ticked, str) and ticked.strip().lower() in _TRUE
+        values["tracking"] = truthy(ticked)
         source = fields.get("source")
         values["source"] = (
-            _printable(source, SOURCE_MAX) if isinstance(source, str) else _referer_source(request)
+            printable(source, SOURCE_MAX) if isinstance(source, str) else _referer_source(request)
         )
         settings = request.app.state.settings
         return pages.render(
