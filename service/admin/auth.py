@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hmac
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -21,6 +22,23 @@ from service.web import clientinfo, ratelimit
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 _NO_ADDRESS = "0.0.0.0"  # clients without an address share one count
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What presenting an admin token came to: admitted, refused, or `locked_for`
+    seconds of lockout (the token was not even compared). Its truth is `admitted`
+    alone, so `if attempt:` never lets a locked-out client in."""
+
+    admitted: bool
+    locked_for: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.admitted
+
+
+ADMITTED = Attempt(True)
+REFUSED = Attempt(False)
 
 
 def token_is_valid(presented: str, tokens: tuple[str, ...]) -> bool:
@@ -39,9 +57,9 @@ def bearer(request: Request) -> str | None:
     return credentials.strip()
 
 
-async def check_token(request: Request, presented: str | None) -> bool | int:
-    """True for a valid token; False for a wrong one (counted as a failure); or the
-    seconds to wait when this client has failed too often."""
+async def check_token(request: Request, presented: str | None) -> Attempt:
+    """Admitted for a valid token; refused for a wrong one (counted as a failure); or
+    locked out, with the seconds to wait, when this client has failed too often."""
     state = request.app.state
     settings = state.settings
     ip = clientinfo.client_ip(request) or _NO_ADDRESS
@@ -50,13 +68,13 @@ async def check_token(request: Request, presented: str | None) -> bool | int:
         verdict = await ratelimit.admin_verdict(con, settings, day_key, ip)
         if not verdict.allowed:
             state.metrics.admin_auth.labels("limited").inc()
-            return verdict.retry_after
+            return Attempt(False, verdict.retry_after)
         tokens = settings.admin_tokens
         if presented is not None and tokens and token_is_valid(presented, tokens):
-            return True
+            return ADMITTED
         await ratelimit.admin_failed(con, settings, day_key, ip)
     state.metrics.admin_auth.labels("refused").inc()
-    return False
+    return REFUSED
 
 
 def require_admin(endpoint: Endpoint) -> Endpoint:
@@ -65,10 +83,10 @@ def require_admin(endpoint: Endpoint) -> Endpoint:
 
     @functools.wraps(endpoint)
     async def guarded(request: Request) -> Response:
-        outcome = await check_token(request, bearer(request))
-        if outcome is True:
+        attempt = await check_token(request, bearer(request))
+        if attempt:
             return await endpoint(request)
-        if outcome is False:
+        if attempt.locked_for is None:
             return JSONResponse(
                 {"error": "unauthorized", "detail": "a valid admin bearer token is required"},
                 status_code=401,
@@ -77,7 +95,7 @@ def require_admin(endpoint: Endpoint) -> Endpoint:
         return JSONResponse(
             {"error": "too_many_attempts", "detail": "too many failed admin sign-ins"},
             status_code=429,
-            headers={"Retry-After": str(outcome)},
+            headers={"Retry-After": str(attempt.locked_for)},
         )
 
     return guarded

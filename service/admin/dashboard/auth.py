@@ -24,7 +24,7 @@ from itsdangerous import BadData, TimestampSigner
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import RedirectResponse, Response
 
-from service.admin.auth import check_token
+from service.admin.auth import Attempt, check_token
 from service.admin.dashboard.render import problem
 from service.db.queries import queries
 
@@ -123,13 +123,13 @@ def set_login_cookie(request: Request, response: Response, value: str) -> None:
 
 
 # -- sessions ----------------------------------------------------------------------
-async def sign_in(request: Request, response: Response, admin_token: str) -> bool | int:
+async def sign_in(request: Request, response: Response, admin_token: str) -> Attempt:
     """Starts a session when `admin_token` is one of ADMIN_TOKENS (compared in constant
-    time); False for a wrong token, or the seconds to wait after too many (admin_auth)."""
+    time, limited per client: service/admin/auth.py)."""
     settings = request.app.state.settings
-    outcome = await check_token(request, admin_token)
-    if outcome is not True:
-        return outcome
+    attempt = await check_token(request, admin_token)
+    if not attempt:
+        return attempt
     session_id = secrets.token_urlsafe(32)
     async with request.app.state.pool.acquire() as con:
         await q.delete_expired_sessions.execute(con)
@@ -145,7 +145,7 @@ async def sign_in(request: Request, response: Response, admin_token: str) -> boo
         SESSION_COOKIE, cookie, **_cookie_kwargs(request, int(settings.session_max_age))
     )
     response.delete_cookie(LOGIN_COOKIE, path=COOKIE_PATH)
-    return True
+    return attempt
 
 
 async def current_session(request: Request) -> Session | None:

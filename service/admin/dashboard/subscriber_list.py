@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from service.admin.dashboard.auth import Session, signed_in
 from service.admin.dashboard.render import page, problem
-from service.admin.dashboard.views import _form_or_problem
+from service.admin.dashboard.views import form_or_problem
 from service.db.queries import queries
 
 q = queries("subscriber_list")
@@ -86,7 +86,7 @@ async def list_get(request: Request, session: Session) -> Response:
 
 @signed_in
 async def list_post(request: Request, session: Session) -> Response:
-    form = await _form_or_problem(request, session)
+    form = await form_or_problem(request, session)
     if isinstance(form, Response):
         return form
     filters = _filters(form)

@@ -76,7 +76,7 @@ def _rate(part: float, whole: float) -> str:
     return f"{100 * part / whole:.1f} %" if whole else "n/a"
 
 
-async def _form_or_problem(
+async def form_or_problem(
     request: Request, session: Session, limit: int = auth.FORM_LIMIT
 ) -> dict[str, str] | Response:
     """The posted form when its CSRF token belongs to the session, else the error page."""
@@ -131,13 +131,13 @@ async def login(request: Request) -> Response:
     if not auth.login_token_matches(request, form.get("login_token", "")):
         return _login_page(request, 403, "The sign-in form expired. Please try again.")
     response = RedirectResponse("/admin", status_code=303)
-    outcome = await auth.sign_in(request, response, form.get("token", "").strip())
-    if outcome is not True:
+    attempt = await auth.sign_in(request, response, form.get("token", "").strip())
+    if not attempt:
         log.info("dashboard sign-in refused")
-        if outcome is False:
+        if attempt.locked_for is None:
             return _login_page(request, 401, "That admin token is not valid.")
         limited = _login_page(request, 429, "Too many failed sign-ins. Please wait and try again.")
-        limited.headers["Retry-After"] = str(outcome)
+        limited.headers["Retry-After"] = str(attempt.locked_for)
         return limited
     log.info("dashboard sign-in")
     return response
@@ -145,7 +145,7 @@ async def login(request: Request) -> Response:
 
 @signed_in
 async def logout(request: Request, session: Session) -> Response:
-    form = await _form_or_problem(request, session)
+    form = await form_or_problem(request, session)
     if isinstance(form, Response):
         return form
     response = RedirectResponse("/admin/login", status_code=303)
@@ -337,7 +337,7 @@ async def new_campaign_form(request: Request, session: Session) -> Response:
 
 @signed_in
 async def create_campaign(request: Request, session: Session) -> Response:
-    form = await _form_or_problem(request, session, CAMPAIGN_FORM_LIMIT)
+    form = await form_or_problem(request, session, CAMPAIGN_FORM_LIMIT)
     if isinstance(form, Response):
         return form
     payload = {key: form.get(key, "") for key in ("name", "subject", "html", "text")}
@@ -385,7 +385,7 @@ async def send_confirm(request: Request, session: Session) -> Response:
 
 @signed_in
 async def send(request: Request, session: Session) -> Response:
-    form = await _form_or_problem(request, session)
+    form = await form_or_problem(request, session)
     if isinstance(form, Response):
         return form
     async with request.app.state.pool.acquire() as con:
@@ -405,7 +405,7 @@ async def send(request: Request, session: Session) -> Response:
 
 async def _pause_action(request: Request, session: Session, action: str) -> Response:
     """Resume or cancel a campaign (the circuit breaker's pause), then back to its page."""
-    form = await _form_or_problem(request, session)
+    form = await form_or_problem(request, session)
     if isinstance(form, Response):
         return form
     async with request.app.state.pool.acquire() as con:
@@ -452,7 +452,7 @@ async def _posted_email(
     request: Request, session: Session
 ) -> tuple[str, dict[str, str]] | Response:
     """The address of a posted subscriber form, or the page that says what is wrong."""
-    form = await _form_or_problem(request, session)
+    form = await form_or_problem(request, session)
     if isinstance(form, Response):
         return form
     email = _email(form)
