@@ -93,7 +93,7 @@ image:
 
 # Builds the image and runs it as the manifests do; not part of `make test` (minutes).
 test-image: $(STAMP)
-	RUN_IMAGE_TEST=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_image.py
+	RUN_IMAGE_TEST=1 $(PY) -m pytest -q -p no:cacheprovider tests/deploy/test_image.py
 
 lock: $(STAMP)
 	$(UV_COMPILE) -o requirements.lock

@@ -1,6 +1,6 @@
 """Score a classifier against the labelled user-agent table (`tests/data/user_agents.csv.gz`).
 
-Used by `tests/test_classify_table.py` (the targets) and by `bench/bench_classify.py` (the
+Used by `tests/tracking/test_classify_table.py` (the targets) and by `bench/bench_classify.py` (the
 cost). Runs on its own too, against whichever `service` package is importable, which is
 how the figures before a change are taken: `cd OLD_CHECKOUT && python
 NEW_CHECKOUT/tests/ua_table.py NEW_CHECKOUT/tests/data/user_agents.csv.gz`.

@@ -214,7 +214,7 @@ async def _sent_to(smtp, address: str) -> bool:
 
 
 async def test_the_dashboard_uploads_a_file_to_the_same_import(app, db: asyncpg.Connection) -> None:
-    from tests.test_dashboard import browser, sign_in
+    from tests.admin.test_dashboard import browser, sign_in
 
     body = ndjson(
         {

@@ -14,9 +14,9 @@ from service.bounces import verp
 from service.outbox.kinds import KINDS
 from tests import support
 from tests.bounce_support import DOMAIN, tokens
+from tests.campaigns.test_campaign_send import send
 from tests.conftest import running
 from tests.signup_helpers import subscribe, wait_until
-from tests.test_campaign_send import send
 
 
 class RefusingSink(support.SmtpSink):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests import people
-from tests.test_dashboard import browser, sign_in
+from tests.admin.test_dashboard import browser, sign_in
 
 
 @pytest.fixture

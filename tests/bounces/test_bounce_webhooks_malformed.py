@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests import people
-from tests.test_bounce_webhooks import MAILGUN_KEY, POSTMARK, TOPIC, Sns
+from tests.bounces.test_bounce_webhooks import MAILGUN_KEY, POSTMARK, TOPIC, Sns
 
 SENDGRID_KEY = ec.generate_private_key(ec.SECP256R1())
 SENDGRID_PUBLIC = base64.b64encode(

@@ -3,8 +3,8 @@
 The Dockerfile is parsed and its rules checked (multi-stage, numeric non-root USER, no
 HEALTHCHECK, `newsletter serve`, nothing but the venv in the final stage, locked and
 hash-checked dependencies, a build context that holds what it copies). That the image
-builds and runs is tests/test_image.py (`make test-image`); that the wheel alone
-migrates is tests/test_wheel.py.
+builds and runs is tests/deploy/test_image.py (`make test-image`); that the wheel alone
+migrates is tests/deploy/test_wheel.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 
 

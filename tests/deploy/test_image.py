@@ -26,7 +26,7 @@ import pytest
 
 from tests import support
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TAG = "newsletter:test-image"
 RESTRICTED = [
     "--network=host",

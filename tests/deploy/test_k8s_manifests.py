@@ -31,10 +31,10 @@ from kubernetes_validate.utils import latest_version
 from bench import pods
 from service import cli
 from service.settings import VARIABLES, Settings, SettingsError, parse_duration
+from tests.deploy.test_dockerfile import final_stage_user
 from tests.kustomize import load_documents, pod_spec, render
-from tests.test_dockerfile import final_stage_user
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 OVERLAY = K8S / "overlays" / "example"
 KUBERNETES_VERSIONS = ("1.33", "1.34", latest_version())

@@ -348,7 +348,7 @@ async def test_purge_runs_on_one_replica_and_counts_every_row_once(
 async def test_sigterm_completes_pixel_requests_in_flight_records_them_and_exits_in_time(
     database_url: str, smtp: support.SmtpSink, db: asyncpg.Connection
 ) -> None:
-    """tests/test_pixel.py covers the flush of opens answered before SIGTERM; this one
+    """tests/tracking/test_pixel.py covers the flush of opens answered before SIGTERM; this one
     holds requests in flight across it. A lock on `opens` keeps the recorder's commit
     (and so, in PIXEL_MODE=wait, the answers) waiting while the signal arrives."""
     campaign_id, subscriber_ids = await seed(db, 50)

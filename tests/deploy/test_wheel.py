@@ -22,7 +22,7 @@ import pytest
 
 from tests import support
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Builds a wheel and installs the locked dependencies into a new venv: minutes on a
 # loaded machine, past the suite's default timeout.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -11,9 +11,9 @@ import pytest
 
 from service.admin.dashboard.subscriber_list import PAGE_SIZE, like_prefix
 from tests import people
+from tests.admin.test_dashboard import browser, sign_in
 from tests.manage_support import link_in, mails_to, no_jobs
 from tests.signup_helpers import wait_until
-from tests.test_dashboard import browser, sign_in
 
 _ROW = re.compile(r'<th scope="row">([^<]+)</th>')
 

@@ -12,9 +12,9 @@ from collections.abc import Callable
 import pytest
 
 from tests import people, support
+from tests.admin.test_dashboard import browser, sign_in
 from tests.conftest import running
 from tests.signup_helpers import wait_until
-from tests.test_dashboard import browser, sign_in
 
 SENDER_REJECTED = "550 5.1.8 <bounces@newsletter.test>: Sender address rejected: Domain not found"
 

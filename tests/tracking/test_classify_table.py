@@ -1,6 +1,6 @@
 """The issue-15 targets, measured on the labelled table built from public collections.
 
-`pytest -s tests/test_classify_table.py` prints the figures; `python tests/ua_table.py -v`
+`pytest -s tests/tracking/test_classify_table.py` prints the figures; `python tests/ua_table.py -v`
 also lists every string on the wrong side.
 """
 

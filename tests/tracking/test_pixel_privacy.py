@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 
 from tests import people, support
+from tests.campaigns.test_campaign_send import _PIXEL, _TRACKING, TOKENS, send, settled
 from tests.pixel_support import CHROME, wait_for_count
-from tests.test_campaign_send import _PIXEL, _TRACKING, TOKENS, send, settled
 
 
 def pixels_by_recipient(messages: list[support.Received]) -> dict[str, str]:
