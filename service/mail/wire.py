@@ -14,7 +14,7 @@ rendered once into a `Skeleton`, and each email adds its own lines:
   characters, so no relay needs to re-encode them and break a DKIM signature;
 - the boundary starts with `=_`, which quoted-printable text can never contain.
 
-`tests/test_mailbuild.py` parses what this module writes with the standard library and
+`tests/mail/test_mailbuild.py` parses what this module writes with the standard library and
 with a second parser (Rust's mail-parser) and verifies its DKIM signature.
 """
 
