@@ -97,7 +97,7 @@ test-image: $(STAMP)
 
 lock: $(STAMP)
 	$(UV_COMPILE) -o requirements.lock
-	$(UV_COMPILE) --extra dev --extra test -o requirements-dev.lock
+	$(UV_COMPILE) --extra dev --extra test --extra docs -o requirements-dev.lock
 	$(UV_COMPILE) --extra dev --extra test --resolution lowest-direct -o requirements-min.lock
 
 # Every bench, including the 10-million-row part of the pixel bench (about 10 minutes).
