@@ -610,7 +610,8 @@ MEANINGS: dict[str, str] = {
     "OUTBOX_MAX_ATTEMPTS": "Tries per email before it is dropped (throttles and an"
     " unreachable relay use up none).",
     "OUTBOX_CONCURRENCY": "Sending lanes per process, each with its own SMTP connection and"
-    " transaction; `0`: this process sends nothing (as `serve --no-worker`).",
+    " transaction (keep `DB_POOL_MAX` above it); `0`: `serve` sends nothing (unlike"
+    " `--no-worker` it still runs retention), and `newsletter worker` refuses to start.",
     "OUTBOX_BATCH": "Jobs a lane claims, sends and records in one transaction; also the"
     " duplicate window per lane if the process is killed.",
     "IMPORT_MAX_BYTES": "Largest body of `POST /admin/api/subscribers/import`.",
