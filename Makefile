@@ -11,7 +11,7 @@ PORT   ?= 8000
 # The lock files: `make lock` writes them from pyproject.toml (README: "Upgrading dependencies").
 UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --quiet
 
-.PHONY: run test test-fast test-image image lock lint format bench clean system-deps kubectl-from-wheel
+.PHONY: run test test-fast test-image image lock lint format bench docs clean system-deps kubectl-from-wheel
 
 # Installs exactly the locked versions, each checked against its hash; then the project
 # itself (editable, no dependencies of its own).
@@ -97,8 +97,16 @@ test-image: $(STAMP)
 
 lock: $(STAMP)
 	$(UV_COMPILE) -o requirements.lock
-	$(UV_COMPILE) --extra dev --extra test -o requirements-dev.lock
+	$(UV_COMPILE) --extra dev --extra test --extra docs -o requirements-dev.lock
 	$(UV_COMPILE) --extra dev --extra test --resolution lowest-direct -o requirements-min.lock
+
+# The documentation site (docs/, mkdocs.yml) into build/site: the reference pages are
+# generated from the code first (docs/generate.py), then `mkdocs build --strict` fails on
+# any warning (a broken link or anchor, a page missing from the nav). mkdocs comes with
+# the `docs` extra, which requirements-dev.lock includes.
+docs: $(STAMP)
+	$(PY) docs/generate.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # Every bench, including the 10-million-row part of the pixel bench (about 10 minutes).
 bench: $(STAMP)

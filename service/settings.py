@@ -105,7 +105,7 @@ def parse_smtp_url(url: str) -> SmtpTarget:
 
 @dataclass(frozen=True)
 class Settings:
-    """The whole configuration. Field docs are the README's source of truth."""
+    """The whole configuration; what each variable means is in `MEANINGS` below."""
 
     # -- required (by `serve`; `migrate` and `purge` need only DATABASE_URL) -----
     database_url: str = ""
@@ -551,6 +551,149 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("WEBHOOK_POSTMARK_IPS", "webhook_postmark_ips", _networks),
     ("LOG_LEVEL", "log_level", _choice(("debug", "info", "warning", "error"))),
 )
+
+# What each variable is for, in the operator's words: docs/generate.py writes the settings
+# reference (docs/reference/settings.md) from VARIABLES, the defaults of Settings and this.
+MEANINGS: dict[str, str] = {
+    "DATABASE_URL": "PostgreSQL, `postgresql://user:pass@host:5432/db` (through PgBouncer in"
+    " transaction mode is fine with `DB_STATEMENT_CACHE_SIZE=0`).",
+    "SMTP_URL": "The relay: `smtp://user:pass@host:587?starttls=true`, `smtps://host:465`,"
+    " `smtp://host:25`; `?verify=false` skips certificate checks (test relays only).",
+    "PUBLIC_URL": "Base of every link in an email, e.g. `https://news.example.com`"
+    " (no query or fragment).",
+    "SECRET_KEYS": "Comma-separated, each at least 32 characters: the first encrypts tokens"
+    " and signs cookies, all decrypt and verify, so keys rotate by putting a new one first.",
+    "MAIL_FROM": "Sender (`From`) of every email, e.g. `Example News <news@example.com>`;"
+    " empty: `Newsletter <newsletter@{PUBLIC_URL host}>`.",
+    "SMTP_TIMEOUT": "Timeout of each SMTP command.",
+    "DKIM_PRIVATE_KEY_FILE": "A PEM key to DKIM-sign every email with (all three DKIM settings"
+    " or none): RSA (2048 bits advised) signs `rsa-sha256`, Ed25519 `ed25519-sha256`;"
+    " checked at start.",
+    "DKIM_SELECTOR": "The DKIM selector: the key's DNS record is `{selector}._domainkey.{domain}`.",
+    "DKIM_DOMAIN": "The DKIM signing domain (`d=`), normally `MAIL_FROM`'s domain.",
+    "ADMIN_TOKENS": "Comma-separated bearer tokens (each at least 16 characters) for"
+    " `/admin/api/*` and the dashboard sign-in; empty: every admin route answers `401`.",
+    "SESSION_MAX_AGE": "Lifetime of a dashboard session (absolute, not sliding).",
+    "DEMO_PAGE": "Also serve the demo sign-up form at `/` outside `newsletter dev`"
+    " (a staging check of the whole flow, the browser test).",
+    "FORWARDED_ALLOW_IPS": "uvicorn's own: the proxies whose `X-Forwarded-For` is believed;"
+    " the client IP of a sign-up, an open or a rate limit comes from it only then. Never `*`.",
+    "CORS_ORIGINS": "Origins allowed to post JSON to `/subscribe` from a browser script"
+    " (`*` for any); plain form posts need none.",
+    "DATABASE_DIRECT_URL": "A connection that bypasses a transaction-mode pooler, for the"
+    " outbox's `LISTEN` and the session-level advisory lock of `migrate`; empty:"
+    " `DATABASE_URL`.",
+    "DB_POOL_MIN": "Smallest asyncpg pool per process.",
+    "DB_POOL_MAX": "Largest asyncpg pool per process; keep it above `OUTBOX_CONCURRENCY`.",
+    "DB_STATEMENT_CACHE_SIZE": "asyncpg's prepared-statement cache; `0` behind PgBouncer in"
+    " transaction mode.",
+    "DB_COMMAND_TIMEOUT": "Timeout of each query (and of waiting for a pooled connection).",
+    "THANK_YOU_URL": "Where a form sign-up is redirected (`303`); empty: a"
+    ' "check your inbox" page.',
+    "CONFIRMED_URL": "Where a confirmation is redirected (`303`); empty: a page.",
+    "SITE_URL": "The website the form is on: the public pages link back to it. Empty: the"
+    " site of `CONFIRMED_URL` or `THANK_YOU_URL`, else the demo page when it is served,"
+    " else no link.",
+    "EMAIL_CHECK_DELIVERABILITY": "Also ask DNS whether an address's domain accepts mail.",
+    "CONSENT_TEXT_VERSION": "Version of the consent text in force, stored with every consent"
+    " event; change it when the form's wording changes.",
+    "HONEYPOT_FIELD": "Name of the hidden form field that only bots fill in.",
+    "MAX_BODY_BYTES": "Largest sign-up or unsubscribe body; larger gets `413`.",
+    "CONFIRM_MAX_AGE": "Lifetime of confirmation and cancel links, of an unconfirmed sign-up"
+    " and of an address change waiting for its confirmation.",
+    "SCANNER_WINDOW": "Automatic confirmations this soon after the email was handed to the"
+    " relay are refused (mail scanners strike at delivery); a person gets the button.",
+    "RATE_CONFIRM_PER_DAY": "Confirmation and fresh-link emails per address per UTC day.",
+    "RATE_CONFIRM_MIN_INTERVAL": "No such email to an address sooner than this after the last.",
+    "RATE_SIGNUP_PER_IP_HOUR": "Sign-ups (and `/manage` link requests) per client IP"
+    " (IPv6: per /64) per clock hour; then `429` with `Retry-After`.",
+    "OUTBOX_MAX_ATTEMPTS": "Tries per email before it is dropped (throttles and an"
+    " unreachable relay use up none).",
+    "OUTBOX_CONCURRENCY": "Sending lanes per process, each with its own SMTP connection and"
+    " transaction (keep `DB_POOL_MAX` above it); `0`: `serve` sends nothing (unlike"
+    " `--no-worker` it still runs retention), and `newsletter worker` refuses to start.",
+    "OUTBOX_BATCH": "Jobs a lane claims, sends and records in one transaction; also the"
+    " duplicate window per lane if the process is killed.",
+    "IMPORT_MAX_BYTES": "Largest body of `POST /admin/api/subscribers/import`.",
+    "IMPORT_CONFIRM_RATE": "Confirmation emails a second for the pending subscribers of an"
+    " import (their jobs' run times are spread out).",
+    "OUTBOX_POLL_INTERVAL": "The outbox's polling fallback; it is normally woken by"
+    " `LISTEN/NOTIFY`.",
+    "OUTBOX_BACKOFF_BASE": "First wait before a refused email is tried again (exponential,"
+    " jittered into the upper half).",
+    "OUTBOX_BACKOFF_MAX": "Longest wait between two tries.",
+    "SMTP_MAX_RATE": "Emails a second to the relay, every process and lane together (a"
+    " token bucket in PostgreSQL); empty: no cap.",
+    "SMTP_MAX_PER_HOUR": "Emails per UTC clock hour, every process together; empty: no cap.",
+    "SMTP_MAX_PER_DAY": "Emails per UTC day, every process together; empty: no cap.",
+    "SEND_BREAKER_SHARE": "Share of one refusal category among a worker's recent sends that"
+    " pauses the campaigns concerned (`0.1` or `10%`).",
+    "SEND_BREAKER_MIN_SENDS": "Recent sends a worker process needs before it judges.",
+    "SEND_BREAKER_WINDOW": "The recent sends a worker process judges.",
+    "TRACKING_MODE": "`consent` (personal opens only for those who agreed on the"
+    " confirmation page), `notice` (everyone unless they object) or `off` (no pixel).",
+    "IP_MODE": "IP kept in evidence and open events: `full`, `truncated` (/24 for IPv4, /48"
+    " for IPv6) or `none`; reduced before storage.",
+    "PIXEL_MODE": "`wait` (a pixel answer means its open is committed) or `answer-first`"
+    " (answer at once, write in the background).",
+    "PIXEL_WAIT_MAX": "Longest a pixel request waits for its batch's commit.",
+    "PIXEL_QUEUE_MAX": "Opens waiting in memory per process; beyond it an open is dropped"
+    " and counted.",
+    "PIXEL_BATCH_MAX": "Opens per statement of the group commit.",
+    "MACHINE_OPEN_WINDOW": "Opens this soon after the email was sent count as machine opens"
+    " (`soon_after_send`).",
+    "GEOIP_MMDB": "A MaxMind `.mmdb` country database instead of geoip2fast's bundled data"
+    " (needs the `mmdb` extra).",
+    "APPLE_PROXY_RANGES_FILE": "A CSV whose first column is a network (Apple's"
+    " `egress-ip-ranges.csv`): opens from it are `apple_mpp`; 17.0.0.0/8 is built in.",
+    "SCANNER_RANGES_FILE": "A CSV of mail scanners' networks (first column) replacing the"
+    " shipped `service/data/scanner_ranges.csv`; opens from them are `scanner_network`.",
+    "OPEN_RETENTION": "Open events, and deliveries no longer queued, older than this are"
+    " deleted (395 days: 13 months).",
+    "PURGE_INTERVAL": "How often a process that sends (`newsletter worker`, or `serve`"
+    " without `--no-worker`) tries a retention pass; one pass runs at a time.",
+    "SIGNUP_MIN_DURATION": "Every accepted sign-up (and `/manage` request) is answered no"
+    " sooner than this, so timing does not tell a subscribed address from a new one.",
+    "ADMIN_AUTH_FAILURES": "Failed admin tokens (API bearer or dashboard sign-in) per client"
+    " IP per `ADMIN_AUTH_WINDOW`, counted across replicas; then `429` with `Retry-After`,"
+    " also for a right token.",
+    "ADMIN_AUTH_WINDOW": "The window of `ADMIN_AUTH_FAILURES`.",
+    "ERASURE_JOURNAL_RETENTION": "How long the erasure journal (ids and times only) is kept"
+    " for re-erasing after a backup restore; longer than the backups.",
+    "STATS_MIN_BUCKET": "Statistics show no country, client or hour bucket with fewer opens:"
+    " those are merged into `other` (totals stay exact).",
+    "MANAGE_LINK_MAX_AGE": "How long a fresh link to a subscriber's own data works (once),"
+    " and how long the page it opens can act after that.",
+    "BOUNCE_DOMAIN": "VERP return paths `{BOUNCE_LOCAL}+{token}@` this domain; empty: the"
+    " envelope sender is `MAIL_FROM`'s address.",
+    "BOUNCE_LOCAL": "The return path's local part before `+` (1-18 of a-z 0-9 . _ -).",
+    "BOUNCE_SOFT_LIMIT": "Soft bounces of separate emails within `BOUNCE_SOFT_WINDOW` that"
+    " erase the subscriber.",
+    "BOUNCE_SOFT_WINDOW": "The window of `BOUNCE_SOFT_LIMIT`; soft bounces older than it"
+    " are deleted.",
+    "BOUNCE_SMTP_HOST": "Where `newsletter bounces` listens (`--host` overrides it).",
+    "BOUNCE_SMTP_PORT": "Its port (`--port` overrides it).",
+    "BOUNCE_SMTP_MAX_BYTES": "Largest message the bounce receiver takes (`552` above).",
+    "BOUNCE_SMTP_TIMEOUT": "An idle SMTP session of the bounce receiver ends after this.",
+    "BOUNCE_SMTP_MAX_CONNECTIONS": "Bounce receiver sessions at once; `421` above.",
+    "BOUNCE_SMTP_MAX_PER_PEER": "Bounce receiver sessions at once from one IP address;"
+    " `421` above.",
+    "BOUNCE_IMAP_URL": "A bounce mailbox the worker polls, `imaps://user:password@host/INBOX`"
+    " (`imap://` only to a loopback host); empty: none.",
+    "BOUNCE_IMAP_INTERVAL": "How often the worker polls the bounce mailbox.",
+    "WEBHOOK_MAX_BYTES": "Largest provider webhook body; `413` above.",
+    "WEBHOOK_SES_TOPIC_ARNS": "SNS topics whose messages `/webhooks/ses` takes"
+    " (comma-separated); empty: that webhook is off.",
+    "WEBHOOK_POSTMARK_AUTH": "`user:password` of the Postmark webhook's basic auth; empty:"
+    " `/webhooks/postmark` is off.",
+    "WEBHOOK_SENDGRID_PUBLIC_KEY": "SendGrid's Signed Event Webhook key (base64 DER or PEM);"
+    " empty: `/webhooks/sendgrid` is off.",
+    "WEBHOOK_MAILGUN_SIGNING_KEY": "Mailgun's webhook signing key; empty: `/webhooks/mailgun`"
+    " is off.",
+    "WEBHOOK_POSTMARK_IPS": "IP addresses or networks `/webhooks/postmark` is taken from"
+    " (Postmark's published webhook IPs); empty: any.",
+    "LOG_LEVEL": "`debug`, `info`, `warning` or `error`.",
+}
 
 
 def _load(environ: Mapping[str, str], required: tuple[str, ...] = REQUIRED) -> Settings:
