@@ -4,7 +4,8 @@
   `MEANINGS`, and the accepted values read off each variable's parser);
 - `reference/cli.md` from the argparse parser of `service.cli`;
 - `reference/http-api.md` from `openapi.yaml`;
-- `reference/benchmarks.md` from `bench/results.json`.
+- `reference/benchmarks.md` from `bench/results.json`;
+- `reference/code-map.md` from the docstrings of `service/`'s packages and modules.
 
 `python docs/generate.py` writes them (`make docs` runs it first); `--check` writes nothing
 and fails naming every page that differs from what the code gives now (tests/test_docs.py
@@ -431,6 +432,38 @@ def benchmarks_page() -> str:
     return "\n".join(out)
 
 
+# -- the code map ---------------------------------------------------------------------
+
+
+def _summary(path: Path) -> str:
+    """A module's docstring up to its first blank line, as one line."""
+    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+def code_map_page() -> str:
+    service = ROOT / "service"
+    out = [
+        _header("the docstrings of service/"),
+        "# Code map\n",
+        "Every package and module of `service/` with the first paragraph of its docstring."
+        " Which part may import which: [Architecture](../development/architecture.md).\n",
+        "## The top of `service/`\n",
+    ]
+    loose = sorted(p for p in service.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    out.append(_table(("module", "what it is for"), ([f"`{p.name}`", _summary(p)] for p in loose)))
+    packages = sorted(p.parent for p in service.rglob("__init__.py") if p.parent != service)
+    for package in packages:
+        name = package.relative_to(ROOT).as_posix()
+        out.append(f"## `{name}/`\n")
+        out.append(_summary(package / "__init__.py") + "\n")
+        modules = sorted(p for p in package.glob("*.py") if p.name != "__init__.py")
+        if modules:
+            rows = ([f"`{p.name}`", _summary(p)] for p in modules)
+            out.append(_table(("module", "what it is for"), rows))
+    return "\n".join(out)
+
+
 # -- the pages ------------------------------------------------------------------------
 
 PAGES: dict[str, Callable[[], str]] = {
@@ -438,6 +471,7 @@ PAGES: dict[str, Callable[[], str]] = {
     "cli.md": cli_page,
     "http-api.md": http_api_page,
     "benchmarks.md": benchmarks_page,
+    "code-map.md": code_map_page,
 }
 
 
