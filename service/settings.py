@@ -173,7 +173,7 @@ class Settings:
     apple_proxy_ranges_file: str = ""
     # -- classification (issue 15) -------------------------------------------------
     # Mail scanners' networks (opens from them are `scanner_network`); empty: the list
-    # shipped in service/data/scanner_ranges.csv.
+    # shipped in service/tracking/data/scanner_ranges.csv.
     scanner_ranges_file: str = ""
     open_retention: float = 395 * 86400
     purge_interval: float = 3600.0
@@ -647,7 +647,7 @@ MEANINGS: dict[str, str] = {
     "APPLE_PROXY_RANGES_FILE": "A CSV whose first column is a network (Apple's"
     " `egress-ip-ranges.csv`): opens from it are `apple_mpp`; 17.0.0.0/8 is built in.",
     "SCANNER_RANGES_FILE": "A CSV of mail scanners' networks (first column) replacing the"
-    " shipped `service/data/scanner_ranges.csv`; opens from them are `scanner_network`.",
+    " shipped `service/tracking/data/scanner_ranges.csv`; opens from them are `scanner_network`.",
     "OPEN_RETENTION": "Open events, and deliveries no longer queued, older than this are"
     " deleted (395 days: 13 months).",
     "PURGE_INTERVAL": "How often a process that sends (`newsletter worker`, or `serve`"
