@@ -303,7 +303,7 @@ async def _apply(
             ip=who.ip,
             user_agent=who.user_agent,
             consent_text_version=who.consent_text_version,
-            source=who.source or "confirmation",
+            source="confirmation",
         )
 
 
