@@ -172,21 +172,22 @@ class HeldBack:
     next_at: datetime | None
 
 
-def _why(settings: Settings, signup_at: datetime, allowance: Any) -> tuple[str, datetime | None]:
-    """Which address limit of service/web/ratelimit.py held the email back, and until when."""
-    if allowance is not None and allowance["hits"] >= settings.rate_confirm_per_day:
+def _why(settings: Settings, allowance: Any) -> tuple[str, datetime | None]:
+    """Which address limit held the email back, and until when, in words: the verdict is
+    the database's own (`email_allowance_refusal`, the rule every claim applies)."""
+    refusal = None if allowance is None else allowance["refusal"]
+    if refusal == "per_day":
         return (
             f"{allowance['hits']} confirmation emails went to this address today, the most "
             f"RATE_CONFIRM_PER_DAY allows",
             allowance["window_start"] + timedelta(days=1),
         )
-    interval = timedelta(seconds=settings.rate_confirm_min_interval)
-    if allowance is not None and allowance["last_at"] + interval > signup_at:
+    if refusal == "min_interval":
         minutes = settings.rate_confirm_min_interval / 60
         return (
             f"the previous confirmation email went to this address less than {minutes:g} "
             "minutes before (RATE_CONFIRM_MIN_INTERVAL)",
-            allowance["last_at"] + interval,
+            allowance["last_at"] + timedelta(seconds=settings.rate_confirm_min_interval),
         )
     return "no address limit applies: the email was not sent (see the log)", None
 
@@ -204,8 +205,15 @@ async def held_back(request: Request) -> list[HeldBack]:
     async with request.app.state.pool.acquire() as con:
         for row in await q.held_back_confirmations.fetch(con):
             keys = await _address_keys(con, settings, row["email"])
-            allowance = await q.address_allowance.fetchrow(con, keys=keys, window_start=today)
-            reason, next_at = _why(settings, row["signup_at"], allowance)
+            allowance = await q.address_allowance.fetchrow(
+                con,
+                keys=keys,
+                window_start=today,
+                per_day=settings.rate_confirm_per_day,
+                min_interval=settings.rate_confirm_min_interval,
+                signup_at=row["signup_at"],
+            )
+            reason, next_at = _why(settings, allowance)
             found.append(HeldBack(row["email"], row["signup_at"], reason, next_at))
     return found
 

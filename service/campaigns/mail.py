@@ -28,21 +28,12 @@ from service.mail.messages import MailContext, smtp_address
 from service.mail.wire import OutgoingEmail
 from service.settings import Settings
 from service.tokens import Tokens
+from service.tracking.policy import personal_tracking
 
 q = queries("campaigns")
 
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 _LINE_BREAKS = re.compile(r"[\r\n]+")
-
-
-def personal_tracking(settings: Settings, consent: bool, withdrawn: bool) -> bool:
-    """Whether a subscriber's opens may be recorded as theirs, per TRACKING_MODE: with
-    their consent (`consent`), unless they objected (`notice`), never (`off`)."""
-    if settings.tracking_mode == "consent":
-        return consent
-    if settings.tracking_mode == "notice":
-        return not withdrawn
-    return False
 
 
 @dataclass(frozen=True)
@@ -69,7 +60,7 @@ class Links:
         campaign's own pixel, which names nobody, so nothing in front of the service (an
         ingress log, a CDN, a proxy) can tie an open to a person either."""
         base = settings.public_base
-        personal = personal_tracking(settings, tracking_consent, tracking_withdrawn)
+        personal = personal_tracking(settings.tracking_mode, tracking_consent, tracking_withdrawn)
         if settings.tracking_mode == "off":
             pixel = ""
         elif personal:

@@ -40,9 +40,9 @@ from starlette.routing import Route
 from service.db.queries import queries
 from service.mail.messages import MailContext
 from service.manage import links
-from service.privacy import erasure
+from service.privacy import erasure, evidence
 from service.settings import Settings
-from service.web import clientinfo, pages, ratelimit
+from service.web import pages, ratelimit
 
 log = logging.getLogger("newsletter.manage")
 q = queries("manage")
@@ -157,15 +157,8 @@ async def record_event(
 ) -> None:
     """Evidence of what the person did on their page: time, IP per IP_MODE, user agent,
     consent text version (GDPR Art. 7(1))."""
-    settings: Settings = request.app.state.settings
-    await q.insert_event.execute(
-        con,
-        id=subscriber_id,
-        kind=kind,
-        ip=clientinfo.reduce_ip(clientinfo.client_ip(request), settings.ip_mode),
-        user_agent=clientinfo.user_agent(request),
-        version=settings.consent_text_version,
-    )
+    who = evidence.Evidence.of(request, request.app.state.settings, "manage")
+    await evidence.record(con, subscriber_id, kind, who, "button")
 
 
 def _page(request: Request, state: str, status_code: int = 200, **extra: object) -> Response:

@@ -32,10 +32,10 @@ from starlette.routing import Route
 
 from service.db.queries import queries
 from service.manage import address_change, links, view
-from service.privacy import erasure
+from service.privacy import erasure, evidence
 from service.settings import Settings
 from service.signup import fields, subscribe
-from service.tracking import consent
+from service.tracking import consent, policy
 from service.web import clientinfo, pages, ratelimit
 
 log = logging.getLogger("newsletter.manage")
@@ -126,11 +126,13 @@ async def page(request: Request) -> Response:
 
 
 def _tracked(request: Request, row: Any) -> bool:
-    """Whether "stop open tracking" does anything for this subscriber."""
-    mode = request.app.state.settings.tracking_mode
-    if mode == "consent":
-        return bool(row["tracking_consent"])
-    return mode == "notice" and row["tracking_withdrawn_at"] is None
+    """Whether "stop open tracking" does anything for this subscriber: whether their
+    emails carry a personal pixel."""
+    return policy.personal_tracking(
+        request.app.state.settings.tracking_mode,
+        bool(row["tracking_consent"]),
+        row["tracking_withdrawn_at"] is not None,
+    )
 
 
 async def act(request: Request) -> Response:
@@ -254,7 +256,9 @@ async def _data_page(
         status_code,
         session=secret,
         subscriber=export["subscriber"],
-        facts=view.subscription(export["subscriber"], settings.tracking_mode),
+        facts=view.subscription(
+            export["subscriber"], settings.tracking_mode, row["tracking_withdrawn_at"] is not None
+        ),
         sections=view.sections(export),
         pending=export["address_changes"],
         tracking_on=bool(export["subscriber"]["tracking_consent"]),
@@ -319,11 +323,10 @@ async def _name(con: Any, request: Request, subscriber_id: int, form: dict) -> d
 async def _allow(con: Any, request: Request, subscriber_id: int, form: dict) -> dict[str, Any]:
     if request.app.state.settings.tracking_mode != "consent":
         return {"error": "Open tracking needs no consent here."}
+    who = evidence.Evidence.of(request, request.app.state.settings, "manage")
     async with con.transaction():
-        row = await q.lock_subscriber.fetchrow(con, id=subscriber_id)
-        if row is not None and not row["tracking_consent"]:
-            await q.grant_tracking.execute(con, id=subscriber_id)
-            await address_change.record_event(con, request, subscriber_id, "tracking_granted")
+        if await q.lock_subscriber.fetchrow(con, id=subscriber_id) is not None:
+            await consent.grant(con, subscriber_id, who)
     return {"message": "We measure when you open our emails from the next one on."}
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from service.tracking.policy import personal_tracking
+
 STATUS = {"active": "subscribed", "pending": "waiting for your confirmation"}
 EVENTS = {
     "signup": "Sign-up form sent",
@@ -108,8 +110,11 @@ def _cell(column: str, value: Any) -> str:
     return str(value)
 
 
-def subscription(subscriber: dict[str, Any], tracking_mode: str) -> list[tuple[str, str]]:
-    """The subscriber row as label/value pairs."""
+def subscription(
+    subscriber: dict[str, Any], tracking_mode: str, withdrawn: bool = False
+) -> list[tuple[str, str]]:
+    """The subscriber row as label/value pairs; whether opens are measured as theirs is
+    the pixel's own rule (service/tracking/policy.py), with or without consent."""
     rows = [
         ("Address", subscriber["email"]),
         ("Name", subscriber.get("name") or "\u2014"),
@@ -120,8 +125,11 @@ def subscription(subscriber: dict[str, Any], tracking_mode: str) -> list[tuple[s
         ("Confirmed", when(subscriber.get("confirmed_at")) or "\u2014"),
     ]
     if tracking_mode != "off":
-        allowed = "yes" if subscriber.get("tracking_consent") else "no"
-        rows.append(("Opens measured as yours (with your consent)", allowed))
+        measured = personal_tracking(
+            tracking_mode, bool(subscriber.get("tracking_consent")), withdrawn
+        )
+        why = "with your consent" if tracking_mode == "consent" else "until you object"
+        rows.append((f"Opens measured as yours ({why})", "yes" if measured else "no"))
     return rows
 
 

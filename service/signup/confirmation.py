@@ -41,11 +41,12 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from service.db.queries import queries
+from service.privacy import evidence
 from service.settings import Settings
 from service.signup import fields
 from service.tokens import InvalidToken
 from service.tracking import consent
-from service.web import clientinfo, pages
+from service.web import pages
 
 log = logging.getLogger("newsletter.confirm")
 q = queries("signup")
@@ -271,29 +272,11 @@ async def _activate(
             con, id=subscriber_id, max_age=settings.confirm_max_age, scanner_window=0.0
         )
         return "already" if again is not None and again["status"] == "active" else "invalid"
-    await _evidence(con, request, settings, subscriber_id, "confirm", method)
+    # The confirmation's evidence carries no source (the method says how it came).
+    who = evidence.Evidence.of(request, settings, None)
+    await evidence.record(con, subscriber_id, evidence.CONFIRM, who, method)
     await q.count_confirmation.execute(con)
     return "activated"
-
-
-async def _evidence(
-    con: asyncpg.Connection,
-    request: Request,
-    settings: Settings,
-    subscriber_id: int,
-    kind: str,
-    method: str,
-) -> None:
-    await q.insert_consent_event.execute(
-        con,
-        subscriber_id=subscriber_id,
-        kind=kind,
-        ip=clientinfo.reduce_ip(clientinfo.client_ip(request), settings.ip_mode),
-        user_agent=clientinfo.user_agent(request),
-        source="confirmation" if kind != "confirm" else None,
-        consent_text_version=settings.consent_text_version,
-        method=method,
-    )
 
 
 async def _apply(
@@ -310,16 +293,16 @@ async def _apply(
     await q.set_choices.execute(con, id=subscriber_id, name=choices.name)
     if settings.tracking_mode != "consent" or choices.tracking == row["tracking_consent"]:
         return
+    who = evidence.Evidence.of(request, settings, "confirmation")
     if choices.tracking:
-        await q.grant_tracking.execute(con, id=subscriber_id)
-        await _evidence(con, request, settings, subscriber_id, "tracking_granted", "button")
+        await consent.grant(con, subscriber_id, who)
     else:
         await consent.withdraw(
             con,
             subscriber_id,
-            ip=clientinfo.reduce_ip(clientinfo.client_ip(request), settings.ip_mode),
-            user_agent=clientinfo.user_agent(request),
-            consent_text_version=settings.consent_text_version,
+            ip=who.ip,
+            user_agent=who.user_agent,
+            consent_text_version=who.consent_text_version,
             source="confirmation",
         )
 

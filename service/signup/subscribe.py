@@ -32,6 +32,7 @@ from starlette.routing import Route
 
 from service.db import connections
 from service.db.queries import queries
+from service.privacy.evidence import Evidence
 from service.settings import Settings
 from service.signup.fields import EMAIL_MAX, SOURCE_MAX, clean_name, printable, truthy
 from service.web import clientinfo, pages, ratelimit
@@ -53,14 +54,6 @@ class Signup:
     name: str | None
     tracking: bool
     source: str | None
-
-
-@dataclass(frozen=True)
-class Evidence:
-    ip: str | None
-    user_agent: str | None
-    source: str | None
-    consent_text_version: str
 
 
 # -- reading and validating --------------------------------------------------------
@@ -265,12 +258,7 @@ async def subscribe(request: Request) -> Response:
         return _problem(request, kind, 422 if kind == "json" else 400, errors, fields=fields)
 
     ip = clientinfo.client_ip(request)
-    evidence = Evidence(
-        ip=clientinfo.reduce_ip(ip, settings.ip_mode),
-        user_agent=clientinfo.user_agent(request),
-        source=signup.source,
-        consent_text_version=settings.consent_text_version,
-    )
+    evidence = Evidence.of(request, settings, signup.source)
     try:
         async with state.pool.acquire() as con:
             day_key = await state.day_keys.today(con)

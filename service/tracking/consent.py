@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.db.queries import queries
+from service.privacy.evidence import Evidence
 from service.tokens import InvalidToken
 from service.web import clientinfo, pages
 
@@ -62,6 +63,24 @@ async def withdraw(
         await q.delete_opens.execute(con, subscriber_id=subscriber_id)
         await q.forget_first_opens.execute(con, subscriber_id=subscriber_id)
         return changed
+
+
+async def grant(
+    con: asyncpg.Connection, subscriber_id: int, evidence: Evidence, method: str = "button"
+) -> bool:
+    """Consent to personal open tracking as the person gives it (the confirmation page, their
+    own page): the one statement that grants it, with its evidence; it answers the
+    sign-up's wish. The caller holds the row. True if it changed."""
+    written = await q.grant.fetchval(
+        con,
+        subscriber_id=subscriber_id,
+        ip=evidence.ip,
+        user_agent=evidence.user_agent,
+        source=evidence.source,
+        version=evidence.consent_text_version,
+        method=method,
+    )
+    return bool(written)
 
 
 async def show(request: Request) -> Response:

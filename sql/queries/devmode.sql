@@ -12,8 +12,10 @@ ORDER BY s.signup_at DESC
 LIMIT 50;
 
 -- name: address_allowance
--- The address's confirmation-email counter of the current UTC day (ratelimit.claim_email).
-SELECT window_start, hits, last_at
+-- The address's email counter of the current UTC day, and why it refused the claim made
+-- at the sign-up (`email_allowance_refusal`, sql/139, the rule every claim applies).
+SELECT window_start, hits, last_at,
+       email_allowance_refusal(hits, last_at, :per_day, :min_interval, :signup_at) AS refusal
 FROM rate_limits
 WHERE scope = 'address' AND key = ANY(:keys::bytea[])
   AND window_start = to_timestamp(:window_start)

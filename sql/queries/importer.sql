@@ -26,15 +26,19 @@ joined AS (
     FROM added a
     JOIN import_staging st ON st.import_id = :import_id AND lower(st.email) = lower(a.email)
 ),
+-- One call of record_consent (sql/139) for the whole chunk; read below, so it runs.
 evidence AS (
-    INSERT INTO consent_events (subscriber_id, kind, at, source, consent_text_version, method)
-    SELECT id, CASE WHEN status = 'active' THEN 'confirm' ELSE 'signup' END,
-           coalesce(consented_at, now()), coalesce(source, 'import'), :consent_text_version,
-           'import'
-    FROM joined
-    UNION ALL
-    SELECT id, 'tracking_granted', consented_at, source, :consent_text_version, 'import'
-    FROM joined WHERE status = 'active' AND tracking
+    SELECT record_consent(array_agg(e)) AS rows
+    FROM (
+        SELECT ROW(id, CASE WHEN status = 'active' THEN 'confirm' ELSE 'signup' END,
+                   coalesce(consented_at, now()), NULL, NULL, coalesce(source, 'import'),
+                   :consent_text_version, 'import')::consent_evidence
+        FROM joined
+        UNION ALL
+        SELECT ROW(id, 'tracking_granted', consented_at, NULL, NULL, source,
+                   :consent_text_version, 'import')::consent_evidence
+        FROM joined WHERE status = 'active' AND tracking
+    ) AS events (e)
 ),
 -- added inserted the subscriber rows: they stay locked until commit (sql/130).
 jobs AS (
@@ -48,6 +52,7 @@ jobs AS (
 SELECT (SELECT count(*) FROM added WHERE status = 'active') AS imported,
        (SELECT count(*) FROM added WHERE status = 'pending') AS pending,
        (SELECT count(*) FROM jobs) AS jobs,
+       (SELECT rows FROM evidence) AS evidence,
        pg_notify('newsletter_outbox', '') IS NULL AS notified;
 
 -- name: clear_staging

@@ -70,13 +70,10 @@ UPDATE subscribers SET name = :name WHERE id = :id;
 SELECT EXISTS (SELECT 1 FROM subscribers WHERE lower(email) = lower(:email));
 
 -- name: claim_address
--- One claim on an address's daily allowance of emails (as in `sign_up`); the new hit
--- count, or NULL when the allowance is spent.
-INSERT INTO rate_limits AS r (scope, key, window_start, hits, last_at)
-VALUES ('address', :claim_key, to_timestamp(:window_start), 1, now())
-ON CONFLICT (scope, key, window_start) DO UPDATE SET hits = r.hits + 1, last_at = now()
-    WHERE r.hits < :per_day AND r.last_at <= now() - make_interval(secs => :min_interval)
-RETURNING hits;
+-- One claim on an address's daily allowance of emails (the one `sign_up` spends,
+-- sql/139); the new hit count, or NULL when the allowance is spent.
+SELECT claim_email_allowance(:claim_key, to_timestamp(:window_start), :per_day,
+                             :min_interval);
 
 -- name: drop_address_change
 DELETE FROM address_changes WHERE subscriber_id = :id;
@@ -145,12 +142,3 @@ WITH changed AS (
     UPDATE subscribers SET email = :new_email WHERE id = :id RETURNING id
 )
 DELETE FROM address_changes WHERE subscriber_id IN (SELECT id FROM changed);
-
--- name: insert_event
-INSERT INTO consent_events (subscriber_id, kind, ip, user_agent, source,
-                            consent_text_version, method)
-VALUES (:id, :kind, :ip, :user_agent, 'manage', :version, 'button');
-
--- name: grant_tracking
--- Consent given on the person's own page; `tracking_withdrawn_at` stays as the history.
-UPDATE subscribers SET tracking_consent = true, tracking_requested = false WHERE id = :id;

@@ -6,7 +6,8 @@
 -- starts after this point waits for the commit (and then deletes what this batch wrote);
 -- one that committed before makes the event anonymous or drops it.
 -- A personal open event is written only when the tracking mode allows it for that
--- subscriber; the anonymous campaign_counts move for every live event.
+-- subscriber (`personal_tracking`, sql/139, the rule service/tracking/policy.py states
+-- in Python); the anonymous campaign_counts move for every live event.
 -- Unique opens: the first open of a tracked subscriber for a campaign, decided by the
 -- UPDATE of deliveries.first_open_at (row-locked, so two replicas cannot both count it).
 -- Times arrive as epoch seconds (float8): no datetime object per open in the service.
@@ -21,11 +22,9 @@ WITH batch AS (
 ),
 live AS (
     SELECT s.id,
-           s.status = 'active' AND CASE :tracking_mode::text
-               WHEN 'notice' THEN s.tracking_withdrawn_at IS NULL
-               WHEN 'consent' THEN s.tracking_consent
-               ELSE false
-           END AS tracked
+           s.status = 'active'
+               AND personal_tracking(:tracking_mode::text, s.tracking_consent,
+                                     s.tracking_withdrawn_at) AS tracked
     FROM subscribers s
     WHERE s.id = ANY (:subscriber_ids::bigint[])
     ORDER BY s.id

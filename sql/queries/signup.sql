@@ -9,9 +9,11 @@
 --    restarts; the name and the tracking wish are proposals that the confirmation page
 --    shows to the person, who confirms or changes them); an active one is left alone.
 --    Consent to tracking is never set here.
--- 2. the sign-up's evidence row; a new address counted in the daily aggregate.
+-- 2. the sign-up's evidence row (`record_consent`, sql/139); a new address counted in
+--    the daily aggregate.
 -- 3. unless a confirmation email is queued already: a claim on the address's daily
---    allowance of confirmation emails (atomic: ON CONFLICT locks the row) and, when it
+--    allowance of emails (`claim_email_allowance`, sql/139: atomic, ON CONFLICT locks
+--    the row; NULL when refused) and, when it
 --    is granted and the address is not subscribed, the email job and the wake-up of
 --    every replica's outbox worker (delivered at commit). A subscribed address spends
 --    its allowance too, which is what keeps the three cases writing the same rows.
@@ -24,10 +26,11 @@ WITH upserted AS (
         WHERE s.status = 'pending'
     RETURNING id, (xmax = 0) AS created
 ),
+-- A CTE that writes through a function runs only when read: the final SELECT reads it.
 evidence AS (
-    INSERT INTO consent_events (subscriber_id, kind, ip, user_agent, source,
-                                consent_text_version)
-    SELECT id, 'signup', :ip, :user_agent, :source, :consent_text_version FROM upserted
+    SELECT record_consent(array_agg(ROW(id, 'signup', NULL, :ip, :user_agent, :source,
+                                        :consent_text_version, NULL)::consent_evidence)) AS rows
+    FROM upserted
 ),
 counted AS (
     INSERT INTO list_daily (day, signups)
@@ -41,28 +44,21 @@ queued AS (
     ) AS already
 ),
 claim AS (
-    INSERT INTO rate_limits AS r (scope, key, window_start, hits, last_at)
-    SELECT 'address', :claim_key, to_timestamp(:window_start), 1, now()
+    SELECT claim_email_allowance(:claim_key, to_timestamp(:window_start), :per_day,
+                                 :min_interval) AS hits
     FROM queued WHERE NOT queued.already
-    ON CONFLICT (scope, key, window_start) DO UPDATE SET hits = r.hits + 1, last_at = now()
-        WHERE r.hits < :per_day AND r.last_at <= now() - make_interval(secs => :min_interval)
-    RETURNING hits
 ),
 -- upserted wrote the subscriber row: it stays locked until commit (sql/130).
 job AS (
     INSERT INTO outbox (kind, subscriber_id)
-    SELECT 'confirm', u.id FROM upserted u, claim
+    SELECT 'confirm', u.id FROM upserted u, claim WHERE claim.hits IS NOT NULL
     RETURNING id
 )
 SELECT (SELECT created FROM upserted) AS created,
        (SELECT already FROM queued) AS already_queued,
-       (SELECT count(*) FROM claim) > 0 AS claimed,
+       (SELECT count(hits) FROM claim) > 0 AS claimed,
+       (SELECT rows FROM evidence) AS evidence,
        (SELECT count(*) FROM (SELECT pg_notify('newsletter_outbox', id::text) FROM job) n) AS jobs;
-
--- name: insert_consent_event
-INSERT INTO consent_events (subscriber_id, kind, ip, user_agent, source,
-                            consent_text_version, method)
-VALUES (:subscriber_id, :kind, :ip, :user_agent, :source, :consent_text_version, :method);
 
 -- name: count_confirmation
 INSERT INTO list_daily (day, confirmations) VALUES ((now() AT TIME ZONE 'UTC')::date, 1)
@@ -95,11 +91,6 @@ SELECT name, tracking_consent FROM subscribers WHERE id = :id FOR UPDATE;
 -- name: set_choices
 -- The name as the person confirmed it; the sign-up's tracking wish is answered.
 UPDATE subscribers SET name = :name, tracking_requested = false WHERE id = :id;
-
--- name: grant_tracking
--- Consent given on the confirmation page; personal opens are recorded from the next
--- email on (mail sent before carries the campaign-only pixel).
-UPDATE subscribers SET tracking_consent = true WHERE id = :id;
 
 -- name: delete_pending_jobs
 -- Before deleting a pending row: waits for an in-flight send of its job, so the row

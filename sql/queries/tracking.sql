@@ -12,8 +12,24 @@ SET tracking_consent = false,
 WHERE id = :subscriber_id;
 
 -- name: record_withdrawal
-INSERT INTO consent_events (subscriber_id, kind, ip, user_agent, source, consent_text_version)
-VALUES (:subscriber_id, 'tracking_withdrawn', :ip, :user_agent, :source, :version);
+SELECT record_consent(ARRAY[ROW(:subscriber_id::bigint, 'tracking_withdrawn', NULL, :ip::text,
+                                :user_agent::text, :source::text, :version::text,
+                                NULL)::consent_evidence]);
+
+-- name: grant
+-- Consent to personal open tracking, given by the person (the confirmation page's form or
+-- their own page), with its evidence, in one statement; nothing when it is given already.
+-- The grant answers the sign-up's wish, so `tracking_requested` is cleared; the withdrawal
+-- history (`tracking_withdrawn_at`) stays. Opens are recorded from the next email on
+-- (mail sent before carries the campaign-only pixel).
+WITH granted AS (
+    UPDATE subscribers SET tracking_consent = true, tracking_requested = false
+    WHERE id = :subscriber_id AND NOT tracking_consent
+    RETURNING id
+)
+SELECT record_consent(array_agg(ROW(id, 'tracking_granted', NULL, :ip, :user_agent, :source,
+                                    :version, :method)::consent_evidence))
+FROM granted;
 
 -- name: delete_opens
 -- Personal open data goes with the consent, also for mail sent earlier.
