@@ -125,7 +125,7 @@ def test_the_changelog_keeps_an_unreleased_section() -> None:
 
 
 REPO_PATH = re.compile(
-    r"\b(?:service|tests|sql|bench|k8s|docs)/[\w./-]*?\.(?:py|sql|md|yaml|yml|csv|json)\b"
+    r"\b(?:service|tests|sql|bench|k8s|docs)/[\w./-]*?\.(?:py|sql|md|yaml|yml|csv|json|gz)(?![\w.])"
 )
 
 
