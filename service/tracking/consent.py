@@ -15,12 +15,12 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.db import retry
 from service.db.queries import queries
 from service.tokens import InvalidToken
 from service.web import clientinfo, pages
 
 q = queries("tracking")
-_ATTEMPTS = 3
 
 
 def _subscriber_id(request: Request) -> int | None:
@@ -77,18 +77,14 @@ async def post(request: Request) -> Response:
     settings = request.app.state.settings
     ip = clientinfo.reduce_ip(clientinfo.client_ip(request), settings.ip_mode)
     user_agent = clientinfo.user_agent(request)
-    for attempt in range(1, _ATTEMPTS + 1):
-        try:
-            async with request.app.state.pool.acquire() as con:
-                result = await withdraw(
-                    con,
-                    subscriber_id,
-                    ip=ip,
-                    user_agent=user_agent,
-                    consent_text_version=settings.consent_text_version,
-                )
-            break
-        except asyncpg.DeadlockDetectedError:
-            if attempt == _ATTEMPTS:
-                raise
+    result = await retry.run(
+        request.app.state.pool,
+        lambda con: withdraw(
+            con,
+            subscriber_id,
+            ip=ip,
+            user_agent=user_agent,
+            consent_text_version=settings.consent_text_version,
+        ),
+    )
     return _page(request, "gone" if result is None else "done")
