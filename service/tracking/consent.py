@@ -17,17 +17,13 @@ from starlette.responses import Response
 
 from service.db import retry
 from service.db.queries import queries
-from service.tokens import InvalidToken
-from service.web import clientinfo, pages
+from service.web import clientinfo, pages, token_path
 
 q = queries("tracking")
 
 
 def _subscriber_id(request: Request) -> int | None:
-    try:
-        return request.app.state.tokens.verify_tracking(request.path_params["token"])
-    except InvalidToken:
-        return None
+    return token_path.verified(request, request.app.state.tokens.verify_tracking)
 
 
 def _page(request: Request, state: str, status_code: int = 200) -> Response:
