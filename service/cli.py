@@ -241,8 +241,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 
 def cmd_reapply_erasures(args: argparse.Namespace) -> int:
-    """After a backup restore, before the service takes traffic (README, "Backups and
-    erasure"): erase again everyone the journal at --journal-url names."""
+    """After a backup restore, before the service takes traffic (docs/concepts/privacy.md,
+    "Backups and erasure"): erase again everyone the journal at --journal-url names."""
     settings = _settings(required=("DATABASE_URL",))
     logs.configure(settings.log_level)
     journal_url = args.journal_url or settings.database_url
@@ -273,7 +273,7 @@ def cmd_reapply_erasures(args: argparse.Namespace) -> int:
 
 
 def cmd_bounces(args: argparse.Namespace) -> int:
-    """The bounce receiver (README, "Bounces and complaints")."""
+    """The bounce receiver (docs/guides/bounces.md)."""
     settings = _settings(required=("DATABASE_URL", "SECRET_KEYS", "BOUNCE_DOMAIN"))
     if not settings.bounce_domain:
         print("newsletter: configuration error: BOUNCE_DOMAIN is empty", file=sys.stderr)

@@ -154,7 +154,7 @@ class Settings:
     outbox_poll_interval: float = 5.0
     outbox_backoff_base: float = 30.0
     outbox_backoff_max: float = 6 * 3600
-    # -- a relay in a bad mood (issue 24; README "Sending limits and the circuit breaker")
+    # -- a relay in a bad mood (docs/concepts/delivery.md, "Sending limits and …") -----
     smtp_max_rate: float | None = None  # emails a second, all processes together
     smtp_max_per_hour: int | None = None  # per UTC clock hour
     smtp_max_per_day: int | None = None  # per UTC day
@@ -177,7 +177,7 @@ class Settings:
     scanner_ranges_file: str = ""
     open_retention: float = 395 * 86400
     purge_interval: float = 3600.0
-    # -- privacy at the edges (README, "What every component keeps") ----------
+    # -- privacy at the edges (docs/concepts/privacy.md) ----------------------
     signup_min_duration: float = 0.1  # every accepted sign-up answers no sooner
     admin_auth_failures: int = 10  # failed admin tokens per client IP and window
     admin_auth_window: float = 900.0
@@ -187,7 +187,7 @@ class Settings:
     # How long a fresh link to see or change one's data works (once), and the page it
     # opens stays usable after that.
     manage_link_max_age: float = 1800.0
-    # -- bounces and complaints (service/bounces/, README "Bounces and complaints") --
+    # -- bounces and complaints (service/bounces/, docs/guides/bounces.md) ---------
     bounce_domain: str = ""  # VERP return paths {BOUNCE_LOCAL}+{token}@ here; "" = MAIL_FROM
     bounce_local: str = "bounces"
     bounce_soft_limit: int = 3  # soft bounces within BOUNCE_SOFT_WINDOW that erase

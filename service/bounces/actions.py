@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from service.bounces.parse import COMPLAINT, HARD, IGNORE, SOFT
+from service.db import retry
 from service.db.queries import queries
 from service.privacy import erasure
 from service.settings import Settings
@@ -31,7 +32,6 @@ from service.tokens import BounceClaim
 log = logging.getLogger("newsletter.bounces")
 q = queries("bounces")
 
-_ATTEMPTS = 3
 MAX_REASON = 40
 
 
@@ -138,25 +138,19 @@ async def apply(
     source: str,
     reason: str,
 ) -> str:
-    """`apply_on` on a pooled connection, run again when PostgreSQL broke a deadlock
-    (an erasure racing a send or a sign-up of the same person)."""
-    for attempt in range(1, _ATTEMPTS + 1):
-        try:
-            async with pool.acquire() as con:
-                outcome = await apply_on(con, settings, target, event, source, reason)
-        except asyncpg.DeadlockDetectedError:
-            if attempt == _ATTEMPTS:
-                raise
-            continue
-        log.info(
-            "bounce report",
-            extra={
-                "kind": event,
-                "source": source,
-                "reason": reason[:MAX_REASON],
-                "campaign_id": target.campaign_id,
-                "outcome": outcome,
-            },
-        )
-        return outcome
-    raise AssertionError("unreachable")
+    """`apply_on` on a pooled connection, run again (`retry.run`) when PostgreSQL broke a
+    deadlock (an erasure racing a send or a sign-up of the same person)."""
+    outcome = await retry.run(
+        pool, lambda con: apply_on(con, settings, target, event, source, reason)
+    )
+    log.info(
+        "bounce report",
+        extra={
+            "kind": event,
+            "source": source,
+            "reason": reason[:MAX_REASON],
+            "campaign_id": target.campaign_id,
+            "outcome": outcome,
+        },
+    )
+    return outcome

@@ -359,7 +359,9 @@ async def receive(request: Request) -> Response:
     except (*DATABASE_ERRORS, Unreachable) as exc:
         log.warning("webhook deferred", extra={"error": exc.__class__.__name__})
         return JSONResponse(
-            {"error": "unavailable"}, status_code=503, headers={"Retry-After": "30"}
+            {"error": "unavailable"},
+            status_code=503,
+            headers={"Retry-After": connections.RETRY_AFTER, "Cache-Control": "no-store"},
         )
     return JSONResponse({"events": len(events), "outcomes": outcomes})
 

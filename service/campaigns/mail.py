@@ -219,7 +219,7 @@ def build(
 def template_variables(
     settings: Settings, email: str, name: str | None, links: Links
 ) -> dict[str, Any]:
-    """What an operator's template sees (documented in the README)."""
+    """What an operator's template sees (documented in docs/guides/campaigns.md, "Templates")."""
     return {
         "name": name or "",
         "email": email,

@@ -15,7 +15,6 @@ Requests for a link spend the address's daily email allowance, the one sign-up s
 from __future__ import annotations
 
 import hashlib
-import logging
 import secrets
 from email.message import EmailMessage
 from typing import Any
@@ -26,26 +25,16 @@ from starlette.requests import Request
 from service.db.queries import queries
 from service.mail.messages import MailContext, build_message, recipient_header
 from service.settings import Settings
-from service.tokens import InvalidToken
-from service.web import ratelimit
+from service.web import ratelimit, token_path
 
-log = logging.getLogger("newsletter.manage")
 q = queries("manage")
-TOKEN_MAX = 200
 
 LINK_SUBJECT = "Your link to see or change your data"
 
 
 def verified(request: Request, method: str) -> Any:
     """What the path's token names, per `Tokens.<method>`, or None (logged by reason)."""
-    token = request.path_params["token"]
-    if len(token) > TOKEN_MAX:
-        return None
-    try:
-        return getattr(request.app.state.tokens, method)(token)
-    except InvalidToken as exc:
-        log.info("manage token refused", extra={"reason": exc.reason})
-        return None
+    return token_path.verified(request, getattr(request.app.state.tokens, method))
 
 
 def session_hash(secret: str) -> bytes:

@@ -16,8 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.privacy import erasure
-from service.tokens import InvalidToken
-from service.web import pages
+from service.web import pages, token_path
 
 log = logging.getLogger("newsletter.unsubscribe")
 
@@ -25,11 +24,7 @@ ONE_CLICK = b"List-Unsubscribe=One-Click"
 
 
 def _subscriber_id(request: Request) -> int | None:
-    try:
-        return request.app.state.tokens.verify_unsubscribe(request.path_params["token"])
-    except InvalidToken as exc:
-        log.info("unsubscribe token refused", extra={"reason": exc.reason})
-        return None
+    return token_path.verified(request, request.app.state.tokens.verify_unsubscribe)
 
 
 def _invalid(request: Request) -> Response:

@@ -20,9 +20,12 @@ burst; anything else is retried.
 
 The worker sleeps on `LISTEN newsletter_outbox` (signup transactions `NOTIFY` it) and
 polls every OUTBOX_POLL_INTERVAL anyway, so a lost notification or listener connection
-only delays mail. Subscriber rows are never locked by the claim; the only subscriber
-write is `confirm_sent_at`, after the outbox row locks (erasure takes them in the same
-order).
+only delays mail. Subscriber rows are never locked by the claim. A batch's transaction
+writes `outbox`, `deliveries.sent_at`, the campaigns' counters, `refusal_counts` and
+`held_refusals`; its one subscriber write is `confirm_sent_at`, after the outbox row
+locks (erasure takes them in the same order). The breaker, after the commit, erases the
+subscribers of held refusals it finds no burst, each in a transaction of its own
+(`send_hooks.apply_held`, the erasure's lock order), and may pause a campaign.
 """
 
 from __future__ import annotations

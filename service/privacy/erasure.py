@@ -28,13 +28,13 @@ from typing import Any
 import asyncpg
 from email_validator import EmailNotValidError, validate_email
 
+from service.db import retry
 from service.db.queries import queries
 from service.web import ratelimit
 
 q = queries("erasure")
 
 MAX_EMAIL_LENGTH = 320
-_ATTEMPTS = 3
 
 
 async def erase_subscriber(con: asyncpg.Connection, subscriber_id: int) -> bool:
@@ -61,19 +61,13 @@ async def erase(
     email: str | None = None,
 ) -> bool:
     """`erase_subscriber` (by id) or `erase_by_email` on a pooled connection, run again
-    when PostgreSQL broke a deadlock with a concurrent sign-up of the same address."""
-    for attempt in range(1, _ATTEMPTS + 1):
-        try:
-            async with pool.acquire() as con:
-                if email is not None:
-                    return await erase_by_email(con, email)
-                if subscriber_id is None:
-                    raise TypeError("erase needs subscriber_id or email")
-                return await erase_subscriber(con, subscriber_id)
-        except asyncpg.DeadlockDetectedError:
-            if attempt == _ATTEMPTS:
-                raise
-    return False
+    (`retry.run`) when PostgreSQL broke a deadlock with a concurrent sign-up of the same
+    address."""
+    if email is not None:
+        return await retry.run(pool, lambda con: erase_by_email(con, email))
+    if subscriber_id is None:
+        raise TypeError("erase needs subscriber_id or email")
+    return await retry.run(pool, lambda con: erase_subscriber(con, subscriber_id))
 
 
 def _candidates(email: str) -> list[str]:

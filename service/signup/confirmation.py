@@ -44,28 +44,19 @@ from service.db.queries import queries
 from service.privacy import evidence
 from service.settings import Settings
 from service.signup import fields
-from service.tokens import InvalidToken
 from service.tracking import consent
-from service.web import pages
+from service.web import pages, token_path
 
 log = logging.getLogger("newsletter.confirm")
 q = queries("signup")
 
-TOKEN_MAX = 200
 FORM_MAX_BYTES = 2048
 # A lost database (db.UNAVAILABLE) is answered by the app's one handler (app.py): 503,
 # Retry-After, the "unavailable" page; any other database error is a bug and a 500.
 
 
 def _verified(request: Request, verify: str) -> int | None:
-    token = request.path_params["token"]
-    if len(token) > TOKEN_MAX:
-        return None
-    try:
-        return getattr(request.app.state.tokens, verify)(token)
-    except InvalidToken as exc:
-        log.info("bad token", extra={"reason": exc.reason, "route": request.url.path.split("/")[1]})
-        return None
+    return token_path.verified(request, getattr(request.app.state.tokens, verify))
 
 
 def _choices_secret(key: str, row: asyncpg.Record) -> str:

@@ -15,20 +15,16 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.db import retry
 from service.db.queries import queries
 from service.privacy.evidence import Evidence
-from service.tokens import InvalidToken
-from service.web import clientinfo, pages
+from service.web import clientinfo, pages, token_path
 
 q = queries("tracking")
-_ATTEMPTS = 3
 
 
 def _subscriber_id(request: Request) -> int | None:
-    try:
-        return request.app.state.tokens.verify_tracking(request.path_params["token"])
-    except InvalidToken:
-        return None
+    return token_path.verified(request, request.app.state.tokens.verify_tracking)
 
 
 def _page(request: Request, state: str, status_code: int = 200) -> Response:
@@ -96,18 +92,14 @@ async def post(request: Request) -> Response:
     settings = request.app.state.settings
     ip = clientinfo.reduce_ip(clientinfo.client_ip(request), settings.ip_mode)
     user_agent = clientinfo.user_agent(request)
-    for attempt in range(1, _ATTEMPTS + 1):
-        try:
-            async with request.app.state.pool.acquire() as con:
-                result = await withdraw(
-                    con,
-                    subscriber_id,
-                    ip=ip,
-                    user_agent=user_agent,
-                    consent_text_version=settings.consent_text_version,
-                )
-            break
-        except asyncpg.DeadlockDetectedError:
-            if attempt == _ATTEMPTS:
-                raise
+    result = await retry.run(
+        request.app.state.pool,
+        lambda con: withdraw(
+            con,
+            subscriber_id,
+            ip=ip,
+            user_agent=user_agent,
+            consent_text_version=settings.consent_text_version,
+        ),
+    )
     return _page(request, "gone" if result is None else "done")

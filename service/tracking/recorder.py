@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import asyncpg
 from starlette.applications import Starlette
 
-from service.db import connections
+from service.db import connections, retry
 from service.db.queries import queries
 from service.observability import Metrics
 from service.settings import Settings
@@ -55,8 +55,9 @@ IP_CACHE_SECONDS = 60.0  # the longest a full client address stays in the cache
 _BACKOFF = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 # A lost database (db.UNAVAILABLE, which includes asyncpg's "cannot switch to state …"
-# after a restart: nothing was sent, so a fresh connection retries) or a lock conflict.
-_RETRY_AT_ONCE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+# after a restart: nothing was sent, so a fresh connection retries) or a lock conflict
+# (the errors `retry.run` retries; here with the batch's own backoff, up to RETRY_FOR).
+_RETRY_AT_ONCE = retry.RETRIED
 
 
 class PoolBusy(Exception):

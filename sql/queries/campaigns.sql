@@ -73,19 +73,6 @@ WHERE id = :campaign_id;
 -- Wakes the outbox worker of every replica (service/outbox/sender.py listens on this channel).
 SELECT pg_notify('newsletter_outbox', '');
 
--- name: mail_for_job
--- What the composer needs for one claimed campaign job; nothing when the subscriber is
--- gone or no longer active, or this delivery already went out.
-SELECT s.email, s.name, s.tracking_consent,
-       s.tracking_withdrawn_at IS NOT NULL AS tracking_withdrawn, c.subject, c.html, c.text
-FROM deliveries d
-JOIN subscribers s ON s.id = d.subscriber_id
-JOIN campaigns c ON c.id = d.campaign_id
-WHERE d.campaign_id = :campaign_id
-  AND d.subscriber_id = :subscriber_id
-  AND d.sent_at IS NULL
-  AND s.status = 'active';
-
 -- name: active_recipients
 -- Streamed through a server-side cursor by the recipients export.
 SELECT id, email, name, tracking_consent, tracking_withdrawn_at IS NOT NULL AS tracking_withdrawn

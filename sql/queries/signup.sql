@@ -64,9 +64,6 @@ SELECT (SELECT created FROM upserted) AS created,
 INSERT INTO list_daily (day, confirmations) VALUES ((now() AT TIME ZONE 'UTC')::date, 1)
 ON CONFLICT (day) DO UPDATE SET confirmations = list_daily.confirmations + 1;
 
--- name: confirm_job_queued
-SELECT EXISTS (SELECT 1 FROM outbox WHERE subscriber_id = :subscriber_id AND kind = 'confirm');
-
 -- name: subscriber_state
 -- What the confirmation pages need; `expired` is true for a pending sign-up older
 -- than the confirmation period (never activated, purged later).

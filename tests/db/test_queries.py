@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 import pytest
 
 from service.db.queries import QUERY_DIR, Queries, parse
@@ -62,3 +65,22 @@ async def test_every_named_query_prepares_against_the_migrated_schema(db) -> Non
             assert len(statement.get_parameters()) == len(query.params), query.name
             prepared.append(query.name)
     assert len(prepared) == headers and "sign_up" in prepared
+
+
+def test_every_named_query_is_used_by_the_code() -> None:
+    """A named query nothing calls is dead SQL that still has to be kept in step with the
+    schema; each one is referenced as `.<name>` by service/ or bench/."""
+    root = Path(__file__).resolve().parents[2]
+    code = "\n".join(
+        path.read_text()
+        for folder in ("service", "bench")
+        for path in (root / folder).rglob("*.py")
+    )
+    unused = [
+        f"{path.name}: {query.name}"
+        for path in QUERY_DIR.iterdir()
+        if path.name.endswith(".sql")
+        for query in Queries(path)
+        if not re.search(rf"\.{query.name}\b", code)
+    ]
+    assert unused == []

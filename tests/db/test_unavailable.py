@@ -8,7 +8,8 @@ from tests.support import cut_off, restore
 async def test_pages_and_admin_api_answer_503_not_500_while_the_database_is_gone(
     app_factory, db, database_url, admin_headers
 ) -> None:
-    async with app_factory() as (app, client):
+    postmark = ("hook-user", "a-long-webhook-password")
+    async with app_factory(webhook_postmark_auth=":".join(postmark)) as (app, client):
         unsubscribe = app.state.tokens.unsubscribe(1)
         admin = await cut_off(database_url, db.get_server_pid())
         try:
@@ -21,6 +22,8 @@ async def test_pages_and_admin_api_answer_503_not_500_while_the_database_is_gone
             confirm = await client.get(f"/confirm/{app.state.tokens.confirm(1)}")
             confirm_post = await client.post(f"/confirm/{app.state.tokens.confirm(1)}", data={})
             cancel = await client.get(f"/cancel/{app.state.tokens.cancel(1)}")
+            bounce = {"RecordType": "Bounce", "Type": "HardBounce", "Email": "a@example.org"}
+            webhook = await client.post("/webhooks/postmark", json=bounce, auth=postmark)
         finally:
             await restore(admin, database_url)
     assert page.status_code == 503, page.text
@@ -29,7 +32,7 @@ async def test_pages_and_admin_api_answer_503_not_500_while_the_database_is_gone
     assert api.headers["retry-after"]
     assert pixel.status_code == 200  # the pixel never breaks an email
     # One Retry-After for every 503, whichever module answered it.
-    answers = (page, api, signup, confirm, confirm_post, cancel)
+    answers = (page, api, signup, confirm, confirm_post, cancel, webhook)
     assert [a.status_code for a in answers] == [503] * len(answers)
     assert {a.headers["retry-after"] for a in answers} == {RETRY_AFTER}
     # A 503 page is never cached by a proxy in front of the service.

@@ -712,8 +712,8 @@ def test_the_pixel_under_send_bench_models_the_deployed_cpu_resources(rendered) 
     """bench/bench_pixel_under_send.py gives its processes the CPU of k8s/base's
     Deployments (bench/pods.py); an overlay patching them would make it measure other
     pods than those deployed. Under contention CPU goes by requests, and the worker's
-    stays a tenth of the web's or less so that the pixel wins it (README, "The pixel
-    while a campaign is sent")."""
+    stays a tenth of the web's or less so that the pixel wins it (docs/deploying/capacity.md,
+    "Sending")."""
     modelled = pods.deployed_pods()
     for name, deployment in (("web", "newsletter"), ("worker", "newsletter-worker")):
         [container] = one(rendered, "Deployment", deployment)["spec"]["template"]["spec"][
