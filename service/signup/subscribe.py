@@ -230,31 +230,25 @@ async def subscribe(request: Request) -> Response:
     started = time.monotonic()
     state = request.app.state
     settings: Settings = state.settings
-    metrics = state.metrics
+    count = state.metrics.signups.labels
     kind = _content_kind(request)
     if kind is None:
-        metrics.signups.labels("invalid").inc()
-        return _problem(
-            request,
-            None,
-            415,
-            {"body": "Send application/json or a form (application/x-www-form-urlencoded)."},
-        )
+        count("invalid").inc()
+        return _problem(request, None, 415, {"body": UNSUPPORTED})
     try:
         fields = await _fields(request, kind)
     except BadBody as exc:
-        metrics.signups.labels("invalid").inc()
+        count("invalid").inc()
         return _problem(request, kind, 400, {"body": str(exc)})
 
-    honeypot = fields.get(settings.honeypot_field)
-    if honeypot not in (None, "", False):
-        metrics.signups.labels("honeypot").inc()
+    if fields.get(settings.honeypot_field) not in (None, "", False):
+        count("honeypot").inc()
         await answer_no_sooner(started, settings)
         return _accepted(request, kind)
 
     signup, errors = await validate(fields, settings, request)
     if signup is None:
-        metrics.signups.labels("invalid").inc()
+        count("invalid").inc()
         return _problem(request, kind, 422 if kind == "json" else 400, errors, fields=fields)
 
     ip = clientinfo.client_ip(request)
@@ -265,35 +259,36 @@ async def subscribe(request: Request) -> Response:
             if ip is not None:
                 verdict = await ratelimit.hit_ip(con, settings, day_key, ip)
                 if not verdict.allowed:
-                    metrics.signups.labels("rate_limited").inc()
-                    return _problem(
-                        request,
-                        kind,
-                        429,
-                        {"email": "Too many sign-ups from your network. Please try again later."},
-                        headers={"Retry-After": str(verdict.retry_after)},
-                        fields=fields,
-                    )
+                    count("rate_limited").inc()
+                    return _too_many(request, kind, verdict.retry_after, fields)
             outcome = await register(con, settings, day_key, signup, evidence)
     except (*connections.UNAVAILABLE, asyncpg.InterfaceError) as exc:
         if not connections.is_unavailable(exc):
             raise
-        # The one place that answers a lost database itself rather than through the app's
-        # handler: the form comes back with what the person typed, so nothing is lost.
-        # Same definition, same Retry-After; any other database error is a bug and a 500.
         log.warning("signup database unavailable", extra={"error": exc.__class__.__name__})
-        metrics.signups.labels("unavailable").inc()
-        return _problem(
-            request,
-            kind,
-            503,
-            {"service": "Sign-up is briefly unavailable. Please try again in a minute."},
-            headers={"Retry-After": connections.RETRY_AFTER, "Cache-Control": "no-store"},
-            fields=fields,
-        )
-    metrics.signups.labels(outcome).inc()
+        count("unavailable").inc()
+        return _unavailable(request, kind, fields)
+    count(outcome).inc()
     await answer_no_sooner(started, settings)
     return _accepted(request, kind)
+
+
+UNSUPPORTED = "Send application/json or a form (application/x-www-form-urlencoded)."
+
+
+def _too_many(request: Request, kind: str, retry_after: int, fields: dict[str, Any]) -> Response:
+    message = "Too many sign-ups from your network. Please try again later."
+    headers = {"Retry-After": str(retry_after)}
+    return _problem(request, kind, 429, {"email": message}, headers=headers, fields=fields)
+
+
+def _unavailable(request: Request, kind: str, fields: dict[str, Any]) -> Response:
+    """The one place that answers a lost database itself rather than through the app's
+    handler: the form comes back with what the person typed, so nothing is lost. Same
+    definition, same Retry-After; any other database error is a bug and a 500."""
+    message = "Sign-up is briefly unavailable. Please try again in a minute."
+    headers = {"Retry-After": connections.RETRY_AFTER, "Cache-Control": "no-store"}
+    return _problem(request, kind, 503, {"service": message}, headers=headers, fields=fields)
 
 
 def routes(settings: Settings) -> list[Route]:
