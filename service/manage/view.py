@@ -130,6 +130,12 @@ def subscription(
         )
         why = "with your consent" if tracking_mode == "consent" else "until you object"
         rows.append((f"Opens measured as yours ({why})", "yes" if measured else "no"))
+        if subscriber.get("tracking_withdrawn_at"):
+            rows.append(("Open tracking stopped", when(subscriber["tracking_withdrawn_at"])))
+        if subscriber.get("tracking_requested"):
+            rows.append(
+                ("Asked on the sign-up form to have opens measured", "yes (not yet answered)")
+            )
     return rows
 
 

@@ -41,8 +41,9 @@ VALUES ((now() AT TIME ZONE 'UTC')::date, 1)
 ON CONFLICT (day) DO UPDATE SET unsubscribes = list_daily.unsubscribes + 1;
 
 -- name: export_subscriber
-SELECT id, email, name, status, tracking_consent, created_at, signup_at,
-       confirm_sent_at, confirmed_at, email_since
+-- Every column of the row (tests/privacy/test_erasure.py holds it to the table).
+SELECT id, email, name, status, tracking_consent, tracking_requested, tracking_withdrawn_at,
+       created_at, signup_at, confirm_sent_at, confirmed_at, email_since
 FROM subscribers
 WHERE lower(email) = lower(:email);
 

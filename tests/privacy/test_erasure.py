@@ -136,6 +136,20 @@ async def test_erasure_removes_rate_limit_rows_of_an_address_with_no_subscriber_
     assert await people.address_rate_limit_rows(db, settings, "gone@example.org") == 0
 
 
+async def test_the_access_export_holds_every_column_of_the_subscriber_row(
+    client, db, settings, admin_headers, campaign
+) -> None:
+    """A column added to `subscribers` by a migration is about the person: the export
+    (the admin API's, the person's download and page) must show it (GDPR Art. 15)."""
+    await people.add_person(db, settings, "columns@example.org", "access", campaign)
+    response = await client.get("/admin/api/subscribers/columns@example.org", headers=admin_headers)
+    columns = await db.fetch(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'subscribers'"
+    )
+    internal = {"id"}  # the row's key, which the export leaves out
+    assert {c["column_name"] for c in columns} - internal == set(response.json()["subscriber"])
+
+
 async def test_access_request_returns_everything_stored_about_the_address(
     client, db, settings, admin_headers, campaign
 ) -> None:
