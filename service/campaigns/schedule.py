@@ -64,10 +64,10 @@ def parse_at(value: object, now: datetime) -> tuple[datetime | None, str | None]
         digits = re.match(r"\d+", rest).group()  # type: ignore[union-attr]
         text = f"{whole}.{digits[:6].ljust(6, '0')}{rest[len(digits) :]}"
     try:
-        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+    except (ValueError, OverflowError):  # 31 February; 9999-12-31T23:00-02:00 in UTC
         return None, "is not a valid date and time"
-    return _future(at.astimezone(UTC), now)
+    return _future(at, now)
 
 
 def parse_local(value: str, zone: tzinfo, now: datetime) -> tuple[datetime | None, str | None]:
@@ -77,11 +77,11 @@ def parse_local(value: str, zone: tzinfo, now: datetime) -> tuple[datetime | Non
         return None, "malformed"
     try:
         local = datetime.fromisoformat(value.strip()).replace(tzinfo=zone)
-    except ValueError:  # e.g. 31 February
+        at = local.astimezone(UTC)
+        if at.astimezone(zone).replace(tzinfo=None) != local.replace(tzinfo=None):
+            return None, "nonexistent"
+    except (ValueError, OverflowError):  # 31 February; the end of year 9999 in UTC
         return None, "malformed"
-    at = local.astimezone(UTC)
-    if at.astimezone(zone).replace(tzinfo=None) != local.replace(tzinfo=None):
-        return None, "nonexistent"
     at, error = _future(at, now)
     return at, error and "past"
 

@@ -182,6 +182,8 @@ async def test_sending_now_ends_a_waiting_schedule(app_factory, db, smtp, admin_
         ("2031-01-31", "must be an RFC 3339 time"),
         ("2031-02-31T09:00:00Z", "is not a valid date and time"),
         ("2031-01-31T25:00:00+01:00", "is not a valid date and time"),
+        ("9999-12-31T23:30:00-02:00", "is not a valid date and time"),  # past year 9999 in UTC
+        ("2031-01-31T09:00:00.1234567891+01:00", "must be an RFC 3339 time"),  # too long
         (1924502400, "must be an RFC 3339 time"),
         (None, "must be an RFC 3339 time"),
     ],
