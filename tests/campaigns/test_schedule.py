@@ -219,3 +219,55 @@ async def test_the_send_body_takes_only_at(client, db, admin_headers) -> None:
     )
     assert first.status_code == moved.status_code == 202
     assert (await state(db, campaign_id))["scheduled_at"] == moved_to
+
+
+async def backends_waiting(db: asyncpg.Connection, count: int, timeout: float = 20.0) -> None:
+    """Returns once `count` backends of this test's database wait for a lock: evidence of
+    who is blocked, where sleeping a while and seeing nothing happen proves nothing."""
+    query = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    await until(lambda: _at_least(db.fetchval(query), count), f"{count} lock waits", timeout)
+
+
+async def _at_least(value: Awaitable[int], count: int) -> bool:
+    return await value >= count
+
+
+async def test_a_cancellation_or_a_new_time_during_the_queueing_waits_and_finds_it_started(
+    app_factory, db, database_url, smtp, admin_headers
+) -> None:
+    """The claim holds the campaign until its queueing commits: what comes meanwhile waits,
+    then answers 409, and the send goes out whole, once."""
+    await people.add_many(db, 3)
+    blocker = await asyncpg.connect(database_url)
+    try:
+        async with app_factory(schedule_poll_interval=POLL) as (_app, client):
+            campaign_id = await create(client, admin_headers)
+            path = f"/admin/api/campaigns/{campaign_id}/send"
+            held = blocker.transaction()
+            await held.start()
+            # The queueing statement locks every recipient FOR KEY SHARE: it waits for this.
+            await blocker.execute("SELECT id FROM subscribers ORDER BY id LIMIT 1 FOR UPDATE")
+            at = datetime.now(UTC) + timedelta(seconds=0.5)
+            scheduled = await client.post(path, json={"at": rfc3339(at)}, headers=admin_headers)
+            assert scheduled.status_code == 202
+            await backends_waiting(db, 1)  # the claimed schedule's queueing
+            later = rfc3339(datetime.now(UTC) + timedelta(hours=1))
+            cancel = asyncio.create_task(client.delete(path, headers=admin_headers))
+            move = asyncio.create_task(client.post(path, json={"at": later}, headers=admin_headers))
+            await backends_waiting(db, 3)
+            assert not cancel.done() and not move.done()
+            await held.rollback()
+            cancelled, moved = await cancel, await move
+            assert cancelled.status_code == 409 and cancelled.json()["error"] == "already_sent"
+            assert moved.status_code == 409 and moved.json()["error"] == "already_sent"
+            after = await state(db, campaign_id)
+            assert after["scheduled_at"] is None and after["deliveries"] == 3
+            await smtp.wait_for(3, timeout=20)
+            await asyncio.sleep(5 * POLL)
+    finally:
+        await blocker.close()
+    assert sorted(m.to for m in smtp.messages) == sorted({m.to for m in smtp.messages})
+    assert len(smtp.messages) == 3
