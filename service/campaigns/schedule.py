@@ -29,6 +29,7 @@ import asyncpg
 from starlette.applications import Starlette
 
 from service.campaigns import store
+from service.db import connections
 from service.db.queries import queries
 
 log = logging.getLogger("newsletter.schedule")
@@ -132,44 +133,54 @@ async def send_now(con: asyncpg.Connection, campaign_id: int) -> int:
         return await store.queue_send(con, campaign_id)
 
 
-async def queue_due(pool: asyncpg.Pool) -> list[tuple[int, int]]:
+async def queue_due(con: asyncpg.Connection) -> list[tuple[int, int]]:
     """Queues every schedule that is due: (campaign id, emails queued) for each one this
     process claimed. Each claim is its own transaction (one campaign's queueing can take
     seconds); a schedule another replica claims meanwhile is passed over."""
     done: list[tuple[int, int]] = []
-    async with pool.acquire() as con:
-        while True:
-            due = await q.due_schedules.fetch(con, limit=DUE_BATCH)
-            claimed_any = False
-            for row in due:
-                async with con.transaction():
-                    await store.q.lock_campaign_send.execute(con, id=row["id"])
-                    if await q.claim_schedule.fetchval(con, id=row["id"]) is None:
-                        continue  # another replica queued it, or it was cancelled
-                    queued = await store.queue_send(con, row["id"])
-                done.append((row["id"], queued))
-                claimed_any = True
-            if len(due) < DUE_BATCH or not claimed_any:
-                return done
+    while True:
+        due = await q.due_schedules.fetch(con, limit=DUE_BATCH)
+        claimed_any = False
+        for row in due:
+            async with con.transaction():
+                await store.q.lock_campaign_send.execute(con, id=row["id"])
+                if await q.claim_schedule.fetchval(con, id=row["id"]) is None:
+                    continue  # another replica queued it, or it was cancelled
+                queued = await store.queue_send(con, row["id"])
+            done.append((row["id"], queued))
+            claimed_any = True
+        if len(due) < DUE_BATCH or not claimed_any:
+            return done
 
 
-async def _next_delay(pool: asyncpg.Pool, poll: float) -> float:
+async def _look(app: Starlette) -> float:
+    """One look: queues what is due, and returns how long to sleep until the next one."""
+    pool, settings = app.state.pool, app.state.settings
     due_in = await q.next_schedule_in.fetchval(pool)
-    return poll if due_in is None else min(poll, max(due_in, 0.0))
+    if due_in is None or due_in > 0:
+        return (
+            settings.schedule_poll_interval
+            if due_in is None
+            else min(settings.schedule_poll_interval, due_in)
+        )
+    # The queueing of a large list outlasts DB_COMMAND_TIMEOUT (a million subscribers take
+    # about 20 s): it runs on a connection of its own with the one-shot commands' timeout.
+    con = await connections.connect(settings)
+    try:
+        for campaign_id, queued in await queue_due(con):
+            log.info("scheduled send queued", extra={"campaign_id": campaign_id, "count": queued})
+    finally:
+        await con.close()
+    return 0.0  # look again: more may have come due meanwhile
 
 
 async def _loop(app: Starlette) -> None:
-    pool, poll = app.state.pool, app.state.settings.schedule_poll_interval
     while True:
         try:
-            for campaign_id, queued in await queue_due(pool):
-                log.info(
-                    "scheduled send queued", extra={"campaign_id": campaign_id, "count": queued}
-                )
-            delay = await _next_delay(pool, poll)
+            delay = await _look(app)
         except Exception as exc:  # the next look tries again; the class says what broke
             log.warning("scheduled sends failed", extra={"error": exc.__class__.__name__})
-            delay = poll
+            delay = app.state.settings.schedule_poll_interval
         await asyncio.sleep(max(delay, 0.01))
 
 

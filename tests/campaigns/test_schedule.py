@@ -271,3 +271,23 @@ async def test_a_cancellation_or_a_new_time_during_the_queueing_waits_and_finds_
         await blocker.close()
     assert sorted(m.to for m in smtp.messages) == sorted({m.to for m in smtp.messages})
     assert len(smtp.messages) == 3
+
+
+@pytest.mark.slow
+async def test_a_large_scheduled_send_is_queued_although_it_outlasts_the_command_timeout(
+    app_factory, db, admin_headers
+) -> None:
+    """Queueing a quarter of a million subscribers takes seconds, more than this
+    DB_COMMAND_TIMEOUT: the scheduled send still goes out whole (a connection of its own)."""
+    await people.add_many(db, 250_000)
+    async with app_factory(
+        schedule_poll_interval=POLL, db_command_timeout=0.5, outbox_concurrency=0
+    ) as (_app, client):
+        campaign_id = await create(client, admin_headers)
+        at = datetime.now(UTC) + timedelta(seconds=0.2)
+        path = f"/admin/api/campaigns/{campaign_id}/send"
+        assert (
+            await client.post(path, json={"at": rfc3339(at)}, headers=admin_headers)
+        ).status_code == 202
+        query = "SELECT recipients FROM campaigns WHERE id = $1"
+        assert await until(lambda: db.fetchval(query, campaign_id), "the queueing", 60) == 250_000
