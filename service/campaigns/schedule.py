@@ -155,14 +155,13 @@ async def queue_due(con: asyncpg.Connection) -> list[tuple[int, int]]:
 
 async def _look(app: Starlette) -> float:
     """One look: queues what is due, and returns how long to sleep until the next one."""
-    pool, settings = app.state.pool, app.state.settings
-    due_in = await q.next_schedule_in.fetchval(pool)
-    if due_in is None or due_in > 0:
-        return (
-            settings.schedule_poll_interval
-            if due_in is None
-            else min(settings.schedule_poll_interval, due_in)
-        )
+    settings = app.state.settings
+    poll = settings.schedule_poll_interval
+    due_in = await q.next_schedule_in.fetchval(app.state.pool)
+    if due_in is None:
+        return poll
+    if due_in > 0:
+        return min(poll, due_in)
     # The queueing of a large list outlasts DB_COMMAND_TIMEOUT (a million subscribers take
     # about 20 s): it runs on a connection of its own with the one-shot commands' timeout.
     con = await connections.connect(settings)
