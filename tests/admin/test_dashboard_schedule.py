@@ -4,7 +4,7 @@ what is scheduled in it, a refused time says why, and a schedule can be cancelle
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
@@ -12,6 +12,10 @@ from tests.admin.test_dashboard import browser, field, sign_in
 from tests.people import add_campaign, add_subscriber
 
 ZONE = "Europe/Berlin"
+YEAR = datetime.now(UTC).year + 2
+# The last Sunday of March: Berlin's clocks jump from 02:00 to 03:00 (EU summer time).
+_MARCH_31 = date(YEAR, 3, 31)
+SPRING_FORWARD = _MARCH_31 - timedelta(days=(_MARCH_31.weekday() + 1) % 7)
 
 
 async def scheduled_at(db: asyncpg.Connection, campaign: int) -> datetime | None:
@@ -29,8 +33,8 @@ async def test_the_operator_schedules_in_their_zone_and_sees_it_in_that_zone(
         field(form.text, "csrf")
         # Summer: Berlin is UTC+2; winter: UTC+1.
         for local, utc in (
-            ("2031-07-01T09:30", datetime(2031, 7, 1, 7, 30, tzinfo=UTC)),
-            ("2031-01-15T09:30", datetime(2031, 1, 15, 8, 30, tzinfo=UTC)),
+            (f"{YEAR}-07-01T09:30", datetime(YEAR, 7, 1, 7, 30, tzinfo=UTC)),
+            (f"{YEAR}-01-15T09:30", datetime(YEAR, 1, 15, 8, 30, tzinfo=UTC)),
         ):
             answer = await web.post(
                 f"/admin/campaigns/{campaign}/schedule", data={"csrf": csrf, "at": local}
@@ -38,7 +42,7 @@ async def test_the_operator_schedules_in_their_zone_and_sees_it_in_that_zone(
             assert answer.status_code == 303, answer.text
             assert answer.headers["location"] == f"/admin/campaigns/{campaign}"
             assert await scheduled_at(db, campaign) == utc
-        shown = f"2031-01-15 09:30 {ZONE}"
+        shown = f"{YEAR}-01-15 09:30 {ZONE}"
         page = await web.get(f"/admin/campaigns/{campaign}")
         assert f'<strong id="scheduled-at">{shown}</strong>' in page.text
         assert 'id="unschedule"' in page.text
@@ -62,9 +66,8 @@ async def test_a_refused_time_goes_back_to_the_form_which_says_why(app_factory, 
         for value, code, says in (
             ("2001-01-01T09:00", "past", "That time has passed"),
             ("next friday", "malformed", "Enter a date and time"),
-            ("2031-02-30T09:00", "malformed", "Enter a date and time"),
-            # 30 March 2031, 02:00-03:00 in Berlin: the clocks jump from 2:00 to 3:00.
-            ("2031-03-30T02:30", "nonexistent", "does not exist in this time zone"),
+            (f"{YEAR}-02-30T09:00", "malformed", "Enter a date and time"),
+            (f"{SPRING_FORWARD}T02:30", "nonexistent", "does not exist in this time zone"),
         ):
             answer = await web.post(
                 f"/admin/campaigns/{campaign}/schedule", data={"csrf": csrf, "at": value}
@@ -87,7 +90,8 @@ async def test_a_campaign_whose_send_started_offers_no_schedule(app_factory, db)
         form = await web.get(f"/admin/campaigns/{campaign}/send")
         assert 'type="datetime-local"' not in form.text
         answer = await web.post(
-            f"/admin/campaigns/{campaign}/schedule", data={"csrf": csrf, "at": "2031-07-01T09:30"}
+            f"/admin/campaigns/{campaign}/schedule",
+            data={"csrf": csrf, "at": f"{YEAR}-07-01T09:30"},
         )
         assert answer.headers["location"].endswith("schedule_error=started")
         assert await scheduled_at(db, campaign) is None

@@ -101,7 +101,7 @@ async def test_a_schedule_survives_a_worker_restart_and_two_workers_send_it_once
         async with started_workers(worker_env) as workers:
             await until(lambda: all_sent(db, early), "the overdue schedules", timeout=60)
             late = await schedule(
-                web, "Scheduled while both run", datetime.now(UTC) + timedelta(seconds=1)
+                web, "Scheduled while both run", datetime.now(UTC) + timedelta(seconds=2)
             )
             await until(lambda: all_sent(db, [*early, late]), "the late schedule", timeout=60)
             await asyncio.sleep(1.0)  # a double send would arrive now
