@@ -94,6 +94,7 @@ _FIXED_FORMATS = {
     "_public_key": "base64 DER or PEM public key, or empty",
     "_bool": "`true` or `false` (also `1`/`0`, `yes`/`no`, `on`/`off`)",
     "_share": "a share above 0, at most 1: `0.1` or `10%`",
+    "_time_zone": "an IANA time zone name (`Europe/Berlin`) or `UTC`",
 }
 
 

@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from service import health
 from service.admin import api, dashboard, importer
 from service.bounces import imap, signatures, webhooks
+from service.campaigns import schedule
 from service.db import connections
 from service.manage import page, unsubscribe
 from service.observability import Metrics, ObservabilityMiddleware, observed, route_template
@@ -88,6 +89,11 @@ def routes(settings: Settings) -> list[BaseRoute]:
             "/admin/api/campaigns/{campaign_id:int}/send",
             api.send_campaign,
             methods=["POST"],
+        ),
+        Route(
+            "/admin/api/campaigns/{campaign_id:int}/send",
+            api.unschedule_campaign,
+            methods=["DELETE"],
         ),
         Route(
             "/admin/api/campaigns/{campaign_id:int}/resume",
@@ -207,6 +213,7 @@ def create_app(settings: Settings, role: str = "all") -> Starlette:
                 await stack.enter_async_context(sender.running(app))
                 await stack.enter_async_context(imap.running(app))  # the bounce mailbox
                 await stack.enter_async_context(retention.running(app))
+                await stack.enter_async_context(schedule.running(app))  # scheduled sends
             else:
                 app.state.outbox = None
             log.info("started")

@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.headerregistry import Address
@@ -121,6 +122,7 @@ class Settings:
     # -- admin -------------------------------------------------------------------
     admin_tokens: tuple[str, ...] = ()
     session_max_age: float = 8 * 3600
+    dashboard_time_zone: str = "UTC"  # the operator's zone: scheduling and showing times
     demo_page: bool = False  # the demo signup form at / outside dev mode (staging, e2e test)
     # -- network -----------------------------------------------------------------
     forwarded_allow_ips: str = "127.0.0.1"
@@ -154,6 +156,7 @@ class Settings:
     outbox_poll_interval: float = 5.0
     outbox_backoff_base: float = 30.0
     outbox_backoff_max: float = 6 * 3600
+    schedule_poll_interval: float = 2.0  # how often a worker looks for due scheduled sends
     # -- a relay in a bad mood (docs/concepts/delivery.md, "Sending limits and …") -----
     smtp_max_rate: float | None = None  # emails a second, all processes together
     smtp_max_per_hour: int | None = None  # per UTC clock hour
@@ -381,6 +384,20 @@ def _text(max_len: int):
     return parse
 
 
+def _time_zone(text: str) -> str:
+    """An IANA zone name the system's (or the tzdata package's) zone data knows."""
+    if text == "UTC":
+        return text
+    try:
+        zoneinfo.ZoneInfo(text)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"must be a time zone name such as Europe/Berlin (IANA), got {text[:60]!r}"
+            " (or the system has no zone data: install tzdata)"
+        ) from None
+    return text
+
+
 def _field_name(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,40}", text):
         raise ValueError("must be a simple form field name")
@@ -479,6 +496,7 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("DKIM_DOMAIN", "dkim_domain", _text(253)),
     ("ADMIN_TOKENS", "admin_tokens", _tokens),
     ("SESSION_MAX_AGE", "session_max_age", _seconds(60, 30 * _DAY)),
+    ("DASHBOARD_TIME_ZONE", "dashboard_time_zone", _time_zone),
     ("DEMO_PAGE", "demo_page", _bool),
     ("FORWARDED_ALLOW_IPS", "forwarded_allow_ips", _forwarded),
     ("CORS_ORIGINS", "cors_origins", _origins),
@@ -507,6 +525,7 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("OUTBOX_POLL_INTERVAL", "outbox_poll_interval", _seconds(0.05, 3600)),
     ("OUTBOX_BACKOFF_BASE", "outbox_backoff_base", _seconds(0.01, _DAY)),
     ("OUTBOX_BACKOFF_MAX", "outbox_backoff_max", _seconds(0.01, 7 * _DAY)),
+    ("SCHEDULE_POLL_INTERVAL", "schedule_poll_interval", _seconds(0.05, 300)),
     ("SMTP_MAX_RATE", "smtp_max_rate", _optional_number(float, 0.01, 100_000)),
     ("SMTP_MAX_PER_HOUR", "smtp_max_per_hour", _optional_number(int, 1, 10**9)),
     ("SMTP_MAX_PER_DAY", "smtp_max_per_day", _optional_number(int, 1, 10**10)),
@@ -574,6 +593,9 @@ MEANINGS: dict[str, str] = {
     "ADMIN_TOKENS": "Comma-separated bearer tokens (each at least 16 characters) for"
     " `/admin/api/*` and the dashboard sign-in; empty: every admin route answers `401`.",
     "SESSION_MAX_AGE": "Lifetime of a dashboard session (absolute, not sliding).",
+    "DASHBOARD_TIME_ZONE": "The operator's time zone (an IANA name such as `Europe/Berlin`):"
+    " the dashboard schedules sends in it and shows scheduled times in it. The API always"
+    " takes and answers RFC 3339 times with their offset.",
     "DEMO_PAGE": "Also serve the demo sign-up form at `/` outside `newsletter dev`"
     " (a staging check of the whole flow, the browser test).",
     "FORWARDED_ALLOW_IPS": "uvicorn's own: the proxies whose `X-Forwarded-For` is believed;"
@@ -622,6 +644,9 @@ MEANINGS: dict[str, str] = {
     "OUTBOX_BACKOFF_BASE": "First wait before a refused email is tried again (exponential,"
     " jittered into the upper half).",
     "OUTBOX_BACKOFF_MAX": "Longest wait between two tries.",
+    "SCHEDULE_POLL_INTERVAL": "How often a process that sends (`newsletter worker`, or"
+    " `serve` without `--no-worker`) looks for scheduled sends that are due; a send starts"
+    " at most this long after its time.",
     "SMTP_MAX_RATE": "Emails a second to the relay, every process and lane together (a"
     " token bucket in PostgreSQL); empty: no cap.",
     "SMTP_MAX_PER_HOUR": "Emails per UTC clock hour, every process together; empty: no cap.",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from service.admin.auth import require_admin
-from service.campaigns import store
+from service.campaigns import schedule, store
 from service.campaigns.mail import Links
 from service.campaigns.stats import campaign_stats
 from service.manage import address_change
@@ -122,17 +123,81 @@ async def get_campaign(request: Request) -> Response:
 
 @require_admin
 async def send_campaign(request: Request) -> Response:
-    """Queues the campaign for every active subscriber not yet mailed it; `202`."""
+    """Queues the campaign for every active subscriber not yet mailed it, `202 {"queued"}`;
+    with a body `{"at": "<RFC 3339>"}` schedules that instead, `202 {"scheduled_at"}`."""
+    campaign_id = _campaign_id(request)
+    if campaign_id is None:
+        return _not_found("campaign")
+    at, problem = await _send_at(request)
+    if problem is not None:
+        return problem
+    try:
+        async with request.app.state.pool.acquire() as con:
+            if at is not None:
+                scheduled = await schedule.schedule(con, campaign_id, at)
+            else:
+                queued = await schedule.send_now(con, campaign_id)
+    except store.CampaignNotFound:
+        return _not_found("campaign")
+    except schedule.SendStarted:
+        return _error(409, "already_sent", "the campaign's send has started; nothing to schedule")
+    if at is not None:
+        log.info("campaign scheduled", extra={"campaign_id": campaign_id})
+        return _json({"scheduled_at": scheduled.isoformat()}, 202)
+    log.info("campaign queued", extra={"campaign_id": campaign_id, "count": queued})
+    return _json({"queued": queued}, 202)
+
+
+async def _send_at(request: Request) -> tuple[datetime | None, JSONResponse | None]:
+    """The body of a send: none (or `{}`) is now; `{"at": …}` a time in the future."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > PATCH_MAX_BYTES:
+            return None, _error(
+                413, "too_large", f"the body must be at most {PATCH_MAX_BYTES} bytes"
+            )
+    if not body.strip():
+        return None, None
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        return None, _error(400, "malformed", "the body must be a JSON object")
+    if not isinstance(payload, dict):
+        return None, _error(
+            422, "invalid", "some fields are not valid", fields={"body": "must be a JSON object"}
+        )
+    errors = {str(key)[:50]: "unknown field" for key in sorted(set(payload) - {"at"})}
+    at = None
+    if "at" in payload:
+        at, message = schedule.parse_at(payload["at"], datetime.now(UTC))
+        if message:
+            errors["at"] = message
+    if errors:
+        return None, _error(422, "invalid", "some fields are not valid", fields=errors)
+    return at, None
+
+
+@require_admin
+async def unschedule_campaign(request: Request) -> Response:
+    """Cancels a scheduled send that has not started: `200`; `409` once it started (or
+    when none is scheduled)."""
     campaign_id = _campaign_id(request)
     if campaign_id is None:
         return _not_found("campaign")
     try:
         async with request.app.state.pool.acquire() as con:
-            queued = await store.queue_send(con, campaign_id)
+            await schedule.unschedule(con, campaign_id)
     except store.CampaignNotFound:
         return _not_found("campaign")
-    log.info("campaign queued", extra={"campaign_id": campaign_id, "count": queued})
-    return _json({"queued": queued}, 202)
+    except schedule.SendStarted:
+        return _error(
+            409, "already_sent", "the campaign's send has started; it cannot be unscheduled"
+        )
+    except schedule.NotScheduled:
+        return _error(409, "not_scheduled", "no send of this campaign is scheduled")
+    log.info("campaign schedule cancelled", extra={"campaign_id": campaign_id})
+    return _json({"scheduled_at": None})
 
 
 async def _on_existing_campaign(

@@ -128,7 +128,8 @@ async def close_pool(pool: asyncpg.Pool, grace: float = POOL_CLOSE_GRACE) -> Non
 
 
 async def connect(settings: Settings) -> asyncpg.Connection:
-    """A single connection for one-shot commands (migrate, purge).
+    """A single connection for one-shot commands (migrate, purge) and for queueing a
+    scheduled send (service/campaigns/schedule.py), which may outlast DB_COMMAND_TIMEOUT.
 
     It goes to DATABASE_DIRECT_URL when set: migrations hold a session-level advisory
     lock, which a transaction-mode pooler would not keep on one server connection.

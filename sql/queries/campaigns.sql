@@ -7,7 +7,7 @@ RETURNING id;
 
 -- name: get_campaign
 SELECT c.id, c.name, c.subject, c.html, c.text, c.created_at, c.first_sent_at,
-       c.recipients, c.sent, c.failed, c.paused_at, c.paused_reason,
+       c.recipients, c.sent, c.failed, c.paused_at, c.paused_reason, c.scheduled_at,
        (SELECT count(*) FROM outbox o WHERE o.campaign_id = c.id) AS queued
 FROM campaigns c
 WHERE c.id = :id;
@@ -15,7 +15,7 @@ WHERE c.id = :id;
 -- name: list_campaigns
 -- Newest first; `before` is the last id of the previous page (keyset pagination).
 SELECT id, name, subject, created_at, first_sent_at, recipients, sent, failed,
-       paused_at, paused_reason
+       paused_at, paused_reason, scheduled_at
 FROM campaigns
 WHERE id < :before
 ORDER BY id DESC

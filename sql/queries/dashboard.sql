@@ -34,7 +34,7 @@ WHERE day >= :since;
 -- name: campaign_list
 -- Every campaign with its anonymous total counters (newest first).
 SELECT c.id, c.name, c.subject, c.created_at, c.first_sent_at,
-       c.recipients, c.sent, c.failed, c.paused_reason,
+       c.recipients, c.sent, c.failed, c.paused_reason, c.scheduled_at,
        coalesce(t.opens, 0) AS opens,
        coalesce(t.machine_opens, 0) AS machine_opens,
        coalesce(t.unique_opens, 0) AS unique_opens
@@ -46,7 +46,7 @@ LIMIT :limit;
 
 -- name: campaign_by_id
 SELECT id, name, subject, html, text, created_at, first_sent_at, recipients, sent, failed,
-       paused_at, paused_reason
+       paused_at, paused_reason, scheduled_at
 FROM campaigns
 WHERE id = :id;
 

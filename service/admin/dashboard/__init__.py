@@ -20,6 +20,12 @@ def routes() -> list[BaseRoute]:
         Route("/admin/campaigns/{campaign_id:int}", views.campaign_page, methods=["GET"]),
         Route("/admin/campaigns/{campaign_id:int}/send", views.send_confirm, methods=["GET"]),
         Route("/admin/campaigns/{campaign_id:int}/send", views.send, methods=["POST"]),
+        Route("/admin/campaigns/{campaign_id:int}/schedule", views.schedule_send, methods=["POST"]),
+        Route(
+            "/admin/campaigns/{campaign_id:int}/unschedule",
+            views.unschedule_send,
+            methods=["POST"],
+        ),
         Route("/admin/campaigns/{campaign_id:int}/resume", views.resume, methods=["POST"]),
         Route("/admin/campaigns/{campaign_id:int}/cancel", views.cancel, methods=["POST"]),
         Route("/admin/subscribers", views.subscribers_form, methods=["GET"]),

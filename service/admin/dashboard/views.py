@@ -16,10 +16,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from service.admin.dashboard import auth, charts
+from service.admin.dashboard import auth, charts, scheduling
 from service.admin.dashboard.auth import FormError, Session, read_form, signed_in
 from service.admin.dashboard.render import page, problem
-from service.campaigns import store
+from service.campaigns import schedule, store
 from service.campaigns.stats import campaign_stats
 from service.db.queries import queries
 from service.outbox import breaker
@@ -230,6 +230,7 @@ async def campaign_list(request: Request, session: Session) -> Response:
             r,
             open_rate=_rate(r["unique_opens"], r["sent"]),
             human_opens=r["opens"] - r["machine_opens"],
+            scheduled=scheduling.local_time(request.app.state.settings, r["scheduled_at"]),
         )
         for r in records
     ]
@@ -326,6 +327,7 @@ async def campaign_page(request: Request, session: Session) -> Response:
         refresh=REFRESH_SECONDS if sending and not campaign["paused_at"] else 0,
         note=MACHINE_OPENS_NOTE,
         unique_note=UNIQUE_OPENS_NOTE,
+        scheduled=scheduling.local_time(request.app.state.settings, campaign["scheduled_at"]),
         **stats_charts(stats),
     )
 
@@ -380,6 +382,12 @@ async def send_confirm(request: Request, session: Session) -> Response:
         active=active,
         already=already,
         to_send=max(active - already, 0),
+        scheduled=scheduling.local_time(request.app.state.settings, campaign["scheduled_at"]),
+        **scheduling.form_context(
+            request.app.state.settings,
+            datetime.now(UTC),
+            request.query_params.get("schedule_error", ""),
+        ),
     )
 
 
@@ -393,7 +401,7 @@ async def send(request: Request, session: Session) -> Response:
         if campaign is None:
             return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
         try:
-            queued = await store.queue_send(con, campaign["id"])
+            queued = await schedule.send_now(con, campaign["id"])
         except store.CampaignNotFound:  # deleted between the two statements
             return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
     log.info(
@@ -401,6 +409,57 @@ async def send(request: Request, session: Session) -> Response:
         extra={"campaign_id": campaign["id"], "count": queued},
     )
     return RedirectResponse(f"/admin/campaigns/{campaign['id']}?queued={queued}", status_code=303)
+
+
+@signed_in
+async def schedule_send(request: Request, session: Session) -> Response:
+    """Schedules the send at the form's time in DASHBOARD_TIME_ZONE; a refused time goes
+    back to the send page, which says why."""
+    form = await form_or_problem(request, session)
+    if isinstance(form, Response):
+        return form
+    settings = request.app.state.settings
+    at, error = scheduling.parse(settings, form.get("at", ""), datetime.now(UTC))
+    async with request.app.state.pool.acquire() as con:
+        campaign = await _campaign(request, con)
+        if campaign is None:
+            return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
+        if at is not None:
+            try:
+                await schedule.schedule(con, campaign["id"], at)
+            except store.CampaignNotFound:
+                return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
+            except schedule.SendStarted:
+                error = "started"
+    if error:
+        return RedirectResponse(
+            f"/admin/campaigns/{campaign['id']}/send?schedule_error={error}", status_code=303
+        )
+    log.info("campaign scheduled from dashboard", extra={"campaign_id": campaign["id"]})
+    return RedirectResponse(f"/admin/campaigns/{campaign['id']}", status_code=303)
+
+
+@signed_in
+async def unschedule_send(request: Request, session: Session) -> Response:
+    """Cancels the scheduled send, unless it has started (the page then says so)."""
+    form = await form_or_problem(request, session)
+    if isinstance(form, Response):
+        return form
+    async with request.app.state.pool.acquire() as con:
+        campaign = await _campaign(request, con)
+        if campaign is None:
+            return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
+        try:
+            await schedule.unschedule(con, campaign["id"])
+        except store.CampaignNotFound:
+            return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
+        except schedule.SendStarted:
+            message = "The scheduled send has started already; it can no longer be cancelled."
+            return problem(request, 409, message, csrf=session.csrf)
+        except schedule.NotScheduled:
+            pass  # cancelled already (another tab): the page shows no schedule
+    log.info("campaign schedule cancelled from dashboard", extra={"campaign_id": campaign["id"]})
+    return RedirectResponse(f"/admin/campaigns/{campaign['id']}", status_code=303)
 
 
 async def _pause_action(request: Request, session: Session, action: str) -> Response:
