@@ -16,6 +16,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from service.db.queries import queries
+from service.topics import membership
 
 q = queries("campaigns")
 
@@ -79,7 +80,7 @@ def validate_campaign(payload: Any) -> tuple[dict[str, str], dict[str, str]]:
         return {}, {"body": "must be a JSON object with name, subject, html and text"}
     errors: dict[str, str] = {}
     clean: dict[str, str] = {}
-    for field in sorted(set(payload) - set(FIELDS)):
+    for field in sorted(set(payload) - set(FIELDS) - {"topics"}):
         errors[str(field)[:50]] = "unknown field"
     for field, (max_len, single_line) in FIELDS.items():
         value = payload.get(field)
@@ -104,10 +105,37 @@ def validate_campaign(payload: Any) -> tuple[dict[str, str], dict[str, str]]:
     return clean, errors
 
 
+async def campaign_topics(con: asyncpg.Connection, payload: Any) -> tuple[list[int] | None, str]:
+    """The topic ids a campaign payload names (`topics`: a list of slugs), None for none
+    (the campaign goes to everyone), and the field's error message or ''."""
+    slugs = payload.get("topics") if isinstance(payload, dict) else None
+    if slugs is None:
+        return None, ""
+    if (
+        not isinstance(slugs, list)
+        or not slugs
+        or len(slugs) > membership.SLUGS_MAX
+        or not all(isinstance(slug, str) for slug in slugs)
+    ):
+        return None, f"must be a list of 1 to {membership.SLUGS_MAX} topic slugs"
+    try:
+        return await membership.resolve(con, slugs), ""
+    except membership.UnknownTopics as exc:
+        return None, f"unknown topics: {exc}"
+
+
 async def create_campaign(
-    con: asyncpg.Connection, *, name: str, subject: str, html: str, text: str
+    con: asyncpg.Connection,
+    *,
+    name: str,
+    subject: str,
+    html: str,
+    text: str,
+    topic_ids: list[int] | None = None,
 ) -> int:
-    return await q.insert_campaign.fetchval(con, name=name, subject=subject, html=html, text=text)
+    return await q.insert_campaign.fetchval(
+        con, name=name, subject=subject, html=html, text=text, topic_ids=topic_ids
+    )
 
 
 async def count_recipients(con: asyncpg.Connection) -> int:
