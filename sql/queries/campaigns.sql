@@ -111,7 +111,7 @@ WHERE d.sent_at IS NULL
 
 -- name: campaign_templates
 -- `list_id`: the slug of the campaign's first topic (RFC 2919's List-Id), NULL for none.
-SELECT c.id, c.subject, c.html, c.text, c.topic_ids IS NOT NULL AS has_topics,
-       (SELECT t.slug FROM topics t WHERE t.id = ANY(c.topic_ids) ORDER BY t.slug LIMIT 1)
-           AS list_id
-FROM campaigns c WHERE c.id = ANY(:ids::bigint[]);
+SELECT id, subject, html, text, topic_ids IS NOT NULL AS has_topics,
+       (SELECT t.slug FROM topics t WHERE t.id = ANY(campaigns.topic_ids)
+        ORDER BY t.slug LIMIT 1) AS list_id
+FROM campaigns WHERE id = ANY(:ids::bigint[]);
