@@ -413,3 +413,59 @@ async def test_a_campaign_topics_field_must_be_a_list_of_slugs(
         "/admin/api/campaigns", json={**CAMPAIGN, **payload}, headers=admin_headers
     )
     assert response.status_code == 422 and "topics" in response.json()["fields"]
+
+
+# -- import ----------------------------------------------------------------------------
+
+
+async def test_import_lines_may_carry_topics(client, db, admin_headers) -> None:
+    await _topic(client, admin_headers, "weekly", default=True)
+    await _topic(client, admin_headers, "offers")
+    lines = [
+        {
+            "email": "active@example.org",
+            "consented_at": "2024-03-01T10:00:00Z",
+            "consent_source": "shop checkout",
+            "topics": ["offers"],
+        },
+        {
+            "email": "default@example.org",
+            "consented_at": "2024-03-01T10:00:00Z",
+            "consent_source": "shop checkout",
+        },
+        {"email": "pending@example.org", "topics": ["offers", "weekly"]},
+        {"email": "bad@example.org", "topics": ["nope"]},
+        {"email": "worse@example.org", "topics": "offers"},
+    ]
+    response = await client.post(
+        "/admin/api/subscribers/import",
+        content="\n".join(json.dumps(line) for line in lines),
+        headers=admin_headers,
+    )
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert (result["imported"], result["pending"], result["skipped"]) == (2, 1, 2)
+    assert [e["line"] for e in result["errors"]] == [4, 5]
+    assert "nope" in result["errors"][0]["error"]
+
+    def sid(email: str):
+        return db.fetchval("SELECT id FROM subscribers WHERE email = $1", email)
+
+    active = await sid("active@example.org")
+    assert await _topics_of(db, active) == ["offers"]
+    assert await _topics_of(db, await sid("default@example.org")) == ["weekly"]
+    joined = await db.fetchrow(
+        "SELECT at, source, method FROM consent_events"
+        " WHERE subscriber_id = $1 AND kind = 'topic_joined'",
+        active,
+    )
+    assert (joined["at"].isoformat(), joined["source"], joined["method"]) == (
+        "2024-03-01T10:00:00+00:00",
+        "shop checkout",
+        "offers",
+    )
+    pending = await sid("pending@example.org")
+    assert await _topics_of(db, pending) == []  # until the person confirms
+    requested = await db.fetchval("SELECT topics_requested FROM subscribers WHERE id = $1", pending)
+    assert len(requested) == 2
+    assert not await db.fetchval("SELECT count(*) FROM outbox WHERE kind = 'welcome'")
