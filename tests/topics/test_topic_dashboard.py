@@ -1,0 +1,52 @@
+"""The dashboard's topics page: the topics with their subscriber counts, adding one with
+its welcome message, deleting one; CSRF-checked like every dashboard form."""
+
+from __future__ import annotations
+
+import re
+
+from tests import people
+from tests.admin.test_dashboard import browser, sign_in
+
+
+async def test_the_dashboard_lists_topics_with_counts_adds_and_deletes(app, db) -> None:
+    async with browser(app) as web:
+        csrf = await sign_in(web)
+        empty = await web.get("/admin/topics")
+        assert empty.status_code == 200 and "No topics yet" in empty.text
+
+        added = await web.post(
+            "/admin/topics",
+            data={
+                "csrf": csrf,
+                "slug": "weekly",
+                "name": "Weekly digest",
+                "default": "1",
+                "welcome_subject": "Welcome",
+                "welcome_html": "<p>Hi {{ name }}</p>",
+                "welcome_text": "Hi {{ name }}",
+            },
+        )
+        assert added.status_code == 303
+        bad = await web.post("/admin/topics", data={"csrf": csrf, "slug": "Bad Slug", "name": ""})
+        assert bad.status_code == 422 and "lower-case" in bad.text
+        forged = await web.post("/admin/topics", data={"csrf": "x", "slug": "x", "name": "X"})
+        assert forged.status_code == 403
+
+        sid = await people.add_subscriber(db, "ada@example.org")
+        await db.execute(
+            "INSERT INTO subscriber_topics (topic_id, subscriber_id)"
+            " SELECT id, $1 FROM topics WHERE slug = 'weekly'",
+            sid,
+        )
+        listed = await web.get("/admin/topics")
+        row = re.search(r"<tr>\s*<td[^>]*>Weekly digest</td>(.*?)</tr>", listed.text, re.S)
+        assert row, listed.text
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1), re.S)
+        assert cells[:3] == ["<code>weekly</code>", "yes", "1"]
+        assert "Welcome" in cells[3]
+
+        deleted = await web.post("/admin/topics/weekly/delete", data={"csrf": csrf})
+        assert deleted.status_code == 303
+        assert not await db.fetchval("SELECT count(*) FROM topics")
+        assert not await db.fetchval("SELECT count(*) FROM subscriber_topics")
