@@ -42,7 +42,7 @@ from service.web import clientinfo, pages, ratelimit
 log = logging.getLogger("newsletter.manage")
 q = queries("manage")
 
-FORM_MAX_BYTES = 4096  # the forms, with up to SLUGS_MAX topic slugs
+FORM_MAX_BYTES = 3072  # the forms, with the topic slugs of the topics forms
 
 
 # -- shared ----------------------------------------------------------------------------

@@ -200,6 +200,7 @@ async def test_form_topics_are_shown_on_the_confirmation_page_and_joined_with_ev
     export = await client.get("/admin/api/subscribers/ada@example.org", headers=admin_headers)
     exported = [(e["kind"], e["method"]) for e in export.json()["consent_events"]]
     assert ("topic_joined", "offers") in exported and ("topic_joined", "weekly") in exported
+    assert [t["slug"] for t in export.json()["topics"]] == ["offers", "weekly"]
 
 
 async def test_a_sign_up_naming_no_topic_joins_the_default_topics_on_confirmation(
