@@ -223,9 +223,10 @@ def _problem(
     errors: dict[str, str],
     headers: dict[str, str] | None = None,
     fields: dict[str, Any] | None = None,
+    topic_choices: list[Any] | None = None,
 ) -> Response:
     """JSON errors, or for a form the form again: each message beside its field, with
-    what was typed (never the honeypot)."""
+    what was typed (never the honeypot) and, when given, the topics to choose from."""
     if kind == "form":
         fields = fields or {}
         values = {
@@ -233,6 +234,10 @@ def _problem(
         }
         ticked = fields.get("tracking")
         values["tracking"] = truthy(ticked)
+        topics = fields.get("topics")
+        values["topics"] = (
+            [t for t in topics if isinstance(t, str)] if isinstance(topics, list) else []
+        )
         source = fields.get("source")
         values["source"] = (
             printable(source, SOURCE_MAX) if isinstance(source, str) else _referer_source(request)
@@ -248,6 +253,7 @@ def _problem(
             values=values,
             honeypot=settings.honeypot_field,
             tracking_mode=settings.tracking_mode,
+            topic_choices=topic_choices or [],
         )
     return JSONResponse({"errors": errors}, status_code=status, headers=headers)
 
@@ -306,7 +312,15 @@ async def subscribe(request: Request) -> Response:
                 metrics.signups.labels("invalid").inc()
                 message = f"Unknown topics: {exc}."
                 status = 422 if kind == "json" else 400
-                return _problem(request, kind, status, {"topics": message}, fields=fields)
+                offered = await membership.form_choices(con)
+                return _problem(
+                    request,
+                    kind,
+                    status,
+                    {"topics": message},
+                    fields=fields,
+                    topic_choices=offered,
+                )
             outcome = await register(con, settings, day_key, signup, evidence, topic_ids)
     except (*connections.UNAVAILABLE, asyncpg.InterfaceError) as exc:
         if not connections.is_unavailable(exc):

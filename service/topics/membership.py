@@ -48,6 +48,11 @@ async def known(con: asyncpg.Connection, slugs: Iterable[str]) -> list[int]:
     return sorted(row["id"] for row in rows)
 
 
+async def form_choices(con: asyncpg.Connection | asyncpg.Pool) -> list[asyncpg.Record]:
+    """Every topic (slug, name, is_default) for a sign-up form's checkboxes."""
+    return await q.form_choices.fetch(con)
+
+
 async def choices(con: asyncpg.Connection, subscriber_id: int) -> list[asyncpg.Record]:
     """Every topic with whether the subscriber is in it (id, slug, name, description,
     member), for a page to show as checkboxes."""

@@ -126,3 +126,7 @@ SELECT t.name FROM subscriber_topics st JOIN topics t ON t.id = st.topic_id
 WHERE st.subscriber_id = :subscriber_id
   AND (:topic_ids::bigint[] IS NULL OR t.id = ANY(:topic_ids::bigint[]))
 ORDER BY t.name;
+
+-- name: form_choices
+-- The sign-up form's checkboxes: every topic, the default ones ticked.
+SELECT slug, name, is_default FROM topics ORDER BY name, slug;

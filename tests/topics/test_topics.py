@@ -470,3 +470,26 @@ async def test_import_lines_may_carry_topics(client, db, admin_headers) -> None:
     requested = await db.fetchval("SELECT topics_requested FROM subscribers WHERE id = $1", pending)
     assert len(requested) == 2
     assert not await db.fetchval("SELECT count(*) FROM outbox WHERE kind = 'welcome'")
+
+
+async def test_the_demo_form_offers_the_topics_and_a_bad_one_keeps_the_ticks(
+    app_factory, admin_headers
+) -> None:
+    async with app_factory(demo_page=True) as (_app, client):
+        await _topic(client, admin_headers, "weekly", default=True)
+        await _topic(client, admin_headers, "offers")
+        demo = await client.get("/")
+        assert re.findall(r'name="topics" value="([a-z-]+)"( checked)?', demo.text) == [
+            ("offers", ""),
+            ("weekly", " checked"),
+        ]
+        again = await client.post(
+            "/subscribe",
+            content="email=ada%40example.org&topics=offers&topics=gone",
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert again.status_code == 400 and "Unknown topics: gone" in again.text
+        assert re.findall(r'name="topics" value="([a-z-]+)"( checked)?', again.text) == [
+            ("offers", " checked"),
+            ("weekly", ""),
+        ]
