@@ -158,7 +158,10 @@ async def queue_send(con: asyncpg.Connection, campaign_id: int) -> int:
         if not await q.campaign_exists.fetchval(con, id=campaign_id):
             raise CampaignNotFound(campaign_id)
         await q.lock_campaign_send.execute(con, id=campaign_id)
-        queued = await q.queue_campaign.fetchval(con, campaign_id=campaign_id)
+        # A campaign naming topics: their subscribers only (each once); else everyone.
+        topics = await q.campaign_has_topics.fetchval(con, id=campaign_id)
+        queue = q.queue_topic_campaign if topics else q.queue_campaign
+        queued = await queue.fetchval(con, campaign_id=campaign_id)
         await q.add_recipients.execute(con, campaign_id=campaign_id, queued=queued)
         if queued:
             await q.notify_outbox.execute(con)

@@ -44,17 +44,10 @@ SELECT count(*) FROM subscribers WHERE status = 'active';
 -- deliveries primary key would refuse a second row). Every recipient is locked FOR KEY
 -- SHARE until commit, which stands for the foreign keys (sql/130): an erasure that
 -- commits first is passed over, one that starts later waits and then deletes the rows.
--- A campaign naming topics goes to the active subscribers of any of them, each once
--- (EXISTS, not a join); without topics, to everyone.
-WITH target AS (SELECT topic_ids FROM campaigns WHERE id = :campaign_id),
-recipients AS (
+WITH recipients AS (
     SELECT s.id
-    FROM subscribers s, target
+    FROM subscribers s
     WHERE s.status = 'active'
-      AND (target.topic_ids IS NULL OR EXISTS (
-          SELECT 1 FROM subscriber_topics st
-          WHERE st.subscriber_id = s.id AND st.topic_id = ANY(target.topic_ids)
-      ))
       AND NOT EXISTS (
           SELECT 1 FROM deliveries d
           WHERE d.campaign_id = :campaign_id AND d.subscriber_id = s.id
@@ -65,6 +58,38 @@ recipients AS (
     SELECT :campaign_id, id FROM recipients
 ), jobs AS (
     -- A paused campaign's new jobs wait with the others (run_at infinity, sql/133).
+    INSERT INTO outbox (kind, subscriber_id, campaign_id, run_at)
+    SELECT 'campaign', id, :campaign_id,
+           (SELECT CASE WHEN paused_at IS NULL THEN now() ELSE 'infinity' END
+            FROM campaigns WHERE id = :campaign_id)
+    FROM recipients
+    RETURNING 1
+)
+SELECT count(*) FROM jobs;
+
+-- name: queue_topic_campaign
+-- queue_campaign for a campaign that names topics: its recipients are the active
+-- subscribers of any of them, each once (a semi-join: one row per subscriber however many
+-- of the topics they are in). A statement of its own, without an "or everyone" branch, so
+-- that PostgreSQL can join the memberships as a set instead of probing them per subscriber.
+WITH recipients AS (
+    SELECT s.id
+    FROM subscribers s
+    WHERE s.status = 'active'
+      AND EXISTS (
+          SELECT 1 FROM subscriber_topics st
+          WHERE st.subscriber_id = s.id
+            AND st.topic_id = ANY((SELECT topic_ids FROM campaigns WHERE id = :campaign_id)::bigint[])
+      )
+      AND NOT EXISTS (
+          SELECT 1 FROM deliveries d
+          WHERE d.campaign_id = :campaign_id AND d.subscriber_id = s.id
+      )
+    FOR KEY SHARE OF s
+), queued AS (
+    INSERT INTO deliveries (campaign_id, subscriber_id)
+    SELECT :campaign_id, id FROM recipients
+), jobs AS (
     INSERT INTO outbox (kind, subscriber_id, campaign_id, run_at)
     SELECT 'campaign', id, :campaign_id,
            (SELECT CASE WHEN paused_at IS NULL THEN now() ELSE 'infinity' END
