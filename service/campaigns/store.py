@@ -138,8 +138,11 @@ async def create_campaign(
     )
 
 
-async def count_recipients(con: asyncpg.Connection) -> int:
-    """Active subscribers: who a send would mail now."""
+async def count_recipients(con: asyncpg.Connection, campaign_id: int | None = None) -> int:
+    """Who a send would mail now: the active subscribers (of the campaign's topics, when
+    it names some)."""
+    if campaign_id is not None and await q.campaign_has_topics.fetchval(con, id=campaign_id):
+        return await q.count_topic_recipients.fetchval(con, campaign_id=campaign_id)
     return await q.count_active.fetchval(con)
 
 

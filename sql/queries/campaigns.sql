@@ -38,6 +38,16 @@ SELECT pg_advisory_xact_lock(1852597089, (:id % 2147483647)::int);
 -- name: count_active
 SELECT count(*) FROM subscribers WHERE status = 'active';
 
+-- name: count_topic_recipients
+-- count_active for a campaign naming topics: the active subscribers of any of them.
+SELECT count(*) FROM subscribers s
+WHERE s.status = 'active'
+  AND EXISTS (
+      SELECT 1 FROM subscriber_topics st
+      WHERE st.subscriber_id = s.id
+        AND st.topic_id = ANY((SELECT topic_ids FROM campaigns WHERE id = :campaign_id)::bigint[])
+  );
+
 -- name: queue_campaign
 -- One delivery row and one outbox job per active subscriber not yet queued for this
 -- campaign (sends of one campaign are serialised by lock_campaign_send, and the

@@ -50,3 +50,31 @@ async def test_the_dashboard_lists_topics_with_counts_adds_and_deletes(app, db) 
         assert deleted.status_code == 303
         assert not await db.fetchval("SELECT count(*) FROM topics")
         assert not await db.fetchval("SELECT count(*) FROM subscriber_topics")
+
+
+async def test_the_send_confirmation_counts_a_topic_campaigns_recipients(
+    app, db, client, admin_headers
+) -> None:
+    for slug in ("weekly", "offers"):
+        await client.post(
+            "/admin/api/topics", json={"slug": slug, "name": slug}, headers=admin_headers
+        )
+    for n, slugs in enumerate((["weekly"], ["weekly", "offers"], ["offers"], [])):
+        sid = await people.add_subscriber(db, f"r{n}@example.org")
+        for slug in slugs:
+            await db.execute(
+                "INSERT INTO subscriber_topics (topic_id, subscriber_id)"
+                " SELECT id, $1 FROM topics WHERE slug = $2",
+                sid,
+                slug,
+            )
+    created = await client.post(
+        "/admin/api/campaigns",
+        json={"name": "n", "subject": "s", "html": "h", "text": "t", "topics": ["weekly"]},
+        headers=admin_headers,
+    )
+    async with browser(app) as web:
+        await sign_in(web)
+        page = await web.get(f"/admin/campaigns/{created.json()['id']}/send")
+    assert page.status_code == 200
+    assert re.search(r"\b2 (people|subscribers|recipients)", page.text), page.text

@@ -370,7 +370,7 @@ async def send_confirm(request: Request, session: Session) -> Response:
         campaign = await _campaign(request, con)
         if campaign is None:
             return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
-        active = await store.count_recipients(con)
+        active = await store.count_recipients(con, campaign["id"])
         already = await q.campaign_delivered_count.fetchval(con, id=campaign["id"])
     return page(
         request,
