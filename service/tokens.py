@@ -190,7 +190,7 @@ class Tokens:
     def verify_unsubscribe_any(self, token: str) -> tuple[int, int | None]:
         """(subscriber id, campaign id) of a topic campaign's link, or (subscriber id,
         None) of the plain one, which erases."""
-        if len(token) == 43:  # _TWO_IDS + tag, base64url
+        if len(token) == 43 and "." not in token:  # _TWO_IDS + tag, base64url
             subscriber_id, campaign_id = self._open(UNSUBSCRIBE_CAMPAIGN, token, _TWO_IDS)
             return subscriber_id, campaign_id
         return self.verify_unsubscribe(token), None

@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from service import tokens as tokens_module
 from service.tokens import Tokens
 from tests import people, support
 from tests.signup_helpers import links, wait_until
@@ -493,3 +494,14 @@ async def test_the_demo_form_offers_the_topics_and_a_bad_one_keeps_the_ticks(
             ("offers", " checked"),
             ("weekly", ""),
         ]
+
+
+def test_a_topic_campaigns_unsubscribe_token_names_the_campaign_and_only_unsubscribes() -> None:
+    token = TOKENS.unsubscribe_campaign(41, 7)
+    assert TOKENS.verify_unsubscribe_any(token) == (41, 7)
+    assert TOKENS.verify_unsubscribe_any(TOKENS.unsubscribe(41)) == (41, None)
+    for other in (TOKENS.pixel(41, 7), TOKENS.manage(41), TOKENS.tracking(41)):
+        with pytest.raises(tokens_module.InvalidToken):
+            TOKENS.verify_unsubscribe_any(other)
+    with pytest.raises(tokens_module.InvalidToken):
+        TOKENS.verify_unsubscribe(token)
