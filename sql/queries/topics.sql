@@ -113,9 +113,6 @@ WITH queued AS (
 )
 SELECT count(*) FROM (SELECT pg_notify('newsletter_outbox', '') FROM jobs) n;
 
--- name: requested_topics
-SELECT topics_requested FROM subscribers WHERE id = :id;
-
 -- name: campaign_topic_ids
 -- The topics a campaign was for (NULL: a campaign for everyone, or none such).
 SELECT topic_ids FROM campaigns WHERE id = :id;
