@@ -42,7 +42,8 @@ ALTER TABLE consent_events ADD CONSTRAINT consent_events_kind_check CHECK (kind 
     'signup', 'confirm', 'tracking_granted', 'tracking_withdrawn', 'address_changed',
     'topic_joined', 'topic_left'));
 
--- The welcome email: a job bound to its campaign (the welcome campaign), claimed with
+-- The welcome email: a job bound to its campaign (the welcome campaign; the circuit
+-- breaker parks, resumes and cancels it with the campaign's jobs), claimed with
 -- the emails a person waits for (priority 0, as the generated column gives every kind
 -- but `campaign`).
 ALTER TABLE outbox DROP CONSTRAINT outbox_kind_check;

@@ -103,8 +103,11 @@ WITH queued AS (
     ON CONFLICT DO NOTHING
     RETURNING campaign_id
 ), jobs AS (
-    INSERT INTO outbox (kind, subscriber_id, campaign_id)
-    SELECT 'welcome', :subscriber_id, campaign_id FROM queued
+    -- A welcome the circuit breaker paused waits with its other jobs (sql/133).
+    INSERT INTO outbox (kind, subscriber_id, campaign_id, run_at)
+    SELECT 'welcome', :subscriber_id, q.campaign_id,
+           CASE WHEN c.paused_at IS NULL THEN now() ELSE 'infinity' END
+    FROM queued q JOIN campaigns c ON c.id = q.campaign_id
     RETURNING campaign_id
 ), counted AS (
     UPDATE campaigns c SET recipients = c.recipients + 1,

@@ -106,6 +106,23 @@ async def test_the_fresh_links_page_joins_a_topic_with_evidence_and_its_welcome(
         lambda: _has(mails_to(smtp, "ada@example.org"), "Welcome to Offers"), timeout=15
     )
 
+    # Leaving (the footer link) and joining again (the data page): no second welcome.
+    await client.post(manage_path(sid), data={"action": "leave_topics", "topics": "offers"})
+    assert await _slugs(db, sid) == ["weekly"]
+    again = await client.post(
+        "/manage/me", data={"session": session, "action": "topics", "topics": ["weekly", "offers"]}
+    )
+    assert again.status_code == 200
+    assert await _slugs(db, sid) == ["offers", "weekly"]
+    assert not await db.fetchval("SELECT count(*) FROM outbox WHERE kind = 'welcome'")
+    welcomes = await db.fetchval(
+        "SELECT count(*) FROM deliveries d JOIN topics t ON t.welcome_campaign_id = d.campaign_id"
+    )
+    assert welcomes == 1
+    assert [m.message["Subject"] for m in mails_to(smtp, "ada@example.org")].count(
+        "Welcome to Offers"
+    ) == 1
+
 
 async def _has(messages, subject: str) -> bool:
     return any(m.message["Subject"] == subject for m in messages)

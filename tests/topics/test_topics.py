@@ -55,6 +55,8 @@ async def _confirm_paths(client, db, smtp, email: str, **payload) -> dict[str, s
     response = await client.post("/subscribe", json={"email": email, **payload})
     assert response.status_code == 202, response.text
     messages = await wait_until(lambda: _async(smtp.to(email)))
+    # The worker records the send just after the relay took it: then it is in the past.
+    await wait_until(lambda: db.fetchval("SELECT count(*) = 0 FROM outbox"))
     await db.execute("UPDATE subscribers SET confirm_sent_at = now() - interval '1 minute'")
     return links(messages[-1])
 
@@ -383,21 +385,12 @@ async def test_a_welcome_goes_once_to_each_person_confirming_into_the_topic(
         timeout=15,
     )
 
-    # Leaving and joining again (the confirmation's form, inside its session) sends no
-    # second welcome.
-    sid = await db.fetchval("SELECT id FROM subscribers")
-    await db.execute("DELETE FROM subscriber_topics WHERE subscriber_id = $1", sid)
-    await client.post(paths["confirm"], data={"choices": "1", "topics": ["weekly"]})
-    # (the link of an active subscriber without the session's secret changes nothing)
-    assert await _topics_of(db, sid) == []
-    await db.execute(
-        "INSERT INTO subscriber_topics (topic_id, subscriber_id)"
-        " SELECT id, $1 FROM topics WHERE slug = 'weekly'",
-        sid,
-    )
+    # Confirming again (the link of an active subscriber) queues no second welcome.
+    await client.post(paths["confirm"])
     assert (
         await db.fetchval("SELECT count(*) FROM deliveries WHERE campaign_id = $1", welcome_id) == 1
     )
+    assert not await db.fetchval("SELECT count(*) FROM outbox")
     assert len(smtp.to("ada@example.org")) == 2
 
 
