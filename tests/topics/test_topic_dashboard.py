@@ -78,3 +78,21 @@ async def test_the_send_confirmation_counts_a_topic_campaigns_recipients(
         page = await web.get(f"/admin/campaigns/{created.json()['id']}/send")
     assert page.status_code == 200
     assert re.search(r"\b2 (people|subscribers|recipients)", page.text), page.text
+
+
+async def test_a_dashboard_campaign_may_name_topics(app, db, client, admin_headers) -> None:
+    await client.post(
+        "/admin/api/topics", json={"slug": "weekly", "name": "Weekly"}, headers=admin_headers
+    )
+    fields = {"name": "n", "subject": "s", "html": "<p>h</p>", "text": "t"}
+    async with browser(app) as web:
+        csrf = await sign_in(web)
+        bad = await web.post("/admin/campaigns", data={"csrf": csrf, **fields, "topics": "nope"})
+        assert bad.status_code == 422 and 'id="topics-error"' in bad.text
+        made = await web.post("/admin/campaigns", data={"csrf": csrf, **fields, "topics": "weekly"})
+        assert made.status_code == 303
+        plain = await web.post("/admin/campaigns", data={"csrf": csrf, **fields, "topics": ""})
+        assert plain.status_code == 303
+    rows = await db.fetch("SELECT topic_ids FROM campaigns ORDER BY id")
+    weekly = await db.fetchval("SELECT id FROM topics")
+    assert [r["topic_ids"] for r in rows] == [[weekly], None]
