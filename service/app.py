@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from service import health
-from service.admin import api, dashboard, importer
+from service.admin import api, dashboard, importer, topics_api
 from service.bounces import imap, signatures, webhooks
 from service.campaigns import schedule
 from service.db import connections
@@ -110,6 +110,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
             api.campaign_recipients,
             methods=["GET"],
         ),
+        *topics_api.routes(),
         Route("/admin/api/subscribers/import", importer.import_subscribers, methods=["POST"]),
         Route("/admin/api/subscribers/{email:path}", api.export_subscriber, methods=["GET"]),
         Route("/admin/api/subscribers/{email:path}", api.erase_subscriber, methods=["DELETE"]),

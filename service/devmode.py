@@ -31,6 +31,7 @@ from starlette.routing import BaseRoute, Route
 
 from service.db.queries import queries
 from service.settings import Settings
+from service.topics import membership
 from service.web import pages, ratelimit
 
 if TYPE_CHECKING:
@@ -161,6 +162,7 @@ async def demo(request: Request) -> Response:
         "demo.html",
         honeypot=settings.honeypot_field,
         tracking_mode=settings.tracking_mode,
+        topic_choices=await membership.form_choices(request.app.state.pool),
     )
 
 

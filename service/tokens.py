@@ -41,6 +41,7 @@ from itsdangerous import BadData, SignatureExpired, Signer, TimestampSigner
 CONFIRM = "newsletter.confirm"
 CANCEL = "newsletter.cancel"
 UNSUBSCRIBE = "newsletter.unsubscribe"
+UNSUBSCRIBE_CAMPAIGN = "newsletter.unsubscribe.campaign"  # a topic campaign's: leaves its topics
 TRACKING = "newsletter.tracking"
 MANAGE = "newsletter.manage"
 MANAGE_LINK = "newsletter.manage.link"
@@ -180,6 +181,19 @@ class Tokens:
 
     def verify_unsubscribe(self, token: str) -> int:
         return self._verify_plain(UNSUBSCRIBE, token)
+
+    def unsubscribe_campaign(self, subscriber_id: int, campaign_id: int) -> str:
+        """A topic campaign's unsubscribe link: it leaves that campaign's topics (and
+        erases everything when none is left), so it names the campaign too."""
+        return self._seal(UNSUBSCRIBE_CAMPAIGN, _TWO_IDS.pack(subscriber_id, campaign_id))
+
+    def verify_unsubscribe_any(self, token: str) -> tuple[int, int | None]:
+        """(subscriber id, campaign id) of a topic campaign's link, or (subscriber id,
+        None) of the plain one, which erases."""
+        if len(token) == 43 and "." not in token:  # _TWO_IDS + tag, base64url
+            subscriber_id, campaign_id = self._open(UNSUBSCRIBE_CAMPAIGN, token, _TWO_IDS)
+            return subscriber_id, campaign_id
+        return self.verify_unsubscribe(token), None
 
     def tracking(self, subscriber_id: int) -> str:
         return self._seal(TRACKING, _ONE_ID.pack(subscriber_id))

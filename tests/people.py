@@ -134,6 +134,14 @@ async def add_person(
         " VALUES ($1, now() + interval '1 hour')",
         sid,
     )
+    # A topic membership (issue 28): keyed by the id alone too.
+    topic_id = await db.fetchval(
+        "INSERT INTO topics (slug, name) VALUES ('weekly', 'Weekly')"
+        " ON CONFLICT (slug) DO UPDATE SET name = EXCLUDED.name RETURNING id"
+    )
+    await db.execute(
+        "INSERT INTO subscriber_topics (topic_id, subscriber_id) VALUES ($1, $2)", topic_id, sid
+    )
     return Person(sid, email, name, ips, agents)
 
 

@@ -30,6 +30,7 @@ FLOORS = {
     "mail": 3,
     "health": 3,
     "privacy": 4,
+    "topics": 5,
     "tracking": 5,
     "bounces": 5,
     "signup": 6,

@@ -78,10 +78,13 @@ async def create_campaign(request: Request) -> Response:
     if problem is not None:
         return problem
     clean, errors = store.validate_campaign(payload)
-    if errors:
-        return _error(422, "invalid", "some fields are not valid", fields=errors)
     async with request.app.state.pool.acquire() as con:
-        campaign_id = await store.create_campaign(con, **clean)
+        topic_ids, topics_error = await store.campaign_topics(con, payload)
+        if topics_error:
+            errors["topics"] = topics_error
+        if errors:
+            return _error(422, "invalid", "some fields are not valid", fields=errors)
+        campaign_id = await store.create_campaign(con, **clean, topic_ids=topic_ids)
     log.info("campaign created", extra={"campaign_id": campaign_id})
     return _json({"id": campaign_id}, 201)
 
@@ -244,8 +247,10 @@ async def _recipient_lines(app: Starlette, campaign_id: int) -> AsyncIterator[by
     query = store.q.active_recipients
     async with app.state.pool.acquire() as con:
         async with con.transaction(readonly=True, isolation="repeatable_read"):
+            topics = bool(await store.q.campaign_has_topics.fetchval(con, id=campaign_id))
             lines: list[str] = []
-            async for row in con.cursor(query.sql, prefetch=RECIPIENT_BATCH):
+            args = query.args({"campaign_id": campaign_id})
+            async for row in con.cursor(query.sql, *args, prefetch=RECIPIENT_BATCH):
                 links = Links.mint(
                     settings,
                     tokens,
@@ -253,6 +258,7 @@ async def _recipient_lines(app: Starlette, campaign_id: int) -> AsyncIterator[by
                     campaign_id,
                     row["tracking_consent"],
                     row["tracking_withdrawn"],
+                    topics=topics,
                 )
                 record = {
                     "email": row["email"],

@@ -28,6 +28,7 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -44,7 +45,7 @@ from service.signup.fields import EMAIL_MAX, NAME_MAX, SOURCE_MAX, clean_name, h
 log = logging.getLogger("newsletter.importer")
 q = queries("importer")
 
-FIELDS = frozenset({"email", "name", "consented_at", "consent_source", "tracking"})
+FIELDS = frozenset({"email", "name", "consented_at", "consent_source", "tracking", "topics"})
 MAX_ERRORS = 1000  # reported in the answer; later ones are counted in skipped only
 CHUNK_LINES = 100_000  # parsed while the chunk before is written
 # A plain ASCII address whose normal form email-validator would give as it is (domain
@@ -74,6 +75,7 @@ class Row:
     consented_at: datetime | None
     source: str | None
     tracking: bool
+    topic_ids: tuple[int, ...] | None = None  # None: the line named no topic
 
 
 @dataclass
@@ -102,7 +104,21 @@ def normal_address(raw: str) -> str:
         raise LineError(str(exc)) from None
 
 
-def parse_line(number: int, text: bytes, settings: Settings) -> Row:
+def _topic_ids(raw: Any, topics: Mapping[str, int]) -> tuple[int, ...] | None:
+    """A line's `topics` (a list of slugs) as topic ids; an unknown slug is the line's error."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(slug, str) for slug in raw):
+        raise LineError("topics must be a list of topic slugs")
+    unknown = sorted({slug for slug in raw if slug not in topics})
+    if unknown:
+        raise LineError(f"unknown topics: {', '.join(unknown)[:200]}")
+    return tuple(sorted({topics[slug] for slug in raw}))
+
+
+def parse_line(
+    number: int, text: bytes, settings: Settings, topics: Mapping[str, int] | None = None
+) -> Row:
     try:
         item = json.loads(text)
     except (ValueError, RecursionError):
@@ -153,7 +169,8 @@ def parse_line(number: int, text: bytes, settings: Settings) -> Row:
     tracking = item.get("tracking", False)
     if not isinstance(tracking, bool):
         raise LineError("tracking must be true or false")
-    return Row(number, email, name, consented_at, source or None, tracking)
+    topic_ids = _topic_ids(item.get("topics"), topics or {})
+    return Row(number, email, name, consented_at, source or None, tracking, topic_ids)
 
 
 @dataclass
@@ -165,7 +182,13 @@ class Chunk:
     repeats: int = 0
 
 
-def parse_chunk(lines: list[bytes], start: int, settings: Settings, seen: set[str]) -> Chunk:
+def parse_chunk(
+    lines: list[bytes],
+    start: int,
+    settings: Settings,
+    seen: set[str],
+    topics: Mapping[str, int] | None = None,
+) -> Chunk:
     """Lines [start, start + CHUNK_LINES): first occurrence of each address in the whole
     file (`seen` carries over from the chunks before)."""
     chunk = Chunk()
@@ -173,7 +196,7 @@ def parse_chunk(lines: list[bytes], start: int, settings: Settings, seen: set[st
         if not text.strip():
             continue
         try:
-            row = parse_line(number, text, settings)
+            row = parse_line(number, text, settings, topics)
         except LineError as exc:
             chunk.errors.append((number, str(exc)))
             continue
@@ -186,7 +209,16 @@ def parse_chunk(lines: list[bytes], start: int, settings: Settings, seen: set[st
     return chunk
 
 
-STAGING_COLUMNS = ("import_id", "line", "email", "name", "consented_at", "source", "tracking")
+STAGING_COLUMNS = (
+    "import_id",
+    "line",
+    "email",
+    "name",
+    "consented_at",
+    "source",
+    "tracking",
+    "topic_ids",
+)
 
 
 def staging_csv(import_id: uuid.UUID, rows: list[Row], personal_tracking: bool) -> bytes:
@@ -199,15 +231,22 @@ def staging_csv(import_id: uuid.UUID, rows: list[Row], personal_tracking: bool) 
     for r in rows:
         consented_at = r.consented_at.isoformat() if r.consented_at else None
         tracking = "t" if r.tracking and personal_tracking else "f"
-        writer.writerow((str(import_id), r.line, r.email, r.name, consented_at, r.source, tracking))
+        topic_ids = None if r.topic_ids is None else "{" + ",".join(map(str, r.topic_ids)) + "}"
+        writer.writerow(
+            (str(import_id), r.line, r.email, r.name, consented_at, r.source, tracking, topic_ids)
+        )
     return out.getvalue().encode()
 
 
 def read_chunk(
-    lines: list[bytes], start: int, settings: Settings, seen: set[str]
+    lines: list[bytes],
+    start: int,
+    settings: Settings,
+    seen: set[str],
+    topics: Mapping[str, int] | None = None,
 ) -> tuple[Chunk, uuid.UUID, bytes]:
     """A chunk parsed and made ready to COPY (see run)."""
-    chunk = parse_chunk(lines, start, settings, seen)
+    chunk = parse_chunk(lines, start, settings, seen, topics)
     import_id = uuid.uuid4()
     return chunk, import_id, staging_csv(import_id, chunk.rows, settings.tracking_mode == "consent")
 
@@ -217,8 +256,9 @@ class Writer:
     their evidence and the confirmation jobs in one statement, and the staged rows deleted
     again before the next chunk (nothing staged is ever committed)."""
 
-    def __init__(self, con: Any, settings: Settings) -> None:
+    def __init__(self, con: Any, settings: Settings, default_topics: list[int]) -> None:
         self.con, self.settings = con, settings
+        self.default_topics = default_topics  # joined by an active line naming no topic
         self.pending = 0  # confirmation jobs queued so far: the pacing goes on from there
 
     async def store(self, import_id: uuid.UUID, staged: bytes, rows: int, result: Result) -> None:
@@ -237,6 +277,7 @@ class Writer:
             consent_text_version=self.settings.consent_text_version,
             rate=self.settings.import_confirm_rate,
             paced_before=self.pending,
+            default_topic_ids=self.default_topics,
         )
         await q.clear_staging.execute(con, import_id=import_id)
         self.pending += counts["pending"]
@@ -256,7 +297,11 @@ async def run(app: Any, body: bytes) -> Result:
     lines = body.split(b"\n")
     seen: set[str] = set()
     starts = range(0, len(lines), CHUNK_LINES)
-    parsing = asyncio.ensure_future(asyncio.to_thread(read_chunk, lines, 0, settings, seen))
+    async with app.state.pool.acquire() as con:
+        rows = await q.topics.fetch(con)
+    topics = {row["slug"]: row["id"] for row in rows}
+    default_topics = [row["id"] for row in rows if row["is_default"]]
+    parsing = asyncio.ensure_future(asyncio.to_thread(read_chunk, lines, 0, settings, seen, topics))
     try:
         async with contextlib.AsyncExitStack() as stack:
             writer: Writer | None = None
@@ -264,7 +309,9 @@ async def run(app: Any, body: bytes) -> Result:
                 chunk, import_id, staged = await parsing
                 if start + CHUNK_LINES < len(lines):
                     parsing = asyncio.ensure_future(
-                        asyncio.to_thread(read_chunk, lines, start + CHUNK_LINES, settings, seen)
+                        asyncio.to_thread(
+                            read_chunk, lines, start + CHUNK_LINES, settings, seen, topics
+                        )
                     )
                 for number, message in chunk.errors:
                     result.error(number, message)
@@ -274,7 +321,7 @@ async def run(app: Any, body: bytes) -> Result:
                 if writer is None:
                     con = await stack.enter_async_context(app.state.pool.acquire())
                     await stack.enter_async_context(con.transaction())
-                    writer = Writer(con, settings)
+                    writer = Writer(con, settings, default_topics)
                 await writer.store(import_id, staged, len(chunk.rows), result)
     finally:
         if not parsing.done():  # a failed write: let the parse in flight finish, unread

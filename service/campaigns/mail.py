@@ -16,6 +16,7 @@ import functools
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import jinja2
@@ -55,6 +56,7 @@ class Links:
         campaign_id: int,
         tracking_consent: bool,
         tracking_withdrawn: bool = False,
+        topics: bool = False,
     ) -> Links:
         """A personal pixel only where personal tracking applies; everyone else gets the
         campaign's own pixel, which names nobody, so nothing in front of the service (an
@@ -67,8 +69,14 @@ class Links:
             pixel = f"{base}/o/{tokens.pixel(subscriber_id, campaign_id)}.gif"
         else:
             pixel = f"{base}/o/{tokens.campaign_pixel(campaign_id)}.gif"
+        # A topic campaign's link leaves its topics; any other erases (the plain token).
+        unsubscribe = (
+            tokens.unsubscribe_campaign(subscriber_id, campaign_id)
+            if topics
+            else tokens.unsubscribe(subscriber_id)
+        )
         return cls(
-            unsubscribe_url=f"{base}/unsubscribe/{tokens.unsubscribe(subscriber_id)}",
+            unsubscribe_url=f"{base}/unsubscribe/{unsubscribe}",
             manage_url=f"{base}/manage/{tokens.manage(subscriber_id)}",
             pixel_url=pixel,
             tracking_url=f"{base}/tracking/{tokens.tracking(subscriber_id)}" if personal else "",
@@ -191,6 +199,7 @@ def build(
         campaign_id,
         row["tracking_consent"],
         row["tracking_withdrawn"],
+        topics=campaign["has_topics"],
     )
     subject, html, text = render(
         ctx,
@@ -208,12 +217,22 @@ def build(
         text=text,
         html=html,
         list_unsubscribe=links.unsubscribe_url,
+        list_id=list_id(ctx.settings, campaign["list_id"]),
     )
     return OutgoingEmail(
         recipients=(envelope,),
         smtputf8=utf8,
         data=data,
     )
+
+
+def list_id(settings: Settings, slug: str | None) -> str | None:
+    """RFC 2919's List-Id of a topic's emails: `<slug.host>`, the host of PUBLIC_URL
+    being the namespace the operator controls (None for a campaign without topics)."""
+    if slug is None:
+        return None
+    host = urlsplit(settings.public_base).hostname or "localhost"
+    return f"<{slug}.{host}>"
 
 
 def template_variables(

@@ -16,6 +16,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from service.db.queries import queries
+from service.topics import membership
 
 q = queries("campaigns")
 
@@ -79,7 +80,7 @@ def validate_campaign(payload: Any) -> tuple[dict[str, str], dict[str, str]]:
         return {}, {"body": "must be a JSON object with name, subject, html and text"}
     errors: dict[str, str] = {}
     clean: dict[str, str] = {}
-    for field in sorted(set(payload) - set(FIELDS)):
+    for field in sorted(set(payload) - set(FIELDS) - {"topics"}):
         errors[str(field)[:50]] = "unknown field"
     for field, (max_len, single_line) in FIELDS.items():
         value = payload.get(field)
@@ -104,14 +105,44 @@ def validate_campaign(payload: Any) -> tuple[dict[str, str], dict[str, str]]:
     return clean, errors
 
 
+async def campaign_topics(con: asyncpg.Connection, payload: Any) -> tuple[list[int] | None, str]:
+    """The topic ids a campaign payload names (`topics`: a list of slugs), None for none
+    (the campaign goes to everyone), and the field's error message or ''."""
+    slugs = payload.get("topics") if isinstance(payload, dict) else None
+    if slugs is None:
+        return None, ""
+    if (
+        not isinstance(slugs, list)
+        or not slugs
+        or len(slugs) > membership.SLUGS_MAX
+        or not all(isinstance(slug, str) for slug in slugs)
+    ):
+        return None, f"must be a list of 1 to {membership.SLUGS_MAX} topic slugs"
+    try:
+        return await membership.resolve(con, slugs), ""
+    except membership.UnknownTopics as exc:
+        return None, f"unknown topics: {exc}"
+
+
 async def create_campaign(
-    con: asyncpg.Connection, *, name: str, subject: str, html: str, text: str
+    con: asyncpg.Connection,
+    *,
+    name: str,
+    subject: str,
+    html: str,
+    text: str,
+    topic_ids: list[int] | None = None,
 ) -> int:
-    return await q.insert_campaign.fetchval(con, name=name, subject=subject, html=html, text=text)
+    return await q.insert_campaign.fetchval(
+        con, name=name, subject=subject, html=html, text=text, topic_ids=topic_ids
+    )
 
 
-async def count_recipients(con: asyncpg.Connection) -> int:
-    """Active subscribers: who a send would mail now."""
+async def count_recipients(con: asyncpg.Connection, campaign_id: int | None = None) -> int:
+    """Who a send would mail now: the active subscribers (of the campaign's topics, when
+    it names some)."""
+    if campaign_id is not None and await q.campaign_has_topics.fetchval(con, id=campaign_id):
+        return await q.count_topic_recipients.fetchval(con, campaign_id=campaign_id)
     return await q.count_active.fetchval(con)
 
 
@@ -130,7 +161,10 @@ async def queue_send(con: asyncpg.Connection, campaign_id: int) -> int:
         if not await q.campaign_exists.fetchval(con, id=campaign_id):
             raise CampaignNotFound(campaign_id)
         await q.lock_campaign_send.execute(con, id=campaign_id)
-        queued = await q.queue_campaign.fetchval(con, campaign_id=campaign_id)
+        # A campaign naming topics: their subscribers only (each once); else everyone.
+        topics = await q.campaign_has_topics.fetchval(con, id=campaign_id)
+        queue = q.queue_topic_campaign if topics else q.queue_campaign
+        queued = await queue.fetchval(con, campaign_id=campaign_id)
         await q.add_recipients.execute(con, campaign_id=campaign_id, queued=queued)
         if queued:
             await q.notify_outbox.execute(con)

@@ -146,6 +146,7 @@ class Skeleton:
         text: str,
         html: str,
         list_unsubscribe: str | None = None,
+        list_id: str | None = None,
     ) -> bytes:
         """One email: `to` is the To header's value (see `recipient`), which may be
         folded; every other value must be a single line."""
@@ -159,6 +160,8 @@ class Skeleton:
         if list_unsubscribe is not None:
             # One line however long (well under 998): relays that re-fold it break DKIM.
             lines.append(f"List-Unsubscribe: <{_check(list_unsubscribe)}>")
+        if list_id is not None:
+            lines.append(f"List-Id: {_check(list_id)}")  # RFC 2919
         headers = ("\r\n".join(lines) + "\r\n").encode("utf-8")
         text_qp = quoted_printable(text)
         html_qp = quoted_printable(html)

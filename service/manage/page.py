@@ -35,13 +35,14 @@ from service.manage import address_change, links, view
 from service.privacy import erasure, evidence
 from service.settings import Settings
 from service.signup import fields, subscribe
+from service.topics import membership
 from service.tracking import consent, policy
 from service.web import clientinfo, pages, ratelimit
 
 log = logging.getLogger("newsletter.manage")
 q = queries("manage")
 
-FORM_MAX_BYTES = 2048
+FORM_MAX_BYTES = 3072  # the forms, with the topic slugs of the topics forms
 
 
 # -- shared ----------------------------------------------------------------------------
@@ -62,8 +63,14 @@ def _ip(request: Request) -> str | None:
 
 
 async def _form(request: Request) -> dict[str, str]:
-    form = await request.form(max_files=0, max_fields=10)
+    form = await request.form(max_files=0, max_fields=10 + membership.SLUGS_MAX)
     return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+async def _ticked(request: Request) -> list[str]:
+    """The ticked topic checkboxes of the form `_form` read (starlette keeps it)."""
+    form = await request.form(max_files=0, max_fields=10 + membership.SLUGS_MAX)
+    return [v for v in form.getlist("topics") if isinstance(v, str)]
 
 
 async def _ip_allowed(request: Request, con: Any, day_key: bytes) -> ratelimit.Verdict:
@@ -119,10 +126,20 @@ async def page(request: Request) -> Response:
     subscriber_id = links.verified(request, "verify_manage")
     if subscriber_id is None:
         return _render(request, "manage.html", 400, state="invalid", tracking=False)
-    row = await q.subscriber.fetchrow(request.app.state.pool, id=subscriber_id)
+    async with request.app.state.pool.acquire() as con:
+        row = await q.subscriber.fetchrow(con, id=subscriber_id)
+        topics = await _all_topics(con)
     if row is None:
         return _render(request, "manage.html", state="gone", tracking=False)
-    return _render(request, "manage.html", state="ask", tracking=_tracked(request, row))
+    return _render(
+        request, "manage.html", state="ask", tracking=_tracked(request, row), topics=topics
+    )
+
+
+async def _all_topics(con: Any) -> list[Any]:
+    """Every topic, for the footer page's "leave" form: all of them, never which ones
+    the person is in (the page shows no personal data; a forwarded email opens it)."""
+    return await membership.choices(con, 0)
 
 
 def _tracked(request: Request, row: Any) -> bool:
@@ -152,6 +169,10 @@ async def act(request: Request) -> Response:
         async with state.pool.acquire() as con:
             await _stop_tracking(con, request, subscriber_id)
         return _render(request, "manage.html", state="tracking_off", tracking=False)
+    if action == "leave_topics":
+        # Leaving is as harmless as unsubscribing: the footer's link may do it. Joining
+        # is consent and needs the fresh emailed link (the data page's `topics`).
+        return await _leave_topics(request, subscriber_id, await _ticked(request))
     if action != "send_link":
         return _render(request, "manage.html", 400, state="bad_action", tracking=False)
     async with state.pool.acquire() as con:
@@ -166,6 +187,35 @@ async def act(request: Request) -> Response:
     # Queued or not (a link is on its way already, or today's allowance is spent): the
     # same page, which says a link is on its way unless one was sent very recently.
     return _render(request, "manage.html", state="link_sent", tracking=_tracked(request, row))
+
+
+async def _leave_topics(request: Request, subscriber_id: int, slugs: list[str]) -> Response:
+    """Leaves the ticked topics, with evidence; leaving the last one is the cancellation
+    and erases everything, as a topic campaign's one-click does."""
+    state = request.app.state
+    who = evidence.Evidence.of(request, state.settings, "manage")
+    async with state.pool.acquire() as con:
+        async with con.transaction():
+            if await q.lock_subscriber.fetchrow(con, id=subscriber_id) is None:
+                return _render(request, "manage.html", state="gone", tracking=False)
+            left = await membership.leave(
+                con, subscriber_id, await membership.known(con, slugs), who
+            )
+            remaining = await membership.memberships(con, subscriber_id)
+        row = await q.subscriber.fetchrow(con, id=subscriber_id)
+        topics = await _all_topics(con)
+    if left and not remaining:
+        if await erasure.erase(state.pool, subscriber_id=subscriber_id):
+            state.metrics.unsubscribes.labels("manage").inc()
+            log.info("unsubscribed", extra={"kind": "manage_topics"})
+        return pages.render(request, "unsubscribed.html")
+    return _render(
+        request,
+        "manage.html",
+        state="topics_left",
+        tracking=row is not None and _tracked(request, row),
+        topics=topics,
+    )
 
 
 async def _stop_tracking(con: Any, request: Request, subscriber_id: int) -> bool | None:
@@ -261,6 +311,7 @@ async def _data_page(
         ),
         sections=view.sections(export),
         pending=export["address_changes"],
+        topics=await membership.choices(con, subscriber_id),
         tracking_on=bool(export["subscriber"]["tracking_consent"]),
         tracking_withdrawn=row["tracking_withdrawn_at"] is not None,
         **context,
@@ -358,8 +409,21 @@ async def _address(con: Any, request: Request, subscriber_id: int, form: dict) -
     }
 
 
+async def _topics(con: Any, request: Request, subscriber_id: int, form: dict) -> dict[str, Any]:
+    """The topics ticked on the data page become the person's: joining is consent, so
+    only this page (the fresh emailed link's) may join; each change has its evidence."""
+    who = evidence.Evidence.of(request, request.app.state.settings, "manage")
+    async with con.transaction():
+        if await q.lock_subscriber.fetchrow(con, id=subscriber_id) is None:
+            return {}
+        wanted = await membership.known(con, await _ticked(request))
+        await membership.set_topics(con, subscriber_id, wanted, who)
+    return {"message": "Your topics are saved."}
+
+
 _ACTIONS = {
     "show": _show,
+    "topics": _topics,
     "name": _name,
     "allow_tracking": _allow,
     "stop_tracking": _stop,

@@ -19,11 +19,14 @@ EVENTS = {
     "tracking_granted": "Open tracking allowed",
     "tracking_withdrawn": "Open tracking stopped",
     "address_changed": "Address changed",
+    "topic_joined": "Topic joined",
+    "topic_left": "Topic left",
 }
 METHODS = {"button": "by pressing the button", "auto": "automatically when the page opened"}
 EMAIL_KINDS = {
     "confirm": "confirmation of your subscription",
     "campaign": "newsletter",
+    "welcome": "welcome to a topic",
     "manage_link": "link to this page",
     "address_confirm": "confirmation of your new address",
 }
@@ -42,6 +45,10 @@ SECTIONS: dict[str, tuple[str, dict[str, str]]] = {
             "source": "Page",
             "consent_text_version": "Text version",
         },
+    ),
+    "topics": (
+        "The topics you receive",
+        {"name": "Topic", "joined_at": "Since"},
     ),
     "opens": (
         "When you opened our emails",

@@ -64,6 +64,9 @@ KINDS: dict[str, Kind] = {
             priority=1,
             records=DELIVERY,
         ),
+        # A topic's welcome message is a campaign of its own (sql/142): composed, recorded
+        # and counted as one, but claimed with the emails a person waits for.
+        Kind("welcome", compose_batch=campaign_mail.compose_batch, records=DELIVERY),
         Kind("manage_link", compose=links.compose_link),
         Kind("address_confirm", compose=address_change.compose, to_address_on_file=False),
     )

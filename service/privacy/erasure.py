@@ -140,6 +140,7 @@ async def export_subscriber(con: asyncpg.Connection, email: str) -> dict[str, An
         export: dict[str, Any] = {
             "subscriber": None,
             "consent_events": [],
+            "topics": [],
             "opens": [],
             "deliveries": [],
             "queued_emails": [],
@@ -153,6 +154,7 @@ async def export_subscriber(con: asyncpg.Connection, email: str) -> dict[str, An
             sid = subscriber["id"]
             export["subscriber"] = {k: _jsonable(v) for k, v in subscriber.items() if k != "id"}
             export["consent_events"] = _rows(await q.export_consent_events.fetch(con, id=sid))
+            export["topics"] = _rows(await q.export_topics.fetch(con, id=sid))
             export["opens"] = _rows(await q.export_opens.fetch(con, id=sid))
             export["deliveries"] = _rows(await q.export_deliveries.fetch(con, id=sid))
             export["queued_emails"] = _rows(await q.export_outbox.fetch(con, id=sid))

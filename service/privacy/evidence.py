@@ -18,13 +18,24 @@ from service.web import clientinfo
 
 q = queries("evidence")
 
-# The kinds consent_events accepts (its CHECK constraint, sql/100_manage.sql).
+# The kinds consent_events accepts (its CHECK constraint, sql/100_manage.sql, sql/142).
 SIGNUP = "signup"
 CONFIRM = "confirm"
 TRACKING_GRANTED = "tracking_granted"
 TRACKING_WITHDRAWN = "tracking_withdrawn"
 ADDRESS_CHANGED = "address_changed"
-KINDS = (SIGNUP, CONFIRM, TRACKING_GRANTED, TRACKING_WITHDRAWN, ADDRESS_CHANGED)
+# Joining or leaving a topic; the event's `method` is the topic's slug.
+TOPIC_JOINED = "topic_joined"
+TOPIC_LEFT = "topic_left"
+KINDS = (
+    SIGNUP,
+    CONFIRM,
+    TRACKING_GRANTED,
+    TRACKING_WITHDRAWN,
+    ADDRESS_CHANGED,
+    TOPIC_JOINED,
+    TOPIC_LEFT,
+)
 
 
 @dataclass(frozen=True)

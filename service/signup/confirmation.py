@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import secrets
 from dataclasses import dataclass
@@ -44,13 +45,14 @@ from service.db.queries import queries
 from service.privacy import evidence
 from service.settings import Settings
 from service.signup import fields
+from service.topics import membership
 from service.tracking import consent
 from service.web import pages, token_path
 
 log = logging.getLogger("newsletter.confirm")
 q = queries("signup")
 
-FORM_MAX_BYTES = 2048
+FORM_MAX_BYTES = 4096  # the name, the choices and up to SLUGS_MAX topic slugs
 # A lost database (db.UNAVAILABLE) is answered by the app's one handler (app.py): 503,
 # Retry-After, the "unavailable" page; any other database error is a bug and a 500.
 
@@ -92,6 +94,7 @@ def _page_context(settings: Settings, row: asyncpg.Record | None) -> dict[str, o
         "name": row["name"] if row is not None else None,
         "tracking_requested": bool(row is not None and row["tracking_requested"]),
         "tracking_consent": bool(row is not None and row["tracking_consent"]),
+        "topics": json.loads(row["topic_choices"]) if row is not None else [],
         "error": None,
         "saved": False,
     }
@@ -184,6 +187,7 @@ class Choices:
 
     name: str | None
     tracking: bool
+    topics: tuple[str, ...] = ()  # the ticked topics' slugs
 
 
 def _choices(settings: Settings, form: Any) -> tuple[Choices | None, str | None]:
@@ -195,13 +199,14 @@ def _choices(settings: Settings, form: Any) -> tuple[Choices | None, str | None]
     if error:
         return None, error
     tracking = settings.tracking_mode == "consent" and fields.truthy(form.get("tracking"))
-    return Choices(name=name, tracking=tracking), None
+    topics = tuple(t for t in form.getlist("topics") if isinstance(t, str))
+    return Choices(name=name, tracking=tracking, topics=topics), None
 
 
 async def confirm_post(request: Request) -> Response:
     """Activates the pending sign-up and records how (`auto` script or `button`); a post
     of the form also sets the person's choices (name, tracking consent)."""
-    form = await request.form(max_files=0, max_fields=8)
+    form = await request.form(max_files=0, max_fields=8 + membership.SLUGS_MAX)
     auto = form.get("auto") == "1"
     subscriber_id = _verified(request, "verify_confirm")
     if subscriber_id is None:
@@ -222,7 +227,7 @@ async def confirm_post(request: Request) -> Response:
         if not may_choose:
             choices = None  # an active subscriber's link, maybe forwarded: no choices
         async with con.transaction():
-            outcome = await _activate(con, request, settings, subscriber_id, method)
+            outcome = await _activate(con, request, settings, subscriber_id, method, choices)
             if choices is not None and outcome in ("activated", "already"):
                 await _apply(con, request, settings, subscriber_id, choices)
             row = await _state(con, settings, subscriber_id)
@@ -247,9 +252,16 @@ async def confirm_post(request: Request) -> Response:
 
 
 async def _activate(
-    con: asyncpg.Connection, request: Request, settings: Settings, subscriber_id: int, method: str
+    con: asyncpg.Connection,
+    request: Request,
+    settings: Settings,
+    subscriber_id: int,
+    method: str,
+    choices: Choices | None = None,
 ) -> str:
-    """'activated', 'already' (idempotent), 'scanner_window' or 'invalid'."""
+    """'activated', 'already' (idempotent), 'scanner_window' or 'invalid'. Activating
+    joins the topics the form's boxes tick, else those the sign-up asked for (each with
+    its evidence and welcome email)."""
     row = await _state(con, settings, subscriber_id)
     if row is None or row["expired"]:
         return "invalid"
@@ -266,6 +278,13 @@ async def _activate(
     # The confirmation's evidence carries no source (the method says how it came).
     who = evidence.Evidence.of(request, settings, None)
     await evidence.record(con, subscriber_id, evidence.CONFIRM, who, method)
+    if choices is not None:
+        topic_ids = await membership.known(con, choices.topics)
+    elif row["topics_requested"] is not None:
+        topic_ids = list(row["topics_requested"])
+    else:  # a sign-up from before topics, or an import: the default topics
+        topic_ids = await membership.resolve(con, ())
+    await membership.join(con, subscriber_id, topic_ids, who)
     await q.count_confirmation.execute(con)
     return "activated"
 
@@ -282,6 +301,9 @@ async def _apply(
     if row is None:
         return
     await q.set_choices.execute(con, id=subscriber_id, name=choices.name)
+    topic_ids = await membership.known(con, choices.topics)
+    who = evidence.Evidence.of(request, settings, "confirmation")
+    await membership.set_topics(con, subscriber_id, topic_ids, who)
     if settings.tracking_mode != "consent" or choices.tracking == row["tracking_consent"]:
         return
     who = evidence.Evidence.of(request, settings, "confirmation")

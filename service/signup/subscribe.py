@@ -35,6 +35,7 @@ from service.db.queries import queries
 from service.privacy.evidence import Evidence
 from service.settings import Settings
 from service.signup.fields import EMAIL_MAX, SOURCE_MAX, clean_name, printable, truthy
+from service.topics import membership
 from service.web import clientinfo, pages, ratelimit
 from service.web.body_limit import BodyLimit
 
@@ -54,6 +55,7 @@ class Signup:
     name: str | None
     tracking: bool
     source: str | None
+    topics: tuple[str, ...] = ()  # slugs; none: the default topics
 
 
 # -- reading and validating --------------------------------------------------------
@@ -76,8 +78,25 @@ async def _fields(request: Request, kind: str) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise BadBody("the body must be a JSON object")
         return data
-    form = await request.form(max_files=0, max_fields=20)
-    return dict(form.items())
+    form = await request.form(max_files=0, max_fields=20 + membership.SLUGS_MAX)
+    data: dict[str, Any] = dict(form.items())
+    data["topics"] = form.getlist("topics")  # checkboxes: the field repeated
+    return data
+
+
+def _topics(raw: Any) -> tuple[tuple[str, ...], str | None]:
+    """The slugs asked for (a JSON list, or the form's repeated field), or the error."""
+    if raw is None:
+        return (), None
+    if isinstance(raw, str):
+        raw = [raw]
+    if (
+        not isinstance(raw, list)
+        or len(raw) > membership.SLUGS_MAX
+        or not all(isinstance(slug, str) and 0 < len(slug) <= 63 for slug in raw)
+    ):
+        return (), f"Choose at most {membership.SLUGS_MAX} topics from the list."
+    return tuple(sorted(set(raw))), None
 
 
 def _referer_source(request: Request) -> str | None:
@@ -128,11 +147,14 @@ async def validate(
         if isinstance(raw_source, str)
         else _referer_source(request)
     )
+    topics, topics_error = _topics(fields.get("topics"))
+    if topics_error:
+        errors["topics"] = topics_error
     # Only a wish: the person grants or refuses it on the confirmation page.
     tracking = settings.tracking_mode == "consent" and truthy(fields.get("tracking"))
     if errors:
         return None, errors
-    return Signup(email=email, name=name, tracking=tracking, source=source), {}
+    return Signup(email=email, name=name, tracking=tracking, source=source, topics=topics), {}
 
 
 # -- storing -------------------------------------------------------------------------
@@ -142,8 +164,11 @@ async def register(
     day_key: bytes,
     signup: Signup,
     evidence: Evidence,
+    topic_ids: list[int] | None = None,
 ) -> str:
-    """Writes the sign-up (see `sign_up` in sql/queries/signup.sql) in one statement.
+    """Writes the sign-up (see `sign_up` in sql/queries/signup.sql) in one statement;
+    `topic_ids` are the topics asked for (a proposal the confirmation turns into
+    memberships).
 
     Returns the outcome for the metric: 'new', 'pending', 'active' (left alone), with
     '_limited' when the address's email allowance was spent.
@@ -154,6 +179,7 @@ async def register(
         email=signup.email,
         name=signup.name,
         tracking=signup.tracking,
+        topics=topic_ids,
         ip=evidence.ip,
         user_agent=evidence.user_agent,
         source=evidence.source,
@@ -197,9 +223,10 @@ def _problem(
     errors: dict[str, str],
     headers: dict[str, str] | None = None,
     fields: dict[str, Any] | None = None,
+    topic_choices: list[Any] | None = None,
 ) -> Response:
     """JSON errors, or for a form the form again: each message beside its field, with
-    what was typed (never the honeypot)."""
+    what was typed (never the honeypot) and, when given, the topics to choose from."""
     if kind == "form":
         fields = fields or {}
         values = {
@@ -207,6 +234,10 @@ def _problem(
         }
         ticked = fields.get("tracking")
         values["tracking"] = truthy(ticked)
+        topics = fields.get("topics")
+        values["topics"] = (
+            [t for t in topics if isinstance(t, str)] if isinstance(topics, list) else []
+        )
         source = fields.get("source")
         values["source"] = (
             printable(source, SOURCE_MAX) if isinstance(source, str) else _referer_source(request)
@@ -222,6 +253,7 @@ def _problem(
             values=values,
             honeypot=settings.honeypot_field,
             tracking_mode=settings.tracking_mode,
+            topic_choices=topic_choices or [],
         )
     return JSONResponse({"errors": errors}, status_code=status, headers=headers)
 
@@ -261,7 +293,12 @@ async def subscribe(request: Request) -> Response:
                 if not verdict.allowed:
                     count("rate_limited").inc()
                     return _too_many(request, kind, verdict.retry_after, fields)
-            outcome = await register(con, settings, day_key, signup, evidence)
+            try:
+                topic_ids = await membership.resolve(con, signup.topics)
+            except membership.UnknownTopics as exc:
+                count("invalid").inc()
+                return await _unknown_topics(request, con, kind, str(exc), fields)
+            outcome = await register(con, settings, day_key, signup, evidence, topic_ids)
     except (*connections.UNAVAILABLE, asyncpg.InterfaceError) as exc:
         if not connections.is_unavailable(exc):
             raise
@@ -280,6 +317,16 @@ def _too_many(request: Request, kind: str, retry_after: int, fields: dict[str, A
     message = "Too many sign-ups from your network. Please try again later."
     headers = {"Retry-After": str(retry_after)}
     return _problem(request, kind, 429, {"email": message}, headers=headers, fields=fields)
+
+
+async def _unknown_topics(
+    request: Request, con: asyncpg.Connection, kind: str, unknown: str, fields: dict[str, Any]
+) -> Response:
+    """A slug that names no topic: a field error, with the topics offered instead."""
+    status = 422 if kind == "json" else 400
+    offered = await membership.form_choices(con)
+    errors = {"topics": f"Unknown topics: {unknown}."}
+    return _problem(request, kind, status, errors, fields=fields, topic_choices=offered)
 
 
 def _unavailable(request: Request, kind: str, fields: dict[str, Any]) -> Response:

@@ -49,7 +49,7 @@ RETURNING id;
 -- A paused campaign's jobs wait beyond every claim (run_at = infinity); a job another
 -- lane is sending is waited for and then parked if it is still there.
 UPDATE outbox SET run_at = 'infinity'
-WHERE kind = 'campaign' AND campaign_id = :id AND run_at < 'infinity';
+WHERE kind IN ('campaign', 'welcome') AND campaign_id = :id AND run_at < 'infinity';
 
 -- name: requeue_held
 -- The burst's held refusals are not applied: their emails are queued again, parked.
@@ -77,7 +77,7 @@ RETURNING id;
 -- used them up, not the email's).
 WITH resumed AS (
     UPDATE outbox SET run_at = now(), attempts = 0
-    WHERE kind = 'campaign' AND campaign_id = :id AND run_at = 'infinity'
+    WHERE kind IN ('campaign', 'welcome') AND campaign_id = :id AND run_at = 'infinity'
     RETURNING 1
 )
 SELECT count(*) FROM resumed;
@@ -86,7 +86,7 @@ SELECT count(*) FROM resumed;
 -- Cancelled: the emails not sent yet are not sent (their deliveries go too, so a later
 -- send may queue them again), and the campaign is no longer paused.
 WITH jobs AS (
-    DELETE FROM outbox WHERE kind = 'campaign' AND campaign_id = :id
+    DELETE FROM outbox WHERE kind IN ('campaign', 'welcome') AND campaign_id = :id
     RETURNING subscriber_id
 ), unsent AS (
     DELETE FROM deliveries

@@ -1,12 +1,14 @@
 -- Campaigns: storing, listing, queueing a send, rendering one email, recipients export.
 
 -- name: insert_campaign
-INSERT INTO campaigns (name, subject, html, text)
-VALUES (:name, :subject, :html, :text)
+INSERT INTO campaigns (name, subject, html, text, topic_ids)
+VALUES (:name, :subject, :html, :text, :topic_ids::bigint[])
 RETURNING id;
 
 -- name: get_campaign
 SELECT c.id, c.name, c.subject, c.html, c.text, c.created_at, c.first_sent_at,
+       (SELECT array_agg(t.slug ORDER BY t.slug) FROM topics t WHERE t.id = ANY(c.topic_ids))
+           AS topics,
        c.recipients, c.sent, c.failed, c.paused_at, c.paused_reason, c.scheduled_at,
        (SELECT count(*) FROM outbox o WHERE o.campaign_id = c.id) AS queued
 FROM campaigns c
@@ -17,12 +19,15 @@ WHERE c.id = :id;
 SELECT id, name, subject, created_at, first_sent_at, recipients, sent, failed,
        paused_at, paused_reason, scheduled_at
 FROM campaigns
-WHERE id < :before
+WHERE id < :before AND NOT welcome
 ORDER BY id DESC
 LIMIT :limit;
 
 -- name: campaign_exists
 SELECT EXISTS (SELECT 1 FROM campaigns WHERE id = :id);
+
+-- name: campaign_has_topics
+SELECT topic_ids IS NOT NULL FROM campaigns WHERE id = :id;
 
 -- name: lock_campaign_send
 -- Serialises two sends of the same campaign (the second one then finds everybody queued)
@@ -32,6 +37,16 @@ SELECT pg_advisory_xact_lock(1852597089, (:id % 2147483647)::int);
 
 -- name: count_active
 SELECT count(*) FROM subscribers WHERE status = 'active';
+
+-- name: count_topic_recipients
+-- count_active for a campaign naming topics: the active subscribers of any of them.
+SELECT count(*) FROM subscribers s
+WHERE s.status = 'active'
+  AND EXISTS (
+      SELECT 1 FROM subscriber_topics st
+      WHERE st.subscriber_id = s.id
+        AND st.topic_id = ANY((SELECT topic_ids FROM campaigns WHERE id = :campaign_id)::bigint[])
+  );
 
 -- name: queue_campaign
 -- One delivery row and one outbox job per active subscriber not yet queued for this
@@ -62,6 +77,38 @@ WITH recipients AS (
 )
 SELECT count(*) FROM jobs;
 
+-- name: queue_topic_campaign
+-- queue_campaign for a campaign that names topics: its recipients are the active
+-- subscribers of any of them, each once (a semi-join: one row per subscriber however many
+-- of the topics they are in). A statement of its own, without an "or everyone" branch, so
+-- that PostgreSQL can join the memberships as a set instead of probing them per subscriber.
+WITH recipients AS (
+    SELECT s.id
+    FROM subscribers s
+    WHERE s.status = 'active'
+      AND EXISTS (
+          SELECT 1 FROM subscriber_topics st
+          WHERE st.subscriber_id = s.id
+            AND st.topic_id = ANY((SELECT topic_ids FROM campaigns WHERE id = :campaign_id)::bigint[])
+      )
+      AND NOT EXISTS (
+          SELECT 1 FROM deliveries d
+          WHERE d.campaign_id = :campaign_id AND d.subscriber_id = s.id
+      )
+    FOR KEY SHARE OF s
+), queued AS (
+    INSERT INTO deliveries (campaign_id, subscriber_id)
+    SELECT :campaign_id, id FROM recipients
+), jobs AS (
+    INSERT INTO outbox (kind, subscriber_id, campaign_id, run_at)
+    SELECT 'campaign', id, :campaign_id,
+           (SELECT CASE WHEN paused_at IS NULL THEN now() ELSE 'infinity' END
+            FROM campaigns WHERE id = :campaign_id)
+    FROM recipients
+    RETURNING 1
+)
+SELECT count(*) FROM jobs;
+
 -- name: add_recipients
 UPDATE campaigns
 SET recipients = recipients + :queued,
@@ -75,10 +122,16 @@ SELECT pg_notify('newsletter_outbox', '');
 
 -- name: active_recipients
 -- Streamed through a server-side cursor by the recipients export.
-SELECT id, email, name, tracking_consent, tracking_withdrawn_at IS NOT NULL AS tracking_withdrawn
-FROM subscribers
-WHERE status = 'active'
-ORDER BY id;
+-- The same recipients rule as queue_campaign: of the campaign's topics, when it names some.
+SELECT s.id, s.email, s.name, s.tracking_consent,
+       s.tracking_withdrawn_at IS NOT NULL AS tracking_withdrawn
+FROM subscribers s, (SELECT topic_ids FROM campaigns WHERE id = :campaign_id) target
+WHERE s.status = 'active'
+  AND (target.topic_ids IS NULL OR EXISTS (
+      SELECT 1 FROM subscriber_topics st
+      WHERE st.subscriber_id = s.id AND st.topic_id = ANY(target.topic_ids)
+  ))
+ORDER BY s.id;
 
 -- name: mail_for_jobs
 -- The batch composer's view of many claimed campaign jobs at once: one row per job
@@ -92,4 +145,8 @@ WHERE d.sent_at IS NULL
   AND s.status = 'active';
 
 -- name: campaign_templates
-SELECT id, subject, html, text FROM campaigns WHERE id = ANY(:ids::bigint[]);
+-- `list_id`: the slug of the campaign's first topic (RFC 2919's List-Id), NULL for none.
+SELECT id, subject, html, text, topic_ids IS NOT NULL AS has_topics,
+       (SELECT t.slug FROM topics t WHERE t.id = ANY(campaigns.topic_ids)
+        ORDER BY t.slug LIMIT 1) AS list_id
+FROM campaigns WHERE id = ANY(:ids::bigint[]);

@@ -16,7 +16,7 @@ DELETE FROM outbox WHERE subscriber_id = :id;
 DELETE FROM rate_limits WHERE scope = 'address' AND key = ANY (:keys::bytea[]);
 
 -- name: delete_subscriber
--- Cascades to consent_events, deliveries, opens (and any outbox job queued meanwhile),
+-- Cascades to consent_events, deliveries, opens, subscriber_topics (and any outbox job queued meanwhile),
 -- and leaves the row's id and creation time in the erasure journal (no personal data),
 -- from which `newsletter reapply-erasures` erases it again after a backup restore.
 WITH gone AS (
@@ -50,6 +50,11 @@ WHERE lower(email) = lower(:email);
 -- name: export_consent_events
 SELECT kind, at, ip, user_agent, source, consent_text_version, method
 FROM consent_events WHERE subscriber_id = :id ORDER BY at, id;
+
+-- name: export_topics
+SELECT t.slug, t.name, st.joined_at
+FROM subscriber_topics st JOIN topics t ON t.id = st.topic_id
+WHERE st.subscriber_id = :id ORDER BY t.slug;
 
 -- name: export_opens
 SELECT o.campaign_id, c.name AS campaign_name, o.at, o.ip, o.user_agent, o.client, o.os,

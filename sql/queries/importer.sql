@@ -9,12 +9,13 @@
 -- the outbox paces the re-permission mail.
 WITH added AS (
     INSERT INTO subscribers (email, name, status, tracking_consent, tracking_requested,
-                             confirmed_at)
+                             confirmed_at, topics_requested)
     SELECT email, name,
            CASE WHEN consented_at IS NULL THEN 'pending' ELSE 'active' END,
            consented_at IS NOT NULL AND tracking,
            consented_at IS NULL AND tracking,
-           consented_at
+           consented_at,
+           CASE WHEN consented_at IS NULL THEN topic_ids END
     FROM import_staging
     WHERE import_id = :import_id
     ORDER BY line
@@ -22,9 +23,20 @@ WITH added AS (
     RETURNING id, email, status
 ),
 joined AS (
-    SELECT a.id, a.status, st.consented_at, st.source, st.tracking
+    SELECT a.id, a.status, st.consented_at, st.source, st.tracking, st.topic_ids
     FROM added a
     JOIN import_staging st ON st.import_id = :import_id AND lower(st.email) = lower(a.email)
+),
+-- An active line joins its topics (the default topics when it names none), with the
+-- consent it came with; a pending line's topics wait for its confirmation (above).
+-- No welcome email: the list was not just confirming.
+members AS (
+    INSERT INTO subscriber_topics (topic_id, subscriber_id, joined_at)
+    SELECT t.id, j.id, j.consented_at
+    FROM joined j
+    JOIN topics t ON t.id = ANY(coalesce(j.topic_ids, :default_topic_ids::bigint[]))
+    WHERE j.status = 'active'
+    RETURNING topic_id, subscriber_id
 ),
 -- One call of record_consent (sql/139) for the whole chunk; read below, so it runs.
 evidence AS (
@@ -38,6 +50,10 @@ evidence AS (
         SELECT ROW(id, 'tracking_granted', consented_at, NULL, NULL, source,
                    :consent_text_version, 'import')::consent_evidence
         FROM joined WHERE status = 'active' AND tracking
+        UNION ALL
+        SELECT ROW(j.id, 'topic_joined', j.consented_at, NULL, NULL, j.source,
+                   :consent_text_version, t.slug)::consent_evidence
+        FROM members m JOIN joined j ON j.id = m.subscriber_id JOIN topics t ON t.id = m.topic_id
     ) AS events (e)
 ),
 -- added inserted the subscriber rows: they stay locked until commit (sql/130).
@@ -57,3 +73,7 @@ SELECT (SELECT count(*) FROM added WHERE status = 'active') AS imported,
 
 -- name: clear_staging
 DELETE FROM import_staging WHERE import_id = :import_id;
+
+-- name: topics
+-- Every topic's slug and id, read once per import: lines name topics by slug.
+SELECT id, slug, is_default FROM topics;

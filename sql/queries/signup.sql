@@ -6,7 +6,7 @@
 -- was new, pending or subscribed (service/signup/subscribe.py also answers no sooner than
 -- SIGNUP_MIN_DURATION):
 -- 1. a new address becomes a pending row; a pending one is refreshed (its purge clock
---    restarts; the name and the tracking wish are proposals that the confirmation page
+--    restarts; the name, the tracking wish and the topics are proposals that the confirmation page
 --    shows to the person, who confirms or changes them); an active one is left alone.
 --    Consent to tracking is never set here.
 -- 2. the sign-up's evidence row (`record_consent`, sql/139); a new address counted in
@@ -18,11 +18,12 @@
 --    every replica's outbox worker (delivered at commit). A subscribed address spends
 --    its allowance too, which is what keeps the three cases writing the same rows.
 WITH upserted AS (
-    INSERT INTO subscribers AS s (email, name, tracking_requested)
-    VALUES (:email, :name, :tracking)
+    INSERT INTO subscribers AS s (email, name, tracking_requested, topics_requested)
+    VALUES (:email, :name, :tracking, :topics::bigint[])
     ON CONFLICT (lower(email)) DO UPDATE
         SET signup_at = now(), name = EXCLUDED.name,
-            tracking_requested = EXCLUDED.tracking_requested
+            tracking_requested = EXCLUDED.tracking_requested,
+            topics_requested = EXCLUDED.topics_requested
         WHERE s.status = 'pending'
     RETURNING id, (xmax = 0) AS created
 ),
@@ -67,12 +68,25 @@ ON CONFLICT (day) DO UPDATE SET confirmations = list_daily.confirmations + 1;
 -- name: subscriber_state
 -- What the confirmation pages need; `expired` is true for a pending sign-up older
 -- than the confirmation period (never activated, purged later).
+-- `topic_choices`: every topic, ticked where the subscriber is in it (active) or asked for
+-- it (pending; the default topics when the sign-up named none), as JSON.
 SELECT id, status, confirm_sent_at, name, tracking_requested, tracking_consent, confirmed_at,
+       topics_requested,
        extract(epoch FROM now() - confirmed_at)::float8 AS confirmed_age,
        (status = 'pending' AND signup_at < now() - make_interval(secs => :max_age)) AS expired,
        (confirm_sent_at IS NULL
-        OR confirm_sent_at > now() - make_interval(secs => :scanner_window)) AS in_scanner_window
-FROM subscribers WHERE id = :id;
+        OR confirm_sent_at > now() - make_interval(secs => :scanner_window)) AS in_scanner_window,
+       (SELECT coalesce(json_agg(json_build_object(
+                   'slug', t.slug, 'name', t.name, 'description', t.description,
+                   'checked', CASE WHEN s.status = 'active'
+                                   THEN EXISTS (SELECT 1 FROM subscriber_topics st
+                                                WHERE st.topic_id = t.id
+                                                  AND st.subscriber_id = s.id)
+                                   ELSE CASE WHEN s.topics_requested IS NULL THEN t.is_default
+                                             ELSE t.id = ANY(s.topics_requested) END
+                              END) ORDER BY t.name, t.slug), '[]')
+        FROM topics t)::text AS topic_choices
+FROM subscribers s WHERE id = :id;
 
 -- name: activate
 UPDATE subscribers SET status = 'active', confirmed_at = now()

@@ -50,6 +50,7 @@ async def test_the_scan_finds_rows_keyed_by_the_subscriber_id_alone(db, settings
         "opens",
         "soft_bounces",
         "manage_links",
+        "subscriber_topics",
         "future_queue",
     }
     await db.execute(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from service.admin.dashboard import importing, subscriber_list, views
+from service.admin.dashboard import importing, subscriber_list, topics, views
 
 
 def routes() -> list[BaseRoute]:
@@ -28,6 +28,9 @@ def routes() -> list[BaseRoute]:
         ),
         Route("/admin/campaigns/{campaign_id:int}/resume", views.resume, methods=["POST"]),
         Route("/admin/campaigns/{campaign_id:int}/cancel", views.cancel, methods=["POST"]),
+        Route("/admin/topics", topics.topic_list, methods=["GET"]),
+        Route("/admin/topics", topics.create_topic, methods=["POST"]),
+        Route("/admin/topics/{slug}/delete", topics.delete_topic, methods=["POST"]),
         Route("/admin/subscribers", views.subscribers_form, methods=["GET"]),
         Route("/admin/import", importing.import_form, methods=["GET"]),
         Route("/admin/import", importing.import_upload, methods=["POST"]),

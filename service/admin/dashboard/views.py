@@ -344,22 +344,28 @@ async def create_campaign(request: Request, session: Session) -> Response:
         return form
     payload = {key: form.get(key, "") for key in ("name", "subject", "html", "text")}
     clean, errors = store.validate_campaign(payload)
-    if errors:
-        return page(
-            request,
-            "campaign_new.html",
-            csrf=session.csrf,
-            status_code=422,
-            values=payload,
-            errors=errors,
-        )
+    # Topics: slugs separated by commas or spaces; none, the whole list.
+    slugs = form.get("topics", "").replace(",", " ").split()
     async with request.app.state.pool.acquire() as con:
+        topic_ids, topics_error = await store.campaign_topics(con, {"topics": slugs or None})
+        if topics_error:
+            errors["topics"] = topics_error
+        if errors:
+            return page(
+                request,
+                "campaign_new.html",
+                csrf=session.csrf,
+                status_code=422,
+                values={**payload, "topics": form.get("topics", "")},
+                errors=errors,
+            )
         campaign_id = await store.create_campaign(
             con,
             name=clean["name"],
             subject=clean["subject"],
             html=clean["html"],
             text=clean["text"],
+            topic_ids=topic_ids,
         )
     log.info("campaign created from dashboard", extra={"campaign_id": campaign_id})
     return RedirectResponse(f"/admin/campaigns/{campaign_id}", status_code=303)
@@ -372,7 +378,7 @@ async def send_confirm(request: Request, session: Session) -> Response:
         campaign = await _campaign(request, con)
         if campaign is None:
             return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
-        active = await store.count_recipients(con)
+        active = await store.count_recipients(con, campaign["id"])
         already = await q.campaign_delivered_count.fetchval(con, id=campaign["id"])
     return page(
         request,
