@@ -131,6 +131,10 @@ def subscription(
         ("Confirmation email sent", when(subscriber.get("confirm_sent_at")) or "\u2014"),
         ("Confirmed", when(subscriber.get("confirmed_at")) or "\u2014"),
     ]
+    if subscriber.get("topics_requested"):
+        rows.append(
+            ("Topics asked for on the sign-up form", ", ".join(subscriber["topics_requested"]))
+        )
     if tracking_mode != "off":
         measured = personal_tracking(
             tracking_mode, bool(subscriber.get("tracking_consent")), withdrawn
