@@ -101,7 +101,9 @@ def zone(name: str) -> tzinfo:
 async def schedule(con: asyncpg.Connection, campaign_id: int, at: datetime) -> datetime:
     """Sets (or moves) the campaign's schedule. Raises CampaignNotFound, SendStarted."""
     async with con.transaction():
-        await store.q.lock_campaign_send.execute(con, id=campaign_id)
+        await store.q.lock_campaign_send.execute(
+            con, time_limit=connections.LONG_COMMAND_TIMEOUT, id=campaign_id
+        )
         scheduled = await q.set_schedule.fetchval(con, id=campaign_id, at=at)
         if scheduled is None:
             await _raise_if_gone_or_started(con, campaign_id)
@@ -128,7 +130,9 @@ async def send_now(con: asyncpg.Connection, campaign_id: int) -> int:
     """`store.queue_send`, which also ends a waiting schedule: the send it stood for starts
     now. Returns how many emails were queued; raises CampaignNotFound."""
     async with con.transaction():
-        await store.q.lock_campaign_send.execute(con, id=campaign_id)
+        await store.q.lock_campaign_send.execute(
+            con, time_limit=connections.LONG_COMMAND_TIMEOUT, id=campaign_id
+        )
         await q.clear_schedule.fetchval(con, id=campaign_id)
         return await store.queue_send(con, campaign_id)
 

@@ -15,6 +15,7 @@ import asyncpg
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
+from service.db.connections import LONG_COMMAND_TIMEOUT
 from service.db.queries import queries
 from service.topics import membership
 
@@ -156,16 +157,19 @@ async def queue_send(con: asyncpg.Connection, campaign_id: int) -> int:
     Raises CampaignNotFound. Sends of the same campaign are serialised by an advisory
     lock, so two concurrent sends still queue each subscriber once; a subscriber erased
     while the statement runs is passed over (sql/queries/campaigns.sql, queue_campaign).
+    Waiting for that lock and queueing a large list may outlast DB_COMMAND_TIMEOUT (the
+    API's and the dashboard's pooled connections): those statements get the long timeout.
     """
+    long = LONG_COMMAND_TIMEOUT
     async with con.transaction():
         if not await q.campaign_exists.fetchval(con, id=campaign_id):
             raise CampaignNotFound(campaign_id)
-        await q.lock_campaign_send.execute(con, id=campaign_id)
+        await q.lock_campaign_send.execute(con, time_limit=long, id=campaign_id)
         # A campaign naming topics: their subscribers only (each once); else everyone.
         topics = await q.campaign_has_topics.fetchval(con, id=campaign_id)
         queue = q.queue_topic_campaign if topics else q.queue_campaign
-        queued = await queue.fetchval(con, campaign_id=campaign_id)
-        await q.add_recipients.execute(con, campaign_id=campaign_id, queued=queued)
+        queued = await queue.fetchval(con, time_limit=long, campaign_id=campaign_id)
+        await q.add_recipients.execute(con, time_limit=long, campaign_id=campaign_id, queued=queued)
         if queued:
             await q.notify_outbox.execute(con)
         return queued

@@ -127,6 +127,11 @@ async def close_pool(pool: asyncpg.Pool, grace: float = POOL_CLOSE_GRACE) -> Non
         await closing
 
 
+# The time a statement known to be long may take (queueing a million emails takes about
+# 20 s; a migration or a purge longer): it replaces DB_COMMAND_TIMEOUT for those alone.
+LONG_COMMAND_TIMEOUT = 300.0
+
+
 async def connect(settings: Settings) -> asyncpg.Connection:
     """A single connection for one-shot commands (migrate, purge) and for queueing a
     scheduled send (service/campaigns/schedule.py), which may outlast DB_COMMAND_TIMEOUT.
@@ -137,7 +142,7 @@ async def connect(settings: Settings) -> asyncpg.Connection:
     con = await open_connection(
         settings.direct_database_url,
         statement_cache_size=settings.db_statement_cache_size,
-        command_timeout=max(settings.db_command_timeout, 300),
+        command_timeout=max(settings.db_command_timeout, LONG_COMMAND_TIMEOUT),
         server_settings={"application_name": "newsletter-cli", "timezone": "UTC"},
     )
     await _init_connection(con)

@@ -47,17 +47,23 @@ class Query:
             )
         return [values[p] for p in self.params]
 
-    async def execute(self, con: Executor, **values: Any) -> str:
-        return await con.execute(self.sql, *self.args(values))
+    # `time_limit` (seconds) replaces the connection's DB_COMMAND_TIMEOUT for one statement
+    # known to take longer, e.g. queueing a million emails; None keeps it.
+    async def execute(self, con: Executor, time_limit: float | None = None, **values: Any) -> str:
+        return await con.execute(self.sql, *self.args(values), timeout=time_limit)
 
-    async def fetch(self, con: Executor, **values: Any) -> list[asyncpg.Record]:
-        return await con.fetch(self.sql, *self.args(values))
+    async def fetch(
+        self, con: Executor, time_limit: float | None = None, **values: Any
+    ) -> list[asyncpg.Record]:
+        return await con.fetch(self.sql, *self.args(values), timeout=time_limit)
 
-    async def fetchrow(self, con: Executor, **values: Any) -> asyncpg.Record | None:
-        return await con.fetchrow(self.sql, *self.args(values))
+    async def fetchrow(
+        self, con: Executor, time_limit: float | None = None, **values: Any
+    ) -> asyncpg.Record | None:
+        return await con.fetchrow(self.sql, *self.args(values), timeout=time_limit)
 
-    async def fetchval(self, con: Executor, **values: Any) -> Any:
-        return await con.fetchval(self.sql, *self.args(values))
+    async def fetchval(self, con: Executor, time_limit: float | None = None, **values: Any) -> Any:
+        return await con.fetchval(self.sql, *self.args(values), timeout=time_limit)
 
 
 def parse(text: str, source: str = "<string>") -> dict[str, Query]:

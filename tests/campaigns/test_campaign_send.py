@@ -333,6 +333,22 @@ async def test_queueing_one_hundred_thousand_subscribers_queues_each_once(db) ->
     assert await store.queue_send(db, campaign_id) == 0
 
 
+async def test_sending_a_list_whose_queueing_outlasts_the_command_timeout_queues_it(
+    app_factory, db, admin_headers
+) -> None:
+    """Queueing a million recipients takes seconds (bench_campaign_send), more than the
+    pool's DB_COMMAND_TIMEOUT for page queries (10 s): the send from the API or the
+    dashboard must not be cut off by it. Here a 0.1 s timeout against 100,000 rows."""
+    await people.add_many(db, 100_000)
+    async with app_factory(db_command_timeout=0.1) as (_app, client):
+        campaign_id, queued = await send(client, admin_headers)
+    assert queued == 100_000
+    assert (
+        await db.fetchval("SELECT count(*) FROM outbox WHERE campaign_id = $1", campaign_id)
+        == 100_000
+    )
+
+
 # -- erasure while sending ------------------------------------------------------------------
 
 
