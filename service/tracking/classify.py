@@ -142,6 +142,7 @@ class Classifier:
         rules: dict,
         extra_networks: list[str] | None = None,
         scanner_networks: list[str] | None = None,
+        leave_out: frozenset[str] = frozenset(),
     ) -> None:
         self._exact: dict[str, str] = {}
         alternatives: list[str] = []
@@ -168,7 +169,7 @@ class Classifier:
         self._mail_clients = [
             (re.compile(rule["regex"]), rule["client"], rule.get("os")) for rule in rules["clients"]
         ]
-        self._lists = ua_lists.matcher()
+        self._lists = ua_lists.matcher(leave_out)  # leave_out: evaluation only
         self._networks: list[tuple[Ranges, str]] = [
             (Ranges(rule["networks"]), rule["reason"]) for rule in rules["machine_networks"]
         ]
@@ -184,6 +185,7 @@ class Classifier:
         rules_file: Path = RULES_FILE,
         apple_ranges_file: str = "",
         scanner_ranges_file: str = "",
+        leave_out: frozenset[str] = frozenset(),
     ) -> Classifier:
         rules = json.loads(rules_file.read_text(encoding="utf-8"))
         extra = read_ranges_csv(apple_ranges_file) if apple_ranges_file else None
@@ -191,7 +193,7 @@ class Classifier:
         # ua-parser builds its matcher on the first parse (~150 ms), the lists theirs
         # (~2 s, once per process): at start-up, not on the event loop during a burst.
         _uap().parse(WARM_UP_USER_AGENT)
-        return cls(rules, extra, scanners)
+        return cls(rules, extra, scanners, leave_out)
 
     def _user_agent(self, raw: str | None) -> UserAgentClass:
         """Classify one user-agent string (cached: the same strings come again and again)."""
