@@ -11,7 +11,10 @@ versions):
   thousand distinct strings: all of them are kept).
 
 A string that the table already has is not added again; one the table labels the other
-way (a person in one source, a machine in another) is left out as contested.
+way (a person in one source, a machine in another) is left out as contested, and so is a
+Crawler-Detect string that device-detector's mail-client lists name (Crawler-Detect
+flags every non-browser, mail clients such as Outlook for iOS and Airmail included;
+for a pixel they are people).
 
     python tests/ua_sources.py CRAWLERS_TXT COMMIT USER_AGENTS_JSON VERSION
 """
@@ -25,7 +28,8 @@ import json
 import sys
 from pathlib import Path
 
-from ua_table import MACHINES, TABLE  # run as a script from tests/
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.ua_table import MACHINES, TABLE
 
 CRAWLER_DETECT = "JayBizzle/Crawler-Detect@{}:tests/data/user_agent/crawlers.txt"
 NPM_USER_AGENTS = "npm:user-agents@{}:dist/user-agents.json"
@@ -62,6 +66,9 @@ def main(argv: list[str]) -> int:
     with gzip.open(TABLE, "rt", encoding="utf-8", newline="") as handle:
         table = list(csv.DictReader(handle))
     machine = {r["user_agent"]: r["kind"] in MACHINES for r in table}
+    from service.tracking import ua_lists
+
+    lists = ua_lists.matcher()
     added: dict[str, dict] = {}
     contested = 0
     for row in new_rows(Path(crawlers), commit, Path(user_agents), version):
@@ -70,6 +77,10 @@ def main(argv: list[str]) -> int:
             continue
         if text in machine:
             contested += machine[text] != is_machine
+            continue
+        found = lists(text) if is_machine else None
+        if found is not None and found.kind == "client":
+            contested += 1
             continue
         added[text] = row
     with (

@@ -51,6 +51,8 @@ ALIASES = {
     "officemapiclient": "outlook",
     "officeoutlook": "outlook",
     "zdesktop": "zimbra",
+    "zimbradesktop": "zimbra",
+    "navermailapp": "navermail",
 }
 
 
@@ -232,17 +234,38 @@ def classifiers() -> Callable[[str], Classify]:
     built: dict[frozenset[str], Classify] = {}
 
     def classify_for(source: str) -> Classify:
-        leave_out = frozenset({source} & set(getattr(ua_lists, "SOURCES", ())))
+        leave_out = frozenset({source} & set(LIST_SOURCES))
         if leave_out not in built:
-            classifier = (
-                Classifier.from_files(leave_out=leave_out)
-                if leave_out
-                else Classifier.from_files()
-            )
+            if not leave_out:
+                classifier = Classifier.from_files()
+            elif hasattr(ua_lists, "SOURCES"):
+                classifier = Classifier.from_files(leave_out=leave_out)
+            else:  # code from before issue 27: its lists filtered here, by their kind
+                classifier = _without_lists(Classifier, ua_lists, leave_out)
             built[leave_out] = _pairs(classifier)
         return built[leave_out]
 
     return classify_for
+
+
+# The collections the service reads rule lists from (service/tracking/ua_lists.py).
+LIST_SOURCES = ("matomo-org/device-detector", "monperrus/crawler-user-agents")
+
+
+def _without_lists(classifier_class, ua_lists, leave_out: frozenset[str]):
+    """An earlier classifier (no `leave_out` of its own) built with its list matcher
+    restricted: crawler-user-agents' rules are the kind "crawler", the rest device-detector's."""
+
+    def source(kind: str) -> str:
+        return LIST_SOURCES[1] if kind == "crawler" else LIST_SOURCES[0]
+
+    rules = [r for r in ua_lists._rules() if source(r[1].kind) not in leave_out]
+    original = ua_lists.matcher
+    ua_lists.matcher = lambda: ua_lists.ListMatcher(rules)
+    try:
+        return classifier_class.from_files()
+    finally:
+        ua_lists.matcher = original
 
 
 def _pairs(classifier) -> Classify:
@@ -279,7 +302,7 @@ def full_report(rows: list[Row]) -> tuple[str, Score, Score]:
 
 def main(argv: list[str]) -> int:
     paths = [a for a in argv[1:] if not a.startswith("-")]
-    text, whole, held = full_report(load(Path(paths[0]) if paths else TABLE))
+    text, _whole, held = full_report(load(Path(paths[0]) if paths else TABLE))
     print(text)
     result = held
     if "-v" in argv:

@@ -114,13 +114,30 @@ _ENGINE_TOKENS = frozenset(
 )
 
 
-def _product(ua: str) -> str | None:
+# The first parenthesis when it names a phone's or computer's system: device models,
+# carriers and locales go there ("CUBOT", "ID bot 53+"), so family rules do not read it.
+_PLATFORM_COMMENT = re.compile(
+    r"\((?=[^)]*(?:Linux|Android|iPhone|iPad|iPod|Windows|Macintosh|X11|CrOS))[^)]*\)"
+)
+# Where an app's own token follows the engine's: an iOS or Android WebView app
+# (`Mobile/15E148 MailMaster/6.5`) or a desktop app on Chromium (`Safari/537.36 Mailbird/2.4`).
+_AFTER_ENGINE = re.compile(r"(?:Mobile/\w+|Safari/[\d.]+|Chrome/[\d.]+)\s")
+
+
+def _product(ua: str, aliases: dict[str, str | None] | None = None) -> str | None:
+    """The product a user agent names first, as people name it (`aliases`); a token the
+    aliases map to None (a protocol's name, such as `Monazilla`) gives way to the next."""
+    aliases = aliases or {}
     leading = _LEADING_PRODUCT.match(ua)
-    if leading:
-        return leading.group(1).strip()
-    for name in _PRODUCT.findall(ua):
-        if name not in _ENGINE_TOKENS:
-            return name
+    names = [leading.group(1).strip()] if leading else []
+    names += [n for n in _PRODUCT.findall(ua) if n not in _ENGINE_TOKENS]
+    for name in names:
+        key = name.lower()
+        if key in aliases:
+            if aliases[key] is None:
+                continue
+            return aliases[key]
+        return name
     return None
 
 
@@ -170,6 +187,14 @@ class Classifier:
             (re.compile(rule["regex"]), rule["client"], rule.get("os")) for rule in rules["clients"]
         ]
         self._lists = ua_lists.matcher(leave_out)  # leave_out: evaluation only
+        self._early_families: list[_Family] = []
+        self._families: list[_Family] = []
+        for rule in rules.get("machine_families", []):
+            unless = re.compile(rule["unless"], re.IGNORECASE) if rule.get("unless") else None
+            family = (re.compile(rule["regex"], re.IGNORECASE), unless, rule["reason"])
+            (self._early_families if rule.get("early") else self._families).append(family)
+        self._people_apps = re.compile(rules.get("people_apps") or "(?!)")
+        self._aliases: dict[str, str | None] = rules.get("client_aliases", {})
         self._networks: list[tuple[Ranges, str]] = [
             (Ranges(rule["networks"]), rule["reason"]) for rule in rules["machine_networks"]
         ]
@@ -208,6 +233,9 @@ class Classifier:
         for needle, client in self._proxies:
             if needle in ua:
                 return UserAgentClass(ua, client, None, None, True)
+        reason = _family(self._early_families, ua)
+        if reason:
+            return UserAgentClass(ua, None, None, reason, False)
         match = self._machine_rules.search(ua)
         if match:
             return UserAgentClass(ua, None, None, self._machine_reasons[match.lastgroup], False)
@@ -221,14 +249,32 @@ class Classifier:
             if listed.kind == "client":
                 client = self._client_names.get(listed.name, listed.name)
                 return UserAgentClass(ua, client, os_family, None, False)
-            if not self._is_browser(parsed, listed):
+            if not self._is_browser(parsed, listed) and not self._people_apps.search(ua):
                 return UserAgentClass(ua, None, None, self._list_reason(listed), False)
         if parsed.device and parsed.device.family == "Spider":
             return UserAgentClass(ua, None, None, self._spider_reason, False)
+        if not self._people_apps.search(ua):
+            reason = _family(self._families, ua, _PLATFORM_COMMENT.sub("", ua, count=1))
+            if reason:
+                return UserAgentClass(ua, None, None, reason, False)
+        return UserAgentClass(ua, self._client(ua, parsed), os_family, None, False)
+
+    def _client(self, ua: str, parsed: ua_parser.Result) -> str | None:
+        """The product as people name it: ua-parser's family, unless that is only the
+        engine or the system (an app's WebView, an Electron app, a Chromium-based app)."""
         family = parsed.user_agent.family if parsed.user_agent else None
-        if family in (None, "Other", "Electron"):
-            family = _product(ua) or (None if family == "Other" else family)
-        return UserAgentClass(ua, family, os_family, None, False)
+        aliases = self._aliases
+        if family in ("Mobile Safari UI/WKWebView", "Chrome Mobile WebView", "Chrome"):
+            after = _AFTER_ENGINE.search(ua)
+            for name in _PRODUCT.findall(ua, after.end()) if after else ():
+                if name not in _ENGINE_TOKENS:
+                    return aliases.get(name.lower()) or name
+            if family == "Mobile Safari UI/WKWebView":
+                return "Apple Mail"  # iOS WebKit without a Safari/ token: Mail's image load
+            return family
+        if family in (None, "Other", "Electron", "Android", "Firefox", "Goanna"):
+            return _product(ua, aliases) or (None if family == "Other" else family)
+        return aliases.get(family.lower()) or family
 
     def _list_reason(self, match: Match) -> str:
         if match.kind == "library":
@@ -253,6 +299,18 @@ class Classifier:
             if address in ranges:
                 return reason
         return None
+
+
+_Family = tuple[re.Pattern[str], re.Pattern[str] | None, str]
+
+
+def _family(families: list[_Family], ua: str, read: str | None = None) -> str | None:
+    """The reason of the first family rule whose regex matches `read` (the user agent, or
+    the part of it the rules read) and whose `unless` does not match the whole of it."""
+    for pattern, unless, reason in families:
+        if pattern.search(ua if read is None else read) and not (unless and unless.search(ua)):
+            return reason
+    return None
 
 
 def verdict(ua: UserAgentClass, network_reason: str | None) -> Verdict:
