@@ -121,6 +121,9 @@ _PLATFORM_COMMENT = re.compile(
 )
 # Where an app's own token follows the engine's: an iOS or Android WebView app
 # (`Mobile/15E148 MailMaster/6.5`) or a desktop app on Chromium (`Safari/537.36 Mailbird/2.4`).
+_COMMENTS = re.compile(r"\([^)]*\)")
+_GECKO = re.compile(r"Gecko/\w+\s")
+_GECKO_ADD_ONS = frozenset({"Goanna", "Lightning", "Navigator"})
 _AFTER_ENGINE = re.compile(r"(?:Mobile/\w+|Safari/[\d.]+|Chrome/[\d.]+)\s")
 
 
@@ -266,13 +269,21 @@ class Classifier:
         aliases = self._aliases
         if family in ("Mobile Safari UI/WKWebView", "Chrome Mobile WebView", "Chrome"):
             after = _AFTER_ENGINE.search(ua)
-            for name in _PRODUCT.findall(ua, after.end()) if after else ():
+            for name in _PRODUCT.findall(_COMMENTS.sub("", ua[after.end() :])) if after else ():
                 if name not in _ENGINE_TOKENS:
                     return aliases.get(name.lower()) or name
             if family == "Mobile Safari UI/WKWebView":
                 return "Apple Mail"  # iOS WebKit without a Safari/ token: Mail's image load
             return family
-        if family in (None, "Other", "Electron", "Android", "Firefox", "Goanna"):
+        if family in ("Firefox", "Goanna"):  # Thunderbird's forks and rebrands are Gecko too
+            gecko = _GECKO.search(ua)
+            for name in _PRODUCT.findall(_COMMENTS.sub("", ua[gecko.end() :])) if gecko else ():
+                if name not in _ENGINE_TOKENS and name not in _GECKO_ADD_ONS:
+                    return aliases.get(name.lower()) or name
+            return family
+        if family == "Android" and ua.startswith("Mozilla/"):
+            return family  # the stock Android browser
+        if family in (None, "Other", "Electron", "Android"):
             return _product(ua, aliases) or (None if family == "Other" else family)
         return aliases.get(family.lower()) or family
 
