@@ -190,13 +190,10 @@ class Classifier:
             (re.compile(rule["regex"]), rule["client"], rule.get("os")) for rule in rules["clients"]
         ]
         self._lists = ua_lists.matcher(leave_out)  # leave_out: evaluation only
-        self._early_families: list[_Family] = []
-        self._families: list[_Family] = []
-        for rule in rules.get("machine_families", []):
-            unless = re.compile(rule["unless"], re.IGNORECASE) if rule.get("unless") else None
-            family = (re.compile(rule["regex"], re.IGNORECASE), unless, rule["reason"])
-            (self._early_families if rule.get("early") else self._families).append(family)
-        self._people_apps = re.compile(rules.get("people_apps") or "(?!)")
+        families = rules.get("machine_families", [])
+        self._early_families = Families([r for r in families if r.get("early")])
+        self._families = Families([r for r in families if not r.get("early")])
+        self._people_apps = tuple(rules.get("people_apps", ()))
         self._aliases: dict[str, str | None] = rules.get("client_aliases", {})
         self._networks: list[tuple[Ranges, str]] = [
             (Ranges(rule["networks"]), rule["reason"]) for rule in rules["machine_networks"]
@@ -236,7 +233,7 @@ class Classifier:
         for needle, client in self._proxies:
             if needle in ua:
                 return UserAgentClass(ua, client, None, None, True)
-        reason = _family(self._early_families, ua)
+        reason = self._early_families(ua)
         if reason:
             return UserAgentClass(ua, None, None, reason, False)
         match = self._machine_rules.search(ua)
@@ -252,15 +249,18 @@ class Classifier:
             if listed.kind == "client":
                 client = self._client_names.get(listed.name, listed.name)
                 return UserAgentClass(ua, client, os_family, None, False)
-            if not self._is_browser(parsed, listed) and not self._people_apps.search(ua):
+            if not self._is_browser(parsed, listed) and not self._people_app(ua):
                 return UserAgentClass(ua, None, None, self._list_reason(listed), False)
         if parsed.device and parsed.device.family == "Spider":
             return UserAgentClass(ua, None, None, self._spider_reason, False)
-        if not self._people_apps.search(ua):
-            reason = _family(self._families, ua, _PLATFORM_COMMENT.sub("", ua, count=1))
+        if not self._people_app(ua):
+            reason = self._families(ua, _PLATFORM_COMMENT.sub("", ua, count=1))
             if reason:
                 return UserAgentClass(ua, None, None, reason, False)
         return UserAgentClass(ua, self._client(ua, parsed), os_family, None, False)
+
+    def _people_app(self, ua: str) -> bool:
+        return any(token in ua for token in self._people_apps)
 
     def _client(self, ua: str, parsed: ua_parser.Result) -> str | None:
         """The product as people name it: ua-parser's family, unless that is only the
@@ -312,16 +312,42 @@ class Classifier:
         return None
 
 
-_Family = tuple[re.Pattern[str], re.Pattern[str] | None, str]
+class Families:
+    """Family rules (`machine_families`), compiled into the lists' Rust regex set: one
+    pass per string finds the first rule that matches; Python's `re` only runs a rule's
+    `unless` (on the whole string) and, when that vetoes, the rules after it."""
 
+    def __init__(self, rules: list[dict]) -> None:
+        self._rules = rules
+        self._reasons = [rule["reason"] for rule in rules]
+        self._patterns = [re.compile(f"(?i:{rule['regex']})") for rule in rules]
+        self._unless = [
+            re.compile(rule["unless"], re.IGNORECASE) if rule.get("unless") else None
+            for rule in rules
+        ]
+        self._set = ua_lists.ListMatcher(
+            [(f"(?i:{rule['regex']})", Match("family", str(i))) for i, rule in enumerate(rules)]
+        )
 
-def _family(families: list[_Family], ua: str, read: str | None = None) -> str | None:
-    """The reason of the first family rule whose regex matches `read` (the user agent, or
-    the part of it the rules read) and whose `unless` does not match the whole of it."""
-    for pattern, unless, reason in families:
-        if pattern.search(ua if read is None else read) and not (unless and unless.search(ua)):
-            return reason
-    return None
+    def __call__(self, ua: str, read: str | None = None) -> str | None:
+        """The reason of the first rule matching `read` (the user agent, or the part of it
+        the rules read) whose `unless` does not match the user agent."""
+        read = ua if read is None else read
+        found = self._set(read)
+        if found is None:
+            return None
+        first = int(found.name)
+        for i in range(first, len(self._reasons)):
+            if i > first and not self._patterns[i].search(read):
+                continue
+            unless = self._unless[i]
+            if unless is None or not unless.search(ua):
+                return self._reasons[i]
+        return None
+
+    def rules(self) -> list[tuple[str, Families]]:
+        """Each rule alone, with its reason (for tests that hold one rule to the table)."""
+        return [(rule["reason"], Families([rule])) for rule in self._rules]
 
 
 def verdict(ua: UserAgentClass, network_reason: str | None) -> Verdict:

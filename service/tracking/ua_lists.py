@@ -38,7 +38,7 @@ _MAIL_APP = re.compile(r"mail\b|\b(?:outlook|spark|newton|canary|spike|e-?mail)\
 
 @dataclass(frozen=True)
 class Match:
-    kind: str  # "bot", "client" (mail or PIM), "library", "crawler"
+    kind: str  # "bot", "client" (mail or PIM), "library", "crawler", "family" (own rules)
     name: str
     category: str = ""  # device-detector's bot category
 
@@ -88,7 +88,8 @@ class ListMatcher:
         fast: list[tuple[str, str, None, None, None, None]] = []
         self._slow: list[tuple[int, re.Pattern[str]]] = []
         for index, (regex, meaning) in enumerate(rules):
-            bounded = meaning.kind != "crawler"  # crawler-user-agents' patterns are plain
+            # crawler-user-agents' patterns and the project's family rules are plain
+            bounded = meaning.kind not in ("crawler", "family")
             compiled = _rust_form(regex, bounded)
             if compiled is None:
                 try:

@@ -6,7 +6,7 @@ table test measures the same rules on the public collections."""
 
 import pytest
 
-from service.tracking.classify import _PLATFORM_COMMENT, Classifier, _family
+from service.tracking.classify import _PLATFORM_COMMENT, Classifier
 from tests import ua_table
 
 CLASSIFIER = Classifier.from_files()
@@ -127,21 +127,24 @@ def test_no_family_rule_fires_on_the_people_of_the_table() -> None:
     """Every machine family against every browser, app, mail client and image proxy of
     the labelled table (issue 27, point 3), rule by rule, wherever it sits in the order."""
     people = [r.user_agent for r in ua_table.load() if r.kind in ua_table.PEOPLE]
-    families = CLASSIFIER._early_families + CLASSIFIER._families
-    assert {reason for _, _, reason in families} >= {
+    families = [
+        *CLASSIFIER._early_families.rules(),
+        *((reason, family, True) for reason, family in CLASSIFIER._families.rules()),
+    ]
+    assert {f[0] for f in families} >= {
         "attack_payload",
         "malformed",
         "bot_url",
         "bot",
         "http_library",
     }
-    for family in families:
+    for reason, family, *late in families:
         hit = {
             ua
             for ua in people
-            if not CLASSIFIER._people_apps.search(ua)
+            if not CLASSIFIER._people_app(ua)
             and "ImageProxy" not in ua
             and "MailProxy" not in ua  # the proxies are decided before any family
-            and _family([family], ua, _PLATFORM_COMMENT.sub("", ua, count=1))
+            and family(ua, _PLATFORM_COMMENT.sub("", ua, count=1) if late else ua)
         }
-        assert hit <= KNOWN_PEOPLE_HIT.get(family[2], set()), (family[2], sorted(hit)[:5])
+        assert hit <= KNOWN_PEOPLE_HIT.get(reason, set()), (reason, sorted(hit)[:5])
