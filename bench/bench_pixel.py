@@ -392,7 +392,8 @@ def _side_by_side(url: str, paths: dict[str, list[str]], workdir: Path) -> list[
     rps: dict[str, list[float]] = {"before": [], "now": []}
     load = os.getloadavg()[0]
     for n in range(ROUNDS):
-        for side, env in (("before", earlier), ("now", {})):
+        sides = (("before", earlier), ("now", {}))
+        for side, env in sides if n % 2 == 0 else sides[::-1]:  # neither always first
             with Service(url, **env) as service:
                 _load(service, paths["pixel"], 2, workdir)  # warm-up: caches, connections
                 label = f"r{n + 1}-{side}-" if side == "now" else f"r{n + 1}-{side}-{commit}-"

@@ -119,11 +119,13 @@ _ENGINE_TOKENS = frozenset(
 _PLATFORM_COMMENT = re.compile(
     r"\((?=[^)]*(?:Linux|Android|iPhone|iPad|iPod|Windows|Macintosh|X11|CrOS))[^)]*\)"
 )
-# Where an app's own token follows the engine's: an iOS or Android WebView app
-# (`Mobile/15E148 MailMaster/6.5`) or a desktop app on Chromium (`Safari/537.36 Mailbird/2.4`).
 _COMMENTS = re.compile(r"\([^)]*\)")
+# Where a Gecko mail client names itself (`Gecko/20100101 Icedove/24.4`, `Firefox/38.9
+# FossaMail/25.2`); add-ons and the engine's own tokens are not the product.
 _GECKO = re.compile(r"Gecko/\w+\s")
 _GECKO_ADD_ONS = frozenset({"Goanna", "Lightning", "Navigator"})
+# Where an app's own token follows the engine's: an iOS or Android WebView app
+# (`Mobile/15E148 MailMaster/6.5`) or a desktop app on Chromium (`Safari/537.36 Mailbird/2.4`).
 _AFTER_ENGINE = re.compile(r"(?:Mobile/\w+|Safari/[\d.]+|Chrome/[\d.]+)\s")
 
 
