@@ -401,13 +401,16 @@ def _side_by_side(url: str, paths: dict[str, list[str]], workdir: Path) -> list[
             rps[side].append(row["rps"])
             rows.append(row)
     now, before = statistics.median(rps["now"]), statistics.median(rps["before"])
+    # Each round's two sides ran back to back: their ratio shares the machine's load of
+    # the moment, which on a shared machine swings the throughput by a factor of two.
+    ratio = statistics.median(n / b for n, b in zip(rps["now"], rps["before"], strict=True))
     rows.append(
         {
             "bench": "pixel",
             "name": f"median of {ROUNDS}: this code / before ({commit})",
             "rps": f"{now} / {before}",
-            "of_before": f"{now / before:.1%}",
-            "target": "within 5 % " + ("met" if now >= before * 0.95 else "NOT met"),
+            "of_before": f"{ratio:.1%} (median of the rounds' ratios)",
+            "target": "within 5 % " + ("met" if ratio >= 0.95 else "NOT met"),
             "load_avg_1m": round(load, 2),
         }
     )
