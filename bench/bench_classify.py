@@ -5,16 +5,22 @@ strings already seen, so this is the cost of a user agent the service has not me
 in the order of the table; the figures are the mean and the 99th percentile, plus
 the start-up cost of building the classifier. Also prints the issue-15 targets.
 
-`python -m bench bench_classify`; against another checkout, for a before/after:
-`cd OTHER && PYTHONPATH=OTHER python -m bench bench_classify` (the table is read from
-this file's checkout when the other has none).
+`python -m bench bench_classify`; `python -m bench bench_classify --base` also measures
+the code this branch started from (BENCH_CLASSIFY_BASE, default main: its service/ as
+files, in its own process, on this checkout's table), alternating with this code, so
+that the machine's load hits both alike. The targets are printed whole and held out
+(each source judged without the lists the service reads from it).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +34,53 @@ sys.modules["ua_table"] = ua_table  # its dataclasses look their module up
 _SPEC.loader.exec_module(ua_table)
 
 
+BASE = os.environ.get("BENCH_CLASSIFY_BASE", "main")
+ROUNDS = 3
+_MARK = "\nrows: "  # before the earlier process's JSON rows
+
+
 def main() -> list[dict]:
+    if "--base" not in sys.argv:
+        return measure()
+    from bench.bench_send_rate import earlier_tree
+
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench-classify-") as directory:
+        os.environ["BENCH_RATE_BASE"] = BASE
+        tree, commit = earlier_tree(Path(directory))
+        load = os.getloadavg()[0]
+        for n in range(ROUNDS):
+            earlier = subprocess.run(
+                [sys.executable, str(Path(__file__).resolve()), "--json"],
+                env={**os.environ, "PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"},
+                cwd=tree,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            report, _, found = earlier.stdout.rpartition(_MARK)
+            print(report if n == 0 else "", end="")
+            for row in json.loads(found):
+                rows.append({**row, "name": f"r{n + 1} before ({commit}): {row['name']}"})
+            for row in measure(report=n == 0):
+                rows.append({**row, "name": f"r{n + 1} this code: {row['name']}"})
+    compiled = [r for r in rows if r["name"].endswith("rules compiled")]
+    before = statistics.median(r["mean_us"] for r in compiled if " before " in r["name"])
+    now = statistics.median(r["mean_us"] for r in compiled if " this code" in r["name"])
+    rows.append(
+        {
+            "bench": "classify",
+            "name": f"median of {ROUNDS} rounds, rules compiled: this code / before",
+            "mean_us": f"{now} / {before}",
+            "of_before": f"{now / before:.1%}",
+            "target": "at most today's " + ("met" if now <= before * 1.05 else "NOT met"),
+            "load_avg_1m": round(load, 2),
+        }
+    )
+    return rows
+
+
+def measure(report: bool = True) -> list[dict]:
     from service.tracking.classify import Classifier
 
     print(f"classifier from {Classifier.__module__} in {__import__('service').__file__}")
@@ -47,8 +99,13 @@ def main() -> list[dict]:
             uncached(row.user_agent)
             costs.append(time.perf_counter_ns() - started)
         passes.append(sorted(costs))
-    score = ua_table.score(rows, lambda ua: _pair(classifier.user_agent(ua)))
-    print(score.report())
+    missed = "see round 1"
+    if report:
+        text, whole, held = ua_table.full_report(rows)
+        print(text)
+        missed = "; ".join(held.failures()) or "none"
+    else:
+        whole = ua_table.score(rows, lambda ua: _pair(classifier.user_agent(ua)))
     return [
         {
             "bench": "classify",
@@ -58,7 +115,8 @@ def main() -> list[dict]:
             "p50_us": round(costs[len(costs) // 2] / 1000, 1),
             "p99_us": round(costs[int(len(costs) * 0.99)] / 1000, 1),
             "build_s": round(build, 2),
-            "targets_missed": "; ".join(score.failures()) or "none",
+            "missed_whole": "; ".join(whole.failures()) or "none",
+            "missed_held_out": missed,
         }
         for name, costs in zip(
             ("per new user agent, first pass", "per new user agent, rules compiled"),
@@ -73,5 +131,8 @@ def _pair(found) -> tuple[str | None, str | None]:
 
 
 if __name__ == "__main__":
-    for row in main():
-        print(row)
+    if "--json" in sys.argv:  # the earlier code's process of a --base run
+        print(_MARK + json.dumps(measure()))
+    else:
+        for row in main():
+            print(row)

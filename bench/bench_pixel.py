@@ -15,6 +15,10 @@ Every URL is a valid pixel of one of SUBSCRIBERS subscribers (with tracking cons
 every open is a personal event row). After each pixel run it checks that the opens in
 the database equal the pixel answers the server counted (its own /metrics).
 
+`python -m bench bench_pixel --base` measures only the pixel, side by side with the code
+this branch started from (BENCH_PIXEL_BASE, default main: its service/ as files, run
+with PYTHONPATH so it imports its own code), in alternating rounds on the same database.
+
 `python -m bench bench_pixel --big` also loads 10 million rows into `opens` with
 generate_series, runs the pixel again, and times the unsubscribe (erasure) of
 subscribers holding 1,000 opens each.
@@ -376,6 +380,43 @@ def _tune(server) -> str:
     return size
 
 
+def _side_by_side(url: str, paths: dict[str, list[str]], workdir: Path) -> list[dict]:
+    """The pixel of the earlier code and of this code, alternately, ROUNDS times."""
+    from bench.bench_send_rate import earlier_tree
+
+    os.environ["BENCH_RATE_BASE"] = os.environ.get("BENCH_PIXEL_BASE", "main")
+    tree, commit = earlier_tree(workdir)
+    # PYTHONSAFEPATH: `python -m` would put this checkout (its working directory) first.
+    earlier = {"PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"}
+    rows: list[dict] = []
+    rps: dict[str, list[float]] = {"before": [], "now": []}
+    load = os.getloadavg()[0]
+    for n in range(ROUNDS):
+        sides = (("before", earlier), ("now", {}))
+        for side, env in sides if n % 2 == 0 else sides[::-1]:  # neither always first
+            with Service(url, **env) as service:
+                _load(service, paths["pixel"], 2, workdir)  # warm-up: caches, connections
+                label = f"r{n + 1}-{side}-" if side == "now" else f"r{n + 1}-{side}-{commit}-"
+                row = _measure_round(service, url, paths, workdir, label, ("pixel",))[0]
+            rps[side].append(row["rps"])
+            rows.append(row)
+    now, before = statistics.median(rps["now"]), statistics.median(rps["before"])
+    # Each round's two sides ran back to back: their ratio shares the machine's load of
+    # the moment, which on a shared machine swings the throughput by a factor of two.
+    ratio = statistics.median(n / b for n, b in zip(rps["now"], rps["before"], strict=True))
+    rows.append(
+        {
+            "bench": "pixel",
+            "name": f"median of {ROUNDS}: this code / before ({commit})",
+            "rps": f"{now} / {before}",
+            "of_before": f"{ratio:.1%} (median of the rounds' ratios)",
+            "target": "within 5 % " + ("met" if ratio >= 0.95 else "NOT met"),
+            "load_avg_1m": round(load, 2),
+        }
+    )
+    return rows
+
+
 def main() -> list[dict]:
     import pgserver
 
@@ -389,6 +430,8 @@ def main() -> list[dict]:
             url = server.get_uri()
             tokens = Tokens((SECRET,), 3600)
             paths = asyncio.run(_seed(url, tokens))
+            if "--base" in sys.argv:
+                return rows + _side_by_side(url, paths, workdir)
             with Service(url) as service:
                 _load(service, paths["pixel"], 2, workdir)  # warm-up: caches, connections
                 _load(service, paths["naive"], 2, workdir)

@@ -4,8 +4,9 @@ Every number here comes from `campaigns` and `campaign_counts`, which hold no pe
 data and are not touched by erasures, so the statistics of a campaign never change when
 the people who opened it unsubscribe.
 
-`unique_opens` counts the first open of each subscriber whose opens may be recorded
-(TRACKING_MODE and their consent). Opens of subscribers who did not consent are counted
+`unique_opens` counts the first open *by the person* of each subscriber whose opens may be
+recorded (TRACKING_MODE and their consent): a machine open (image proxy prefetch, scanner,
+headless preview) never makes or spends one, so `unique_open_rate` counts people. Opens of subscribers who did not consent are counted
 in `opens` (and the breakdowns) but cannot be deduplicated without keeping a per-person
 mark, which is exactly what they did not consent to; `anonymous_opens` says how many
 opens that concerns, so a reader can tell how complete `unique_opens` is.

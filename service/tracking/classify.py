@@ -114,13 +114,35 @@ _ENGINE_TOKENS = frozenset(
 )
 
 
-def _product(ua: str) -> str | None:
+# The first parenthesis when it names a phone's or computer's system: device models,
+# carriers and locales go there ("CUBOT", "ID bot 53+"), so family rules do not read it.
+_PLATFORM_COMMENT = re.compile(
+    r"\((?=[^)]*(?:Linux|Android|iPhone|iPad|iPod|Windows|Macintosh|X11|CrOS))[^)]*\)"
+)
+_COMMENTS = re.compile(r"\([^)]*\)")
+# Where a Gecko mail client names itself (`Gecko/20100101 Icedove/24.4`, `Firefox/38.9
+# FossaMail/25.2`); add-ons and the engine's own tokens are not the product.
+_GECKO = re.compile(r"Gecko/\w+\s")
+_GECKO_ADD_ONS = frozenset({"Goanna", "Lightning", "Navigator"})
+# Where an app's own token follows the engine's: an iOS or Android WebView app
+# (`Mobile/15E148 MailMaster/6.5`) or a desktop app on Chromium (`Safari/537.36 Mailbird/2.4`).
+_AFTER_ENGINE = re.compile(r"(?:Mobile/\w+|Safari/[\d.]+|Chrome/[\d.]+)\s")
+
+
+def _product(ua: str, aliases: dict[str, str | None] | None = None) -> str | None:
+    """The product a user agent names first, as people name it (`aliases`); a token the
+    aliases map to None (a protocol's name, such as `Monazilla`) gives way to the next."""
+    aliases = aliases or {}
     leading = _LEADING_PRODUCT.match(ua)
-    if leading:
-        return leading.group(1).strip()
-    for name in _PRODUCT.findall(ua):
-        if name not in _ENGINE_TOKENS:
-            return name
+    names = [leading.group(1).strip()] if leading else []
+    names += [n for n in _PRODUCT.findall(ua) if n not in _ENGINE_TOKENS]
+    for name in names:
+        key = name.lower()
+        if key in aliases:
+            if aliases[key] is None:
+                continue
+            return aliases[key]
+        return name
     return None
 
 
@@ -142,6 +164,7 @@ class Classifier:
         rules: dict,
         extra_networks: list[str] | None = None,
         scanner_networks: list[str] | None = None,
+        leave_out: frozenset[str] = frozenset(),
     ) -> None:
         self._exact: dict[str, str] = {}
         alternatives: list[str] = []
@@ -168,7 +191,12 @@ class Classifier:
         self._mail_clients = [
             (re.compile(rule["regex"]), rule["client"], rule.get("os")) for rule in rules["clients"]
         ]
-        self._lists = ua_lists.matcher()
+        self._lists = ua_lists.matcher(leave_out)  # leave_out: evaluation only
+        families = rules.get("machine_families", [])
+        self._early_families = Families([r for r in families if r.get("early")])
+        self._families = Families([r for r in families if not r.get("early")])
+        self._people_apps = tuple(rules.get("people_apps", ()))
+        self._aliases: dict[str, str | None] = rules.get("client_aliases", {})
         self._networks: list[tuple[Ranges, str]] = [
             (Ranges(rule["networks"]), rule["reason"]) for rule in rules["machine_networks"]
         ]
@@ -184,6 +212,7 @@ class Classifier:
         rules_file: Path = RULES_FILE,
         apple_ranges_file: str = "",
         scanner_ranges_file: str = "",
+        leave_out: frozenset[str] = frozenset(),
     ) -> Classifier:
         rules = json.loads(rules_file.read_text(encoding="utf-8"))
         extra = read_ranges_csv(apple_ranges_file) if apple_ranges_file else None
@@ -191,7 +220,7 @@ class Classifier:
         # ua-parser builds its matcher on the first parse (~150 ms), the lists theirs
         # (~2 s, once per process): at start-up, not on the event loop during a burst.
         _uap().parse(WARM_UP_USER_AGENT)
-        return cls(rules, extra, scanners)
+        return cls(rules, extra, scanners, leave_out)
 
     def _user_agent(self, raw: str | None) -> UserAgentClass:
         """Classify one user-agent string (cached: the same strings come again and again)."""
@@ -206,6 +235,9 @@ class Classifier:
         for needle, client in self._proxies:
             if needle in ua:
                 return UserAgentClass(ua, client, None, None, True)
+        reason = self._early_families(ua)
+        if reason:
+            return UserAgentClass(ua, None, None, reason, False)
         match = self._machine_rules.search(ua)
         if match:
             return UserAgentClass(ua, None, None, self._machine_reasons[match.lastgroup], False)
@@ -219,14 +251,43 @@ class Classifier:
             if listed.kind == "client":
                 client = self._client_names.get(listed.name, listed.name)
                 return UserAgentClass(ua, client, os_family, None, False)
-            if not self._is_browser(parsed, listed):
+            if not self._is_browser(parsed, listed) and not self._people_app(ua):
                 return UserAgentClass(ua, None, None, self._list_reason(listed), False)
         if parsed.device and parsed.device.family == "Spider":
             return UserAgentClass(ua, None, None, self._spider_reason, False)
+        if not self._people_app(ua):
+            reason = self._families(ua, _PLATFORM_COMMENT.sub("", ua, count=1))
+            if reason:
+                return UserAgentClass(ua, None, None, reason, False)
+        return UserAgentClass(ua, self._client(ua, parsed), os_family, None, False)
+
+    def _people_app(self, ua: str) -> bool:
+        return any(token in ua for token in self._people_apps)
+
+    def _client(self, ua: str, parsed: ua_parser.Result) -> str | None:
+        """The product as people name it: ua-parser's family, unless that is only the
+        engine or the system (an app's WebView, an Electron app, a Chromium-based app)."""
         family = parsed.user_agent.family if parsed.user_agent else None
-        if family in (None, "Other", "Electron"):
-            family = _product(ua) or (None if family == "Other" else family)
-        return UserAgentClass(ua, family, os_family, None, False)
+        aliases = self._aliases
+        if family in ("Mobile Safari UI/WKWebView", "Chrome Mobile WebView", "Chrome"):
+            after = _AFTER_ENGINE.search(ua)
+            for name in _PRODUCT.findall(_COMMENTS.sub("", ua[after.end() :])) if after else ():
+                if name not in _ENGINE_TOKENS:
+                    return aliases.get(name.lower()) or name
+            if family == "Mobile Safari UI/WKWebView":
+                return "Apple Mail"  # iOS WebKit without a Safari/ token: Mail's image load
+            return family
+        if family in ("Firefox", "Goanna"):  # Thunderbird's forks and rebrands are Gecko too
+            gecko = _GECKO.search(ua)
+            for name in _PRODUCT.findall(_COMMENTS.sub("", ua[gecko.end() :])) if gecko else ():
+                if name not in _ENGINE_TOKENS and name not in _GECKO_ADD_ONS:
+                    return aliases.get(name.lower()) or name
+            return family
+        if family == "Android" and ua.startswith("Mozilla/"):
+            return family  # the stock Android browser
+        if family in (None, "Other", "Electron", "Android"):
+            return _product(ua, aliases) or (None if family == "Other" else family)
+        return aliases.get(family.lower()) or family
 
     def _list_reason(self, match: Match) -> str:
         if match.kind == "library":
@@ -251,6 +312,44 @@ class Classifier:
             if address in ranges:
                 return reason
         return None
+
+
+class Families:
+    """Family rules (`machine_families`), compiled into the lists' Rust regex set: one
+    pass per string finds the first rule that matches; Python's `re` only runs a rule's
+    `unless` (on the whole string) and, when that vetoes, the rules after it."""
+
+    def __init__(self, rules: list[dict]) -> None:
+        self._rules = rules
+        self._reasons = [rule["reason"] for rule in rules]
+        self._patterns = [re.compile(f"(?i:{rule['regex']})") for rule in rules]
+        self._unless = [
+            re.compile(rule["unless"], re.IGNORECASE) if rule.get("unless") else None
+            for rule in rules
+        ]
+        self._set = ua_lists.ListMatcher(
+            [(f"(?i:{rule['regex']})", Match("family", str(i))) for i, rule in enumerate(rules)]
+        )
+
+    def __call__(self, ua: str, read: str | None = None) -> str | None:
+        """The reason of the first rule matching `read` (the user agent, or the part of it
+        the rules read) whose `unless` does not match the user agent."""
+        read = ua if read is None else read
+        found = self._set(read)
+        if found is None:
+            return None
+        first = int(found.name)
+        for i in range(first, len(self._reasons)):
+            if i > first and not self._patterns[i].search(read):
+                continue
+            unless = self._unless[i]
+            if unless is None or not unless.search(ua):
+                return self._reasons[i]
+        return None
+
+    def rules(self) -> list[tuple[str, Families]]:
+        """Each rule alone, with its reason (for tests that hold one rule to the table)."""
+        return [(rule["reason"], Families([rule])) for rule in self._rules]
 
 
 def verdict(ua: UserAgentClass, network_reason: str | None) -> Verdict:

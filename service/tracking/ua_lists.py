@@ -38,7 +38,7 @@ _MAIL_APP = re.compile(r"mail\b|\b(?:outlook|spark|newton|canary|spike|e-?mail)\
 
 @dataclass(frozen=True)
 class Match:
-    kind: str  # "bot", "client" (mail or PIM), "library", "crawler"
+    kind: str  # "bot", "client" (mail or PIM), "library", "crawler", "family" (own rules)
     name: str
     category: str = ""  # device-detector's bot category
 
@@ -47,8 +47,25 @@ def _load(relative: str) -> list[dict]:
     return yaml_rs.loads((_REGEXES / relative).read_text(encoding="utf-8")) or []
 
 
-def _rules() -> list[tuple[str, Match]]:
+# The collections the lists come from, as the labelled table names its sources: an
+# evaluation can leave one out to see the rules on strings they were not written against.
+DEVICE_DETECTOR = "matomo-org/device-detector"
+CRAWLER_USER_AGENTS = "monperrus/crawler-user-agents"
+SOURCES = (DEVICE_DETECTOR, CRAWLER_USER_AGENTS)
+
+
+def _rules(leave_out: frozenset[str] = frozenset()) -> list[tuple[str, Match]]:
     """(regex, what it means), in the order device-detector tries them."""
+    rules: list[tuple[str, Match]] = []
+    if DEVICE_DETECTOR not in leave_out:
+        rules += _device_detector_rules()
+    if CRAWLER_USER_AGENTS not in leave_out:
+        for entry in crawleruseragents.CRAWLER_USER_AGENTS_DATA:
+            rules.append((entry["pattern"], Match("crawler", entry["pattern"])))
+    return rules
+
+
+def _device_detector_rules() -> list[tuple[str, Match]]:
     rules: list[tuple[str, Match]] = []
     for rule in _load("upstream/bots.yml"):
         rules.append((rule["regex"], Match("bot", rule["name"], rule.get("category") or "")))
@@ -62,8 +79,6 @@ def _rules() -> list[tuple[str, Match]]:
         ]
     for path in ("local/client/libraries.yml", "upstream/client/libraries.yml"):
         rules += [(r["regex"], Match("library", r["name"])) for r in _load(path)]
-    for entry in crawleruseragents.CRAWLER_USER_AGENTS_DATA:
-        rules.append((entry["pattern"], Match("crawler", entry["pattern"])))
     return rules
 
 
@@ -73,7 +88,8 @@ class ListMatcher:
         fast: list[tuple[str, str, None, None, None, None]] = []
         self._slow: list[tuple[int, re.Pattern[str]]] = []
         for index, (regex, meaning) in enumerate(rules):
-            bounded = meaning.kind != "crawler"  # crawler-user-agents' patterns are plain
+            # crawler-user-agents' patterns and the project's family rules are plain
+            bounded = meaning.kind not in ("crawler", "family")
             compiled = _rust_form(regex, bounded)
             if compiled is None:
                 try:
@@ -113,6 +129,8 @@ def _rust_form(regex: str, bounded: bool) -> str | None:
 
 
 @functools.cache
-def matcher() -> ListMatcher:
-    """Built once per process (about 2 s): at start-up, never on the event loop."""
-    return ListMatcher(_rules())
+def matcher(leave_out: frozenset[str] = frozenset()) -> ListMatcher:
+    """Built once per process (about 2 s): at start-up, never on the event loop.
+
+    `leave_out`: collections (of SOURCES) to build without, for the held-out evaluation."""
+    return ListMatcher(_rules(leave_out))

@@ -8,13 +8,18 @@
 -- A personal open event is written only when the tracking mode allows it for that
 -- subscriber (`personal_tracking`, sql/139, the rule service/tracking/policy.py states
 -- in Python); the anonymous campaign_counts move for every live event.
--- Unique opens: the first open of a tracked subscriber for a campaign, decided by the
--- UPDATE of deliveries.first_open_at (row-locked, so two replicas cannot both count it).
+-- Unique opens count people: the first open *by the person* (no machine_reason) of a
+-- tracked subscriber for a campaign, decided by the UPDATE of deliveries.first_open_at
+-- (row-locked, so two replicas cannot both count it). A machine open (a proxy prefetch,
+-- a scanner, a headless preview) never sets first_open_at, so it cannot spend the
+-- person's own first open (issue 27; sql/140 corrected the counters written before).
 -- Times arrive as epoch seconds (float8): no datetime object per open in the service.
-WITH batch AS (
+WITH batch AS MATERIALIZED (
+    -- Materialized, as it was while it held a window function: the batch is planned as
+    -- the few rows it is, and its joins stay index look-ups (inlined, the pixel bench
+    -- lost a fifth of its throughput).
     SELECT e.subscriber_id, e.campaign_id, to_timestamp(e.epoch) AS at, e.ip, e.user_agent,
-           e.client, e.os, e.country, e.reason,
-           row_number() OVER (PARTITION BY e.campaign_id, e.subscriber_id ORDER BY e.epoch) AS nth
+           e.client, e.os, e.country, e.reason
     FROM unnest(:subscriber_ids::bigint[], :campaign_ids::bigint[], :ats::float8[],
                 :ips::text[], :user_agents::text[], :clients::text[], :oses::text[],
                 :countries::text[], :reasons::text[])
@@ -39,7 +44,7 @@ live_campaigns AS (
 ),
 events AS (
     SELECT b.subscriber_id, b.campaign_id, b.at, b.ip, b.user_agent, b.client, b.os,
-           b.country, b.nth, coalesce(l.tracked, false) AS tracked, c.first_sent_at,
+           b.country, coalesce(l.tracked, false) AS tracked, c.first_sent_at,
            d.subscriber_id IS NOT NULL AS delivered,
            COALESCE(b.reason,
                     CASE WHEN b.at >= d.sent_at
@@ -50,6 +55,14 @@ events AS (
     JOIN live_campaigns c ON c.id = b.campaign_id
     LEFT JOIN deliveries d ON d.campaign_id = b.campaign_id AND d.subscriber_id = b.subscriber_id
     WHERE b.subscriber_id IS NULL OR l.id IS NOT NULL
+),
+ranked AS (
+    -- nth = 1: a person's first own open in this batch (machine opens are ranked apart).
+    SELECT e.*,
+           row_number() OVER (PARTITION BY e.campaign_id, e.subscriber_id,
+                                           e.machine_reason IS NULL
+                              ORDER BY e.at) AS nth
+    FROM events e
 ),
 inserted AS (
     INSERT INTO opens (subscriber_id, campaign_id, at, ip, user_agent, client, os, country,
@@ -62,15 +75,16 @@ inserted AS (
 firsts AS (
     UPDATE deliveries d
     SET first_open_at = e.at
-    FROM events e
-    WHERE e.tracked AND e.delivered AND e.nth = 1
+    FROM ranked e
+    WHERE e.tracked AND e.delivered AND e.nth = 1 AND e.machine_reason IS NULL
       AND d.campaign_id = e.campaign_id AND d.subscriber_id = e.subscriber_id
       AND d.first_open_at IS NULL
     RETURNING d.campaign_id, d.subscriber_id
 ),
 counted AS (
-    SELECT e.*, (e.nth = 1 AND f.subscriber_id IS NOT NULL) AS is_unique
-    FROM events e
+    SELECT e.*, (e.nth = 1 AND e.machine_reason IS NULL AND f.subscriber_id IS NOT NULL)
+               AS is_unique
+    FROM ranked e
     LEFT JOIN firsts f ON f.campaign_id = e.campaign_id AND f.subscriber_id = e.subscriber_id
 ),
 counts AS (

