@@ -13,6 +13,7 @@ import contextlib
 import email
 import email.policy
 import itertools
+import os
 import re
 import socket
 import time
@@ -115,7 +116,11 @@ class Mailbox:
             list(envelope.rcpt_tos),
         )
         if self.directory is not None:
-            (self.directory / f"{mail.id:08d}.eml").write_bytes(raw)
+            path = self.directory / f"{mail.id:08d}.eml"
+            path.write_bytes(raw)
+            # The file's time is the received time after a restart: make it this one.
+            stamp = mail.received.timestamp()
+            os.utime(path, (stamp, stamp))
             for old in sorted(self.directory.glob("*.eml"))[:-KEEP_MESSAGES]:
                 old.unlink(missing_ok=True)
         return mail
