@@ -190,18 +190,18 @@ async def test_form_topics_are_shown_on_the_confirmation_page_and_joined_with_ev
     assert done.status_code == 200
     assert await _topics_of(db, sid) == ["offers", "weekly"]
     events = await db.fetch(
-        "SELECT kind, method, ip, user_agent, consent_text_version FROM consent_events"
-        " WHERE kind LIKE 'topic%' ORDER BY method"
+        "SELECT kind, topic, method, ip, user_agent, consent_text_version FROM consent_events"
+        " WHERE kind LIKE 'topic%' ORDER BY topic"
     )
-    assert [(e["kind"], e["method"]) for e in events] == [
-        ("topic_joined", "offers"),
-        ("topic_joined", "weekly"),
+    assert [(e["kind"], e["topic"], e["method"]) for e in events] == [
+        ("topic_joined", "offers", None),
+        ("topic_joined", "weekly", None),
     ]
     assert {(e["ip"], e["user_agent"], e["consent_text_version"]) for e in events} == {
         ("198.51.100.0", "Browser/Topics", "v1")
     }
     export = await client.get("/admin/api/subscribers/ada@example.org", headers=admin_headers)
-    exported = [(e["kind"], e["method"]) for e in export.json()["consent_events"]]
+    exported = [(e["kind"], e["topic"]) for e in export.json()["consent_events"]]
     assert ("topic_joined", "offers") in exported and ("topic_joined", "weekly") in exported
     assert [t["slug"] for t in export.json()["topics"]] == ["offers", "weekly"]
 
@@ -304,9 +304,9 @@ async def test_a_topic_email_has_list_id_and_its_one_click_leaves_only_its_topic
     assert await db.fetchval("SELECT status FROM subscribers WHERE id = $1", sid) == "active"
     assert await _topics_of(db, sid) == ["weekly"]
     left = await db.fetchrow(
-        "SELECT method, user_agent FROM consent_events WHERE kind = 'topic_left'"
+        "SELECT topic, method, user_agent FROM consent_events WHERE kind = 'topic_left'"
     )
-    assert (left["method"], left["user_agent"]) == ("offers", "Mail/1")
+    assert tuple(left) == ("offers", None, "Mail/1")
     # Idempotent: a second one-click leaves nothing more and erases nothing.
     again = await client.post(header.removeprefix(support.PUBLIC_URL))
     assert again.status_code == 200
@@ -450,13 +450,14 @@ async def test_import_lines_may_carry_topics(client, db, admin_headers) -> None:
     assert await _topics_of(db, active) == ["offers"]
     assert await _topics_of(db, await sid("default@example.org")) == ["weekly"]
     joined = await db.fetchrow(
-        "SELECT at, source, method FROM consent_events"
+        "SELECT at, source, method, topic FROM consent_events"
         " WHERE subscriber_id = $1 AND kind = 'topic_joined'",
         active,
     )
-    assert (joined["at"].isoformat(), joined["source"], joined["method"]) == (
+    assert (joined["at"].isoformat(), joined["source"], joined["method"], joined["topic"]) == (
         "2024-03-01T10:00:00+00:00",
         "shop checkout",
+        "import",
         "offers",
     )
     pending = await sid("pending@example.org")
