@@ -386,13 +386,20 @@ async def send_confirm(request: Request, session: Session) -> Response:
             return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
         if campaign["welcome"]:
             return problem(request, 409, WELCOME_NOT_SENT, csrf=session.csrf)
-        active = await store.count_recipients(con, campaign["id"])
-        already = await q.campaign_delivered_count.fetchval(con, id=campaign["id"])
+        topics = None
+        if campaign["has_topics"]:  # its topics' active members, each once
+            preview = await q.topic_send_preview.fetchrow(con, id=campaign["id"])
+            topics = list(preview["topics"])
+            active, already = preview["recipients"], preview["already"]
+        else:
+            active = await store.count_recipients(con, campaign["id"])
+            already = await q.campaign_delivered_count.fetchval(con, id=campaign["id"])
     return page(
         request,
         "send_confirm.html",
         csrf=session.csrf,
         campaign=campaign,
+        topics=topics,
         active=active,
         already=already,
         to_send=max(active - already, 0),
