@@ -490,6 +490,37 @@ async def test_the_demo_form_offers_the_topics_and_a_bad_one_keeps_the_ticks(
         ]
 
 
+async def test_a_form_refused_for_another_reason_offers_the_topics_with_the_ticks_kept(
+    app_factory, admin_headers
+) -> None:
+    """A bad address, a too-long name, the network's sign-up limit: the form comes back
+    with the topics to choose from, ticked as the person ticked them (not the defaults)."""
+    ticks = "topics=offers&topics=events"
+    async with app_factory(rate_signup_per_ip_hour=2) as (_app, client):
+        await _topic(client, admin_headers, "weekly", default=True)
+        await _topic(client, admin_headers, "offers")
+        await _topic(client, admin_headers, "events")
+        form = {"content-type": "application/x-www-form-urlencoded"}
+        bad_address = await client.post(
+            "/subscribe", content=f"email=not-an-address&{ticks}", headers=form
+        )
+        long_name = await client.post(
+            "/subscribe", content=f"email=ada%40example.org&name={'x' * 500}&{ticks}", headers=form
+        )
+        for _ in range(2):  # the network's allowance spent
+            await client.post("/subscribe", content="email=bob%40example.org", headers=form)
+        limited = await client.post(
+            "/subscribe", content=f"email=cy%40example.org&{ticks}", headers=form
+        )
+    for answer, status in ((bad_address, 400), (long_name, 400), (limited, 429)):
+        assert answer.status_code == status, answer.text
+        assert re.findall(r'name="topics" value="([a-z-]+)"( checked)?', answer.text) == [
+            ("events", " checked"),
+            ("offers", " checked"),
+            ("weekly", ""),
+        ], answer.text
+
+
 def test_a_topic_campaigns_unsubscribe_token_names_the_campaign_and_only_unsubscribes() -> None:
     token = TOKENS.unsubscribe_campaign(41, 7)
     assert TOKENS.verify_unsubscribe_any(token) == (41, 7)
