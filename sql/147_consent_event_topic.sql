@@ -4,7 +4,7 @@
 --
 -- The slug as text, not a key to `topics`: evidence has to outlive the topic (a deleted
 -- topic's joins and leaves stay provable and readable in the access export), and a slug
--- never changes (service/admin/topics_api.py), so it names the topic as the person saw it
+-- never changes (service/admin/topics_api.py), so it names the same topic for good,
 -- without a join. A nullable column without a default is a catalogue change; the UPDATE
 -- touches the topic events only.
 ALTER TABLE consent_events ADD COLUMN topic text;

@@ -159,9 +159,10 @@ class WelcomeCampaign(Exception):
 async def queue_send(con: asyncpg.Connection, campaign_id: int) -> int:
     """Queue one email per active subscriber not mailed this campaign yet; returns how many.
 
-    Raises CampaignNotFound, WelcomeCampaign. Sends of the same campaign are serialised by an advisory
-    lock, so two concurrent sends still queue each subscriber once; a subscriber erased
-    while the statement runs is passed over (sql/queries/campaigns.sql, queue_campaign).
+    Raises CampaignNotFound, WelcomeCampaign (a topic's welcome is never a list send).
+    Sends of the same campaign are serialised by an advisory lock, so two concurrent sends
+    still queue each subscriber once; a subscriber erased while the statement runs is
+    passed over (sql/queries/campaigns.sql, queue_campaign).
     Waiting for that lock and queueing a large list may outlast DB_COMMAND_TIMEOUT (the
     API's and the dashboard's pooled connections): those statements get the long timeout.
     """
