@@ -142,6 +142,8 @@ async def send_campaign(request: Request) -> Response:
                 queued = await schedule.send_now(con, campaign_id)
     except store.CampaignNotFound:
         return _not_found("campaign")
+    except store.WelcomeCampaign:
+        return _welcome_conflict()
     except schedule.SendStarted:
         return _error(409, "already_sent", "the campaign's send has started; nothing to schedule")
     if at is not None:
@@ -149,6 +151,15 @@ async def send_campaign(request: Request) -> Response:
         return _json({"scheduled_at": scheduled.isoformat()}, 202)
     log.info("campaign queued", extra={"campaign_id": campaign_id, "count": queued})
     return _json({"queued": queued}, 202)
+
+
+def _welcome_conflict() -> JSONResponse:
+    return _error(
+        409,
+        "welcome_campaign",
+        "this campaign is a topic's welcome message: it is sent to each person who joins"
+        " the topic, never sent or scheduled to a list",
+    )
 
 
 async def _send_at(request: Request) -> tuple[datetime | None, JSONResponse | None]:
@@ -193,6 +204,8 @@ async def unschedule_campaign(request: Request) -> Response:
             await schedule.unschedule(con, campaign_id)
     except store.CampaignNotFound:
         return _not_found("campaign")
+    except store.WelcomeCampaign:
+        return _welcome_conflict()
     except schedule.SendStarted:
         return _error(
             409, "already_sent", "the campaign's send has started; it cannot be unscheduled"

@@ -99,7 +99,8 @@ def zone(name: str) -> tzinfo:
 
 
 async def schedule(con: asyncpg.Connection, campaign_id: int, at: datetime) -> datetime:
-    """Sets (or moves) the campaign's schedule. Raises CampaignNotFound, SendStarted."""
+    """Sets (or moves) the campaign's schedule. Raises CampaignNotFound, WelcomeCampaign,
+    SendStarted."""
     async with con.transaction():
         await store.q.lock_campaign_send.execute(
             con, time_limit=connections.LONG_COMMAND_TIMEOUT, id=campaign_id
@@ -122,13 +123,15 @@ async def _raise_if_gone_or_started(con: asyncpg.Connection, campaign_id: int) -
     state = await q.send_state.fetchrow(con, id=campaign_id)
     if state is None:
         raise store.CampaignNotFound(campaign_id)
+    if state["welcome"]:
+        raise store.WelcomeCampaign(campaign_id)
     if state["started"]:
         raise SendStarted(campaign_id)
 
 
 async def send_now(con: asyncpg.Connection, campaign_id: int) -> int:
     """`store.queue_send`, which also ends a waiting schedule: the send it stood for starts
-    now. Returns how many emails were queued; raises CampaignNotFound."""
+    now. Returns how many emails were queued; raises CampaignNotFound, WelcomeCampaign."""
     async with con.transaction():
         await store.q.lock_campaign_send.execute(
             con, time_limit=connections.LONG_COMMAND_TIMEOUT, id=campaign_id

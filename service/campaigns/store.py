@@ -151,19 +151,28 @@ class CampaignNotFound(LookupError):
     pass
 
 
+class WelcomeCampaign(Exception):
+    """A topic's welcome message: the welcome mechanism sends it, to each person once as
+    they join its topic (service/topics/membership.py), never a send to a list."""
+
+
 async def queue_send(con: asyncpg.Connection, campaign_id: int) -> int:
     """Queue one email per active subscriber not mailed this campaign yet; returns how many.
 
-    Raises CampaignNotFound. Sends of the same campaign are serialised by an advisory
-    lock, so two concurrent sends still queue each subscriber once; a subscriber erased
-    while the statement runs is passed over (sql/queries/campaigns.sql, queue_campaign).
+    Raises CampaignNotFound, WelcomeCampaign (a topic's welcome is never a list send).
+    Sends of the same campaign are serialised by an advisory lock, so two concurrent sends
+    still queue each subscriber once; a subscriber erased while the statement runs is
+    passed over (sql/queries/campaigns.sql, queue_campaign).
     Waiting for that lock and queueing a large list may outlast DB_COMMAND_TIMEOUT (the
     API's and the dashboard's pooled connections): those statements get the long timeout.
     """
     long = LONG_COMMAND_TIMEOUT
     async with con.transaction():
-        if not await q.campaign_exists.fetchval(con, id=campaign_id):
+        welcome = await q.campaign_is_welcome.fetchval(con, id=campaign_id)
+        if welcome is None:
             raise CampaignNotFound(campaign_id)
+        if welcome:
+            raise WelcomeCampaign(campaign_id)
         await q.lock_campaign_send.execute(con, time_limit=long, id=campaign_id)
         # A campaign naming topics: their subscribers only (each once); else everyone.
         topics = await q.campaign_has_topics.fetchval(con, id=campaign_id)

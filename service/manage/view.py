@@ -39,6 +39,7 @@ SECTIONS: dict[str, tuple[str, dict[str, str]]] = {
         {
             "at": "When",
             "kind": "What",
+            "topic": "Topic",
             "method": "How",
             "ip": "From IP address",
             "user_agent": "Browser",

@@ -24,7 +24,7 @@ CONFIRM = "confirm"
 TRACKING_GRANTED = "tracking_granted"
 TRACKING_WITHDRAWN = "tracking_withdrawn"
 ADDRESS_CHANGED = "address_changed"
-# Joining or leaving a topic; the event's `method` is the topic's slug.
+# Joining or leaving a topic; the event's `topic` is the topic's slug (sql/147).
 TOPIC_JOINED = "topic_joined"
 TOPIC_LEFT = "topic_left"
 KINDS = (
@@ -65,8 +65,10 @@ async def record(
     kind: str,
     evidence: Evidence,
     method: str | None = None,
+    topic: str | None = None,
 ) -> None:
-    """One event, now, in the caller's transaction (which holds the subscriber row)."""
+    """One event, now, in the caller's transaction (which holds the subscriber row);
+    `method` is how the person acted, `topic` the slug of the topic it is about."""
     if kind not in KINDS:
         raise ValueError(f"unknown consent event kind {kind!r}")
     await q.record.fetchval(
@@ -78,4 +80,5 @@ async def record(
         source=evidence.source,
         consent_text_version=evidence.consent_text_version,
         method=method,
+        topic=topic,
     )

@@ -236,7 +236,9 @@ def _problem(
         values["tracking"] = truthy(ticked)
         topics = fields.get("topics")
         values["topics"] = (
-            [t for t in topics if isinstance(t, str)] if isinstance(topics, list) else []
+            [printable(t, 63) for t in topics if isinstance(t, str)][: membership.SLUGS_MAX]
+            if isinstance(topics, list)
+            else []
         )
         source = fields.get("source")
         values["source"] = (
@@ -281,7 +283,14 @@ async def subscribe(request: Request) -> Response:
     signup, errors = await validate(fields, settings, request)
     if signup is None:
         count("invalid").inc()
-        return _problem(request, kind, 422 if kind == "json" else 400, errors, fields=fields)
+        return _problem(
+            request,
+            kind,
+            422 if kind == "json" else 400,
+            errors,
+            fields=fields,
+            topic_choices=await _offered(request, kind, state.pool),
+        )
 
     ip = clientinfo.client_ip(request)
     evidence = Evidence.of(request, settings, signup.source)
@@ -292,7 +301,8 @@ async def subscribe(request: Request) -> Response:
                 verdict = await ratelimit.hit_ip(con, settings, day_key, ip)
                 if not verdict.allowed:
                     count("rate_limited").inc()
-                    return _too_many(request, kind, verdict.retry_after, fields)
+                    offered = await _offered(request, kind, con)
+                    return _too_many(request, kind, verdict.retry_after, fields, offered)
             try:
                 topic_ids = await membership.resolve(con, signup.topics)
             except membership.UnknownTopics as exc:
@@ -313,10 +323,40 @@ async def subscribe(request: Request) -> Response:
 UNSUPPORTED = "Send application/json or a form (application/x-www-form-urlencoded)."
 
 
-def _too_many(request: Request, kind: str, retry_after: int, fields: dict[str, Any]) -> Response:
+def _too_many(
+    request: Request,
+    kind: str,
+    retry_after: int,
+    fields: dict[str, Any],
+    topic_choices: list[Any],
+) -> Response:
     message = "Too many sign-ups from your network. Please try again later."
     headers = {"Retry-After": str(retry_after)}
-    return _problem(request, kind, 429, {"email": message}, headers=headers, fields=fields)
+    return _problem(
+        request,
+        kind,
+        429,
+        {"email": message},
+        headers=headers,
+        fields=fields,
+        topic_choices=topic_choices,
+    )
+
+
+async def _offered(
+    request: Request, kind: str, con: asyncpg.Connection | asyncpg.Pool
+) -> list[Any]:
+    """The topics a form that comes back offers again, whatever was wrong with it, so the
+    person's ticks are not lost; none for JSON, or when the database is unavailable (the
+    form then carries the ticks as hidden fields)."""
+    if kind != "form":
+        return []
+    try:
+        return list(await membership.form_choices(con))
+    except (*connections.UNAVAILABLE, asyncpg.InterfaceError) as exc:
+        if not connections.is_unavailable(exc):
+            raise
+        return []
 
 
 async def _unknown_topics(

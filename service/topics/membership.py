@@ -69,7 +69,7 @@ async def join(
     welcome email of each that has one; returns the slugs joined now."""
     rows = await q.join_topics.fetch(con, subscriber_id=subscriber_id, topic_ids=list(topic_ids))
     for row in rows:
-        await evidence.record(con, subscriber_id, evidence.TOPIC_JOINED, who, row["slug"])
+        await evidence.record(con, subscriber_id, evidence.TOPIC_JOINED, who, topic=row["slug"])
     welcomes = [row["welcome_campaign_id"] for row in rows if row["welcome_campaign_id"]]
     if welcomes:
         await q.queue_welcome.fetchval(con, subscriber_id=subscriber_id, campaign_ids=welcomes)
@@ -85,7 +85,7 @@ async def leave(
     """Leaves these topics, one evidence row per topic left; returns their slugs."""
     rows = await q.leave_topics.fetch(con, subscriber_id=subscriber_id, topic_ids=list(topic_ids))
     for row in rows:
-        await evidence.record(con, subscriber_id, evidence.TOPIC_LEFT, who, row["slug"])
+        await evidence.record(con, subscriber_id, evidence.TOPIC_LEFT, who, topic=row["slug"])
     return [row["slug"] for row in rows]
 
 

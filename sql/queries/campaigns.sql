@@ -26,6 +26,10 @@ LIMIT :limit;
 -- name: campaign_exists
 SELECT EXISTS (SELECT 1 FROM campaigns WHERE id = :id);
 
+-- name: campaign_is_welcome
+-- Whether the campaign is a topic's welcome message (sql/142); NULL: no such campaign.
+SELECT welcome FROM campaigns WHERE id = :id;
+
 -- name: campaign_has_topics
 SELECT topic_ids IS NOT NULL FROM campaigns WHERE id = :id;
 

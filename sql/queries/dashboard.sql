@@ -32,9 +32,12 @@ FROM list_daily
 WHERE day >= :since;
 
 -- name: campaign_list
--- Every campaign with its anonymous total counters (newest first).
+-- Every campaign with its anonymous total counters (newest first). A topic's welcome
+-- message (`welcome`, sql/142) is listed for its statistics, with its topic's name (NULL
+-- once the topic is deleted).
 SELECT c.id, c.name, c.subject, c.created_at, c.first_sent_at,
-       c.recipients, c.sent, c.failed, c.paused_reason, c.scheduled_at,
+       c.recipients, c.sent, c.failed, c.paused_reason, c.scheduled_at, c.welcome,
+       (SELECT t.name FROM topics t WHERE t.welcome_campaign_id = c.id) AS welcome_topic,
        coalesce(t.opens, 0) AS opens,
        coalesce(t.machine_opens, 0) AS machine_opens,
        coalesce(t.unique_opens, 0) AS unique_opens
@@ -45,10 +48,31 @@ ORDER BY c.id DESC
 LIMIT :limit;
 
 -- name: campaign_by_id
-SELECT id, name, subject, html, text, created_at, first_sent_at, recipients, sent, failed,
-       paused_at, paused_reason, scheduled_at
-FROM campaigns
-WHERE id = :id;
+SELECT c.id, c.name, c.topic_ids IS NOT NULL AS has_topics, c.subject, c.html, c.text, c.created_at, c.first_sent_at, c.recipients,
+       c.sent, c.failed, c.paused_at, c.paused_reason, c.scheduled_at, c.welcome,
+       (SELECT t.name FROM topics t WHERE t.welcome_campaign_id = c.id) AS welcome_topic
+FROM campaigns c
+WHERE c.id = :id;
+
+-- name: topic_send_preview
+-- The send step of a campaign naming topics: the topics' names, how many active
+-- subscribers of any of them it goes to (each once, however many of the topics they are
+-- in) and how many of those were queued it already (a second send skips them).
+WITH recipients AS (
+    SELECT s.id FROM subscribers s
+    WHERE s.status = 'active'
+      AND EXISTS (
+          SELECT 1 FROM subscriber_topics st
+          WHERE st.subscriber_id = s.id
+            AND st.topic_id = ANY((SELECT topic_ids FROM campaigns WHERE id = :id)::bigint[])
+      )
+)
+SELECT (SELECT coalesce(array_agg(t.name ORDER BY t.name), '{}') FROM topics t
+        WHERE t.id = ANY((SELECT topic_ids FROM campaigns WHERE id = :id)::bigint[])) AS topics,
+       (SELECT count(*) FROM recipients) AS recipients,
+       (SELECT count(*) FROM recipients r
+        WHERE EXISTS (SELECT 1 FROM deliveries d
+                      WHERE d.campaign_id = :id AND d.subscriber_id = r.id)) AS already;
 
 -- name: campaign_delivered_count
 -- Subscribers (still on the list) already queued for this campaign: a second send skips them.

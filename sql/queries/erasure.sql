@@ -50,7 +50,7 @@ FROM subscribers
 WHERE lower(email) = lower(:email);
 
 -- name: export_consent_events
-SELECT kind, at, ip, user_agent, source, consent_text_version, method
+SELECT kind, topic, at, ip, user_agent, source, consent_text_version, method
 FROM consent_events WHERE subscriber_id = :id ORDER BY at, id;
 
 -- name: export_topics

@@ -38,21 +38,21 @@ members AS (
     WHERE j.status = 'active'
     RETURNING topic_id, subscriber_id
 ),
--- One call of record_consent (sql/139) for the whole chunk; read below, so it runs.
+-- One call of record_consent (sql/139, sql/147) for the whole chunk; read below, so it runs.
 evidence AS (
     SELECT record_consent(array_agg(e)) AS rows
     FROM (
         SELECT ROW(id, CASE WHEN status = 'active' THEN 'confirm' ELSE 'signup' END,
                    coalesce(consented_at, now()), NULL, NULL, coalesce(source, 'import'),
-                   :consent_text_version, 'import')::consent_evidence
+                   :consent_text_version, 'import', NULL)::consent_evidence
         FROM joined
         UNION ALL
         SELECT ROW(id, 'tracking_granted', consented_at, NULL, NULL, source,
-                   :consent_text_version, 'import')::consent_evidence
+                   :consent_text_version, 'import', NULL)::consent_evidence
         FROM joined WHERE status = 'active' AND tracking
         UNION ALL
         SELECT ROW(j.id, 'topic_joined', j.consented_at, NULL, NULL, j.source,
-                   :consent_text_version, t.slug)::consent_evidence
+                   :consent_text_version, 'import', t.slug)::consent_evidence
         FROM members m JOIN joined j ON j.id = m.subscriber_id JOIN topics t ON t.id = m.topic_id
     ) AS events (e)
 ),

@@ -3,12 +3,13 @@
 
 -- name: set_schedule
 -- Only before the campaign's first send started: once it did, its send is queued or sent.
+-- Never a topic's welcome message (sql/142), which is sent to each person as they join.
 UPDATE campaigns SET scheduled_at = :at
-WHERE id = :id AND first_sent_at IS NULL
+WHERE id = :id AND first_sent_at IS NULL AND NOT welcome
 RETURNING scheduled_at;
 
 -- name: send_state
-SELECT first_sent_at IS NOT NULL AS started FROM campaigns WHERE id = :id;
+SELECT first_sent_at IS NOT NULL AS started, welcome FROM campaigns WHERE id = :id;
 
 -- name: clear_schedule
 -- Cancels a waiting schedule; no row when none waits (never set, cancelled, or claimed:
@@ -21,7 +22,7 @@ RETURNING id;
 -- name: due_schedules
 -- Candidates only: each is claimed under the campaign's send lock (claim_schedule).
 SELECT id FROM campaigns
-WHERE scheduled_at <= now()
+WHERE scheduled_at <= now() AND NOT welcome
 ORDER BY scheduled_at, id
 LIMIT :limit;
 

@@ -30,7 +30,7 @@ WITH upserted AS (
 -- A CTE that writes through a function runs only when read: the final SELECT reads it.
 evidence AS (
     SELECT record_consent(array_agg(ROW(id, 'signup', NULL, :ip, :user_agent, :source,
-                                        :consent_text_version, NULL)::consent_evidence)) AS rows
+                                        :consent_text_version, NULL, NULL)::consent_evidence)) AS rows
     FROM upserted
 ),
 counted AS (

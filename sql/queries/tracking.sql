@@ -14,7 +14,7 @@ WHERE id = :subscriber_id;
 -- name: record_withdrawal
 SELECT record_consent(ARRAY[ROW(:subscriber_id::bigint, 'tracking_withdrawn', NULL, :ip::text,
                                 :user_agent::text, :source::text, :version::text,
-                                NULL)::consent_evidence]);
+                                NULL, NULL)::consent_evidence]);
 
 -- name: grant
 -- Consent to personal open tracking, given by the person (the confirmation page's form or
@@ -28,7 +28,7 @@ WITH granted AS (
     RETURNING id
 )
 SELECT record_consent(array_agg(ROW(id, 'tracking_granted', NULL, :ip, :user_agent, :source,
-                                    :version, :method)::consent_evidence))
+                                    :version, :method, NULL)::consent_evidence))
 FROM granted;
 
 -- name: delete_opens

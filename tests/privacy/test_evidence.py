@@ -19,8 +19,11 @@ def test_no_statement_but_record_consent_writes_consent_events() -> None:
         for path in [*ROOT.glob("sql/**/*.sql"), *ROOT.glob("service/**/*.py")]
         if re.search(r"INSERT\s+INTO\s+consent_events", path.read_text(), re.IGNORECASE)
     }
-    # Migration 139 defines record_consent; no other file inserts evidence itself.
-    assert writers == {"sql/139_one_source_for_consent_policies.sql"}
+    # Migration 139 defines record_consent (147 adds the topic); nothing else inserts evidence.
+    assert writers == {
+        "sql/139_one_source_for_consent_policies.sql",
+        "sql/147_consent_event_topic.sql",
+    }
 
 
 async def test_the_kinds_are_the_ones_the_table_accepts(db) -> None:
@@ -54,7 +57,7 @@ async def test_record_consent_writes_a_set_in_one_call_keeping_given_times(db) -
     b = await add_subscriber(db, "b@example.com")
     written = await db.fetchval(
         "SELECT record_consent(array_agg(ROW(id, 'confirm', '2020-01-02T03:04:05Z', NULL, NULL,"
-        " 'import', 'v1', 'import')::consent_evidence)) FROM subscribers"
+        " 'import', 'v1', 'import', NULL)::consent_evidence)) FROM subscribers"
     )
     assert written == 2
     rows = await db.fetch("SELECT subscriber_id, at::text FROM consent_events ORDER BY 1")
@@ -94,3 +97,26 @@ async def test_one_grant_statement_serves_both_pages() -> None:
     }
     assert granting == {"tracking.sql"}
     assert len(re.findall(r"tracking_consent\s*=\s*true", texts["tracking.sql"])) == 1
+
+
+MIGRATION_147 = ROOT / "sql" / "147_consent_event_topic.sql"
+
+
+async def test_migration_147_moves_the_topics_slug_out_of_method(db) -> None:
+    """Rows as migration 142 wrote them (the slug in `method`) get it in `topic`; the
+    other kinds keep their method."""
+    sid = await add_subscriber(db, "m@example.com")
+    await db.execute(
+        "INSERT INTO consent_events (subscriber_id, kind, method) VALUES"
+        " ($1, 'topic_joined', 'offers'), ($1, 'topic_left', 'weekly'), ($1, 'confirm', 'auto')",
+        sid,
+    )
+    move = re.search(r"^UPDATE consent_events .*?;$", MIGRATION_147.read_text(), re.M | re.S)
+    assert move is not None
+    await db.execute(move.group(0))
+    rows = await db.fetch("SELECT kind, method, topic FROM consent_events ORDER BY id")
+    assert [tuple(r) for r in rows] == [
+        ("topic_joined", None, "offers"),
+        ("topic_left", None, "weekly"),
+        ("confirm", "auto", None),
+    ]

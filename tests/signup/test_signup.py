@@ -428,6 +428,13 @@ async def test_database_down_answers_503_with_retry_after_never_500(
             )
             json_answer = await subscribe_json(client, {"email": "down@example.com"})
             form_answer = await subscribe(client, "down@example.com")
+            form = {"content-type": "application/x-www-form-urlencoded"}
+            ticked = await client.post(  # the topics cannot be read: the ticks ride along
+                "/subscribe", content="email=down%40example.com&topics=offers", headers=form
+            )
+            bad = await client.post(  # refused before the database: still no 500
+                "/subscribe", content="email=not-an-address&topics=offers", headers=form
+            )
         finally:
             await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
             await admin.close()
@@ -435,6 +442,9 @@ async def test_database_down_answers_503_with_retry_after_never_500(
         assert json_answer.headers["retry-after"]
         assert form_answer.status_code == 503
         assert form_answer.headers["content-type"].startswith("text/html")
+        for answer, status in ((ticked, 503), (bad, 400)):
+            assert answer.status_code == status, answer.text
+            assert '<input type="hidden" name="topics" value="offers">' in answer.text
         # and it recovers once the database is back
         back = await wait_until(lambda: _status_is(client, "back@example.com", 202), timeout=10)
         assert back

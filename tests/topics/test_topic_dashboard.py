@@ -78,6 +78,57 @@ async def test_the_send_confirmation_counts_a_topic_campaigns_recipients(
         page = await web.get(f"/admin/campaigns/{created.json()['id']}/send")
     assert page.status_code == 200
     assert re.search(r"\b2 (people|subscribers|recipients)", page.text), page.text
+    # It says whom: the topic's active members, named, not the whole list's count.
+    count = re.search(r'<p id="recipient-count">(.*?)</p>', page.text, re.S)
+    assert count, page.text
+    assert "The list has" not in count.group(1)
+    assert re.search(r"<strong>2</strong> people", count.group(1)), count.group(1)
+    assert "weekly" in count.group(1) and "offers" not in count.group(1)
+
+
+async def test_the_send_confirmation_names_several_topics_counts_each_person_once(
+    app, db, client, admin_headers
+) -> None:
+    for slug, name in (("weekly", "Weekly digest"), ("offers", "Offers"), ("events", "Events")):
+        made = await client.post(
+            "/admin/api/topics", json={"slug": slug, "name": name}, headers=admin_headers
+        )
+        assert made.status_code == 201
+    # weekly+offers: 3 people (one in both); events only and no topic: not recipients; a
+    # pending member is no recipient either.
+    for n, slugs in enumerate(
+        (["weekly"], ["weekly", "offers"], ["offers"], ["events"], [], ["weekly"])
+    ):
+        status = "pending" if n == 5 else "active"
+        sid = await people.add_subscriber(db, f"p{n}@example.org", status=status)
+        for slug in slugs:
+            await db.execute(
+                "INSERT INTO subscriber_topics (topic_id, subscriber_id)"
+                " SELECT id, $1 FROM topics WHERE slug = $2",
+                sid,
+                slug,
+            )
+    created = await client.post(
+        "/admin/api/campaigns",
+        json={
+            "name": "n",
+            "subject": "s",
+            "html": "h",
+            "text": "t",
+            "topics": ["weekly", "offers"],
+        },
+        headers=admin_headers,
+    )
+    async with browser(app) as web:
+        await sign_in(web)
+        page = await web.get(f"/admin/campaigns/{created.json()['id']}/send")
+    assert page.status_code == 200
+    count = re.search(r'<p id="recipient-count">(.*?)</p>', page.text, re.S)
+    assert count, page.text
+    assert re.search(r"<strong>3</strong> people", count.group(1)), count.group(1)
+    assert "Offers, Weekly digest" in count.group(1) and "each once" in count.group(1)
+    assert "Events" not in count.group(1)
+    assert 'id="confirm-send">Send to 3 subscribers' in page.text
 
 
 async def test_a_dashboard_campaign_may_name_topics(app, db, client, admin_headers) -> None:

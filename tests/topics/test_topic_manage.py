@@ -73,8 +73,8 @@ async def test_the_footer_link_leaves_a_topic_and_leaving_the_last_one_erases(
     left = await client.post(manage_path(sid), data={"action": "leave_topics", "topics": "offers"})
     assert left.status_code == 200 and 'id="topics-left"' in left.text
     assert await _slugs(db, sid) == ["weekly"]
-    event = await db.fetchrow("SELECT kind, method, source FROM consent_events")
-    assert tuple(event) == ("topic_left", "offers", "manage")
+    event = await db.fetchrow("SELECT kind, topic, method, source FROM consent_events")
+    assert tuple(event) == ("topic_left", "offers", None, "manage")
 
     last = await client.post(manage_path(sid), data={"action": "leave_topics", "topics": "weekly"})
     assert last.status_code == 200 and "You are unsubscribed" in last.text
@@ -99,9 +99,15 @@ async def test_the_fresh_links_page_joins_a_topic_with_evidence_and_its_welcome(
     assert saved.status_code == 200 and "Your topics are saved." in saved.text
     assert await _slugs(db, sid) == ["offers", "weekly"]
     event = await db.fetchrow(
-        "SELECT method, user_agent, source FROM consent_events WHERE kind = 'topic_joined'"
+        "SELECT topic, method, user_agent, source FROM consent_events WHERE kind = 'topic_joined'"
     )
-    assert tuple(event) == ("offers", "Browser/Join", "manage")
+    assert tuple(event) == ("offers", None, "Browser/Join", "manage")
+    # The person's data page names the topic of each join (sql/147), not as its "How".
+    assert re.search(
+        r'<td data-label="What">Topic joined</td><td data-label="Topic">offers</td>'
+        r'<td data-label="How">\u2014</td>',
+        saved.text,
+    ), saved.text
     await wait_until(
         lambda: _has(mails_to(smtp, "ada@example.org"), "Welcome to Offers"), timeout=15
     )

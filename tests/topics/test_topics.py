@@ -190,18 +190,18 @@ async def test_form_topics_are_shown_on_the_confirmation_page_and_joined_with_ev
     assert done.status_code == 200
     assert await _topics_of(db, sid) == ["offers", "weekly"]
     events = await db.fetch(
-        "SELECT kind, method, ip, user_agent, consent_text_version FROM consent_events"
-        " WHERE kind LIKE 'topic%' ORDER BY method"
+        "SELECT kind, topic, method, ip, user_agent, consent_text_version FROM consent_events"
+        " WHERE kind LIKE 'topic%' ORDER BY topic"
     )
-    assert [(e["kind"], e["method"]) for e in events] == [
-        ("topic_joined", "offers"),
-        ("topic_joined", "weekly"),
+    assert [(e["kind"], e["topic"], e["method"]) for e in events] == [
+        ("topic_joined", "offers", None),
+        ("topic_joined", "weekly", None),
     ]
     assert {(e["ip"], e["user_agent"], e["consent_text_version"]) for e in events} == {
         ("198.51.100.0", "Browser/Topics", "v1")
     }
     export = await client.get("/admin/api/subscribers/ada@example.org", headers=admin_headers)
-    exported = [(e["kind"], e["method"]) for e in export.json()["consent_events"]]
+    exported = [(e["kind"], e["topic"]) for e in export.json()["consent_events"]]
     assert ("topic_joined", "offers") in exported and ("topic_joined", "weekly") in exported
     assert [t["slug"] for t in export.json()["topics"]] == ["offers", "weekly"]
 
@@ -304,9 +304,9 @@ async def test_a_topic_email_has_list_id_and_its_one_click_leaves_only_its_topic
     assert await db.fetchval("SELECT status FROM subscribers WHERE id = $1", sid) == "active"
     assert await _topics_of(db, sid) == ["weekly"]
     left = await db.fetchrow(
-        "SELECT method, user_agent FROM consent_events WHERE kind = 'topic_left'"
+        "SELECT topic, method, user_agent FROM consent_events WHERE kind = 'topic_left'"
     )
-    assert (left["method"], left["user_agent"]) == ("offers", "Mail/1")
+    assert tuple(left) == ("offers", None, "Mail/1")
     # Idempotent: a second one-click leaves nothing more and erases nothing.
     again = await client.post(header.removeprefix(support.PUBLIC_URL))
     assert again.status_code == 200
@@ -450,13 +450,14 @@ async def test_import_lines_may_carry_topics(client, db, admin_headers) -> None:
     assert await _topics_of(db, active) == ["offers"]
     assert await _topics_of(db, await sid("default@example.org")) == ["weekly"]
     joined = await db.fetchrow(
-        "SELECT at, source, method FROM consent_events"
+        "SELECT at, source, method, topic FROM consent_events"
         " WHERE subscriber_id = $1 AND kind = 'topic_joined'",
         active,
     )
-    assert (joined["at"].isoformat(), joined["source"], joined["method"]) == (
+    assert (joined["at"].isoformat(), joined["source"], joined["method"], joined["topic"]) == (
         "2024-03-01T10:00:00+00:00",
         "shop checkout",
+        "import",
         "offers",
     )
     pending = await sid("pending@example.org")
@@ -487,6 +488,37 @@ async def test_the_demo_form_offers_the_topics_and_a_bad_one_keeps_the_ticks(
             ("offers", " checked"),
             ("weekly", ""),
         ]
+
+
+async def test_a_form_refused_for_another_reason_offers_the_topics_with_the_ticks_kept(
+    app_factory, admin_headers
+) -> None:
+    """A bad address, a too-long name, the network's sign-up limit: the form comes back
+    with the topics to choose from, ticked as the person ticked them (not the defaults)."""
+    ticks = "topics=offers&topics=events"
+    async with app_factory(rate_signup_per_ip_hour=2) as (_app, client):
+        await _topic(client, admin_headers, "weekly", default=True)
+        await _topic(client, admin_headers, "offers")
+        await _topic(client, admin_headers, "events")
+        form = {"content-type": "application/x-www-form-urlencoded"}
+        bad_address = await client.post(
+            "/subscribe", content=f"email=not-an-address&{ticks}", headers=form
+        )
+        long_name = await client.post(
+            "/subscribe", content=f"email=ada%40example.org&name={'x' * 500}&{ticks}", headers=form
+        )
+        for _ in range(2):  # the network's allowance spent
+            await client.post("/subscribe", content="email=bob%40example.org", headers=form)
+        limited = await client.post(
+            "/subscribe", content=f"email=cy%40example.org&{ticks}", headers=form
+        )
+    for answer, status in ((bad_address, 400), (long_name, 400), (limited, 429)):
+        assert answer.status_code == status, answer.text
+        assert re.findall(r'name="topics" value="([a-z-]+)"( checked)?', answer.text) == [
+            ("events", " checked"),
+            ("offers", " checked"),
+            ("weekly", ""),
+        ], answer.text
 
 
 def test_a_topic_campaigns_unsubscribe_token_names_the_campaign_and_only_unsubscribes() -> None:

@@ -371,6 +371,12 @@ async def create_campaign(request: Request, session: Session) -> Response:
     return RedirectResponse(f"/admin/campaigns/{campaign_id}", status_code=303)
 
 
+WELCOME_NOT_SENT = (
+    "This campaign is a topic's welcome message: it is sent to each person who joins the "
+    "topic, never sent or scheduled to the list."
+)
+
+
 @signed_in
 async def send_confirm(request: Request, session: Session) -> Response:
     """The confirmation step: how many people the send will mail, before it happens."""
@@ -378,13 +384,22 @@ async def send_confirm(request: Request, session: Session) -> Response:
         campaign = await _campaign(request, con)
         if campaign is None:
             return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
-        active = await store.count_recipients(con, campaign["id"])
-        already = await q.campaign_delivered_count.fetchval(con, id=campaign["id"])
+        if campaign["welcome"]:
+            return problem(request, 409, WELCOME_NOT_SENT, csrf=session.csrf)
+        topics = None
+        if campaign["has_topics"]:  # its topics' active members, each once
+            preview = await q.topic_send_preview.fetchrow(con, id=campaign["id"])
+            topics = list(preview["topics"])
+            active, already = preview["recipients"], preview["already"]
+        else:
+            active = await store.count_recipients(con, campaign["id"])
+            already = await q.campaign_delivered_count.fetchval(con, id=campaign["id"])
     return page(
         request,
         "send_confirm.html",
         csrf=session.csrf,
         campaign=campaign,
+        topics=topics,
         active=active,
         already=already,
         to_send=max(active - already, 0),
@@ -410,6 +425,8 @@ async def send(request: Request, session: Session) -> Response:
             queued = await schedule.send_now(con, campaign["id"])
         except store.CampaignNotFound:  # deleted between the two statements
             return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
+        except store.WelcomeCampaign:
+            return problem(request, 409, WELCOME_NOT_SENT, csrf=session.csrf)
     log.info(
         "campaign send queued from dashboard",
         extra={"campaign_id": campaign["id"], "count": queued},
@@ -435,6 +452,8 @@ async def schedule_send(request: Request, session: Session) -> Response:
                 await schedule.schedule(con, campaign["id"], at)
             except store.CampaignNotFound:
                 return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
+            except store.WelcomeCampaign:
+                return problem(request, 409, WELCOME_NOT_SENT, csrf=session.csrf)
             except schedule.SendStarted:
                 error = "started"
     if error:
@@ -459,6 +478,8 @@ async def unschedule_send(request: Request, session: Session) -> Response:
             await schedule.unschedule(con, campaign["id"])
         except store.CampaignNotFound:
             return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
+        except store.WelcomeCampaign:
+            return problem(request, 409, WELCOME_NOT_SENT, csrf=session.csrf)
         except schedule.SendStarted:
             message = "The scheduled send has started already; it can no longer be cancelled."
             return problem(request, 409, message, csrf=session.csrf)
