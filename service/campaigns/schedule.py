@@ -169,8 +169,9 @@ async def _look(app: Starlette) -> float:
         return poll
     if due_in > 0:
         return min(poll, due_in)
-    # The queueing of a large list outlasts DB_COMMAND_TIMEOUT (a million subscribers take
-    # about 20 s): it runs on a connection of its own with the one-shot commands' timeout.
+    # The queueing of a large list can outlast DB_COMMAND_TIMEOUT (a million subscribers
+    # take 5 to 20 s, bench_campaign_send): it runs on a connection of its own with the
+    # one-shot commands' timeout.
     con = await connections.connect(settings)
     try:
         for campaign_id, queued in await queue_due(con):
