@@ -43,6 +43,37 @@ def test_each_machine_family_is_caught_by_what_it_is(user_agent, reason) -> None
     assert (found.machine_reason, found.client) == (reason, None)
 
 
+# Second pass (issue 27): the held-out misses, by family. Each string names no listed
+# product; the family's words or shape are all there is to go on.
+@pytest.mark.parametrize(
+    ("user_agent", "reason"),
+    [
+        ("Zorblax-Security-Headers/1.0", "link_scanner"),
+        (
+            "zorblax.example/scanning Mozilla/5.0 (Macintosh) Chrome/126.0 Safari/537.36",
+            "link_scanner",
+        ),
+        ("Zorblax Vulnerability Survey 2.0", "link_scanner"),
+        ("ZorblaxSync/2.0 XMLHTTP/1.0", "http_library"),
+        ("zorblax-http/0.3", "http_library"),
+        ("Zorblax/1.2 (Node.js v20.1.0; linux x64)", "http_library"),
+        ("zorblax-tool/2.0.1 (linux-gnu x86_64) ruby/3.2.2", "http_library"),
+        ("zorblax/1.4 go/go1.22.1 os/linux", "http_library"),
+        ("Zorblax REST Client/2.0", "http_library"),
+        ("ZorblaxTrackerSDK/3.1.0 (build 7)", "http_library"),
+        ("libzorblax/0.9.1", "http_library"),
+        ("Zorblax Downloader/6.9", "http_library"),
+        ("Zorblax Cron Service/1.0", "bot"),
+        ("Zorblax Page Analyzer v1.2", "bot"),
+        ("ZorblaxAgent/1.0", "bot"),
+        ("ZorblaxHealthService/1.0", "bot"),
+    ],
+)
+def test_each_held_out_family_is_caught_by_what_it_is(user_agent, reason) -> None:
+    found = CLASSIFIER.user_agent(user_agent)
+    assert found.machine_reason == reason
+
+
 CUBOT_PHONE = (
     "Mozilla/5.0 (Linux; Android 12; CUBOT KINGKONG 9 Build/SP1A) AppleWebKit/537.36 "
     "(KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36"
@@ -83,6 +114,26 @@ COMPANY_BUILD = (
         # a desktop browser build with a company's site in a comment; a robot's string
         # with a site and no system is a robot
         (COMPANY_BUILD, "Zorblax/1.0 (EXAMPLE.DE/2.0)", "bot_url"),
+        # "security" inside a browser's comment token is not a security tool
+        (
+            "Mozilla/5.0 (Linux; U; Android 4.2.2; zh-cn) AppleWebKit/534.30 (KHTML, like Gecko) "
+            "Version/4.0 Mobile Safari/534.30 ZorblaxBrowser/2.0 (securitypay,securityinstalled)",
+            "Zorblax Security/1.0",
+            "link_scanner",
+        ),
+        # an Android app naming its HTTP stack or runtime is a person; a program is not
+        (
+            "ZorblaxPodcast/1.0 (com.zorblax.audio; Android 11) OkHttp/4.9.0",
+            "ZorblaxSync/1.0 ZorbHTTP/6.4",
+            "http_library",
+        ),
+        (
+            "ZorblaxPhone/2.0 (Java; U; MIDP-2.0; en-US) ZorblaxBrowser/9.4",
+            "ZorblaxSync/2.0 (Java; custom-client)",
+            "http_library",
+        ),
+        # "agent" as a lowercase part of a podcast app's name; a CamelCase …Agent product
+        ("zorblax-agent", "ZorblaxAgent/1.0", "bot"),
     ],
 )
 def test_the_families_stop_at_people_next_to_the_machines(person, machine, reason) -> None:
