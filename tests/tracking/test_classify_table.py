@@ -53,3 +53,16 @@ def test_classification_meets_the_targets_whole_and_held_out() -> None:
     print("\n" + text)
     assert _missed(whole, FLOORS["whole"]) == []
     assert _missed(held, FLOORS["held out"]) == []
+
+
+def test_contested_machine_labels_are_left_out_with_their_reason() -> None:
+    """A source's machine label the pixel cannot take (a person's browser, in-app
+    browser or mail client) is left out of the scores, never relabelled, and says why."""
+    rows = ua_table.load(keep_contested=True)
+    left_out = [(row, ua_table.contested(row)) for row in rows if ua_table.contested(row)]
+    assert left_out and len(left_out) < 0.01 * len(rows)
+    assert all(row.kind in ua_table.MACHINES and reason for row, reason in left_out)
+    kept = {(row.source, row.user_agent) for row in ua_table.load()}
+    assert not any((row.source, row.user_agent) in kept for row, _ in left_out)
+    sources = {ua_table.source_of(row) for row, _ in left_out}
+    assert {"omrilotan/isbot", "JayBizzle/Crawler-Detect"} <= sources
