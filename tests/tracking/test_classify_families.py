@@ -67,6 +67,20 @@ def test_each_machine_family_is_caught_by_what_it_is(user_agent, reason) -> None
         ("Zorblax Page Analyzer v1.2", "bot"),
         ("ZorblaxAgent/1.0", "bot"),
         ("ZorblaxHealthService/1.0", "bot"),
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/120.0.0.0 Safari/537.36 (+https://zorblax.example.com/about)",
+            "bot_url",
+        ),
+        ("Zorblax Link Expander 1.2", "bot"),
+        ("ZorblaxLinkResolver", "bot"),
+        ("Zorblax-FeedReader", "bot"),
+        (
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/534.34 (KHTML, like Gecko) wkhtmltoimage Safari/534.34",
+            "bot",
+        ),
+        ("ZorblaxMetadataParser/7.7", "bot"),
+        ("Zorblax-WebDAV-Redirector/10.0", "http_library"),
     ],
 )
 def test_each_held_out_family_is_caught_by_what_it_is(user_agent, reason) -> None:
@@ -132,6 +146,15 @@ COMPANY_BUILD = (
             "ZorblaxSync/2.0 (Java; custom-client)",
             "http_library",
         ),
+        # a mail provider's domain in a desktop browser's build comment; a site signed
+        # after the browser's last token
+        (
+            "Mozilla/5.0 (Windows NT 6.1; rv:1.9.1) Gecko/20091201 (EXAMPLE.DE/1.5) Firefox/3.5.6",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:31.0) Gecko/20100101 Firefox/31.0 Zorblax.com",
+            "bot_url",
+        ),
+        # "Reader" as the last part of a reading device's name; a feed reader
+        ("ZorblaxReader_4-4-2", "Zorblax FeedReader/2.0", "bot"),
         # "agent" as a lowercase part of a podcast app's name; a CamelCase …Agent product
         ("zorblax-agent", "ZorblaxAgent/1.0", "bot"),
     ],
