@@ -113,6 +113,13 @@ CONTESTED = (
         "an Android WebView in-app browser (Facebook's; a device build id as the pattern)",
     ),
     (
+        "faisalman/ua-parser-js",
+        r"E?Links$|Lynx$",
+        r"",
+        "text-mode browsers (Lynx, ELinks) that people read with; device-detector's Links rows "
+        "are people",
+    ),
+    (
         "JayBizzle/Crawler-Detect",
         r"",
         r"^(?:Canary%20Mail|Polymail)/",

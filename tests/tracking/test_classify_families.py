@@ -81,6 +81,11 @@ def test_each_machine_family_is_caught_by_what_it_is(user_agent, reason) -> None
         ),
         ("ZorblaxMetadataParser/7.7", "bot"),
         ("Zorblax-WebDAV-Redirector/10.0", "http_library"),
+        ("ZorblaxPHP", "http_library"),
+        ("zorblax-java/3.1.00", "http_library"),
+        ("Zorblax-Requests", "http_library"),
+        ("Mozilla/5.0 (Windows NT 10.0; en-US) PowerShell/7.4.1", "http_library"),
+        ("Zorblax Ranking Updater/2.0", "bot"),
     ],
 )
 def test_each_held_out_family_is_caught_by_what_it_is(user_agent, reason) -> None:
