@@ -86,6 +86,8 @@ def test_each_machine_family_is_caught_by_what_it_is(user_agent, reason) -> None
         ("Zorblax-Requests", "http_library"),
         ("Mozilla/5.0 (Windows NT 10.0; en-US) PowerShell/7.4.1", "http_library"),
         ("Zorblax Ranking Updater/2.0", "bot"),
+        ("Mozilla/5.0 Zorblax/4.0", "bot"),
+        ("Mozilla/5.0 (Zorblax Presence)", "bot"),
     ],
 )
 def test_each_held_out_family_is_caught_by_what_it_is(user_agent, reason) -> None:
