@@ -88,6 +88,15 @@ def test_each_machine_family_is_caught_by_what_it_is(user_agent, reason) -> None
         ("Zorblax Ranking Updater/2.0", "bot"),
         ("Mozilla/5.0 Zorblax/4.0", "bot"),
         ("Mozilla/5.0 (Zorblax Presence)", "bot"),
+        (
+            "Mozilla/7.1 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/120.0.0.0 Safari/537.36",
+            "malformed",
+        ),
+        ("Zorblax Custom Hostname Verification", "bot"),
+        ("ZorblaxSynthetic/1.2", "bot"),
+        ("Google-Zorblax", "bot"),
+        ("zorblax-code/2.1 (cli)", "http_library"),
     ],
 )
 def test_each_held_out_family_is_caught_by_what_it_is(user_agent, reason) -> None:
@@ -162,6 +171,12 @@ COMPANY_BUILD = (
         ),
         # "Reader" as the last part of a reading device's name; a feed reader
         ("ZorblaxReader_4-4-2", "Zorblax FeedReader/2.0", "bot"),
+        # a podcast app's "…Detector" component; a measurement job's CamelCase name
+        (
+            "ZorblaxPod/2.5 (build:1506; iOS 16.6.0) ContentLengthDetector",
+            "ZorblaxBench/2.3",
+            "bot",
+        ),
         # "agent" as a lowercase part of a podcast app's name; a CamelCase …Agent product
         ("zorblax-agent", "ZorblaxAgent/1.0", "bot"),
     ],
