@@ -122,6 +122,13 @@ CONTESTED = (
     (
         "JayBizzle/Crawler-Detect",
         r"",
+        r"^Microsoft Office (?:Word|Excel|PowerPoint|OneNote|Mobile)\b|"
+        r"^Mozilla/5\.0 \(Macintosh; Intel Mac OS X\) (?:Word|Excel|PowerPoint)/",
+        "Office apps that people use; device-detector and isbot label Office and PowerPoint people",
+    ),
+    (
+        "JayBizzle/Crawler-Detect",
+        r"",
         r"^(?:Canary%20Mail|Polymail)/",
         "mail clients (Canary Mail, Polymail): Crawler-Detect lists every non-browser",
     ),

@@ -97,6 +97,16 @@ def test_each_machine_family_is_caught_by_what_it_is(user_agent, reason) -> None
         ("ZorblaxSynthetic/1.2", "bot"),
         ("Google-Zorblax", "bot"),
         ("zorblax-code/2.1 (cli)", "http_library"),
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64; ops@zorblax.example.org) "
+            "AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+            "bot_url",
+        ),
+        ("Zorblax/0.1, ops at zorblax dot example", "bot_url"),
+        ("Zorblax SEO Tool", "bot"),
+        ('zorblax/21.0 {"ci":null,"cpu":"x86_64"}', "http_library"),
+        ("Zorblax Website Monitoring 2", "bot"),
+        ("Zorblax ImageResizer/2.0", "bot"),
     ],
 )
 def test_each_held_out_family_is_caught_by_what_it_is(user_agent, reason) -> None:
