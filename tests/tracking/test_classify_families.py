@@ -107,6 +107,12 @@ def test_each_machine_family_is_caught_by_what_it_is(user_agent, reason) -> None
         ('zorblax/21.0 {"ci":null,"cpu":"x86_64"}', "http_library"),
         ("Zorblax Website Monitoring 2", "bot"),
         ("Zorblax ImageResizer/2.0", "bot"),
+        (
+            "zorblax/1.6.6, Mozilla/5.0 (Windows NT 6.1; WOW64; rv:29.0) Gecko/20100101 "
+            "Firefox/29.0",
+            "bot",
+        ),
+        ("zorblaxfinder", "bot"),
     ],
 )
 def test_each_held_out_family_is_caught_by_what_it_is(user_agent, reason) -> None:
@@ -187,6 +193,16 @@ COMPANY_BUILD = (
             "ZorblaxBench/2.3",
             "bot",
         ),
+        # Outlook's own string has a comma before its Mozilla part, after a comment
+        (
+            "Microsoft Office/16.0 (Microsoft Outlook 16.0.12329; Pro), Mozilla/4.0 "
+            "(compatible; ms-office; MSOffice 16)",
+            "Zorblax, Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/50.0 Safari/537.36",
+            "bot",
+        ),
+        # an app's name with its version; the bare lowercase word of a script
+        ("Zorblax/2.1", "zorblax", "bot"),
         # "agent" as a lowercase part of a podcast app's name; a CamelCase …Agent product
         ("zorblax-agent", "ZorblaxAgent/1.0", "bot"),
     ],
