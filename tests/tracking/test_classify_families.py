@@ -113,6 +113,8 @@ def test_each_machine_family_is_caught_by_what_it_is(user_agent, reason) -> None
             "bot",
         ),
         ("zorblaxfinder", "bot"),
+        ("Zorblax Integration Services", "bot"),
+        ("Zorblax-Stream-Hook", "bot"),
     ],
 )
 def test_each_held_out_family_is_caught_by_what_it_is(user_agent, reason) -> None:
@@ -203,6 +205,12 @@ COMPANY_BUILD = (
         ),
         # an app's name with its version; the bare lowercase word of a script
         ("Zorblax/2.1", "zorblax", "bot"),
+        # a mail client's local bridge; a back-end job
+        (
+            "ZorblaxMail Bridge/3.8.2 (Macintosh; Intel Mac OS X 10_15_7)",
+            "ZorblaxMail Sender 0f3c381e",
+            "bot",
+        ),
         # "agent" as a lowercase part of a podcast app's name; a CamelCase …Agent product
         ("zorblax-agent", "ZorblaxAgent/1.0", "bot"),
     ],
