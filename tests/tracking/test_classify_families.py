@@ -115,6 +115,9 @@ def test_each_machine_family_is_caught_by_what_it_is(user_agent, reason) -> None
         ("zorblaxfinder", "bot"),
         ("Zorblax Integration Services", "bot"),
         ("Zorblax-Stream-Hook", "bot"),
+        ("Zorblax Research/1.0", "bot"),
+        ("Zorblax-AI-Agent/1.1.2", "bot"),
+        ("Zorblax Lead Discovery 2.0", "bot"),
     ],
 )
 def test_each_held_out_family_is_caught_by_what_it_is(user_agent, reason) -> None:
