@@ -118,6 +118,11 @@ def test_each_machine_family_is_caught_by_what_it_is(user_agent, reason) -> None
         ("Zorblax Research/1.0", "bot"),
         ("Zorblax-AI-Agent/1.1.2", "bot"),
         ("Zorblax Lead Discovery 2.0", "bot"),
+        (
+            "Mozilla/4.0 (compatible; MSIE 7.0; Windows NT 5.1; ZorblaxPage; "
+            "+http://zorblax.example/about)",
+            "bot",
+        ),
     ],
 )
 def test_each_held_out_family_is_caught_by_what_it_is(user_agent, reason) -> None:
