@@ -777,3 +777,24 @@ async def test_the_demo_signup_page_is_served_outside_dev_only_when_enabled(
 
 def test_session_ids_are_stored_hashed() -> None:
     assert auth._sha256("x") == hashlib.sha256(b"x").digest()
+
+
+async def test_a_locked_out_sign_in_says_how_long_to_wait(
+    app_factory: Callable[..., Any],
+) -> None:
+    async with (
+        app_factory(admin_auth_failures=2, admin_auth_window=900) as (app, _),
+        browser(app) as client,
+    ):
+        form = await client.get("/admin/login")
+        answer = form
+        for _ in range(3):
+            answer = await client.post(
+                "/admin/login",
+                data={"login_token": field(answer.text, "login_token"), "token": "wrong"},
+            )
+        assert answer.status_code == 429
+        wait = int(answer.headers["retry-after"])
+        assert 0 < wait <= 900
+        minutes = -(-wait // 60)
+        assert f"Please try again in {minutes} minutes." in answer.text

@@ -136,11 +136,23 @@ async def login(request: Request) -> Response:
         log.info("dashboard sign-in refused")
         if attempt.locked_for is None:
             return _login_page(request, 401, "That admin token is not valid.")
-        limited = _login_page(request, 429, "Too many failed sign-ins. Please wait and try again.")
+        limited = _login_page(
+            request,
+            429,
+            f"Too many failed sign-ins. Please try again in {wait_in_words(attempt.locked_for)}.",
+        )
         limited.headers["Retry-After"] = str(attempt.locked_for)
         return limited
     log.info("dashboard sign-in")
     return response
+
+
+def wait_in_words(seconds: int) -> str:
+    """The lock-out's wait as a person reads it: whole minutes, rounded up, under an hour."""
+    if seconds < 60:
+        return "a minute" if seconds > 1 else "a moment"
+    minutes = -(-seconds // 60)
+    return f"{minutes} minutes"
 
 
 @signed_in
