@@ -508,7 +508,12 @@ async def test_campaign_page_shows_the_three_charts_tables_and_machine_note(
     ]
     countries = re.search(r'id="countries-table">(.*?)</table>', page, re.S).group(1)
     # FR (4) and DE (2) are each under STATS_MIN_BUCKET: neither is named.
-    assert "FR" not in countries and "DE" not in countries and "other" in countries
+    assert "FR" not in countries and "DE" not in countries
+    # Each "other" bucket says what it holds, as the hours' does.
+    assert "other countries (each under 5 opens)" in countries
+    clients = re.search(r'id="clients-table">(.*?)</table>', page, re.S).group(1)
+    assert "Thunderbird" in clients and "Apple Mail" not in clients
+    assert "other mail clients (each under 5 opens)" in clients
 
 
 async def test_campaign_page_shows_anonymous_opens_beside_unique_opens_with_the_reason(
