@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -71,6 +72,9 @@ def routes(settings: Settings) -> list[BaseRoute]:
         Route("/favicon.ico", pages.favicon, methods=["GET"]),
         *subscribe.routes(settings),
         *confirmation.routes(),
+        # Without a token (a link cut short): the invalid-link page, not a bare 404.
+        Route("/unsubscribe", unsubscribe.no_token, methods=["GET", "POST"]),
+        Route("/unsubscribe/", unsubscribe.no_token, methods=["GET", "POST"]),
         Route("/unsubscribe/{token}", unsubscribe.page, methods=["GET"]),
         Route(
             "/unsubscribe/{token}",
@@ -145,6 +149,41 @@ async def database_unavailable(request: Request, exc: Exception) -> Response:
     return pages.render(request, "unavailable.html", status_code=503, headers=headers)
 
 
+# What an error page says when the code that raised it gave no reason of its own.
+_ERROR_WORDS = {
+    404: (
+        "Page not found",
+        "There is no page at this address. If you followed a link from one of our emails, "
+        "it may have been cut short: try copying the whole link into the address bar.",
+    ),
+    405: ("Not allowed here", "This page cannot be used that way."),
+}
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths, wrong methods and the like: an HTML page like every other public
+    page (JSON for the admin API and clients that ask for JSON), not a bare "Not Found"."""
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=headers)
+    if request.url.path.startswith("/admin/api/") or "json" in request.headers.get("accept", ""):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=headers)
+    title, message = _ERROR_WORDS.get(exc.status_code, (exc.detail, ""))
+    if (
+        exc.detail
+        and exc.status_code in _ERROR_WORDS
+        and exc.detail != _DEFAULT_DETAIL.get(exc.status_code)
+    ):
+        message = exc.detail[0].upper() + exc.detail[1:] + "."
+    return pages.render(
+        request, "error.html", exc.status_code, headers, title=title, message=message
+    )
+
+
+_DEFAULT_DETAIL = {404: "Not Found", 405: "Method Not Allowed"}
+
+
 async def database_error(request: Request, exc: Exception) -> Response:
     """Any other database error is a bug: 500, logged with its class and SQLSTATE only.
 
@@ -177,6 +216,7 @@ EXCEPTION_HANDLERS = {
     **{error: database_unavailable for error in (*connections.UNAVAILABLE, TimeoutError)},
     asyncpg.PostgresError: database_error,
     asyncpg.InterfaceError: database_interface_error,
+    HTTPException: http_error,
 }
 
 
