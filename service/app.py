@@ -72,9 +72,6 @@ def routes(settings: Settings) -> list[BaseRoute]:
         Route("/favicon.ico", pages.favicon, methods=["GET"]),
         *subscribe.routes(settings),
         *confirmation.routes(),
-        # Without a token (a link cut short): the invalid-link page, not a bare 404.
-        Route("/unsubscribe", unsubscribe.no_token, methods=["GET", "POST"]),
-        Route("/unsubscribe/", unsubscribe.no_token, methods=["GET", "POST"]),
         Route("/unsubscribe/{token}", unsubscribe.page, methods=["GET"]),
         Route(
             "/unsubscribe/{token}",
@@ -169,6 +166,8 @@ async def http_error(request: Request, exc: Exception) -> Response:
         return Response(status_code=exc.status_code, headers=headers)
     if request.url.path.startswith("/admin/api/") or "json" in request.headers.get("accept", ""):
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=headers)
+    if exc.status_code == 404 and request.url.path.rstrip("/") == "/unsubscribe":
+        return await unsubscribe.no_token(request)  # a link cut short before its token
     title, message = _ERROR_WORDS.get(exc.status_code, (exc.detail, ""))
     if (
         exc.detail
