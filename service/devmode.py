@@ -149,7 +149,8 @@ async def mail_catcher(app: Starlette) -> AsyncIterator[Mailbox]:
     app.state.mailbox = mailbox
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(_Handler(mailbox), hostname="mail-catcher.localhost"),
+        # SMTPUTF8 as real servers offer it: an address like jörg@bücher.example is caught.
+        lambda: SMTP(_Handler(mailbox), hostname="mail-catcher.localhost", enable_SMTPUTF8=True),
         host="127.0.0.1",
         port=settings.smtp.port,
     )
@@ -179,9 +180,19 @@ class HeldBack:
     next_at: datetime | None
 
 
-def _why(settings: Settings, allowance: Any) -> tuple[str, datetime | None]:
+def _why(
+    settings: Settings, allowance: Any, signup_at: datetime
+) -> tuple[str, datetime | None]:
     """Which address limit held the email back, and until when, in words: the verdict is
-    the database's own (`email_allowance_refusal`, the rule every claim applies)."""
+    the database's own (`email_allowance_refusal`, the rule every claim applies). A claim
+    made at the sign-up itself (the same `now()`) means the limits let the email go and
+    sending it failed: no limit is blamed for that."""
+    if allowance is not None and allowance["last_at"] >= signup_at:
+        return (
+            "the address limits let it go, but the mail server did not accept it "
+            "(see the log for the outbox's reason)",
+            None,
+        )
     refusal = None if allowance is None else allowance["refusal"]
     if refusal == "per_day":
         return (
@@ -220,7 +231,7 @@ async def held_back(request: Request) -> list[HeldBack]:
                 min_interval=settings.rate_confirm_min_interval,
                 signup_at=row["signup_at"],
             )
-            reason, next_at = _why(settings, allowance)
+            reason, next_at = _why(settings, allowance, row["signup_at"])
             found.append(HeldBack(row["email"], row["signup_at"], reason, next_at))
     return found
 

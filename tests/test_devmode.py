@@ -257,3 +257,31 @@ def test_newsletter_dev_serves_the_demo_and_caught_mail_and_keeps_its_data(tmp_p
     assert json.loads(secrets_file.read_text()) == first_secrets
     # SIGTERM stopped the embedded PostgreSQL too: nothing is left running.
     assert not (tmp_path / ".newsletter" / "pgdata" / "postmaster.pid").exists()
+
+
+async def test_an_internationalised_address_is_caught_and_blamed_on_no_limit(
+    dev_settings, db
+) -> None:
+    """The README's own example: the catcher offers SMTPUTF8 as real servers do."""
+    async with running(dev_settings) as (app, client):
+        await subscribe(client, "jörg@bücher.example")
+        await wait_until(lambda: _caught(app))
+        listing = (await client.get("/dev/mail")).text
+    assert "jörg@bücher.example" in listing
+    assert 'id="held-back"' not in listing
+
+
+async def test_a_confirmation_the_mail_server_refused_is_not_blamed_on_the_limits(
+    make_dev_settings, db
+) -> None:
+    settings = make_dev_settings()
+    async with running(settings) as (app, client):
+        await subscribe(client, "ada@example.com")
+        await wait_until(lambda: _caught(app))
+        await wait_until(lambda: db.fetchval("SELECT count(*) = 0 FROM outbox"))
+        # As if the email had failed for good: sent never, the claim made at the sign-up.
+        await db.execute("UPDATE subscribers SET confirm_sent_at = NULL")
+        page = (await client.get("/dev/mail")).text
+    held = re.search(r'<ul class="held">(.*?)</ul>', page, re.S).group(1)
+    assert "previous confirmation email" not in held
+    assert "the mail server did not accept it" in held
