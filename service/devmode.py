@@ -180,9 +180,7 @@ class HeldBack:
     next_at: datetime | None
 
 
-def _why(
-    settings: Settings, allowance: Any, signup_at: datetime
-) -> tuple[str, datetime | None]:
+def _why(settings: Settings, allowance: Any, signup_at: datetime) -> tuple[str, datetime | None]:
     """Which address limit held the email back, and until when, in words: the verdict is
     the database's own (`email_allowance_refusal`, the rule every claim applies). A claim
     made at the sign-up itself (the same `now()`) means the limits let the email go and

@@ -324,8 +324,8 @@ async def campaign_page(request: Request, session: Session) -> Response:
         sending = bool(campaign) and await q.campaign_sending.fetchval(con, id=campaign["id"])
     if campaign is None or stats is None:
         return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
-    queued = request.query_params.get("queued", "")
-    return page(
+    queued = request.cookies.get(QUEUED_COOKIE, "")
+    shown = page(
         request,
         "campaign.html",
         csrf=session.csrf,
@@ -342,6 +342,15 @@ async def campaign_page(request: Request, session: Session) -> Response:
         scheduled=scheduling.local_time(request.app.state.settings, campaign["scheduled_at"]),
         **stats_charts(stats),
     )
+    if queued:
+        shown.delete_cookie(
+            QUEUED_COOKIE,
+            path=request.url.path,
+            httponly=True,
+            secure=not request.app.state.settings.dev,
+            samesite="strict",
+        )
+    return shown
 
 
 @signed_in
@@ -443,7 +452,28 @@ async def send(request: Request, session: Session) -> Response:
         "campaign send queued from dashboard",
         extra={"campaign_id": campaign["id"], "count": queued},
     )
-    return RedirectResponse(f"/admin/campaigns/{campaign['id']}?queued={queued}", status_code=303)
+    return queued_notice(request, campaign["id"], queued)
+
+
+# The "N emails queued." notice is said once: a short-lived cookie for the campaign's page,
+# read and deleted by it, not a query parameter that a reload or a bookmark repeats.
+QUEUED_COOKIE = "queued_notice"
+
+
+def queued_notice(request: Request, campaign_id: int, queued: int) -> Response:
+    """The redirect after a send, carrying its notice for the next view of the page."""
+    path = f"/admin/campaigns/{campaign_id}"
+    response = RedirectResponse(path, status_code=303)
+    response.set_cookie(
+        QUEUED_COOKIE,
+        str(queued),
+        max_age=60,
+        path=path,
+        httponly=True,
+        secure=not request.app.state.settings.dev,
+        samesite="strict",
+    )
+    return response
 
 
 @signed_in
