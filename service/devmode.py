@@ -43,6 +43,8 @@ KEEP_MESSAGES = 500
 MAIL_FROM = "Dev Newsletter <newsletter@localhost>"
 _URL = re.compile(r"https?://[^\s<>\"')]+")
 _HEAD = re.compile(r"<head(\s[^>]*)?>", re.IGNORECASE)
+# The open-tracking pixel's URL (service/tracking/pixel.py): fetching it records an open.
+_PIXEL = re.compile(r"/o/[^/]+\.gif$")
 q = queries("devmode")
 
 
@@ -68,6 +70,11 @@ class CaughtMail:
     recipients: list[str]
     message: email.message.EmailMessage
     links: list[str] = field(default_factory=list)
+
+    @property
+    def pixel_links(self) -> set[str]:
+        """The links that are the tracking pixel: shown, not offered as links to click."""
+        return {link for link in self.links if _PIXEL.search(link)}
 
     def part(self, subtype: str) -> str:
         body = self.message.get_body(preferencelist=(subtype,))

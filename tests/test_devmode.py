@@ -285,3 +285,22 @@ async def test_a_confirmation_the_mail_server_refused_is_not_blamed_on_the_limit
     held = re.search(r'<ul class="held">(.*?)</ul>', page, re.S).group(1)
     assert "previous confirmation email" not in held
     assert "the mail server did not accept it" in held
+
+
+async def test_the_pixel_url_is_shown_but_not_offered_as_a_link(dev_settings) -> None:
+    """Clicking it would record an open that nobody made."""
+    async with running(dev_settings) as (_app, client):
+        await send_to_catcher(dev_settings.smtp.port)
+        item = (await client.get("/dev/mail/1")).text
+    assert '<a href="http://newsletter.test/o/x.gif"' not in item
+    assert "<code>http://newsletter.test/o/x.gif</code>" in item
+    assert '<a href="http://newsletter.test/confirm/abc.def">' in item
+
+
+async def test_check_your_inbox_links_to_the_caught_mail_in_dev_only(
+    dev_settings, client
+) -> None:
+    async with running(dev_settings) as (_app, dev_client):
+        thanks = await subscribe(dev_client, "ada@example.com")
+    assert '<a href="/dev/mail">' in thanks.text
+    assert "/dev/mail" not in (await subscribe(client, "bob@example.com")).text
