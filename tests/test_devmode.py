@@ -297,9 +297,7 @@ async def test_the_pixel_url_is_shown_but_not_offered_as_a_link(dev_settings) ->
     assert '<a href="http://newsletter.test/confirm/abc.def">' in item
 
 
-async def test_check_your_inbox_links_to_the_caught_mail_in_dev_only(
-    dev_settings, client
-) -> None:
+async def test_check_your_inbox_links_to_the_caught_mail_in_dev_only(dev_settings, client) -> None:
     async with running(dev_settings) as (_app, dev_client):
         thanks = await subscribe(dev_client, "ada@example.com")
     assert '<a href="/dev/mail">' in thanks.text
