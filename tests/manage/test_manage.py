@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, timedelta
 import re
+from datetime import UTC, timedelta
 
 import pytest
 
