@@ -637,6 +637,11 @@ async def test_dev_mode_mail_catcher_pages_in_a_real_browser(
     await run(browser.fill, "#email", email)
     await run(browser.submit, "form[action='/subscribe'] button[type=submit]")
     await run(browser.wait_text, "Check your inbox")
+    # In dev the page says where the email went, with a link to it.
+    assert "built-in mail catcher" in await run(browser.by_id, "dev-mail")
+    await run(browser.shoot, "dev-check-inbox", False)
+    await run(browser.click, "#dev-mail a")
+    await run(browser.wait_text, "Caught mail")
     await run(
         browser.wait_for,
         lambda: browser.open(url + "/dev/mail") or "Please confirm" in browser.text(),
