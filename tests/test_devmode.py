@@ -302,3 +302,26 @@ async def test_check_your_inbox_links_to_the_caught_mail_in_dev_only(dev_setting
         thanks = await subscribe(dev_client, "ada@example.com")
     assert '<a href="/dev/mail">' in thanks.text
     assert "/dev/mail" not in (await subscribe(client, "bob@example.com")).text
+
+
+async def test_a_link_request_held_back_by_the_allowance_is_listed_with_its_time(
+    dev_settings, db
+) -> None:
+    """A fresh link asked for within RATE_CONFIRM_MIN_INTERVAL of the last email: no row
+    records it, but /dev/mail lists it with the other held-back emails."""
+    from tests.manage_support import manage_path
+    from tests.people import add_subscriber
+
+    sid = await add_subscriber(db, "ada@example.com")
+    async with running(dev_settings) as (app, client):
+        await client.post(manage_path(sid), data={"action": "send_link"})
+        await wait_until(lambda: _caught(app))
+        await wait_until(lambda: db.fetchval("SELECT count(*) = 0 FROM outbox"))
+        answer = await client.post(manage_path(sid), data={"action": "send_link"})
+        assert "We could not email you a link just now." in answer.text
+        page = (await client.get("/dev/mail")).text
+    held = re.search(r'<ul class="held">(.*?)</ul>', page, re.S).group(1)
+    assert "ada@example.com" in held and "asked for a link to their data" in held
+    claimed = await db.fetchval("SELECT last_at FROM rate_limits WHERE scope = 'address'")
+    allowed = (claimed + timedelta(minutes=10)).astimezone(UTC)
+    assert f"allowed from {allowed:%Y-%m-%d %H:%M:%S} UTC" in held

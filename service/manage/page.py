@@ -194,6 +194,11 @@ async def act(request: Request) -> Response:
             else None
         )
     if next_at is not None:
+        held = getattr(state, "held_links", None)  # `newsletter dev` lists it at /dev/mail
+        if held is not None:
+            held.appendleft(
+                {"email": row["email"], "asked_at": datetime.now(UTC), "next_at": next_at}
+            )
         return _render(
             request,
             "manage.html",
