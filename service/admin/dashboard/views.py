@@ -148,11 +148,12 @@ async def login(request: Request) -> Response:
 
 
 def wait_in_words(seconds: int) -> str:
-    """The lock-out's wait as a person reads it: whole minutes, rounded up, under an hour."""
-    if seconds < 60:
-        return "a minute" if seconds > 1 else "a moment"
-    minutes = -(-seconds // 60)
-    return f"{minutes} minutes"
+    """The lock-out's wait as a person reads it: minutes (rounded up) under two hours,
+    else hours (ADMIN_AUTH_WINDOW may be up to a day)."""
+    minutes = max(1, -(-seconds // 60))
+    if minutes < 120:
+        return "1 minute" if minutes == 1 else f"{minutes} minutes"
+    return f"{-(-minutes // 60)} hours"
 
 
 @signed_in
