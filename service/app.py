@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 
 import asyncpg
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
@@ -145,6 +147,43 @@ async def database_unavailable(request: Request, exc: Exception) -> Response:
     return pages.render(request, "unavailable.html", status_code=503, headers=headers)
 
 
+# What an error page says for the usual statuses; a reason the raising code gave is added.
+_ERROR_WORDS = {
+    404: (
+        "Page not found",
+        "There is no page at this address. If you followed a link from one of our emails, "
+        "it may have been cut short: try copying the whole link into the address bar.",
+    ),
+    405: ("Not allowed here", "This page cannot be used that way."),
+    500: ("Something went wrong", "We could not answer this. Please try again later."),
+}
+
+
+def error_page(
+    request: Request, status: int, detail: str = "", headers: dict | None = None
+) -> Response:
+    """An error as every public page looks (JSON for the admin API and JSON clients)."""
+    phrase = HTTPStatus(status).phrase
+    if request.url.path.startswith("/admin/api/") or "json" in request.headers.get("accept", ""):
+        return JSONResponse({"error": detail or phrase}, status_code=status, headers=headers)
+    title, message = _ERROR_WORDS.get(status, (phrase, ""))
+    if detail and detail != phrase:  # the raising code's own reason, e.g. /dev/mail's
+        message = f"{detail[0].upper()}{detail[1:]}."
+    return pages.render(request, "error.html", status, headers, title=title, message=message)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths, wrong methods and the like: an HTML page like every other public
+    page, not a bare "Not Found"."""
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=headers)
+    if exc.status_code == 404 and request.url.path.rstrip("/") == "/unsubscribe":
+        return await unsubscribe.no_token(request)  # a link cut short before its token
+    return error_page(request, exc.status_code, exc.detail, headers)
+
+
 async def database_error(request: Request, exc: Exception) -> Response:
     """Any other database error is a bug: 500, logged with its class and SQLSTATE only.
 
@@ -158,7 +197,7 @@ async def database_error(request: Request, exc: Exception) -> Response:
             "sqlstate": getattr(exc, "sqlstate", None),
         },
     )
-    return PlainTextResponse("Internal Server Error", status_code=500)
+    return error_page(request, 500)
 
 
 async def database_interface_error(request: Request, exc: Exception) -> Response:
@@ -177,6 +216,7 @@ EXCEPTION_HANDLERS = {
     **{error: database_unavailable for error in (*connections.UNAVAILABLE, TimeoutError)},
     asyncpg.PostgresError: database_error,
     asyncpg.InterfaceError: database_interface_error,
+    HTTPException: http_error,
 }
 
 

@@ -43,6 +43,8 @@ KEEP_MESSAGES = 500
 MAIL_FROM = "Dev Newsletter <newsletter@localhost>"
 _URL = re.compile(r"https?://[^\s<>\"')]+")
 _HEAD = re.compile(r"<head(\s[^>]*)?>", re.IGNORECASE)
+# The open-tracking pixel's URL (service/tracking/pixel.py): fetching it records an open.
+_PIXEL = re.compile(r"/o/[^/]+\.gif$")
 q = queries("devmode")
 
 
@@ -68,6 +70,11 @@ class CaughtMail:
     recipients: list[str]
     message: email.message.EmailMessage
     links: list[str] = field(default_factory=list)
+
+    @property
+    def pixel_links(self) -> set[str]:
+        """The links that are the tracking pixel: shown, not offered as links to click."""
+        return {link for link in self.links if _PIXEL.search(link)}
 
     def part(self, subtype: str) -> str:
         body = self.message.get_body(preferencelist=(subtype,))
@@ -147,9 +154,13 @@ async def mail_catcher(app: Starlette) -> AsyncIterator[Mailbox]:
     settings = app.state.settings
     mailbox = Mailbox(Path(settings.dev_mail_dir) if settings.dev_mail_dir else None)
     app.state.mailbox = mailbox
+    # Fresh-link requests the address allowance held back (service/manage/page.py notes
+    # them here in dev): no row records them, and the viewer lists them with the sign-ups.
+    app.state.held_links = deque(maxlen=50)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(_Handler(mailbox), hostname="mail-catcher.localhost"),
+        # SMTPUTF8 as real servers offer it: an address like jörg@bücher.example is caught.
+        lambda: SMTP(_Handler(mailbox), hostname="mail-catcher.localhost", enable_SMTPUTF8=True),
         host="127.0.0.1",
         port=settings.smtp.port,
     )
@@ -179,9 +190,17 @@ class HeldBack:
     next_at: datetime | None
 
 
-def _why(settings: Settings, allowance: Any) -> tuple[str, datetime | None]:
+def _why(settings: Settings, allowance: Any, signup_at: datetime) -> tuple[str, datetime | None]:
     """Which address limit held the email back, and until when, in words: the verdict is
-    the database's own (`email_allowance_refusal`, the rule every claim applies)."""
+    the database's own (`email_allowance_refusal`, the rule every claim applies). A claim
+    made at the sign-up itself (the same `now()`) means the limits let the email go and
+    sending it failed: no limit is blamed for that."""
+    if allowance is not None and allowance["last_at"] >= signup_at:
+        return (
+            "the address limits let it go, but the mail server did not accept it "
+            "(see the log for the outbox's reason)",
+            None,
+        )
     refusal = None if allowance is None else allowance["refusal"]
     if refusal == "per_day":
         return (
@@ -220,7 +239,7 @@ async def held_back(request: Request) -> list[HeldBack]:
                 min_interval=settings.rate_confirm_min_interval,
                 signup_at=row["signup_at"],
             )
-            reason, next_at = _why(settings, allowance)
+            reason, next_at = _why(settings, allowance, row["signup_at"])
             found.append(HeldBack(row["email"], row["signup_at"], reason, next_at))
     return found
 
@@ -231,6 +250,7 @@ async def mail_list(request: Request) -> Response:
         "dev_mail.html",
         messages=list(request.app.state.mailbox.messages),
         held=await held_back(request),
+        held_links=list(request.app.state.held_links),
         kept_in=request.app.state.settings.dev_mail_dir,
     )
 

@@ -189,6 +189,31 @@ class Browser:
         self.collect_console()
         return path
 
+    def words_broken(self, css: str, width: int) -> list[str]:
+        """The words inside `css` that the layout at `width` px splits across two lines
+        ("Subscr/iption"): each word's text range must lie on one line."""
+        metrics = {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False}
+        self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+        try:
+            return self.driver.execute_script(
+                """const broken = [];
+                for (const cell of document.querySelectorAll(arguments[0])) {
+                  const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+                  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+                    for (const m of node.data.matchAll(/\\S+/g)) {
+                      const range = document.createRange();
+                      range.setStart(node, m.index);
+                      range.setEnd(node, m.index + m[0].length);
+                      if (range.getClientRects().length > 1) broken.push(m[0]);
+                    }
+                  }
+                }
+                return broken;""",
+                css,
+            )
+        finally:
+            self.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
     def shoot(self, name: str, reload: bool = True) -> None:
         """The current page at both sizes."""
         for width, height, mobile in SIZES:
@@ -515,6 +540,8 @@ async def test_the_subscriber_sees_corrects_and_moves_their_data_in_a_real_brows
     for needle in (person.email, person.name, "Thunderbird", "Subscription confirmed"):
         assert needle in body, needle
     await run(browser.shoot, "manage-data", False)
+    # At 1280 px the wide tables (7-8 columns) break no word mid-word.
+    assert await run(browser.words_broken, "table.reflow th, table.reflow td", 1280) == []
 
     # 3. Correct the name; ask for the address change.
     await run(browser.fill, "#name", "Moe Ver")
@@ -610,6 +637,11 @@ async def test_dev_mode_mail_catcher_pages_in_a_real_browser(
     await run(browser.fill, "#email", email)
     await run(browser.submit, "form[action='/subscribe'] button[type=submit]")
     await run(browser.wait_text, "Check your inbox")
+    # In dev the page says where the email went, with a link to it.
+    assert "built-in mail catcher" in await run(browser.by_id, "dev-mail")
+    await run(browser.shoot, "dev-check-inbox", False)
+    await run(browser.click, "#dev-mail a")
+    await run(browser.wait_text, "Caught mail")
     await run(
         browser.wait_for,
         lambda: browser.open(url + "/dev/mail") or "Please confirm" in browser.text(),

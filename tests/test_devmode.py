@@ -257,3 +257,71 @@ def test_newsletter_dev_serves_the_demo_and_caught_mail_and_keeps_its_data(tmp_p
     assert json.loads(secrets_file.read_text()) == first_secrets
     # SIGTERM stopped the embedded PostgreSQL too: nothing is left running.
     assert not (tmp_path / ".newsletter" / "pgdata" / "postmaster.pid").exists()
+
+
+async def test_an_internationalised_address_is_caught_and_blamed_on_no_limit(
+    dev_settings, db
+) -> None:
+    """The README's own example: the catcher offers SMTPUTF8 as real servers do."""
+    async with running(dev_settings) as (app, client):
+        await subscribe(client, "jörg@bücher.example")
+        await wait_until(lambda: _caught(app))
+        listing = (await client.get("/dev/mail")).text
+    assert "jörg@bücher.example" in listing
+    assert 'id="held-back"' not in listing
+
+
+async def test_a_confirmation_the_mail_server_refused_is_not_blamed_on_the_limits(
+    make_dev_settings, db
+) -> None:
+    settings = make_dev_settings()
+    async with running(settings) as (app, client):
+        await subscribe(client, "ada@example.com")
+        await wait_until(lambda: _caught(app))
+        await wait_until(lambda: db.fetchval("SELECT count(*) = 0 FROM outbox"))
+        # As if the email had failed for good: sent never, the claim made at the sign-up.
+        await db.execute("UPDATE subscribers SET confirm_sent_at = NULL")
+        page = (await client.get("/dev/mail")).text
+    held = re.search(r'<ul class="held">(.*?)</ul>', page, re.S).group(1)
+    assert "previous confirmation email" not in held
+    assert "the mail server did not accept it" in held
+
+
+async def test_the_pixel_url_is_shown_but_not_offered_as_a_link(dev_settings) -> None:
+    """Clicking it would record an open that nobody made."""
+    async with running(dev_settings) as (_app, client):
+        await send_to_catcher(dev_settings.smtp.port)
+        item = (await client.get("/dev/mail/1")).text
+    assert '<a href="http://newsletter.test/o/x.gif"' not in item
+    assert "<code>http://newsletter.test/o/x.gif</code>" in item
+    assert '<a href="http://newsletter.test/confirm/abc.def">' in item
+
+
+async def test_check_your_inbox_links_to_the_caught_mail_in_dev_only(dev_settings, client) -> None:
+    async with running(dev_settings) as (_app, dev_client):
+        thanks = await subscribe(dev_client, "ada@example.com")
+    assert '<a href="/dev/mail">' in thanks.text
+    assert "/dev/mail" not in (await subscribe(client, "bob@example.com")).text
+
+
+async def test_a_link_request_held_back_by_the_allowance_is_listed_with_its_time(
+    dev_settings, db
+) -> None:
+    """A fresh link asked for within RATE_CONFIRM_MIN_INTERVAL of the last email: no row
+    records it, but /dev/mail lists it with the other held-back emails."""
+    from tests.manage_support import manage_path
+    from tests.people import add_subscriber
+
+    sid = await add_subscriber(db, "ada@example.com")
+    async with running(dev_settings) as (app, client):
+        await client.post(manage_path(sid), data={"action": "send_link"})
+        await wait_until(lambda: _caught(app))
+        await wait_until(lambda: db.fetchval("SELECT count(*) = 0 FROM outbox"))
+        answer = await client.post(manage_path(sid), data={"action": "send_link"})
+        assert "We could not email you a link just now." in answer.text
+        page = (await client.get("/dev/mail")).text
+    held = re.search(r'<ul class="held">(.*?)</ul>', page, re.S).group(1)
+    assert "ada@example.com" in held and "asked for a link to their data" in held
+    claimed = await db.fetchval("SELECT last_at FROM rate_limits WHERE scope = 'address'")
+    allowed = (claimed + timedelta(minutes=10)).astimezone(UTC)
+    assert f"allowed from {allowed:%Y-%m-%d %H:%M:%S} UTC" in held

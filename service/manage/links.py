@@ -10,12 +10,15 @@ lets that page act for MANAGE_LINK_MAX_AGE more. An erasure deletes the rows.
 
 Requests for a link spend the address's daily email allowance, the one sign-up spends
 (RATE_CONFIRM_PER_DAY, RATE_CONFIRM_MIN_INTERVAL), so nobody can flood an inbox with them.
+An allowance of their own would double what a stranger can send to any address (the
+/manage form takes any address), so a refused request is told when the next can go.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import datetime
 from email.message import EmailMessage
 from typing import Any
 
@@ -55,27 +58,50 @@ async def claim(con: asyncpg.Connection, settings: Settings, day_key: bytes, ema
     return hits is not None
 
 
+# What a request for a fresh link came to.
+QUEUED = "queued"
+ON_ITS_WAY = "on_its_way"  # one is queued already
+HELD = "held"  # the address's allowance is spent for now
+NO_SUBSCRIBER = "no_subscriber"
+
+
 async def queue_link(
     con: asyncpg.Connection,
     settings: Settings,
     day_key: bytes,
     email: str,
     subscriber_id: int | None = None,
-) -> bool:
+) -> str:
     """Queues the fresh-link email of the active subscriber with this id (or, without an
-    id, this address) unless one is queued, when the address's allowance grants it; True
-    if queued. Unknown addresses spend a claim too, so that both cases write the same
-    rows but the job."""
+    id, this address) unless one is queued, when the address's allowance grants it; says
+    which of QUEUED, ON_ITS_WAY, HELD, NO_SUBSCRIBER. Unknown addresses spend a claim too,
+    so that both cases write the same rows but the job."""
     async with con.transaction():
         target = await q.link_target.fetchrow(
             con, id=subscriber_id, email=None if subscriber_id is not None else email
         )
         if target is not None and target["queued"]:
-            return False
-        if not await claim(con, settings, day_key, email) or target is None:
-            return False
+            return ON_ITS_WAY
+        if not await claim(con, settings, day_key, email):
+            return HELD
+        if target is None:
+            return NO_SUBSCRIBER
         await q.queue_link_email.fetchval(con, id=target["id"])
-        return True
+        return QUEUED
+
+
+async def next_email_at(
+    con: asyncpg.Connection, settings: Settings, day_key: bytes, email: str
+) -> datetime | None:
+    """When the address's allowance grants its next email, or None when it would now."""
+    claimed = ratelimit.EmailClaim.of(settings, day_key, email)
+    return await q.next_email_at.fetchval(
+        con,
+        claim_key=claimed.key,
+        window_start=claimed.window_start,
+        per_day=claimed.per_day,
+        min_interval=claimed.min_interval,
+    )
 
 
 def mail(

@@ -22,8 +22,10 @@ address per day).
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -183,10 +185,37 @@ async def act(request: Request) -> Response:
         verdict = await _ip_allowed(request, con, day_key)
         if not verdict.allowed:
             return _too_many(request, "manage.html", verdict, state="limited", tracking=False)
-        await links.queue_link(con, state.settings, day_key, row["email"], subscriber_id)
-    # Queued or not (a link is on its way already, or today's allowance is spent): the
-    # same page, which says a link is on its way unless one was sent very recently.
+        outcome = await links.queue_link(con, state.settings, day_key, row["email"], subscriber_id)
+        # The holder of this page's link got an email from us: telling them when the
+        # next can go says nothing they could not know (the /manage form says nothing).
+        next_at = (
+            await links.next_email_at(con, state.settings, day_key, row["email"])
+            if outcome == links.HELD
+            else None
+        )
+    if next_at is not None:
+        held = getattr(state, "held_links", None)  # `newsletter dev` lists it at /dev/mail
+        if held is not None:
+            held.appendleft(
+                {"email": row["email"], "asked_at": datetime.now(UTC), "next_at": next_at}
+            )
+        return _render(
+            request,
+            "manage.html",
+            state="link_held",
+            tracking=_tracked(request, row),
+            next_at=next_at,
+            wait=wait_in_words((next_at - datetime.now(UTC)).total_seconds()),
+        )
     return _render(request, "manage.html", state="link_sent", tracking=_tracked(request, row))
+
+
+def wait_in_words(seconds: float) -> str:
+    """A wait as a person reads it: minutes under two hours, else hours (rounded up)."""
+    minutes = max(1, math.ceil(seconds / 60))
+    if minutes < 120:
+        return "1 minute" if minutes == 1 else f"{minutes} minutes"
+    return f"{math.ceil(minutes / 60)} hours"
 
 
 async def _leave_topics(request: Request, subscriber_id: int, slugs: list[str]) -> Response:

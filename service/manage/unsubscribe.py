@@ -41,6 +41,11 @@ def _invalid(request: Request) -> Response:
     return pages.render(request, "unsubscribe_invalid.html", status_code=400)
 
 
+async def no_token(request: Request) -> Response:
+    """`/unsubscribe/` with the token cut off: the page that says how to go on."""
+    return _invalid(request)
+
+
 async def _topics_of(con: asyncpg.Connection, campaign_id: int | None) -> list[int] | None:
     """The campaign's topics when the link is a topic campaign's, else None (erase)."""
     if campaign_id is None:

@@ -42,7 +42,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from service.db.queries import queries
-from service.privacy import evidence
+from service.privacy import erasure, evidence
 from service.settings import Settings
 from service.signup import fields
 from service.topics import membership
@@ -333,11 +333,19 @@ async def cancel_get(request: Request) -> Response:
 
 
 async def cancel_post(request: Request) -> Response:
-    """Deletes a pending sign-up at once; an active subscriber is left alone."""
-    await request.form(max_files=0, max_fields=5)
+    """Deletes a pending sign-up at once; an active subscriber is left alone unless the
+    form asks to unsubscribe (`action=unsubscribe`, the button the page shows once the
+    sign-up was confirmed): the link reached this inbox, so it may end the subscription
+    as the footer's link may, while a "remove sign-up" sent after a confirmation does not."""
+    form = await request.form(max_files=0, max_fields=5)
     subscriber_id = _verified(request, "verify_cancel")
     if subscriber_id is None:
         return _invalid(request)
+    if form.get("action") == "unsubscribe":
+        if await erasure.erase(request.app.state.pool, subscriber_id=subscriber_id):
+            request.app.state.metrics.unsubscribes.labels("cancel").inc()
+            log.info("unsubscribed", extra={"kind": "cancel"})
+        return pages.render(request, "unsubscribed.html", left=[], staying=[])
     async with request.app.state.pool.acquire() as con, con.transaction():
         await q.delete_pending_jobs.execute(con, id=subscriber_id)
         deleted = await q.delete_pending.fetchval(con, id=subscriber_id)

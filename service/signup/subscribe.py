@@ -213,7 +213,8 @@ def _accepted(request: Request, kind: str) -> Response:
     thank_you = request.app.state.settings.thank_you_url
     if thank_you:
         return RedirectResponse(thank_you, status_code=303)
-    return pages.render(request, "signup_thanks.html")
+    # In dev the email goes to the mail catcher: the page says where to read it.
+    return pages.render(request, "signup_thanks.html", dev=request.app.state.settings.dev)
 
 
 def _problem(

@@ -142,3 +142,13 @@ WITH changed AS (
     UPDATE subscribers SET email = :new_email WHERE id = :id RETURNING id
 )
 DELETE FROM address_changes WHERE subscriber_id IN (SELECT id FROM changed);
+
+-- name: next_email_at
+-- When the address's daily allowance (sql/139's rule) grants its next email: NULL when
+-- it grants one now. For the page that must say when a fresh link can be sent.
+SELECT CASE email_allowance_refusal(hits, last_at, :per_day, :min_interval, now())
+           WHEN 'per_day' THEN window_start + interval '1 day'
+           WHEN 'min_interval' THEN last_at + make_interval(secs => :min_interval)
+       END
+FROM rate_limits
+WHERE scope = 'address' AND key = :claim_key AND window_start = to_timestamp(:window_start);

@@ -158,6 +158,9 @@ async def test_a_campaign_email_has_the_pixel_footer_links_and_rfc8058_headers(
     assert html.rstrip().endswith('border:0;margin:0;padding:0">')
     assert _PIXEL.search(html).end() == len(html.rstrip())
     assert "Unsubscribe" in html and "Unsubscribe" in text
+    # The link opens a page with a button (GET changes nothing): the footer says so.
+    assert "one click" not in html and "a page where one button deletes" in html
+    assert "a page where one button deletes" in " ".join(text.split())
     await settled(db)
     sent = await db.fetchrow("SELECT sent, failed FROM campaigns WHERE id = $1", campaign_id)
     assert (sent["sent"], sent["failed"]) == (1, 0)

@@ -35,6 +35,7 @@ async def test_a_query_that_fails_is_a_500_with_its_class_logged_not_a_503(
         "/subscribe", json={"email": "bug2@example.com"}, headers={"Accept": "application/json"}
     )
     assert form.status_code == 500 and api.status_code == 500
+    assert api.json() == {"error": "Internal Server Error"}
     assert "retry-after" not in form.headers
     [first, second] = _records(caplog, "database error")
     assert second.error == first.error
@@ -54,6 +55,9 @@ async def test_a_failing_query_on_a_page_is_a_500_too(app, client, db, caplog) -
     token = app.state.tokens.confirm(subscriber_id)
     response = await client.post(f"/confirm/{token}", data={})
     assert response.status_code == 500
+    # An HTML page like the others, not a bare "Internal Server Error".
+    assert response.headers["content-type"].startswith("text/html")
+    assert "<h1>Something went wrong</h1>" in response.text
     [record] = _records(caplog, "database error")
     assert record.error == "InternalServerError" and record.sqlstate == "XX000"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import UTC, timedelta
 
 import pytest
 
@@ -380,3 +381,23 @@ async def test_a_fresh_link_opens_once_across_two_replicas(app_factory, db, smtp
         session = session_of(opened)
         for client in (first, second):
             assert (await act(client, session, "show")).status_code == 200
+
+
+async def test_a_link_request_the_allowance_holds_back_says_when_to_ask_again(
+    client, db, smtp, person
+) -> None:
+    """The confirmation (here: the first link) spent the address's allowance for
+    RATE_CONFIRM_MIN_INTERVAL: the page says so and when, instead of "we emailed you"."""
+    await fresh_link(client, smtp, person.id, person.email, db)
+    await _outbox_settled(db)
+    response = await client.post(manage_path(person.id), data={"action": "send_link"})
+    assert response.status_code == 200
+    assert "We emailed you a link" not in response.text
+    assert "We could not email you a link just now." in response.text
+    claimed = await db.fetchval("SELECT last_at FROM rate_limits WHERE scope = 'address'")
+    next_at = (claimed + timedelta(minutes=10)).astimezone(UTC)
+    assert "The next can go in 10 minutes" in response.text
+    assert f"(at {next_at:%H:%M} UTC)" in response.text
+    await client.get("/healthz")
+    await _outbox_settled(db)
+    assert len(smtp.messages) == 1

@@ -320,3 +320,20 @@ async def test_confirm_answers_503_while_the_database_is_unreachable(
         assert response.status_code == 503
         assert response.headers["retry-after"]
     assert await db.fetchval("SELECT status FROM subscribers") == "pending"
+
+
+async def test_this_wasnt_me_after_confirming_offers_to_unsubscribe_with_one_post(
+    client, db, smtp
+) -> None:
+    """The cancel link proves the email reached this inbox: once the sign-up is
+    confirmed, it may end the subscription (no need to wait for a newsletter)."""
+    paths = await _signed_up(client, db, smtp)
+    await client.post(paths["confirm"])
+    page = await client.get(paths["cancel"])
+    assert 'name="action" value="unsubscribe"' in page.text
+    assert "Unsubscribe and delete my data" in page.text
+    assert await db.fetchval("SELECT status FROM subscribers") == "active"  # GET changes nothing
+    response = await client.post(paths["cancel"], data={"action": "unsubscribe"})
+    assert response.status_code == 200
+    for table in ("subscribers", "consent_events"):
+        assert await db.fetchval(f"SELECT count(*) FROM {table}") == 0  # noqa: S608

@@ -164,3 +164,27 @@ async def test_the_cancel_result_page_has_its_own_title(client, db, smtp) -> Non
     cancel = links(message)["cancel"]
     assert title((await client.get(cancel)).text) == "Remove this sign-up"
     assert title((await client.post(cancel)).text) == "Sign-up removed"
+
+
+@pytest.mark.parametrize("path", ["/no-such-page", "/confirm/"])
+async def test_an_unknown_path_answers_an_html_page_like_the_others(client, path) -> None:
+    answer = await client.get(path)
+    assert answer.status_code == 404
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "<h1>Page not found</h1>" in answer.text
+    assert "Content-Security-Policy" in answer.headers
+    api = await client.get("/admin/api/no-such-thing")
+    assert api.status_code == 404 and api.json() == {"error": "Not Found"}
+
+
+@pytest.mark.parametrize("path", ["/unsubscribe/", "/unsubscribe"])
+async def test_unsubscribe_without_a_token_says_how_to_unsubscribe_without_the_link(
+    client, path
+) -> None:
+    answer = await client.get(path, follow_redirects=False)
+    assert answer.status_code == 400
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "This unsubscribe link is not valid" in answer.text
+    # No promise that nothing keeps (nobody reads replies): the way that works instead.
+    assert "reply" not in answer.text
+    assert '<a href="/manage">Enter your address</a>' in answer.text

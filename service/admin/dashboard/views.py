@@ -136,11 +136,24 @@ async def login(request: Request) -> Response:
         log.info("dashboard sign-in refused")
         if attempt.locked_for is None:
             return _login_page(request, 401, "That admin token is not valid.")
-        limited = _login_page(request, 429, "Too many failed sign-ins. Please wait and try again.")
+        limited = _login_page(
+            request,
+            429,
+            f"Too many failed sign-ins. Please try again in {wait_in_words(attempt.locked_for)}.",
+        )
         limited.headers["Retry-After"] = str(attempt.locked_for)
         return limited
     log.info("dashboard sign-in")
     return response
+
+
+def wait_in_words(seconds: int) -> str:
+    """The lock-out's wait as a person reads it: minutes (rounded up) under two hours,
+    else hours (ADMIN_AUTH_WINDOW may be up to a day)."""
+    minutes = max(1, -(-seconds // 60))
+    if minutes < 120:
+        return "1 minute" if minutes == 1 else f"{minutes} minutes"
+    return f"{-(-minutes // 60)} hours"
 
 
 @signed_in
@@ -312,8 +325,8 @@ async def campaign_page(request: Request, session: Session) -> Response:
         sending = bool(campaign) and await q.campaign_sending.fetchval(con, id=campaign["id"])
     if campaign is None or stats is None:
         return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
-    queued = request.query_params.get("queued", "")
-    return page(
+    queued = request.cookies.get(QUEUED_COOKIE, "")
+    shown = page(
         request,
         "campaign.html",
         csrf=session.csrf,
@@ -330,6 +343,15 @@ async def campaign_page(request: Request, session: Session) -> Response:
         scheduled=scheduling.local_time(request.app.state.settings, campaign["scheduled_at"]),
         **stats_charts(stats),
     )
+    if queued:
+        shown.delete_cookie(
+            QUEUED_COOKIE,
+            path=request.url.path,
+            httponly=True,
+            secure=not request.app.state.settings.dev,
+            samesite="strict",
+        )
+    return shown
 
 
 @signed_in
@@ -431,7 +453,28 @@ async def send(request: Request, session: Session) -> Response:
         "campaign send queued from dashboard",
         extra={"campaign_id": campaign["id"], "count": queued},
     )
-    return RedirectResponse(f"/admin/campaigns/{campaign['id']}?queued={queued}", status_code=303)
+    return queued_notice(request, campaign["id"], queued)
+
+
+# The "N emails queued." notice is said once: a short-lived cookie for the campaign's page,
+# read and deleted by it, not a query parameter that a reload or a bookmark repeats.
+QUEUED_COOKIE = "queued_notice"
+
+
+def queued_notice(request: Request, campaign_id: int, queued: int) -> Response:
+    """The redirect after a send, carrying its notice for the next view of the page."""
+    path = f"/admin/campaigns/{campaign_id}"
+    response = RedirectResponse(path, status_code=303)
+    response.set_cookie(
+        QUEUED_COOKIE,
+        str(queued),
+        max_age=60,
+        path=path,
+        httponly=True,
+        secure=not request.app.state.settings.dev,
+        samesite="strict",
+    )
+    return response
 
 
 @signed_in
