@@ -67,7 +67,9 @@ async def cancel(con: asyncpg.Connection, campaign_id: int) -> int:
     """Drops a campaign's emails not sent yet (paused or not); how many."""
     async with con.transaction():
         await q.lock_campaign.execute(con, id=campaign_id)
-        return await q.cancel_campaign_jobs.fetchval(con, id=campaign_id)
+        dropped = await q.cancel_campaign_jobs.fetchval(con, id=campaign_id)
+        await q.drop_held_of_campaign.execute(con, id=campaign_id)
+        return dropped
 
 
 class Breaker:

@@ -40,9 +40,15 @@ DELETE FROM held_refusals WHERE campaign_id = 0 AND holder = :holder;
 SELECT pg_advisory_xact_lock(1852597089, (:id % 2147483647)::int);
 
 -- name: pause_campaign
--- NULL when the campaign is already paused (another process got there first) or gone.
+-- NULL when the campaign is already paused (another process got there first), gone, or
+-- has nothing left to hold back: no email waiting and no refusal held (it was cancelled
+-- while the refused batch was in flight; pausing it would only show a cancelled
+-- campaign as paused).
 UPDATE campaigns SET paused_at = now(), paused_reason = :reason
 WHERE id = :id AND paused_at IS NULL
+  AND (EXISTS (SELECT 1 FROM outbox
+               WHERE kind IN ('campaign', 'welcome') AND campaign_id = :id)
+       OR EXISTS (SELECT 1 FROM held_refusals WHERE campaign_id = :id))
 RETURNING id;
 
 -- name: park_campaign_jobs
@@ -92,8 +98,6 @@ WITH jobs AS (
     DELETE FROM deliveries
     WHERE campaign_id = :id AND sent_at IS NULL
       AND subscriber_id IN (SELECT subscriber_id FROM jobs)
-), held AS (
-    DELETE FROM held_refusals WHERE campaign_id = :id
 ), counted AS (
     UPDATE campaigns
     SET recipients = greatest(recipients - (SELECT count(*) FROM jobs), 0),
@@ -101,6 +105,11 @@ WITH jobs AS (
     WHERE id = :id
 )
 SELECT count(*) FROM jobs;
+
+-- name: drop_held_of_campaign
+-- After cancel_campaign_jobs, as a statement of its own: its snapshot sees the refusals
+-- held by a batch that was in flight while the jobs' deletion waited for it.
+DELETE FROM held_refusals WHERE campaign_id = :id;
 
 -- name: paused_by_reason
 -- For the gauge on /metrics: paused campaigns per reason category.

@@ -231,3 +231,37 @@ async def test_the_dashboard_resumes_and_cancels_a_paused_campaign(
         assert not_paused.status_code == 409
     assert sink.messages == []
     assert await db.fetchval("SELECT count(*) FROM subscribers") == 40
+
+
+async def test_a_trip_after_the_campaign_was_cancelled_does_not_pause_it(db) -> None:
+    """A batch refused while the operator cancels: the breaker judges its window after the
+    cancel and finds the campaign with nothing left to hold back. Pausing it would show a
+    cancelled campaign as paused (and let a resume answer 200); it stays as cancelled."""
+    from service.outbox import breaker
+
+    campaign_id = await people.add_campaign(db)
+    subscriber_id = await people.add_subscriber(db, "held@example.org")
+    await db.execute(
+        "INSERT INTO outbox (kind, subscriber_id, campaign_id) VALUES ('campaign', $1, $2)",
+        subscriber_id,
+        campaign_id,
+    )
+    await db.execute(
+        "INSERT INTO held_refusals (subscriber_id, campaign_id, kind, reason, holder)"
+        " VALUES ($1, $2, 'campaign', '5.1.1', 'worker')",
+        subscriber_id,
+        campaign_id,
+    )
+    assert await breaker.cancel(db, campaign_id) == 1
+    assert await db.fetchval("SELECT count(*) FROM held_refusals") == 0
+    assert await breaker.pause(db, campaign_id, "mailbox") is False
+    assert await db.fetchval("SELECT paused_at FROM campaigns WHERE id = $1", campaign_id) is None
+    assert await db.fetchval("SELECT count(*) FROM outbox") == 0
+    # A campaign with emails waiting is still paused by a trip.
+    other = await people.add_campaign(db, "Summer news")
+    await db.execute(
+        "INSERT INTO outbox (kind, subscriber_id, campaign_id) VALUES ('campaign', $1, $2)",
+        subscriber_id,
+        other,
+    )
+    assert await breaker.pause(db, other, "mailbox") is True
