@@ -193,3 +193,19 @@ def test_every_module_says_what_it_is_for() -> None:
         if path.name != "__main__.py" and not ast.get_docstring(ast.parse(path.read_text()))
     ]
     assert silent == []
+
+
+def test_every_folder_of_service_ships_in_the_wheel() -> None:
+    """setuptools takes only the packages pyproject.toml lists: a new folder left out is
+    missing from the wheel and the image (the editable install of the suite would not
+    notice: the import works from the checkout)."""
+    import tomllib
+
+    config = tomllib.loads((support.ROOT / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["packages"])
+    folders = {
+        ".".join(path.relative_to(support.ROOT).parts)
+        for path in SERVICE.rglob("*")
+        if path.is_dir() and path.name != "__pycache__" and any(path.iterdir())
+    } | {"service"}
+    assert folders - listed == set(), "add them to [tool.setuptools] packages"

@@ -77,6 +77,10 @@ async def test_the_wheel_alone_installs_and_migrates_an_empty_database(
     migrations_in_wheel = [n for n in names if n.startswith("service/sql/") and n.count("/") == 2]
     assert "service/sql/001_schema.sql" in migrations_in_wheel
     assert "service/sql/queries/signup.sql" in names
+    # Every module ships, not only what migrating needs (a package left out of
+    # pyproject.toml's list is missing from the wheel and the image).
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "service").rglob("*.py")}
+    assert modules - set(names) == set()
 
     venv = work / "venv"
     shutil.copytree(locked_venv(), venv, symlinks=True)
