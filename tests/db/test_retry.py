@@ -37,14 +37,23 @@ async def _waiting_for_a_lock(db: asyncpg.Connection, pid: int) -> None:
 async def test_a_real_deadlock_is_run_again_and_then_succeeds(pool, database_url, db) -> None:
     """Two transactions lock rows 1 and 2 in opposite orders. The helper's waits first, so
     PostgreSQL's deadlock check (after deadlock_timeout) aborts it with 40P01; the other
-    commits, and the second attempt goes through on a fresh connection."""
+    commits, and the second attempt goes through on a fresh connection.
+
+    A backend checks for a deadlock once, deadlock_timeout after it began to wait. Under
+    load the cycle could close after the helper's check had found none, and the other
+    transaction's later check would abort the other one instead (seen once in CI). So the
+    helper's check waits longer than the cycle takes to close and the other's longer still,
+    where the role may set them (superuser; the embedded server's role is one)."""
     other = await asyncpg.connect(database_url)
+    may_set = await db.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
     first_locked, other_locked = asyncio.Event(), asyncio.Event()
     attempts: list[int] = []
 
     async def work(con: asyncpg.Connection) -> str:
         attempts.append(con.get_server_pid())
         async with con.transaction():
+            if may_set:
+                await con.execute("SET LOCAL deadlock_timeout = '3s'")
             await con.execute("UPDATE probe SET n = n + 1 WHERE id = 1")
             if len(attempts) == 1:
                 first_locked.set()
@@ -55,6 +64,8 @@ async def test_a_real_deadlock_is_run_again_and_then_succeeds(pool, database_url
     async def opposite_order() -> None:
         await first_locked.wait()
         async with other.transaction():
+            if may_set:
+                await other.execute("SET LOCAL deadlock_timeout = '60s'")
             await other.execute("UPDATE probe SET n = n + 10 WHERE id = 2")
             other_locked.set()
             await _waiting_for_a_lock(db, attempts[0])
