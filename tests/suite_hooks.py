@@ -41,15 +41,25 @@ def stacks() -> str:
         loop = None
     if loop is not None:
         for task in asyncio.all_tasks(loop):
-            out.write(f"--- asyncio task {task.get_name()}, awaiting (innermost last):\n")
-            out.write("".join(traceback.format_list(_awaiting(task))))
+            frames = _awaiting(task)
+            out.write(f"--- asyncio task {task.get_name()} at {_where(frames)}\n")
+            out.write("".join(traceback.format_list(frames)))
     current = threading.get_ident()
     names = {thread.ident: thread.name for thread in threading.enumerate()}
     for ident, frame in sys._current_frames().items():
         if ident != current:
-            out.write(f"--- thread {names.get(ident, ident)}\n")
-            out.write("".join(traceback.format_stack(frame)))
+            frames = traceback.extract_stack(frame)
+            out.write(f"--- thread {names.get(ident, ident)} at {_where(frames)}\n")
+            out.write("".join(traceback.format_list(frames)))
     return out.getvalue()
+
+
+def _where(frames: traceback.StackSummary, depth: int = 4) -> str:
+    """The innermost frames on one line (innermost last): a CI log that keeps only a
+    failure's unindented lines still shows where each task waited."""
+    return " > ".join(
+        f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in frames[-depth:]
+    )
 
 
 def _awaiting(task: asyncio.Task[Any]) -> traceback.StackSummary:

@@ -27,6 +27,7 @@ import aioimaplib
 import asyncpg
 from starlette.applications import Starlette
 
+from service import background
 from service.bounces import intake
 from service.db.queries import queries
 from service.settings import Settings
@@ -190,7 +191,5 @@ async def running(app: Starlette) -> AsyncIterator[None]:
         yield
     finally:
         stop.set()
-        try:
-            await asyncio.wait_for(task, timeout=10)
-        except Exception as exc:  # TimeoutError included
-            log.warning("bounce mailbox poller ended", extra={"error": exc.__class__.__name__})
+        await asyncio.wait({task}, timeout=10)  # a poll in flight finishes
+        await background.stop(task)

@@ -22,12 +22,12 @@ import contextlib
 import logging
 import re
 import zoneinfo
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, tzinfo
 
 import asyncpg
 from starlette.applications import Starlette
 
+from service import background
 from service.campaigns import store
 from service.db import connections
 from service.db.queries import queries
@@ -191,13 +191,6 @@ async def _loop(app: Starlette) -> None:
         await asyncio.sleep(max(delay, 0.01))
 
 
-@contextlib.asynccontextmanager
-async def running(app: Starlette) -> AsyncIterator[asyncio.Task[None]]:
+def running(app: Starlette) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None]]:
     """Queues scheduled sends when they are due, for the app's lifetime."""
-    task = asyncio.create_task(_loop(app), name="scheduled-sends")
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return background.running(_loop(app), name="scheduled-sends")

@@ -83,21 +83,49 @@ async def _reset_connection(con: asyncpg.Connection) -> None:
     await con.execute(RESET_QUERY)
 
 
+class Pool(asyncpg.Pool):
+    """asyncpg's pool, where waiting for a free connection is bounded too.
+
+    `acquire()` without a timeout waits forever, and every `pool.fetch…()` is one. When
+    the pool's connections are all busy, or held by a slot asyncpg failed to give back
+    during a database outage (see `close_pool`), a request would hang instead of
+    answering 503: CI saw a confirm request hang past its 120 s test timeout while the
+    database was cut off. A wait longer than `acquire_timeout` raises TimeoutError,
+    which every endpoint answers as "unavailable" (503 + Retry-After).
+    """
+
+    def __init__(self, *args: Any, acquire_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acquire_timeout = acquire_timeout
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
+
+
 async def create_pool(settings: Settings) -> asyncpg.Pool:
     """A pool that also works behind PgBouncer in transaction mode.
 
     With `DB_STATEMENT_CACHE_SIZE=0` asyncpg uses unnamed prepared statements only, which
-    PgBouncer's transaction pooling requires.
+    PgBouncer's transaction pooling requires. Waiting for a free connection takes at most
+    DB_COMMAND_TIMEOUT, as a statement does.
     """
-    return await asyncpg.create_pool(
+    # asyncpg.create_pool's own defaults, spelt out: Pool's constructor has none.
+    return await Pool(
         settings.database_url,
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
-        statement_cache_size=settings.db_statement_cache_size,
-        command_timeout=settings.db_command_timeout,
+        max_queries=50000,
+        max_inactive_connection_lifetime=300.0,
         connect=open_connection,
+        setup=None,
         init=_init_connection,
         reset=_reset_connection,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        acquire_timeout=settings.db_command_timeout,
+        statement_cache_size=settings.db_statement_cache_size,
+        command_timeout=settings.db_command_timeout,
         # In the startup packet, UTC is also the session default RESET ALL returns to.
         server_settings={"application_name": "newsletter", "timezone": "UTC"},
     )

@@ -20,11 +20,11 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator
 
 import asyncpg
 from starlette.applications import Starlette
 
+from service import background
 from service.db.queries import queries
 from service.settings import Settings
 from service.web import ratelimit
@@ -107,13 +107,6 @@ async def _loop(app: Starlette) -> None:
         log.info("purge done", extra={"count": sum(counts.values())})
 
 
-@contextlib.asynccontextmanager
-async def running(app: Starlette) -> AsyncIterator[asyncio.Task[None]]:
+def running(app: Starlette) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None]]:
     """The periodic retention pass, every PURGE_INTERVAL, for the app's lifetime."""
-    task = asyncio.create_task(_loop(app), name="retention")
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return background.running(_loop(app), name="retention")

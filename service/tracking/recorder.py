@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import asyncpg
 from starlette.applications import Starlette
 
+from service import background
 from service.db import connections, retry
 from service.db.queries import queries
 from service.observability import Metrics
@@ -166,9 +167,7 @@ class Recorder:
         try:
             await asyncio.wait_for(asyncio.shield(self._task), flush_max)
         except TimeoutError:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await background.stop(self._task)
             lost = len(self._pending)
             if lost:
                 self.metrics.opens_dropped.labels("shutdown").inc(lost)

@@ -220,7 +220,13 @@ async def test_every_answered_open_is_recorded_under_concurrent_load_on_real_uvi
         # reports as "Server disconnected" for a request the server never saw (a browser
         # retries it). That race says nothing about the recorder.
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=0)
-        async with httpx.AsyncClient(base_url=service.url, limits=limits) as client:
+        # httpx's default 5 s includes the wait for one of the 64 connections: 200 requests
+        # at a time on a loaded machine waited longer (PoolTimeout), which says nothing
+        # about the recorder either.
+        timeout = httpx.Timeout(60.0)
+        async with httpx.AsyncClient(
+            base_url=service.url, limits=limits, timeout=timeout
+        ) as client:
 
             async def fetch(sid: int) -> bool:
                 response = await client.get(

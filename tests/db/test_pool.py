@@ -1,0 +1,46 @@
+"""The pool's bounded wait for a free connection (service/db/connections.Pool)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from service.db import connections
+
+# A hang is a failure here, not a wait for the suite's timeout.
+HANG = 60.0
+
+
+async def test_a_request_that_finds_every_connection_busy_answers_503(
+    app_factory, admin_headers
+) -> None:
+    """Before, `acquire()` waited forever: a request hung as long as the pool stayed
+    busy (in CI, past the test's 120 s while the database was cut off)."""
+    async with app_factory(db_pool_min=1, db_pool_max=1, db_command_timeout=0.5) as (app, client):
+        async with app.state.pool.acquire(timeout=HANG):  # the one connection, held
+            response = await asyncio.wait_for(
+                client.get("/admin/api/subscribers/ada@example.com", headers=admin_headers),
+                HANG,
+            )
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == connections.RETRY_AFTER
+        # Given back, the connection serves the next request.
+        again = await client.get("/admin/api/subscribers/ada@example.com", headers=admin_headers)
+        assert again.status_code == 404
+
+
+async def test_an_explicit_timeout_still_wins(make_settings) -> None:
+    pool = await connections.create_pool(make_settings(db_pool_min=1, db_pool_max=1))
+    try:
+        assert isinstance(pool, connections.Pool)
+        async with pool.acquire():
+            started = asyncio.get_running_loop().time()
+            try:
+                async with pool.acquire(timeout=0.2):
+                    raise AssertionError("the pool's one connection was given twice")
+            except TimeoutError:
+                pass
+            waited = asyncio.get_running_loop().time() - started
+        assert waited < pool.acquire_timeout  # 0.2 s, not DB_COMMAND_TIMEOUT's 10 s
+        assert await pool.fetchval("SELECT 1") == 1
+    finally:
+        await connections.close_pool(pool)
