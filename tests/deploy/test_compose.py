@@ -39,6 +39,7 @@ TAG = "newsletter:test-compose"
 EMAIL = "compose@example.com"
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(1800),
     pytest.mark.skipif(
         os.environ.get("RUN_COMPOSE_TEST") != "1",
         reason="builds container images and runs a compose project (minutes): run `make test-compose`",
@@ -107,6 +108,7 @@ class Project:
             ' "-c", "aiosmtpd.handlers.Mailbox", "/mail/box"]\n'
             f'    volumes: ["{self.maildir}:/mail"]\n'
             "    networks: [back]\n"
+            "    stop_signal: SIGINT\n"  # PID 1 ignores SIGTERM; SIGINT ends the loop
             "  worker:\n"
             "    depends_on: [mailsink]\n"
         )
@@ -149,6 +151,23 @@ class Project:
         pytest.fail("Caddy never made its local CA")
 
     def wait_ready(self, client: httpx.Client) -> None:
+        """Every web replica healthy (its own /readyz, the compose healthcheck), then the
+        same through Caddy."""
+        for _ in range(300):
+            ids = self.run("ps", "--quiet", "web").stdout.decode().split()
+            states = [
+                subprocess.run(
+                    ["docker", "inspect", "--format={{.State.Health.Status}}", id_],
+                    capture_output=True,
+                    text=True,
+                ).stdout.strip()
+                for id_ in ids
+            ]
+            if states and all(state == "healthy" for state in states):
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"web replicas never healthy: {states}")
         for _ in range(300):
             try:
                 if client.get("/readyz").status_code == 200:
