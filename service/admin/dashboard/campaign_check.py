@@ -54,7 +54,7 @@ def _email_param(request: Request) -> str | None:
 
 async def _preview(request: Request) -> check.Preview | str:
     """The preview of the path's campaign for `?email=`, or why there is none."""
-    campaign_id = views._campaign_id(request)
+    campaign_id = views.path_campaign_id(request)
     if campaign_id is None:
         return views.NO_CAMPAIGN
     try:
@@ -69,7 +69,7 @@ async def _preview(request: Request) -> check.Preview | str:
 @signed_in
 async def preview_page(request: Request, session: Session) -> Response:
     async with request.app.state.pool.acquire() as con:
-        campaign = await views._campaign(request, con)
+        campaign = await views.path_campaign(request, con)
     if campaign is None:
         return problem(request, 404, views.NO_CAMPAIGN, csrf=session.csrf)
     shown = await _preview(request)
@@ -202,12 +202,12 @@ def form_page(
 
 @signed_in
 async def edit_form(request: Request, session: Session) -> Response:
-    campaign_id = views._campaign_id(request)
+    campaign_id = views.path_campaign_id(request)
     row = None
     if campaign_id is not None:
         async with request.app.state.pool.acquire() as con:
             row = await store.q.get_campaign.fetchrow(con, id=campaign_id)
-            campaign = await views._campaign(request, con)
+            campaign = await views.path_campaign(request, con)
     if row is None:
         return problem(request, 404, views.NO_CAMPAIGN, csrf=session.csrf)
     if campaign["welcome"] or campaign["first_sent_at"]:

@@ -251,13 +251,13 @@ async def campaign_list(request: Request, session: Session) -> Response:
     return page(request, "campaigns.html", csrf=session.csrf, campaigns=campaigns)
 
 
-def _campaign_id(request: Request) -> int | None:
+def path_campaign_id(request: Request) -> int | None:
     campaign_id = request.path_params["campaign_id"]
     return campaign_id if 0 < campaign_id <= MAX_ID else None
 
 
-async def _campaign(request: Request, con: Any) -> Any:
-    campaign_id = _campaign_id(request)
+async def path_campaign(request: Request, con: Any) -> Any:
+    campaign_id = path_campaign_id(request)
     return None if campaign_id is None else await q.campaign_by_id.fetchrow(con, id=campaign_id)
 
 
@@ -273,7 +273,7 @@ async def posted_campaign(
     if isinstance(form, Response):
         return form
     async with request.app.state.pool.acquire() as con:
-        campaign = await _campaign(request, con)
+        campaign = await path_campaign(request, con)
     if campaign is None:
         return problem(request, 404, NO_CAMPAIGN, csrf=session.csrf)
     return form, campaign
@@ -335,7 +335,7 @@ def stats_charts(stats: dict[str, Any]) -> dict[str, Any]:
 @signed_in
 async def campaign_page(request: Request, session: Session) -> Response:
     async with request.app.state.pool.acquire() as con:
-        campaign = await _campaign(request, con)
+        campaign = await path_campaign(request, con)
         stats = (
             await campaign_stats(con, campaign["id"], request.app.state.settings.stats_min_bucket)
             if campaign
@@ -430,7 +430,7 @@ WELCOME_NOT_SENT = (
 async def send_confirm(request: Request, session: Session) -> Response:
     """The confirmation step: how many people the send will mail, before it happens."""
     async with request.app.state.pool.acquire() as con:
-        campaign = await _campaign(request, con)
+        campaign = await path_campaign(request, con)
         if campaign is None:
             return problem(request, 404, NO_CAMPAIGN, csrf=session.csrf)
         if campaign["welcome"]:
