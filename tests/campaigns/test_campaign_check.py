@@ -66,12 +66,13 @@ async def test_the_sample_preview_fills_the_sample_person_with_links_that_name_n
     [pixel] = _PIXEL_TOKEN.findall(preview["html"])
     claim = TOKENS.verify_pixel(pixel)
     assert (claim.subscriber_id, claim.campaign_id) == (0, campaign_id)
-    # Fetching the sample's pixel records nothing.
-    await client.get(f"/o/{pixel}.gif")
-    await asyncio.sleep(0.3)
+    # Fetching the sample's pixel records nothing (PIXEL_MODE=wait answers after the
+    # write); a real subscriber's pixel, fetched the same way, is recorded.
+    assert (await client.get(f"/o/{pixel}.gif")).status_code == 200
     assert await db.fetchval("SELECT count(*) FROM opens") == 0
-    stats = await db.fetchrow("SELECT recipients, sent FROM campaigns WHERE id = $1", campaign_id)
-    assert (stats["recipients"], stats["sent"]) == (0, 0)
+    real = await people.add_subscriber(db, "real@example.org", tracking_consent=True)
+    await client.get(f"/o/{TOKENS.pixel(real, campaign_id)}.gif")
+    assert await db.fetchval("SELECT count(*) FROM opens") == 1
 
 
 @pytest.mark.parametrize(
@@ -347,23 +348,24 @@ async def test_an_edit_can_set_and_clear_the_topics(client, db, admin_headers) -
     assert cleared.status_code == 200 and cleared.json()["topics"] is None
 
 
-async def _someone_waits_for_an_advisory_lock(db: asyncpg.Connection) -> None:
-    """Positive evidence that the edit is blocked on the send lock (pg_locks)."""
-    for _ in range(3000):
-        if await db.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)"
-        ):
-            return
+async def _waits_for_the_send_lock(db: asyncpg.Connection, edit: asyncio.Task) -> None:
+    """Positive evidence that the edit is blocked on an advisory lock of this database
+    (pg_locks); an edit that answers first did not wait for the send."""
+    while not await db.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+    ):
+        assert not edit.done(), f"the edit answered without waiting: {edit.result().status_code}"
         await asyncio.sleep(0.01)
-    raise AssertionError("the edit never waited for the send lock")
 
 
 async def test_an_edit_racing_a_send_is_either_sent_or_refused(
     app_factory, database_url, db, admin_headers
 ) -> None:
-    """A send that holds the campaign's send lock makes the edit wait; the edit then finds
-    the send started (409) and the row unchanged. Without the lock (a plain UPDATE) the
-    edit would land on a campaign being queued."""
+    """A send that holds the campaign's send lock (queue_send: the lock, then the
+    recipients, then the campaign row) makes an edit wait; the edit then finds the send
+    started (409) and the row unchanged. A plain conditional UPDATE would not wait here
+    (the send has not touched the row yet) and would change a campaign being queued."""
     await people.add_subscriber(db, "ada@example.org")
     async with app_factory(outbox_concurrency=0) as (_app, client):
         campaign_id = await _create(client, admin_headers)
@@ -371,13 +373,8 @@ async def test_an_edit_racing_a_send_is_either_sent_or_refused(
         try:
             transaction = holder.transaction()
             await transaction.start()
-            # The send's first step, under its lock: queue the recipients, not yet committed.
             await holder.execute(
                 "SELECT pg_advisory_xact_lock(1852597089, ($1 % 2147483647)::int)", campaign_id
-            )
-            await holder.execute(
-                "UPDATE campaigns SET first_sent_at = now(), recipients = 1 WHERE id = $1",
-                campaign_id,
             )
             edit = asyncio.create_task(
                 client.patch(
@@ -386,15 +383,19 @@ async def test_an_edit_racing_a_send_is_either_sent_or_refused(
                     headers=admin_headers,
                 )
             )
-            await _someone_waits_for_an_advisory_lock(db)
-            assert not edit.done()
+            await _waits_for_the_send_lock(db, edit)
+            # The send's last step: the campaign row says the send started.
+            await holder.execute(
+                "UPDATE campaigns SET first_sent_at = now(), recipients = 1 WHERE id = $1",
+                campaign_id,
+            )
             await transaction.commit()
-            answer = await asyncio.wait_for(edit, 30)
+            answer = await edit
         finally:
             await holder.close()
     assert answer.status_code == 409
-    assert (
-        await db.fetchval("SELECT name FROM campaigns WHERE id = $1", campaign_id) == "April issue"
+    assert await db.fetchval("SELECT name FROM campaigns WHERE id = $1", campaign_id) == (
+        "April issue"
     )
 
 

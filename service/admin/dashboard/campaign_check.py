@@ -202,13 +202,10 @@ def form_page(
 
 @signed_in
 async def edit_form(request: Request, session: Session) -> Response:
-    campaign_id = views.path_campaign_id(request)
-    row = None
-    if campaign_id is not None:
-        async with request.app.state.pool.acquire() as con:
-            row = await store.q.get_campaign.fetchrow(con, id=campaign_id)
-            campaign = await views.path_campaign(request, con)
-    if row is None:
+    async with request.app.state.pool.acquire() as con:
+        campaign = await views.path_campaign(request, con)
+        row = campaign and await store.q.get_campaign.fetchrow(con, id=campaign["id"])
+    if campaign is None or row is None:
         return problem(request, 404, views.NO_CAMPAIGN, csrf=session.csrf)
     if campaign["welcome"] or campaign["first_sent_at"]:
         return problem(request, 409, _refusal(campaign), csrf=session.csrf)
