@@ -225,8 +225,8 @@ async def update_campaign(
     changes: dict[str, Any],
 ) -> None:
     """Changes the fields named in `changes` (validated; `topics` as topic ids, None for
-    everyone) until the first send starts. Raises CampaignNotFound, WelcomeCampaign (edited through its
-    topic), SendStarted.
+    everyone) until the first send starts. Raises CampaignNotFound, WelcomeCampaign
+    (edited through its topic), SendStarted.
 
     The edit holds the send lock (`lock_campaign_send`, the lock of `queue_send` and of a
     scheduled send's claim) and then updates the row only while `first_sent_at` is

@@ -429,3 +429,27 @@ def test_the_renderer_fills_exactly_the_listed_variables(settings) -> None:
     links = mail.Links.mint(settings, tokens, 1, 1, True)
     filled = mail.template_variables(settings, "a@b.example", None, links)
     assert list(filled) == [v.name for v in store.VARIABLES] == list(store.SAMPLE_VARIABLES)
+
+
+async def test_only_a_test_job_goes_without_a_subscriber_and_only_it_holds_an_address(
+    db,
+) -> None:
+    campaign_id = await people.add_campaign(db)
+    subscriber = await people.add_subscriber(db, "ada@example.org")
+    for kind, sid, test_campaign, address in (
+        ("confirm", None, None, None),
+        ("confirm", subscriber, campaign_id, "a@b.example"),
+        ("campaign_test", subscriber, campaign_id, "a@b.example"),
+        ("campaign_test", None, None, "a@b.example"),
+        ("campaign_test", None, campaign_id, None),
+    ):
+        with pytest.raises(asyncpg.CheckViolationError) as refused:
+            await db.execute(
+                "INSERT INTO outbox (kind, subscriber_id, test_campaign_id, test_email)"
+                " VALUES ($1, $2, $3, $4)",
+                kind,
+                sid,
+                test_campaign,
+                address,
+            )
+        assert refused.value.constraint_name == "outbox_test_check", kind
