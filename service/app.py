@@ -87,6 +87,13 @@ def routes(settings: Settings) -> list[BaseRoute]:
         Route("/admin/api/campaigns", api.list_campaigns, methods=["GET"]),
         Route("/admin/api/campaigns", api.create_campaign, methods=["POST"]),
         Route("/admin/api/campaigns/{campaign_id:int}", api.get_campaign, methods=["GET"]),
+        Route("/admin/api/campaigns/{campaign_id:int}", api.edit_campaign, methods=["PATCH"]),
+        Route(
+            "/admin/api/campaigns/{campaign_id:int}/preview",
+            api.preview_campaign,
+            methods=["GET"],
+        ),
+        Route("/admin/api/campaigns/{campaign_id:int}/test", api.test_campaign, methods=["POST"]),
         Route(
             "/admin/api/campaigns/{campaign_id:int}/send",
             api.send_campaign,

@@ -146,6 +146,7 @@ class Settings:
     rate_confirm_per_day: int = 3
     rate_confirm_min_interval: float = 600.0
     rate_signup_per_ip_hour: int = 20
+    campaign_test_per_hour: int = 10
     # -- mailer (outbox) ---------------------------------------------------------
     outbox_max_attempts: int = 8
     outbox_concurrency: int = 4
@@ -517,6 +518,7 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("RATE_CONFIRM_PER_DAY", "rate_confirm_per_day", _int(1, 100)),
     ("RATE_CONFIRM_MIN_INTERVAL", "rate_confirm_min_interval", _seconds(0, _DAY)),
     ("RATE_SIGNUP_PER_IP_HOUR", "rate_signup_per_ip_hour", _int(1, 1_000_000)),
+    ("CAMPAIGN_TEST_PER_HOUR", "campaign_test_per_hour", _int(1, 1000)),
     ("OUTBOX_MAX_ATTEMPTS", "outbox_max_attempts", _int(1, 100)),
     ("OUTBOX_CONCURRENCY", "outbox_concurrency", _int(0, 64)),
     ("OUTBOX_BATCH", "outbox_batch", _int(1, 1000)),
@@ -629,6 +631,8 @@ MEANINGS: dict[str, str] = {
     "RATE_CONFIRM_MIN_INTERVAL": "No such email to an address sooner than this after the last.",
     "RATE_SIGNUP_PER_IP_HOUR": "Sign-ups (and `/manage` link requests) per client IP"
     " (IPv6: per /64) per clock hour; then `429` with `Retry-After`.",
+    "CAMPAIGN_TEST_PER_HOUR": "Test sends of one campaign per operator (admin token) per"
+    " clock hour, API and dashboard together; then `429` with `Retry-After`.",
     "OUTBOX_MAX_ATTEMPTS": "Tries per email before it is dropped (throttles and an"
     " unreachable relay use up none).",
     "OUTBOX_CONCURRENCY": "Sending lanes per process, each with its own SMTP connection and"

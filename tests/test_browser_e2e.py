@@ -399,7 +399,17 @@ async def test_signup_confirm_send_open_and_unsubscribe_in_a_real_browser(
     await run(browser.fill, "#html", "<h1>Hello {{ name }}</h1><p>Our news.</p>")
     await run(browser.submit, "form[action='/admin/campaigns'] button")
     await run(browser.wait_text, "Send or schedule…")
-    await run(browser.submit, "a.button[href$='/send']")
+    # 3a. The preview step before "Send…": the subject, the HTML in its sandboxed frame
+    #     (its pixel not fetched) and the text, as the sample person gets them.
+    await run(browser.submit, "a.button[href$='/preview']")
+    await run(browser.wait_text, "Subject: Hello from the browser test")
+    assert "Hello Ada Lovelace" in (await run(browser.by_id, "preview-text") or "")
+    await run(browser.driver.switch_to.frame, "preview-html")
+    await run(browser.wait_text, "Hello Ada Lovelace")
+    await run(browser.driver.switch_to.default_content)
+    await run(browser.shoot, "campaign-preview")
+    assert await db.fetchval("SELECT count(*) FROM opens") == 0
+    await run(browser.submit, "a[href$='/send']")
     await run(browser.wait_text, "The list has 1 active subscriber.")
     await run(browser.shoot, "send-confirm")
     await run(browser.submit, "#confirm-send")

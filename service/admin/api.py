@@ -17,10 +17,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from service.admin.auth import require_admin
-from service.campaigns import schedule, store
+from service.admin.auth import bearer, require_admin
+from service.campaigns import check, schedule, store
 from service.campaigns.mail import Links
 from service.campaigns.stats import campaign_stats
+from service.mail.messages import MailContext
 from service.manage import address_change
 from service.outbox import breaker
 from service.privacy import erasure
@@ -72,6 +73,14 @@ async def _json_body(request: Request, limit: int) -> tuple[Any, JSONResponse | 
 # -- campaigns --------------------------------------------------------------------
 
 
+def _invalid(errors: dict[str, str]) -> JSONResponse:
+    """The 422 of a campaign's fields, with the template variables when a template failed."""
+    extra: dict[str, Any] = {}
+    if any(message.startswith("template error") for message in errors.values()):
+        extra["variables"] = [variable.name for variable in store.VARIABLES]
+    return _error(422, "invalid", "some fields are not valid", fields=errors, **extra)
+
+
 @require_admin
 async def create_campaign(request: Request) -> Response:
     payload, problem = await _json_body(request, store.MAX_REQUEST_BYTES)
@@ -83,7 +92,7 @@ async def create_campaign(request: Request) -> Response:
         if topics_error:
             errors["topics"] = topics_error
         if errors:
-            return _error(422, "invalid", "some fields are not valid", fields=errors)
+            return _invalid(errors)
         campaign_id = await store.create_campaign(con, **clean, topic_ids=topic_ids)
     log.info("campaign created", extra={"campaign_id": campaign_id})
     return _json({"id": campaign_id}, 201)
@@ -151,6 +160,102 @@ async def send_campaign(request: Request) -> Response:
         return _json({"scheduled_at": scheduled.isoformat()}, 202)
     log.info("campaign queued", extra={"campaign_id": campaign_id, "count": queued})
     return _json({"queued": queued}, 202)
+
+
+@require_admin
+async def edit_campaign(request: Request) -> Response:
+    """`PATCH`: changes the fields given (those creation takes, validated the same way)
+    until the first send starts, `200` with the campaign; then `409`."""
+    campaign_id = _campaign_id(request)
+    if campaign_id is None:
+        return _not_found("campaign")
+    payload, problem = await _json_body(request, store.MAX_REQUEST_BYTES)
+    if problem is not None:
+        return problem
+    clean, errors = store.validate_campaign(payload, partial=True)
+    changes: dict[str, Any] = dict(clean)
+    try:
+        async with request.app.state.pool.acquire() as con:
+            if isinstance(payload, dict) and "topics" in payload:
+                # null: the campaign goes to everyone again
+                topic_ids, topics_error = await store.campaign_topics(con, payload)
+                if topics_error:
+                    errors["topics"] = topics_error
+                changes["topics"] = topic_ids
+            if errors:
+                return _invalid(errors)
+            await store.update_campaign(con, campaign_id, changes)
+            row = await store.q.get_campaign.fetchrow(con, id=campaign_id)
+    except store.CampaignNotFound:
+        return _not_found("campaign")
+    except store.WelcomeCampaign:
+        return _error(
+            409,
+            "welcome_campaign",
+            "this campaign is a topic's welcome message: edit it through its topic",
+        )
+    except store.SendStarted:
+        return _error(409, "already_sent", "the campaign's send has started; it can't change now")
+    log.info("campaign edited", extra={"campaign_id": campaign_id, "kind": ",".join(changes)})
+    return _json(store.campaign_json(row))
+
+
+@require_admin
+async def preview_campaign(request: Request) -> Response:
+    """`200 {"subject", "html", "text"}` as the subscriber `?email=` (else the sample
+    person) gets the campaign; `404` for an unknown campaign or subscriber."""
+    campaign_id = _campaign_id(request)
+    if campaign_id is None:
+        return _not_found("campaign")
+    email = request.query_params.get("email")
+    state = request.app.state
+    try:
+        async with state.pool.acquire() as con:
+            context = MailContext(state.settings, state.tokens, state.templates)
+            shown = await check.preview(con, context, campaign_id, email)
+    except store.CampaignNotFound:
+        return _not_found("campaign")
+    except check.SubscriberNotFound:
+        return _not_found("subscriber")
+    return _json({"subject": shown.subject, "html": shown.html, "text": shown.text})
+
+
+@require_admin
+async def test_campaign(request: Request) -> Response:
+    """`POST {"to"}`: one copy to that address, marked as a test and counted nowhere,
+    `202`; `422` for a bad address, `429` past CAMPAIGN_TEST_PER_HOUR."""
+    campaign_id = _campaign_id(request)
+    if campaign_id is None:
+        return _not_found("campaign")
+    payload, problem = await _json_body(request, PATCH_MAX_BYTES)
+    if problem is not None:
+        return problem
+    if not isinstance(payload, dict):
+        return _error(
+            422, "invalid", "some fields are not valid", fields={"body": 'must be {"to": …}'}
+        )
+    errors = {str(key)[:50]: "unknown field" for key in sorted(set(payload) - {"to"})}
+    address, message = check.clean_address(payload.get("to"))
+    if message:
+        errors["to"] = message
+    if errors or address is None:
+        return _error(422, "invalid", "some fields are not valid", fields=errors)
+    state = request.app.state
+    operator = check.operator_of(bearer(request) or "")
+    try:
+        async with state.pool.acquire() as con:
+            day_key = await state.day_keys.today(con)
+            await check.queue_test(con, state.settings, day_key, operator, campaign_id, address)
+    except store.CampaignNotFound:
+        return _not_found("campaign")
+    except check.TooMany as exc:
+        response = _error(
+            429, "rate_limited", "this campaign's test sends for this hour are used up"
+        )
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    log.info("campaign test queued", extra={"campaign_id": campaign_id})
+    return _json({"queued": 1, "test": True}, 202)
 
 
 def _welcome_conflict() -> JSONResponse:

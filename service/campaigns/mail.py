@@ -22,7 +22,7 @@ import asyncpg
 import jinja2
 import markupsafe
 
-from service.campaigns.store import compile_template
+from service.campaigns.store import VARIABLES, compile_template
 from service.db.queries import queries
 from service.mail import wire
 from service.mail.messages import MailContext, smtp_address
@@ -201,29 +201,56 @@ def build(
         row["tracking_withdrawn"],
         topics=campaign["has_topics"],
     )
-    subject, html, text = render(
+    return write(ctx, campaign, row["email"], row["name"], links)
+
+
+def personalise(
+    ctx: MailContext, campaign: asyncpg.Record, email: str, name: str | None, links: Links
+) -> tuple[str, str, str]:
+    """(subject, html, text) of the campaign as the person with these links gets it: what
+    a send, a preview and a test send all render (service/campaigns/check.py)."""
+    return render(
         ctx,
         subject=campaign["subject"],
         html=campaign["html"],
         text=campaign["text"],
-        variables=template_variables(ctx.settings, row["email"], row["name"], links),
+        variables=template_variables(ctx.settings, email, name, links),
         links=links,
     )
-    address = row["email"]
+
+
+def write(
+    ctx: MailContext,
+    campaign: asyncpg.Record,
+    email: str,
+    name: str | None,
+    links: Links,
+    *,
+    to: str | None = None,
+    test: bool = False,
+) -> OutgoingEmail:
+    """The email of the campaign for the person `email`, to `to` (default: `email`); a
+    test (service/campaigns/check.py) says so in its subject and a header."""
+    subject, html, text = personalise(ctx, campaign, email, name, links)
+    address = email if to is None else to
     envelope, utf8 = (address, False) if address.isascii() else smtp_address(address)
-    data = ctx.skeleton(campaign_id).render(
-        to=wire.recipient(envelope, utf8, row["name"]),
+    if test:
+        subject = TEST_SUBJECT_PREFIX + subject
+    data = ctx.skeleton(campaign["id"]).render(
+        to=wire.recipient(envelope, utf8, None if test else name),
         subject=subject,
         text=text,
         html=html,
         list_unsubscribe=links.unsubscribe_url,
         list_id=list_id(ctx.settings, campaign["list_id"]),
+        extra_headers=(TEST_HEADER,) if test else (),
     )
-    return OutgoingEmail(
-        recipients=(envelope,),
-        smtputf8=utf8,
-        data=data,
-    )
+    return OutgoingEmail(recipients=(envelope,), smtputf8=utf8, data=data)
+
+
+# A test send's marks: its subject starts with this, and it carries this header.
+TEST_SUBJECT_PREFIX = "[Test] "
+TEST_HEADER = "X-Newsletter-Test: yes"
 
 
 def list_id(settings: Settings, slug: str | None) -> str | None:
@@ -238,8 +265,9 @@ def list_id(settings: Settings, slug: str | None) -> str | None:
 def template_variables(
     settings: Settings, email: str, name: str | None, links: Links
 ) -> dict[str, Any]:
-    """What an operator's template sees (documented in docs/guides/campaigns.md, "Templates")."""
-    return {
+    """What an operator's template sees: exactly the names of `store.VARIABLES`
+    (documented in docs/guides/campaigns.md, "Templates", and shown beside the form)."""
+    values = {
         "name": name or "",
         "email": email,
         "unsubscribe_url": links.unsubscribe_url,
@@ -247,3 +275,4 @@ def template_variables(
         "tracking_url": links.tracking_url,
         "public_url": settings.public_base,
     }
+    return {variable.name: values[variable.name] for variable in VARIABLES}

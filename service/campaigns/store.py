@@ -9,6 +9,7 @@ queue in about a second, and nobody is mailed twice because `deliveries` has one
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -30,16 +31,41 @@ FIELDS: dict[str, tuple[int, bool]] = {
 }
 MAX_REQUEST_BYTES = 1_048_576
 
-# The variables an operator's template may use, with the values the check at creation
-# renders against (the real values come from the subscriber at send time).
-SAMPLE_VARIABLES: dict[str, Any] = {
-    "name": "Ada Lovelace",
-    "email": "ada@example.com",
-    "unsubscribe_url": "https://news.example.com/unsubscribe/sample",
-    "manage_url": "https://news.example.com/manage/sample",
-    "tracking_url": "https://news.example.com/tracking/sample",
-    "public_url": "https://news.example.com",
-}
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    meaning: str  # shown beside the dashboard's campaign form
+    sample: str  # the value the check at creation and a sample preview render with
+
+
+# The variables an operator's template may use: the one list the renderer fills
+# (`service.campaigns.mail.template_variables`), the check at creation renders against
+# (the samples) and the dashboard shows beside the campaign form.
+VARIABLES: tuple[Variable, ...] = (
+    Variable("name", "the subscriber's name, empty when they gave none", "Ada Lovelace"),
+    Variable("email", "the subscriber's address", "ada@example.com"),
+    Variable(
+        "unsubscribe_url",
+        "their unsubscribe link (the footer has it already)",
+        "https://news.example.com/unsubscribe/sample",
+    ),
+    Variable(
+        "manage_url",
+        "their page to manage the subscription (the footer has it already)",
+        "https://news.example.com/manage/sample",
+    ),
+    Variable(
+        "tracking_url",
+        "their link to withdraw from open tracking; empty where tracking does not apply",
+        "https://news.example.com/tracking/sample",
+    ),
+    Variable("public_url", "the service's PUBLIC_URL", "https://news.example.com"),
+)
+SAMPLE_VARIABLES: dict[str, Any] = {v.name: v.sample for v in VARIABLES}
+# The fields an edit may change (PATCH): those creation takes. One more creation field
+# is one more name here and one more line in update_campaign (sql/queries/campaigns.sql).
+EDITABLE = (*FIELDS, "topics")
 
 
 @functools.cache
@@ -75,15 +101,20 @@ def _template_error(source: str, html: bool) -> str | None:
     return None
 
 
-def validate_campaign(payload: Any) -> tuple[dict[str, str], dict[str, str]]:
-    """Clean values and one message per bad field (empty when the campaign is good)."""
+def validate_campaign(payload: Any, partial: bool = False) -> tuple[dict[str, str], dict[str, str]]:
+    """Clean values and one message per bad field (empty when the campaign is good).
+    `partial` (an edit): only the fields present are checked, and at least one must be."""
     if not isinstance(payload, dict):
         return {}, {"body": "must be a JSON object with name, subject, html and text"}
     errors: dict[str, str] = {}
     clean: dict[str, str] = {}
-    for field in sorted(set(payload) - set(FIELDS) - {"topics"}):
+    for field in sorted(set(payload) - set(EDITABLE)):
         errors[str(field)[:50]] = "unknown field"
+    if partial and not errors and not payload:
+        errors["body"] = f"name at least one of {', '.join(EDITABLE)}"
     for field, (max_len, single_line) in FIELDS.items():
+        if partial and field not in payload:
+            continue
         value = payload.get(field)
         if value is None:
             errors[field] = "is required"
@@ -182,6 +213,44 @@ async def queue_send(con: asyncpg.Connection, campaign_id: int) -> int:
         if queued:
             await q.notify_outbox.execute(con)
         return queued
+
+
+class SendStarted(Exception):
+    """The campaign's first send has started (a recipient was queued): it stays as sent."""
+
+
+async def update_campaign(
+    con: asyncpg.Connection,
+    campaign_id: int,
+    changes: dict[str, Any],
+) -> None:
+    """Changes the fields named in `changes` (validated; `topics` as topic ids, None for
+    everyone) until the first send starts. Raises CampaignNotFound, WelcomeCampaign
+    (edited through its topic), SendStarted.
+
+    The edit holds the send lock (`lock_campaign_send`, the lock of `queue_send` and of a
+    scheduled send's claim) and then updates the row only while `first_sent_at` is
+    unset, so an edit and a send of the same moment are ordered: the send queues the
+    edited campaign, or the edit finds the send started. A scheduled send that has not
+    started yet is edited (it sends what the campaign holds when it starts)."""
+    async with con.transaction():
+        await q.lock_campaign_send.execute(con, time_limit=LONG_COMMAND_TIMEOUT, id=campaign_id)
+        values = {field: changes.get(field) for field in FIELDS}
+        updated = await q.update_campaign.fetchval(
+            con,
+            id=campaign_id,
+            fields=sorted(changes),
+            topic_ids=changes.get("topics"),
+            **values,
+        )
+        if updated is not None:
+            return
+        state = await q.edit_state.fetchrow(con, id=campaign_id)
+    if state is None:
+        raise CampaignNotFound(campaign_id)
+    if state["welcome"]:
+        raise WelcomeCampaign(campaign_id)
+    raise SendStarted(campaign_id)
 
 
 def campaign_json(row: asyncpg.Record) -> dict[str, Any]:

@@ -147,9 +147,11 @@ class Skeleton:
         html: str,
         list_unsubscribe: str | None = None,
         list_id: str | None = None,
+        extra_headers: tuple[str, ...] = (),
     ) -> bytes:
         """One email: `to` is the To header's value (see `recipient`), which may be
-        folded; every other value must be a single line."""
+        folded; every other value must be a single line (`extra_headers`: whole
+        `Name: value` lines)."""
         _check(to.replace(FOLD, ""))
         lines = [
             f"To: {to}",
@@ -162,6 +164,7 @@ class Skeleton:
             lines.append(f"List-Unsubscribe: <{_check(list_unsubscribe)}>")
         if list_id is not None:
             lines.append(f"List-Id: {_check(list_id)}")  # RFC 2919
+        lines.extend(_check(header) for header in extra_headers)
         headers = ("\r\n".join(lines) + "\r\n").encode("utf-8")
         text_qp = quoted_printable(text)
         html_qp = quoted_printable(html)

@@ -18,6 +18,7 @@ from email.message import EmailMessage
 
 import asyncpg
 
+from service.campaigns import check as campaign_check
 from service.campaigns import mail as campaign_mail
 from service.mail.messages import MailContext
 from service.mail.wire import OutgoingEmail
@@ -69,5 +70,7 @@ KINDS: dict[str, Kind] = {
         Kind("welcome", compose_batch=campaign_mail.compose_batch, records=DELIVERY),
         Kind("manage_link", compose=links.compose_link),
         Kind("address_confirm", compose=address_change.compose, to_address_on_file=False),
+        # An operator's test copy of a campaign (sql/160): to a typed address, counted nowhere.
+        Kind("campaign_test", compose=campaign_check.compose_test, to_address_on_file=False),
     )
 }

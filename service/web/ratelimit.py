@@ -155,6 +155,18 @@ async def admin_failed(con: Executor, settings: Settings, day_key: bytes, ip: st
     )
 
 
+# -- campaign test sends --------------------------------------------------------------
+async def hit_campaign_test(
+    con: Executor, settings: Settings, day_key: bytes, operator: bytes, campaign_id: int
+) -> Verdict:
+    """Counts one test send of the campaign by this operator (the sha256 of their admin
+    token) in the current hour: at most CAMPAIGN_TEST_PER_HOUR."""
+    start, remaining = _window(HOUR, time.time())
+    key = _mac(day_key, b"campaign_test", f"{operator.hex()}:{campaign_id}")
+    hits = await q.hit_window.fetchval(con, scope="campaign_test", key=key, window_start=start)
+    return Verdict(hits <= settings.campaign_test_per_hour, remaining)
+
+
 async def purge_expired(con: Executor) -> int:
     """Deletes the keys of past days and every row made with them; returns the rows."""
     rows = await q.purge_expired.fetchval(con)

@@ -154,3 +154,47 @@ SELECT id, subject, html, text, topic_ids IS NOT NULL AS has_topics,
        (SELECT t.slug FROM topics t WHERE t.id = ANY(campaigns.topic_ids)
         ORDER BY t.slug LIMIT 1) AS list_id
 FROM campaigns WHERE id = ANY(:ids::bigint[]);
+
+-- name: update_campaign
+-- An edit before the first send (PATCH /admin/api/campaigns/{id}): each column changes
+-- only when it is in :fields. Run under the campaign's send lock (lock_campaign_send), so
+-- a send starting at the same moment either queues the edited campaign or finds the edit
+-- refused; no row when the send has started (or it is a topic's welcome message).
+UPDATE campaigns SET
+    name = CASE WHEN 'name' = ANY(:fields::text[]) THEN :name ELSE name END,
+    subject = CASE WHEN 'subject' = ANY(:fields::text[]) THEN :subject ELSE subject END,
+    html = CASE WHEN 'html' = ANY(:fields::text[]) THEN :html ELSE html END,
+    text = CASE WHEN 'text' = ANY(:fields::text[]) THEN :text ELSE text END,
+    topic_ids = CASE WHEN 'topics' = ANY(:fields::text[]) THEN :topic_ids::bigint[]
+                     ELSE topic_ids END
+WHERE id = :id AND first_sent_at IS NULL AND NOT welcome
+RETURNING id;
+
+-- name: edit_state
+-- Why an edit found no row: NULL (no such campaign), else whether its send started.
+SELECT first_sent_at IS NOT NULL AS started, welcome FROM campaigns WHERE id = :id;
+
+-- name: campaign_for_mail
+-- One campaign as the composer renders it (campaign_templates for one id).
+SELECT id, subject, html, text, topic_ids IS NOT NULL AS has_topics,
+       (SELECT t.slug FROM topics t WHERE t.id = ANY(campaigns.topic_ids)
+        ORDER BY t.slug LIMIT 1) AS list_id
+FROM campaigns WHERE id = :id;
+
+-- name: preview_subscriber
+-- The subscriber a preview renders for, by address (case-insensitive like the unique index).
+SELECT id, email, name, tracking_consent,
+       tracking_withdrawn_at IS NOT NULL AS tracking_withdrawn
+FROM subscribers WHERE lower(email) = lower(:email);
+
+-- name: queue_test
+-- A test send: one outbox job naming no subscriber and no campaign's send (sql/160).
+WITH job AS (
+    INSERT INTO outbox (kind, test_campaign_id, test_email)
+    VALUES ('campaign_test', :campaign_id, :email)
+    RETURNING id
+)
+SELECT id, pg_notify('newsletter_outbox', id::text) IS NULL AS notified FROM job;
+
+-- name: test_job
+SELECT test_campaign_id, test_email FROM outbox WHERE id = :id;

@@ -307,6 +307,8 @@ STATE_CHANGING = [
     ("/admin/campaigns", {"name": "n", "subject": "s", "html": "<p>h</p>", "text": "t"}),
     ("/admin/campaigns/{id}/send", {}),
     ("/admin/campaigns/{id}/schedule", {"at": "2099-01-01T09:00"}),
+    ("/admin/campaigns/{id}/test", {"to": "operator@shop.example"}),
+    ("/admin/campaigns/{id}/edit", {"name": "Changed", "subject": "s", "html": "h", "text": "t"}),
     ("/admin/subscribers", {"email": "ada@example.com"}),
     ("/admin/subscribers/export", {"email": "ada@example.com"}),
     ("/admin/subscribers/erase", {"email": "ada@example.com", "confirm": "yes"}),
@@ -334,6 +336,8 @@ async def test_forms_without_the_sessions_csrf_token_are_refused_and_change_noth
     assert await db.fetchval("SELECT count(*) FROM deliveries") == 0
     assert await db.fetchval("SELECT id FROM subscribers") == subscriber
     assert await db.fetchval("SELECT count(*) FROM campaigns WHERE scheduled_at IS NOT NULL") == 0
+    assert await db.fetchval("SELECT count(*) FROM outbox") == 0
+    assert await db.fetchval("SELECT name FROM campaigns") == "Spring news"
 
 
 async def test_posts_without_a_session_are_refused(app: Starlette) -> None:

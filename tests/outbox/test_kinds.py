@@ -13,7 +13,15 @@ from service.outbox.kinds import KINDS
 
 
 async def _insert(db: asyncpg.Connection, kind: str, subscriber_id: int, campaign_id: int):
-    """The job's row; a kind bound to a campaign (the table's other CHECK) gets one."""
+    """The job's row; a kind bound to a campaign (the table's other CHECKs) gets one, a
+    test send (sql/160) its campaign and address instead of a subscriber."""
+    if kind == "campaign_test":
+        return await db.fetchval(
+            "INSERT INTO outbox (kind, test_campaign_id, test_email) VALUES ($1, $2, 'a@b.example')"
+            " RETURNING priority",
+            kind,
+            campaign_id,
+        )
     insert = (
         "INSERT INTO outbox (kind, subscriber_id, campaign_id) VALUES ($1, $2, $3)"
         " RETURNING priority"

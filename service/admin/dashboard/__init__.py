@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from service.admin.dashboard import importing, subscriber_list, topics, views
+from service.admin.dashboard import campaign_check, importing, subscriber_list, topics, views
 
 
 def routes() -> list[BaseRoute]:
@@ -18,6 +18,21 @@ def routes() -> list[BaseRoute]:
         Route("/admin/campaigns", views.create_campaign, methods=["POST"]),
         Route("/admin/campaigns/new", views.new_campaign_form, methods=["GET"]),
         Route("/admin/campaigns/{campaign_id:int}", views.campaign_page, methods=["GET"]),
+        Route(
+            "/admin/campaigns/{campaign_id:int}/preview",
+            campaign_check.preview_page,
+            methods=["GET"],
+        ),
+        Route(
+            "/admin/campaigns/{campaign_id:int}/preview/html",
+            campaign_check.preview_frame,
+            methods=["GET"],
+        ),
+        Route(
+            "/admin/campaigns/{campaign_id:int}/test", campaign_check.send_test, methods=["POST"]
+        ),
+        Route("/admin/campaigns/{campaign_id:int}/edit", campaign_check.edit_form, methods=["GET"]),
+        Route("/admin/campaigns/{campaign_id:int}/edit", campaign_check.edit, methods=["POST"]),
         Route("/admin/campaigns/{campaign_id:int}/send", views.send_confirm, methods=["GET"]),
         Route("/admin/campaigns/{campaign_id:int}/send", views.send, methods=["POST"]),
         Route("/admin/campaigns/{campaign_id:int}/schedule", views.schedule_send, methods=["POST"]),

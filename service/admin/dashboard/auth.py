@@ -52,6 +52,7 @@ class FormError(Exception):
 class Session:
     id_hash: bytes
     csrf: str
+    token_hash: bytes = b""  # sha256 of the admin token that opened it: the operator
 
 
 def _signer(request: Request, salt: str) -> TimestampSigner:
@@ -171,7 +172,7 @@ async def current_session(request: Request) -> Session | None:
     current = {_sha256(token) for token in settings.admin_tokens}
     if bytes(row["token_hash"]) not in current:
         return None
-    return Session(id_hash=id_hash, csrf=row["csrf"])
+    return Session(id_hash=id_hash, csrf=row["csrf"], token_hash=bytes(row["token_hash"]))
 
 
 async def sign_out(request: Request, session: Session, response: Response) -> None:

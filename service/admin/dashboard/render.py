@@ -23,13 +23,14 @@ def page(
     *,
     csrf: str = "",
     status_code: int = 200,
+    csp: str = CSP,
     **context: Any,
 ) -> HTMLResponse:
     return pages.render(
         request,
         f"admin/{template}",
         status_code=status_code,
-        csp=CSP,
+        csp=csp,
         headers={"X-Frame-Options": "DENY"},
         csrf=csrf,
         signed_in=bool(csrf),

@@ -19,9 +19,10 @@ from starlette.responses import RedirectResponse, Response
 from service.admin.dashboard import auth, charts, scheduling
 from service.admin.dashboard.auth import FormError, Session, read_form, signed_in
 from service.admin.dashboard.render import page, problem
-from service.campaigns import schedule, store
+from service.campaigns import check, schedule, store
 from service.campaigns.stats import campaign_stats
 from service.db.queries import queries
+from service.mail.messages import MailContext
 from service.outbox import breaker
 from service.privacy import erasure
 from service.web import pages
@@ -250,14 +251,32 @@ async def campaign_list(request: Request, session: Session) -> Response:
     return page(request, "campaigns.html", csrf=session.csrf, campaigns=campaigns)
 
 
-def _campaign_id(request: Request) -> int | None:
+def path_campaign_id(request: Request) -> int | None:
     campaign_id = request.path_params["campaign_id"]
     return campaign_id if 0 < campaign_id <= MAX_ID else None
 
 
-async def _campaign(request: Request, con: Any) -> Any:
-    campaign_id = _campaign_id(request)
+async def path_campaign(request: Request, con: Any) -> Any:
+    campaign_id = path_campaign_id(request)
     return None if campaign_id is None else await q.campaign_by_id.fetchrow(con, id=campaign_id)
+
+
+NO_CAMPAIGN = "There is no such campaign."
+
+
+async def posted_campaign(
+    request: Request, session: Session, limit: int = auth.FORM_LIMIT
+) -> tuple[dict[str, str], Any] | Response:
+    """(the posted form, the campaign of the path) for a campaign page's form, or the page
+    that says what is wrong: the form's CSRF token, or no such campaign (404)."""
+    form = await form_or_problem(request, session, limit)
+    if isinstance(form, Response):
+        return form
+    async with request.app.state.pool.acquire() as con:
+        campaign = await path_campaign(request, con)
+    if campaign is None:
+        return problem(request, 404, NO_CAMPAIGN, csrf=session.csrf)
+    return form, campaign
 
 
 def stats_charts(stats: dict[str, Any]) -> dict[str, Any]:
@@ -316,7 +335,7 @@ def stats_charts(stats: dict[str, Any]) -> dict[str, Any]:
 @signed_in
 async def campaign_page(request: Request, session: Session) -> Response:
     async with request.app.state.pool.acquire() as con:
-        campaign = await _campaign(request, con)
+        campaign = await path_campaign(request, con)
         stats = (
             await campaign_stats(con, campaign["id"], request.app.state.settings.stats_min_bucket)
             if campaign
@@ -324,7 +343,7 @@ async def campaign_page(request: Request, session: Session) -> Response:
         )
         sending = bool(campaign) and await q.campaign_sending.fetchval(con, id=campaign["id"])
     if campaign is None or stats is None:
-        return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
+        return problem(request, 404, NO_CAMPAIGN, csrf=session.csrf)
     queued = request.cookies.get(QUEUED_COOKIE, "")
     shown = page(
         request,
@@ -356,7 +375,14 @@ async def campaign_page(request: Request, session: Session) -> Response:
 
 @signed_in
 async def new_campaign_form(request: Request, session: Session) -> Response:
-    return page(request, "campaign_new.html", csrf=session.csrf, values={}, errors={})
+    return page(
+        request,
+        "campaign_new.html",
+        csrf=session.csrf,
+        values={},
+        errors={},
+        variables=store.VARIABLES,
+    )
 
 
 @signed_in
@@ -380,6 +406,7 @@ async def create_campaign(request: Request, session: Session) -> Response:
                 status_code=422,
                 values={**payload, "topics": form.get("topics", "")},
                 errors=errors,
+                variables=store.VARIABLES,
             )
         campaign_id = await store.create_campaign(
             con,
@@ -403,9 +430,9 @@ WELCOME_NOT_SENT = (
 async def send_confirm(request: Request, session: Session) -> Response:
     """The confirmation step: how many people the send will mail, before it happens."""
     async with request.app.state.pool.acquire() as con:
-        campaign = await _campaign(request, con)
+        campaign = await path_campaign(request, con)
         if campaign is None:
-            return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
+            return problem(request, 404, NO_CAMPAIGN, csrf=session.csrf)
         if campaign["welcome"]:
             return problem(request, 409, WELCOME_NOT_SENT, csrf=session.csrf)
         topics = None
@@ -416,11 +443,15 @@ async def send_confirm(request: Request, session: Session) -> Response:
         else:
             active = await store.count_recipients(con, campaign["id"])
             already = await q.campaign_delivered_count.fetchval(con, id=campaign["id"])
+        state = request.app.state
+        context = MailContext(state.settings, state.tokens, state.templates)
+        sample = await check.preview(con, context, campaign["id"])
     return page(
         request,
         "send_confirm.html",
         csrf=session.csrf,
         campaign=campaign,
+        subject=sample.subject,
         topics=topics,
         active=active,
         already=already,
@@ -436,19 +467,17 @@ async def send_confirm(request: Request, session: Session) -> Response:
 
 @signed_in
 async def send(request: Request, session: Session) -> Response:
-    form = await form_or_problem(request, session)
-    if isinstance(form, Response):
-        return form
-    async with request.app.state.pool.acquire() as con:
-        campaign = await _campaign(request, con)
-        if campaign is None:
-            return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
-        try:
+    posted = await posted_campaign(request, session)
+    if isinstance(posted, Response):
+        return posted
+    _form, campaign = posted
+    try:
+        async with request.app.state.pool.acquire() as con:
             queued = await schedule.send_now(con, campaign["id"])
-        except store.CampaignNotFound:  # deleted between the two statements
-            return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
-        except store.WelcomeCampaign:
-            return problem(request, 409, WELCOME_NOT_SENT, csrf=session.csrf)
+    except store.CampaignNotFound:  # deleted between the two statements
+        return problem(request, 404, NO_CAMPAIGN, csrf=session.csrf)
+    except store.WelcomeCampaign:
+        return problem(request, 409, WELCOME_NOT_SENT, csrf=session.csrf)
     log.info(
         "campaign send queued from dashboard",
         extra={"campaign_id": campaign["id"], "count": queued},
@@ -481,24 +510,22 @@ def queued_notice(request: Request, campaign_id: int, queued: int) -> Response:
 async def schedule_send(request: Request, session: Session) -> Response:
     """Schedules the send at the form's time in DASHBOARD_TIME_ZONE; a refused time goes
     back to the send page, which says why."""
-    form = await form_or_problem(request, session)
-    if isinstance(form, Response):
-        return form
+    posted = await posted_campaign(request, session)
+    if isinstance(posted, Response):
+        return posted
+    form, campaign = posted
     settings = request.app.state.settings
     at, error = scheduling.parse(settings, form.get("at", ""), datetime.now(UTC))
-    async with request.app.state.pool.acquire() as con:
-        campaign = await _campaign(request, con)
-        if campaign is None:
-            return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
-        if at is not None:
-            try:
+    if at is not None:
+        try:
+            async with request.app.state.pool.acquire() as con:
                 await schedule.schedule(con, campaign["id"], at)
-            except store.CampaignNotFound:
-                return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
-            except store.WelcomeCampaign:
-                return problem(request, 409, WELCOME_NOT_SENT, csrf=session.csrf)
-            except schedule.SendStarted:
-                error = "started"
+        except store.CampaignNotFound:
+            return problem(request, 404, NO_CAMPAIGN, csrf=session.csrf)
+        except store.WelcomeCampaign:
+            return problem(request, 409, WELCOME_NOT_SENT, csrf=session.csrf)
+        except schedule.SendStarted:
+            error = "started"
     if error:
         return RedirectResponse(
             f"/admin/campaigns/{campaign['id']}/send?schedule_error={error}", status_code=303
@@ -510,37 +537,33 @@ async def schedule_send(request: Request, session: Session) -> Response:
 @signed_in
 async def unschedule_send(request: Request, session: Session) -> Response:
     """Cancels the scheduled send, unless it has started (the page then says so)."""
-    form = await form_or_problem(request, session)
-    if isinstance(form, Response):
-        return form
-    async with request.app.state.pool.acquire() as con:
-        campaign = await _campaign(request, con)
-        if campaign is None:
-            return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
-        try:
+    posted = await posted_campaign(request, session)
+    if isinstance(posted, Response):
+        return posted
+    _form, campaign = posted
+    try:
+        async with request.app.state.pool.acquire() as con:
             await schedule.unschedule(con, campaign["id"])
-        except store.CampaignNotFound:
-            return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
-        except store.WelcomeCampaign:
-            return problem(request, 409, WELCOME_NOT_SENT, csrf=session.csrf)
-        except schedule.SendStarted:
-            message = "The scheduled send has started already; it can no longer be cancelled."
-            return problem(request, 409, message, csrf=session.csrf)
-        except schedule.NotScheduled:
-            pass  # cancelled already (another tab): the page shows no schedule
+    except store.CampaignNotFound:
+        return problem(request, 404, NO_CAMPAIGN, csrf=session.csrf)
+    except store.WelcomeCampaign:
+        return problem(request, 409, WELCOME_NOT_SENT, csrf=session.csrf)
+    except schedule.SendStarted:
+        message = "The scheduled send has started already; it can no longer be cancelled."
+        return problem(request, 409, message, csrf=session.csrf)
+    except schedule.NotScheduled:
+        pass  # cancelled already (another tab): the page shows no schedule
     log.info("campaign schedule cancelled from dashboard", extra={"campaign_id": campaign["id"]})
     return RedirectResponse(f"/admin/campaigns/{campaign['id']}", status_code=303)
 
 
 async def _pause_action(request: Request, session: Session, action: str) -> Response:
     """Resume or cancel a campaign (the circuit breaker's pause), then back to its page."""
-    form = await form_or_problem(request, session)
-    if isinstance(form, Response):
-        return form
+    posted = await posted_campaign(request, session)
+    if isinstance(posted, Response):
+        return posted
+    _form, campaign = posted
     async with request.app.state.pool.acquire() as con:
-        campaign = await _campaign(request, con)
-        if campaign is None:
-            return problem(request, 404, "There is no such campaign.", csrf=session.csrf)
         if action == "resume":
             count = await breaker.resume(con, campaign["id"])
         else:
