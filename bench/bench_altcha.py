@@ -68,7 +68,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         if self.path == "/altcha":
             body, kind = json.dumps(botcheck.challenge(SETTINGS)).encode(), "application/json"
         elif self.path == "/static/altcha.min.js":
@@ -180,7 +180,11 @@ def server_rows() -> list[dict]:
     rows = []
     for name, call, number in (
         ("server challenge() (one PBKDF2 derivation)", lambda: botcheck.challenge(SETTINGS), 300),
-        ("server verify() (HMACs, no derivation)", lambda: botcheck.verify(SETTINGS, payload), 3000),
+        (
+            "server verify() (HMACs, no derivation)",
+            lambda: botcheck.verify(SETTINGS, payload),
+            3000,
+        ),
     ):
         per_call = [timeit.timeit(call, number=number) / number * 1e6 for _ in range(5)]
         rows.append(

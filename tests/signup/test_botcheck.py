@@ -58,9 +58,15 @@ async def assert_nothing_stored_or_sent(db, smtp, before: dict[str, int]) -> Non
 
 
 # -- the endpoint ---------------------------------------------------------------------
-async def test_altcha_is_404_when_the_key_is_unset(client) -> None:
-    response = await client.get("/altcha")
-    assert response.status_code == 404
+async def test_altcha_is_404_when_the_key_is_unset_and_a_challenge_when_set(
+    app_factory,
+) -> None:
+    async with app_factory() as (_app, client):
+        off = await client.get("/altcha")
+    async with app_factory(**ON) as (_app, client):
+        on = await client.get("/altcha")
+    assert off.status_code == 404
+    assert on.status_code == 200
 
 
 async def test_altcha_serves_a_signed_expiring_challenge_that_is_not_cached(
@@ -208,9 +214,7 @@ async def test_a_replayed_payload_is_refused_with_nothing_stored_or_sent(
     assert await db.fetchval("SELECT array_agg(email) FROM subscribers") == ["ada@example.com"]
 
 
-async def test_a_payload_spent_on_one_replica_is_refused_by_another(
-    app_factory, db, smtp
-) -> None:
+async def test_a_payload_spent_on_one_replica_is_refused_by_another(app_factory, db, smtp) -> None:
     async with app_factory(**ON) as (_one, first), app_factory(**ON) as (_two, second):
         payload = await solved(first)
         accepted = await post(first, True, email="ada@example.com", altcha=payload)
@@ -221,9 +225,7 @@ async def test_a_payload_spent_on_one_replica_is_refused_by_another(
     assert await db.fetchval("SELECT array_agg(email) FROM subscribers") == ["ada@example.com"]
 
 
-async def test_concurrent_posts_of_one_payload_sign_up_exactly_once(
-    app_factory, db, smtp
-) -> None:
+async def test_concurrent_posts_of_one_payload_sign_up_exactly_once(app_factory, db, smtp) -> None:
     async with app_factory(**ON) as (_one, first), app_factory(**ON) as (_two, second):
         payload = await solved(first)
         answers = await asyncio.gather(
@@ -237,22 +239,33 @@ async def test_concurrent_posts_of_one_payload_sign_up_exactly_once(
     codes = sorted(a.status_code for a in answers)
     assert codes == [202] + [422] * 7
     assert all(
-        a.json() == {"errors": {"altcha": botcheck.REPLAYED}} for a in answers if a.status_code == 422
+        a.json() == {"errors": {"altcha": botcheck.REPLAYED}}
+        for a in answers
+        if a.status_code == 422
     )
     assert await db.fetchval("SELECT count(*) FROM subscribers") == 1
     assert len(smtp.messages) == 1
 
 
-async def test_without_the_key_no_payload_is_needed(client, smtp) -> None:
-    response = await post(client, True, email="ada@example.com")
-    assert response.status_code == 202
-    await smtp.wait_for(1)
+async def test_the_key_decides_whether_a_payload_is_needed(app_factory, db, smtp) -> None:
+    async with app_factory() as (_app, client):
+        off = await post(client, True, email="ada@example.com")
+        await smtp.wait_for(1)
+    async with app_factory(**ON) as (_app, client):
+        on = await post(client, True, email="bob@example.com")
+    assert off.status_code == 202
+    assert on.status_code == 422
+    assert await db.fetchval("SELECT array_agg(email) FROM subscribers") == ["ada@example.com"]
 
 
 # -- the pages ------------------------------------------------------------------------
 async def test_the_demo_page_carries_the_widget_and_a_csp_that_lets_it_work(
     app_factory,
 ) -> None:
+    async with app_factory(demo_page=True) as (_app, client):
+        off = await client.get("/")
+    assert "altcha" not in off.text  # without the key: no widget and no scripts
+    assert off.headers["content-security-policy"] == pages.CSP
     async with app_factory(**ON, demo_page=True) as (_app, client):
         page = await client.get("/")
         script = await client.get("/static/altcha.min.js")
@@ -265,13 +278,6 @@ async def test_the_demo_page_carries_the_widget_and_a_csp_that_lets_it_work(
     assert script.status_code == 200
     assert script.headers["content-type"].startswith("text/javascript")
     assert b'customElements.define("altcha-widget"' in script.content
-
-
-async def test_without_the_key_the_demo_page_has_no_widget_and_no_scripts(app_factory) -> None:
-    async with app_factory(demo_page=True) as (_app, client):
-        page = await client.get("/")
-    assert "altcha" not in page.text
-    assert page.headers["content-security-policy"] == pages.CSP
 
 
 def test_the_shipped_widget_is_the_one_its_note_names() -> None:
