@@ -289,7 +289,7 @@ async def subscribe(request: Request) -> Response:
     if altcha_error:
         signup, errors = None, {**errors, botcheck.FIELD: altcha_error}
     if signup is None:
-        count("invalid").inc()
+        count("bot_check" if altcha_error else "invalid").inc()
         return _problem(
             request,
             kind,
@@ -304,7 +304,7 @@ async def subscribe(request: Request) -> Response:
     try:
         async with state.pool.acquire() as con:
             if proof is not None and not await botcheck.spend(con, proof):
-                count("invalid").inc()
+                count("bot_check").inc()
                 errors = {botcheck.FIELD: botcheck.REPLAYED}
                 status = 422 if kind == "json" else 400
                 offered = await _offered(request, kind, con)

@@ -211,6 +211,8 @@ async def test_a_replayed_payload_is_refused_with_nothing_stored_or_sent(
             assert "<altcha-widget" in again.text
         smtp.messages.clear()
         await assert_nothing_stored_or_sent(db, smtp, before)
+        metrics = (await client.get("/metrics")).text
+    assert 'signups_total{outcome="bot_check"} 1.0' in metrics
     assert await db.fetchval("SELECT array_agg(email) FROM subscribers") == ["ada@example.com"]
 
 
