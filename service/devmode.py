@@ -176,6 +176,7 @@ async def demo(request: Request) -> Response:
     return pages.render(
         request,
         "demo.html",
+        csp=pages.CSP_WITH_ALTCHA if settings.altcha_hmac_key else pages.CSP,
         honeypot=settings.honeypot_field,
         tracking_mode=settings.tracking_mode,
         topic_choices=await membership.form_choices(request.app.state.pool),

@@ -140,6 +140,8 @@ class Settings:
     email_check_deliverability: bool = False
     consent_text_version: str = "v1"
     honeypot_field: str = "website"
+    altcha_hmac_key: str = ""  # set: sign-ups need a solved ALTCHA challenge (issue 29)
+    altcha_max_age: float = 600.0
     max_body_bytes: int = 8192
     confirm_max_age: float = 48 * 3600
     scanner_window: float = 15.0
@@ -282,6 +284,12 @@ def _keys(text: str) -> tuple[str, ...]:
     if short:
         raise ValueError(f"entries must be at least 32 characters (too short: key {short})")
     return keys
+
+
+def _optional_key(text: str) -> str:
+    if text and len(text) < 32:
+        raise ValueError("must be at least 32 characters (or empty: off)")
+    return text
 
 
 def _tokens(text: str) -> tuple[str, ...]:
@@ -512,6 +520,8 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("EMAIL_CHECK_DELIVERABILITY", "email_check_deliverability", _bool),
     ("CONSENT_TEXT_VERSION", "consent_text_version", _text(64)),
     ("HONEYPOT_FIELD", "honeypot_field", _field_name),
+    ("ALTCHA_HMAC_KEY", "altcha_hmac_key", _optional_key),
+    ("ALTCHA_MAX_AGE", "altcha_max_age", _seconds(60, 3600)),
     ("MAX_BODY_BYTES", "max_body_bytes", _int(1024, 1024 * 1024)),
     ("CONFIRM_MAX_AGE", "confirm_max_age", _seconds(60, 30 * _DAY)),
     ("SCANNER_WINDOW", "scanner_window", _seconds(0, 600)),
@@ -622,6 +632,12 @@ MEANINGS: dict[str, str] = {
     "CONSENT_TEXT_VERSION": "Version of the consent text in force, stored with every consent"
     " event; change it when the form's wording changes.",
     "HONEYPOT_FIELD": "Name of the hidden form field that only bots fill in.",
+    "ALTCHA_HMAC_KEY": "At least 32 characters; set: every sign-up needs a solved ALTCHA"
+    " challenge (a proof of work the form's widget does in the browser; no cookies, no third"
+    " party) in the field `altcha`, and `GET /altcha` serves the challenges; empty: off"
+    " (`GET /altcha` answers `404`). Changing it invalidates the challenges issued before.",
+    "ALTCHA_MAX_AGE": "How long an ALTCHA challenge can be solved and sent: a form left"
+    " open longer fetches a new one.",
     "MAX_BODY_BYTES": "Largest sign-up or unsubscribe body; larger gets `413`.",
     "CONFIRM_MAX_AGE": "Lifetime of confirmation and cancel links, of an unconfirmed sign-up"
     " and of an address change waiting for its confirmation.",

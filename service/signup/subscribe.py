@@ -34,6 +34,7 @@ from service.db import connections
 from service.db.queries import queries
 from service.privacy.evidence import Evidence
 from service.settings import Settings
+from service.signup import botcheck
 from service.signup.fields import EMAIL_MAX, SOURCE_MAX, clean_name, printable, truthy
 from service.topics import membership
 from service.web import clientinfo, pages, ratelimit
@@ -251,6 +252,7 @@ def _problem(
             "signup_error.html",
             status_code=status,
             headers=headers,
+            csp=pages.CSP_WITH_ALTCHA if settings.altcha_hmac_key else pages.CSP,
             errors={k: m for k, m in errors.items() if k in FORM_FIELDS},
             general=[m for k, m in errors.items() if k not in FORM_FIELDS],
             values=values,
@@ -282,8 +284,12 @@ async def subscribe(request: Request) -> Response:
         return _accepted(request, kind)
 
     signup, errors = await validate(fields, settings, request)
+    # The bot check (off unless ALTCHA_HMAC_KEY is set): a field error like any other.
+    proof, altcha_error = botcheck.verify(settings, fields.get(botcheck.FIELD))
+    if altcha_error:
+        signup, errors = None, {**errors, botcheck.FIELD: altcha_error}
     if signup is None:
-        count("invalid").inc()
+        count("bot_check" if altcha_error else "invalid").inc()
         return _problem(
             request,
             kind,
@@ -297,6 +303,12 @@ async def subscribe(request: Request) -> Response:
     evidence = Evidence.of(request, settings, signup.source)
     try:
         async with state.pool.acquire() as con:
+            if proof is not None and not await botcheck.spend(con, proof):
+                count("bot_check").inc()
+                errors = {botcheck.FIELD: botcheck.REPLAYED}
+                status = 422 if kind == "json" else 400
+                offered = await _offered(request, kind, con)
+                return _problem(request, kind, status, errors, fields=fields, topic_choices=offered)
             day_key = await state.day_keys.today(con)
             if ip is not None:
                 verdict = await ratelimit.hit_ip(con, settings, day_key, ip)

@@ -13,7 +13,8 @@ from starlette.responses import HTMLResponse, Response
 
 # The templates and static files of every capability sit beside the packages, in service/.
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
-FAVICON = Path(__file__).resolve().parent.parent / "static" / "favicon.ico"
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+FAVICON = STATIC_DIR / "favicon.ico"
 
 # Pages carry no third-party content; scripts only from the service itself or with
 # a per-response nonce.
@@ -21,6 +22,10 @@ CSP = (
     "default-src 'none'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+# Pages with the sign-up form when the bot check is on (ALTCHA_HMAC_KEY): the widget's
+# script from the service, its challenge fetched from it, and its proof-of-work workers,
+# which the widget starts from blob: URLs it makes of its own bundled code.
+CSP_WITH_ALTCHA = CSP + "; script-src 'self'; connect-src 'self'; worker-src 'self' blob:"
 
 
 def plural(count: int, word: str, words: str = "") -> str:
