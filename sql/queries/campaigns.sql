@@ -40,7 +40,8 @@ SELECT topic_ids IS NOT NULL FROM campaigns WHERE id = :id;
 SELECT pg_advisory_xact_lock(1852597089, (:id % 2147483647)::int);
 
 -- name: count_active
-SELECT count(*) FROM subscribers WHERE status = 'active';
+-- The send step's recipient count, from the counts kept with the writes (sql/153).
+SELECT coalesce(sum(n), 0)::bigint FROM subscriber_counts WHERE status = 'active';
 
 -- name: count_topic_recipients
 -- count_active for a campaign naming topics: the active subscribers of any of them.

@@ -2,13 +2,26 @@
 
 -- name: list_subscribers
 -- The dashboard's list: a keyset page in address order (C collation: the index
--- subscribers_email_order), optionally one status, optionally an address prefix
--- (:pattern is the escaped prefix and '%').
+-- subscribers_email_order) from the cursor (exclusive), optionally one status.
 SELECT id, email, name, status, tracking_consent, created_at, confirmed_at,
        lower(email) COLLATE "C" AS sort_key
 FROM subscribers
 WHERE (:status::text IS NULL OR status = :status::text)
-  AND lower(email) COLLATE "C" LIKE :pattern
   AND (lower(email) COLLATE "C", id) > (:after_key::text COLLATE "C", :after_id::bigint)
+ORDER BY lower(email) COLLATE "C", id
+LIMIT :limit;
+
+-- name: search_subscribers
+-- list_subscribers for an address prefix: the cursor is at least the prefix
+-- (subscriber_list.py raises it) and the page ends before :below, the first key past
+-- every address starting with the prefix. Both bounds are index conditions, in a
+-- generic plan too; a LIKE pattern in a parameter is not, and a search without a match
+-- read the whole index past the cursor (1 s at 1 M subscribers, issue 31).
+SELECT id, email, name, status, tracking_consent, created_at, confirmed_at,
+       lower(email) COLLATE "C" AS sort_key
+FROM subscribers
+WHERE (:status::text IS NULL OR status = :status::text)
+  AND (lower(email) COLLATE "C", id) > (:after_key::text COLLATE "C", :after_id::bigint)
+  AND lower(email) COLLATE "C" < :below::text COLLATE "C"
 ORDER BY lower(email) COLLATE "C", id
 LIMIT :limit;
