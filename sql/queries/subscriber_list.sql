@@ -1,12 +1,26 @@
 -- The dashboard's subscriber list (service/admin/dashboard/subscriber_list.py).
 
+-- Four forms of one page, so that each is bounded by an index in a generic plan too: the
+-- whole list or one status (subscribers_email_order, or subscribers_status_email_order
+-- of sql/154), each with or without an address prefix. An optional condition
+-- (`:status IS NULL OR …`) would be a filter, read row by row.
+
 -- name: list_subscribers
 -- The dashboard's list: a keyset page in address order (C collation: the index
--- subscribers_email_order) from the cursor (exclusive), optionally one status.
+-- subscribers_email_order) from the cursor (exclusive).
 SELECT id, email, name, status, tracking_consent, created_at, confirmed_at,
        lower(email) COLLATE "C" AS sort_key
 FROM subscribers
-WHERE (:status::text IS NULL OR status = :status::text)
+WHERE (lower(email) COLLATE "C", id) > (:after_key::text COLLATE "C", :after_id::bigint)
+ORDER BY lower(email) COLLATE "C", id
+LIMIT :limit;
+
+-- name: list_subscribers_in_status
+-- list_subscribers of one status (subscribers_status_email_order).
+SELECT id, email, name, status, tracking_consent, created_at, confirmed_at,
+       lower(email) COLLATE "C" AS sort_key
+FROM subscribers
+WHERE status = :status::text
   AND (lower(email) COLLATE "C", id) > (:after_key::text COLLATE "C", :after_id::bigint)
 ORDER BY lower(email) COLLATE "C", id
 LIMIT :limit;
@@ -20,7 +34,17 @@ LIMIT :limit;
 SELECT id, email, name, status, tracking_consent, created_at, confirmed_at,
        lower(email) COLLATE "C" AS sort_key
 FROM subscribers
-WHERE (:status::text IS NULL OR status = :status::text)
+WHERE (lower(email) COLLATE "C", id) > (:after_key::text COLLATE "C", :after_id::bigint)
+  AND lower(email) COLLATE "C" < :below::text COLLATE "C"
+ORDER BY lower(email) COLLATE "C", id
+LIMIT :limit;
+
+-- name: search_subscribers_in_status
+-- search_subscribers of one status (subscribers_status_email_order).
+SELECT id, email, name, status, tracking_consent, created_at, confirmed_at,
+       lower(email) COLLATE "C" AS sort_key
+FROM subscribers
+WHERE status = :status::text
   AND (lower(email) COLLATE "C", id) > (:after_key::text COLLATE "C", :after_id::bigint)
   AND lower(email) COLLATE "C" < :below::text COLLATE "C"
 ORDER BY lower(email) COLLATE "C", id

@@ -72,14 +72,19 @@ def _filters(form: dict[str, str]) -> dict[str, Any] | str:
 
 
 async def fetch_page(con: Any, filters: dict[str, Any], limit: int) -> list[Any]:
-    """Up to `limit` rows after the filters' cursor, in address order."""
+    """Up to `limit` rows after the filters' cursor, in address order. Each combination
+    of filters has its own statement, bounded by an index (sql/queries/subscriber_list.sql)."""
     after_key, after_id, below = search_bounds(
         filters["prefix"], filters["after_key"], filters["after_id"]
     )
-    page_of = {"status": filters["status"] or None, "after_key": after_key, "after_id": after_id}
-    if below is None:  # no prefix (or nothing can follow it): no end
-        return await q.list_subscribers.fetch(con, **page_of, limit=limit)
-    return await q.search_subscribers.fetch(con, **page_of, below=below, limit=limit)
+    page_of: dict[str, Any] = {"after_key": after_key, "after_id": after_id, "limit": limit}
+    name = "list_subscribers" if below is None else "search_subscribers"
+    if below is not None:  # else no prefix, or nothing can follow it: no end
+        page_of["below"] = below
+    if filters["status"]:
+        name += "_in_status"
+        page_of["status"] = filters["status"]
+    return await getattr(q, name).fetch(con, **page_of)
 
 
 async def _page(request: Request, session: Session, filters: dict[str, Any]) -> Response:
