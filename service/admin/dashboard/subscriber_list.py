@@ -71,20 +71,28 @@ def _filters(form: dict[str, str]) -> dict[str, Any] | str:
     }
 
 
+# One statement per combination of filters, each bounded by an index in a generic plan
+# too (sql/queries/subscriber_list.sql): (one status?, a prefix?) -> statement.
+STATEMENTS = {
+    (False, False): q.list_subscribers,
+    (True, False): q.list_subscribers_in_status,
+    (False, True): q.search_subscribers,
+    (True, True): q.search_subscribers_in_status,
+}
+
+
 async def fetch_page(con: Any, filters: dict[str, Any], limit: int) -> list[Any]:
-    """Up to `limit` rows after the filters' cursor, in address order. Each combination
-    of filters has its own statement, bounded by an index (sql/queries/subscriber_list.sql)."""
+    """Up to `limit` rows after the filters' cursor, in address order."""
     after_key, after_id, below = search_bounds(
         filters["prefix"], filters["after_key"], filters["after_id"]
     )
     page_of: dict[str, Any] = {"after_key": after_key, "after_id": after_id, "limit": limit}
-    name = "list_subscribers" if below is None else "search_subscribers"
     if below is not None:  # else no prefix, or nothing can follow it: no end
         page_of["below"] = below
     if filters["status"]:
-        name += "_in_status"
         page_of["status"] = filters["status"]
-    return await getattr(q, name).fetch(con, **page_of)
+    statement = STATEMENTS[bool(filters["status"]), below is not None]
+    return await statement.fetch(con, **page_of)
 
 
 async def _page(request: Request, session: Session, filters: dict[str, Any]) -> Response:
