@@ -6,6 +6,10 @@ VALUES (:name, :subject, :html, :text, :topic_ids::bigint[])
 RETURNING id;
 
 -- name: get_campaign
+-- `queued` reads the outbox, which has no index on campaign_id (each would cost every
+-- queued email an insertion, sql/111): it holds only the emails still waiting (a sent
+-- one's row is deleted), so it grows with the sends in progress, not with the history
+-- (issue 31's review of the admin queries).
 SELECT c.id, c.name, c.subject, c.html, c.text, c.created_at, c.first_sent_at,
        (SELECT array_agg(t.slug ORDER BY t.slug) FROM topics t WHERE t.id = ANY(c.topic_ids))
            AS topics,
