@@ -2,50 +2,66 @@
 -- send step read them instead of counting the whole subscribers table (64 ms at 1 M
 -- subscribers, growing with the list).
 --
--- Triggers on subscribers keep one signed count per (status, slot); a status's count is
--- the sum of its slots. The slot is the writing backend's pid modulo 16, so concurrent
--- sign-ups, confirmations and erasures from different connections mostly update
--- different rows and do not queue behind one hot row's lock (a backend runs one
--- transaction at a time, so it never waits for itself).
+-- The table holds signed deltas per status; a status's count is the sum of its rows.
+-- Triggers on subscribers only ever INSERT deltas, so concurrent sign-ups,
+-- confirmations, erasures, bounces and imports never wait for each other on a counter
+-- row (one hot row would serialise them all until each commits), and cannot deadlock
+-- over counter rows either:
 --
 -- * INSERT and DELETE: statement triggers with transition tables, so an import of
 --   thousands of rows or a purge of expired sign-ups adds one delta per status, not one
 --   per row;
 -- * UPDATE: a row trigger that fires only when the status changes (a confirmation);
---   renames and timestamp updates do not call it. Transition tables cannot be combined
---   with a column list, and a statement trigger would run on every update;
+--   renames and timestamp updates do not call it (transition tables cannot be combined
+--   with a column list, and a statement trigger would run on every update);
 -- * TRUNCATE (benches, restores): the counts become empty.
+--
+-- Every 64th delta (counted by a sequence: no lock, no rollback), the trigger folds the
+-- committed deltas into one row per status, if no other transaction is folding right now
+-- (a transaction-level advisory lock, tried, never waited for). The table so stays at a
+-- few dozen rows; the fold keeps every sum, as it deletes and re-inserts in one statement
+-- and leaves uncommitted deltas alone.
 --
 -- The table holds no personal data. Writers that bypass triggers
 -- (session_replication_role = replica) would make the counts drift; the service never
--- does; to rebuild them, run the last statement of this file after
--- `DELETE FROM subscriber_counts`, in one transaction with the lock above.
+-- does. To rebuild them: `LOCK subscribers IN SHARE ROW EXCLUSIVE MODE`, `DELETE FROM
+-- subscriber_counts`, then the last statement of this file, in one transaction.
 CREATE TABLE subscriber_counts (
-    status  text     NOT NULL,
-    slot    smallint NOT NULL,
-    n       bigint   NOT NULL,
-    PRIMARY KEY (status, slot)
-) WITH (fillfactor = 50);  -- room for HOT updates: each write rewrites a slot's row
+    status  text   NOT NULL,
+    n       bigint NOT NULL
+);
+
+CREATE SEQUENCE subscriber_counts_writes;
+
+CREATE FUNCTION subscriber_counts_fold() RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- "nl" "sc" in ASCII: any constant unique to this service.
+    IF pg_try_advisory_xact_lock(1852601187) THEN
+        WITH folded AS (DELETE FROM subscriber_counts RETURNING status, n)
+        INSERT INTO subscriber_counts (status, n)
+        SELECT status, sum(n) FROM folded GROUP BY status HAVING sum(n) <> 0;
+    END IF;
+END
+$$;
 
 CREATE FUNCTION subscriber_counts_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
-DECLARE
-    my_slot smallint := pg_backend_pid() % 16;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO subscriber_counts AS c (status, slot, n)
-        SELECT status, my_slot, count(*) FROM new_rows GROUP BY status
-        ON CONFLICT (status, slot) DO UPDATE SET n = c.n + excluded.n;
+        INSERT INTO subscriber_counts (status, n)
+        SELECT status, count(*) FROM new_rows GROUP BY status;
     ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO subscriber_counts AS c (status, slot, n)
-        SELECT status, my_slot, -count(*) FROM old_rows GROUP BY status
-        ON CONFLICT (status, slot) DO UPDATE SET n = c.n + excluded.n;
+        INSERT INTO subscriber_counts (status, n)
+        SELECT status, -count(*) FROM old_rows GROUP BY status;
     ELSIF TG_OP = 'UPDATE' THEN
-        INSERT INTO subscriber_counts AS c (status, slot, n)
-        VALUES (OLD.status, my_slot, -1), (NEW.status, my_slot, 1)
-        ON CONFLICT (status, slot) DO UPDATE SET n = c.n + excluded.n;
+        INSERT INTO subscriber_counts (status, n) VALUES (OLD.status, -1), (NEW.status, 1);
     ELSE  -- TRUNCATE
         DELETE FROM subscriber_counts;
+        RETURN NULL;
+    END IF;
+    IF nextval('subscriber_counts_writes') % 64 = 0 THEN
+        PERFORM subscriber_counts_fold();
     END IF;
     RETURN NULL;
 END
@@ -67,6 +83,6 @@ CREATE TRIGGER subscriber_counts_update AFTER UPDATE OF status ON subscribers
 CREATE TRIGGER subscriber_counts_truncate AFTER TRUNCATE ON subscribers
     FOR EACH STATEMENT EXECUTE FUNCTION subscriber_counts_change();
 
--- The counts as of now (also the rebuild, see above):
-INSERT INTO subscriber_counts (status, slot, n)
-SELECT status, 0, count(*) FROM subscribers GROUP BY status;
+-- The counts as of now (also the rebuild, see above).
+INSERT INTO subscriber_counts (status, n)
+SELECT status, count(*) FROM subscribers GROUP BY status;

@@ -15,8 +15,8 @@ WHERE id_hash = :id_hash AND expires_at > now();
 DELETE FROM admin_sessions WHERE id_hash = :id_hash;
 
 -- name: subscribers_by_status
--- From the counts the triggers keep with every write (sql/153): a few rows, whatever the
--- size of the list, and exact (the slots of a status add up to its count).
+-- From the deltas the triggers add with every write (sql/153): a few dozen rows, whatever
+-- the size of the list, and exact (a status's deltas add up to its count).
 SELECT status, sum(n)::bigint AS n FROM subscriber_counts GROUP BY status;
 
 -- name: list_daily_since
