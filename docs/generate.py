@@ -413,7 +413,7 @@ SCALE_ROWS: tuple[tuple[str, str, Callable[[dict[str, Any]], str]], ...] = (
         lambda r: f"{r['seconds']} s for {r['deleted']:,} rows, {r['wal_mb']} MB WAL",
     ),
     (
-        "pixel p50/p99 during that pass (before it: the full table's)",
+        "pixel p50/p99 during that pass (before it: the full table's row below)",
         "retention pass, oldest third",
         lambda r: f"{r['pixel_p50_ms']}/{r['pixel_p99_ms']} ms",
     ),
@@ -480,6 +480,12 @@ def scale_table(rows: list[dict[str, Any]]) -> str:
     return _table(head, lines)
 
 
+def _duration(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:,.0f} days"
+    return f"{seconds / 3600:,.1f} h" if seconds >= 3600 else f"{seconds:,.0f} s"
+
+
 def scale_projection(rows: list[dict[str, Any]]) -> str:
     """Storage, retention pass and its WAL at PROJECTED sizes, from the measured ones: bytes
     per open as at the largest size; the pass's time fitted as c·n^p through the two
@@ -504,7 +510,7 @@ def scale_projection(rows: list[dict[str, Any]]) -> str:
             [
                 f"{n / 1e9:g} B" if n >= 1e9 else f"{n / 1e6:g} M",
                 f"{n * size['bytes'] / 2**30:,.0f} GiB ({n * size['indexes'] / 2**30:,.0f} GiB indexes)",
-                f"{seconds / 3600:,.1f} h" if seconds >= 3600 else f"{seconds:,.0f} s",
+                _duration(seconds),
                 f"{wal_per_row * n / 3 / 1024:,.1f} GiB",
             ]
         )
@@ -545,7 +551,9 @@ def benchmarks_page() -> str:
         out.append(
             "`bench_scale`'s figures by size of `opens`, and what they project for larger"
             " tables ([Capacity](../deploying/capacity.md#a-year-of-opens) states the"
-            " assumptions).\n"
+            " assumptions). A page's time through HTTP includes the service's own work and"
+            " whatever else the shared machine ran; the database-alone time in parentheses"
+            " is the part that could grow with the table.\n"
         )
         out.append(scale_table(scale))
         out.append(scale_projection(scale))
