@@ -7,8 +7,8 @@
 -- sample addresses into pg_statistic, out of an erasure's reach). Built in one
 -- transaction with that setting, so that no ANALYZE sees the index before it: CREATE
 -- INDEX CONCURRENTLY cannot share a transaction. The build holds a SHARE lock on
--- subscribers: sign-ups, confirmations, erasures and imports wait for it (about 1 to 2 s
--- per million subscribers); the pixel and every read go on.
+-- subscribers: sign-ups, confirmations, erasures and imports wait for it (2 s for a
+-- million subscribers on the 2-core bench machine); the pixel and every read go on.
 CREATE INDEX subscribers_status_email_order
     ON subscribers (status, (lower(email) COLLATE "C"), id);
 ALTER INDEX subscribers_status_email_order ALTER COLUMN 2 SET STATISTICS 0;
