@@ -1,10 +1,11 @@
 """Scale: a year of opens for a list of a million, measured through the service's own code.
 
 For each size of `opens` (`--scale-sizes=1M,5M,20M`, or BENCH_SCALE_SIZES; `make bench`
-runs BENCH_SCALE_SIZES, default 1M: a 20 M load and retention pass take about half an
-hour on the 2-core bench machine), with BENCH_SCALE_SUBSCRIBERS (1 M) subscribers and a
-year of weekly campaigns (bench/scale_data.py makes the data), on a PostgreSQL started
-with the parameters of k8s/postgres/cluster.yaml:
+runs BENCH_SCALE_SIZES, default 1M, about 4 minutes; 5 M took another 11; 20 M would
+take over an hour on the shared 2-core bench machine, most of it the retention pass,
+which grows with the square of the table), with BENCH_SCALE_SUBSCRIBERS (1 M)
+subscribers and a year of weekly campaigns (bench/scale_data.py makes the data), on a
+PostgreSQL started with the parameters of k8s/postgres/cluster.yaml:
 
 - the retention pass deleting the oldest third (`newsletter purge` with OPEN_RETENTION
   set to the age of the oldest third): seconds, WAL, and the pixel's p50/p99 under wrk
@@ -13,7 +14,9 @@ with the parameters of k8s/postgres/cluster.yaml:
   WAL per erasure;
 - bytes per open (heap and indexes);
 - the dashboard (`newsletter serve`): the overview `/admin`, the subscriber list's
-  prefix search without a match, the campaign list: median of REQUESTS requests;
+  prefix search without a match, the campaign list: median of REQUESTS requests, and the
+  overview's and the search's statements in the database alone (with the overview's
+  `count(*)` from before issue 31 beside them);
 - the pixel's throughput with the table empty and full (`wrk`, as bench/bench_pixel.py).
 """
 
