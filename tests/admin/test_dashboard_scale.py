@@ -102,6 +102,13 @@ async def test_counts_follow_single_writes_and_truncate(db: asyncpg.Connection) 
     sid = await people.add_subscriber(db, "one@example.org", status="pending")
     assert await counted(db) == {"pending": 1}
     await db.execute("UPDATE subscribers SET name = 'x' WHERE id = $1", sid)
+    # A sign-up again (the sign-up's upsert): one row inserted, one updated, none counted twice.
+    await db.execute(
+        "INSERT INTO subscribers (email) VALUES ('ONE@example.org'), ('three@example.org')"
+        " ON CONFLICT (lower(email)) DO UPDATE SET name = 'again'"
+    )
+    assert await counted(db) == {"pending": 2} == await actual(db)
+    await db.execute("DELETE FROM subscribers WHERE email = 'three@example.org'")
     await db.execute("UPDATE subscribers SET status = 'active' WHERE id = $1", sid)
     assert await counted(db) == {"active": 1}
     async with db.transaction():
