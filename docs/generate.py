@@ -19,6 +19,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import math
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -404,6 +405,129 @@ def capacity_table(results: dict[str, list[dict[str, Any]]]) -> str:
     return _table(("what", "measured", "bench"), rows)
 
 
+# The table of issue 31 from bench/bench_scale.py: (what, row name, its figure).
+SCALE_ROWS: tuple[tuple[str, str, Callable[[dict[str, Any]], str]], ...] = (
+    (
+        "retention pass deleting the oldest third (`newsletter purge`)",
+        "retention pass, oldest third",
+        lambda r: f"{r['seconds']} s for {r['deleted']:,} rows, {r['wal_mb']} MB WAL",
+    ),
+    (
+        "pixel p50/p99 during that pass (before it: the full table's row below)",
+        "retention pass, oldest third",
+        lambda r: f"{r['pixel_p50_ms']}/{r['pixel_p99_ms']} ms",
+    ),
+    (
+        "erasure via the admin API, p50 / max",
+        "erasure via the admin API",
+        lambda r: f"{r['p50_ms']} / {r['max_ms']} ms, {r['wal_kib_p50']} KiB WAL",
+    ),
+    (
+        "bytes per open (heap + indexes)",
+        "bytes per open",
+        lambda r: f"{r['bytes']} ({r['heap']} + {r['indexes']})",
+    ),
+    (
+        "dashboard overview `/admin`, p50 (its counts in the database alone)",
+        "dashboard overview /admin",
+        lambda r: f"{r['p50_ms']} ms ({r.get('db_p50_ms', '?')} ms)",
+    ),
+    (
+        "the overview's counts as before issue 31 (`count(*)` by status), database alone",
+        "overview counts before issue 31 (count(*) by status)",
+        lambda r: f"{r['db_p50_ms']} ms",
+    ),
+    (
+        "subscriber list, prefix search with no match, p50 (database alone)",
+        "subscriber list, prefix search with no match",
+        lambda r: f"{r['p50_ms']} ms ({r.get('db_p50_ms', '?')} ms)",
+    ),
+    (
+        "campaign list `/admin/campaigns`, p50",
+        "campaign list /admin/campaigns",
+        lambda r: f"{r['p50_ms']} ms",
+    ),
+    (
+        "pixel opens/s, full table, p50/p99",
+        "pixel, full table",
+        lambda r: f"{r['rps']:,.0f}, {r['p50_ms']}/{r['p99_ms']} ms",
+    ),
+    ("loading the opens (generate_series)", "load", lambda r: f"{r['seconds']} s"),
+)
+PROJECTED = (100_000_000, 1_000_000_000)
+
+
+def _opens(label: str) -> float:
+    number, _, unit = label.partition(" ")
+    return float(number.replace(",", "")) * (1_000_000 if unit == "M" else 1)
+
+
+def scale_table(rows: list[dict[str, Any]]) -> str:
+    """The measured sizes side by side, one line per figure."""
+    sizes = list(dict.fromkeys(r["opens"] for r in rows if r.get("opens") not in (None, "0")))
+    if not sizes:
+        return ""
+    by = {(r["name"], r.get("opens")): r for r in rows}
+    lines = []
+    for what, name, figure in SCALE_ROWS:
+        lines.append([what, *(figure(by[name, s]) if (name, s) in by else "" for s in sizes)])
+    empty = by.get(("pixel, empty table", "0"))
+    if empty:
+        figure = f"{empty['rps']:,.0f}, {empty['p50_ms']}/{empty['p99_ms']} ms"
+        lines.append(["pixel opens/s, empty table, p50/p99", figure, *[""] * (len(sizes) - 1)])
+    subscribers = next((r["subscribers"] for r in rows if r["name"] == "setup"), 0)
+    head = ["opens / subscribers", *(f"{s} / {subscribers / 1e6:g} M" for s in sizes)]
+    return _table(head, lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:,.0f} days"
+    return f"{seconds / 3600:,.1f} h" if seconds >= 3600 else f"{seconds:,.0f} s"
+
+
+def scale_projection(rows: list[dict[str, Any]]) -> str:
+    """Storage, retention pass and its WAL at PROJECTED sizes, from the measured ones: bytes
+    per open as at the largest size; the pass's time fitted as c·n^p through the two
+    largest sizes (p = 1 when only one was measured), its WAL per deleted row as measured."""
+    passes = sorted(
+        (_opens(r["opens"]), r) for r in rows if r["name"] == "retention pass, oldest third"
+    )
+    sizes = [r for r in rows if r["name"] == "bytes per open"]
+    if not passes or not sizes:
+        return ""
+    size = max(sizes, key=lambda r: _opens(r["opens"]))
+    (n2, last) = passes[-1]
+    exponent = 1.0
+    if len(passes) > 1:
+        (n1, before) = passes[-2]
+        exponent = math.log(last["seconds"] / before["seconds"]) / math.log(n2 / n1)
+    wal_per_row = last["wal_mb"] / max(last["deleted"], 1)
+    lines = []
+    for n in PROJECTED:
+        seconds = last["seconds"] * (n / n2) ** exponent
+        lines.append(
+            [
+                f"{n / 1e9:g} B" if n >= 1e9 else f"{n / 1e6:g} M",
+                f"{n * size['bytes'] / 2**30:,.0f} GiB ({n * size['indexes'] / 2**30:,.0f} GiB indexes)",
+                _duration(seconds),
+                f"{wal_per_row * n / 3 / 1024:,.1f} GiB",
+            ]
+        )
+    note = (
+        f"Projected from the measured sizes: {size['bytes']} bytes per open (at {size['opens']}),"
+        f" the retention pass's time growing as n^{exponent:.2f}"
+        + (
+            " (fitted through the two largest sizes)"
+            if len(passes) > 1
+            else " (assumed linear: one size measured)"
+        )
+        + f", {wal_per_row * 2**20 / 1024:,.1f} KiB of WAL per deleted row.\n"
+    )
+    head = ("opens", "storage, heap + indexes", "retention pass, oldest third", "its WAL")
+    return note + "\n" + _table(head, lines)
+
+
 def benchmarks_page() -> str:
     results = json.loads((ROOT / "bench" / "results.json").read_text())
     out = [
@@ -421,6 +545,18 @@ def benchmarks_page() -> str:
         " tables below.\n"
     )
     out.append(capacity_table(results))
+    scale = results.get("bench_scale", [])
+    if scale_table(scale):
+        out.append("## Scale figures\n")
+        out.append(
+            "`bench_scale`'s figures by size of `opens`, and what they project for larger"
+            " tables ([Capacity](../deploying/capacity.md#a-year-of-opens) states the"
+            " assumptions). A page's time through HTTP includes the service's own work and"
+            " whatever else the shared machine ran; the database-alone time in parentheses"
+            " is the part that could grow with the table.\n"
+        )
+        out.append(scale_table(scale))
+        out.append(scale_projection(scale))
     for name, rows in results.items():
         out.append(f"## `{name}`\n")
         summary = _bench_summary(name)

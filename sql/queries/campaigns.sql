@@ -6,6 +6,10 @@ VALUES (:name, :subject, :html, :text, :topic_ids::bigint[])
 RETURNING id;
 
 -- name: get_campaign
+-- `queued` reads the outbox, which has no index on campaign_id (each would cost every
+-- queued email an insertion, sql/111): it holds only the emails still waiting (a sent
+-- one's row is deleted), so it grows with the sends in progress, not with the history
+-- (issue 31's review of the admin queries).
 SELECT c.id, c.name, c.subject, c.html, c.text, c.created_at, c.first_sent_at,
        (SELECT array_agg(t.slug ORDER BY t.slug) FROM topics t WHERE t.id = ANY(c.topic_ids))
            AS topics,
@@ -40,7 +44,8 @@ SELECT topic_ids IS NOT NULL FROM campaigns WHERE id = :id;
 SELECT pg_advisory_xact_lock(1852597089, (:id % 2147483647)::int);
 
 -- name: count_active
-SELECT count(*) FROM subscribers WHERE status = 'active';
+-- The send step's recipient count, from the counts kept with the writes (sql/153).
+SELECT coalesce(sum(n), 0)::bigint FROM subscriber_counts WHERE status = 'active';
 
 -- name: count_topic_recipients
 -- count_active for a campaign naming topics: the active subscribers of any of them.

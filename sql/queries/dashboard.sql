@@ -15,7 +15,9 @@ WHERE id_hash = :id_hash AND expires_at > now();
 DELETE FROM admin_sessions WHERE id_hash = :id_hash;
 
 -- name: subscribers_by_status
-SELECT status, count(*) AS n FROM subscribers GROUP BY status;
+-- From the deltas the triggers add with every write (sql/153): a few dozen rows, whatever
+-- the size of the list, and exact (a status's deltas add up to its count).
+SELECT status, sum(n)::bigint AS n FROM subscriber_counts GROUP BY status;
 
 -- name: list_daily_since
 -- Anonymous daily counters (no personal data: they survive erasures).
@@ -58,6 +60,8 @@ WHERE c.id = :id;
 -- The send step of a campaign naming topics: the topics' names, how many active
 -- subscribers of any of them it goes to (each once, however many of the topics they are
 -- in) and how many of those were queued it already (a second send skips them).
+-- It reads every recipient, as the send it precedes writes a row for each: shown once
+-- per send, not on a page that is viewed often (issue 31).
 WITH recipients AS (
     SELECT s.id FROM subscribers s
     WHERE s.status = 'active'
@@ -76,10 +80,13 @@ SELECT (SELECT coalesce(array_agg(t.name ORDER BY t.name), '{}') FROM topics t
 
 -- name: campaign_delivered_count
 -- Subscribers (still on the list) already queued for this campaign: a second send skips them.
+-- One campaign's part of the deliveries primary key: as many rows as it was sent to.
 SELECT count(*) FROM deliveries WHERE campaign_id = :id;
 
 -- name: campaign_sending
 -- Whether emails of this campaign still wait in the outbox (the page then refreshes
 -- itself). EXISTS stops at the first job; the counters cannot tell, as an erased
 -- subscriber's job is deleted without being counted as sent or failed.
+-- With none of its jobs left, EXISTS reads the whole outbox: only the emails still
+-- waiting, bounded by the sends in progress (see get_campaign in campaigns.sql).
 SELECT EXISTS (SELECT 1 FROM outbox WHERE kind = 'campaign' AND campaign_id = :id);

@@ -2,6 +2,11 @@
 
 -- name: list_topics
 -- With the count of active subscribers of each (the dashboard and GET /admin/api/topics).
+-- The count reads every membership of each topic (the primary key's topic part) and its
+-- subscriber: a default topic's is the whole list. Not yet kept with the writes like the
+-- overview's (sql/153): it counts memberships of active subscribers, which writes to two
+-- tables change (a confirmation, a topic joined or left, an erasure whose cascade deletes
+-- the memberships after the subscriber row is gone): triggers on both, a follow-up of issue 31.
 SELECT t.id, t.slug, t.name, t.description, t.is_default, t.welcome_campaign_id,
        c.subject AS welcome_subject, c.html AS welcome_html, c.text AS welcome_text,
        (SELECT count(*) FROM subscriber_topics st JOIN subscribers s ON s.id = st.subscriber_id

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from service.admin.dashboard.subscriber_list import PAGE_SIZE, like_prefix
+from service.admin.dashboard.subscriber_list import PAGE_SIZE
 from tests import people
 from tests.admin.test_dashboard import browser, sign_in
 from tests.manage_support import link_in, mails_to, no_jobs
@@ -116,10 +116,6 @@ async def test_list_refuses_bad_filters_forged_csrf_and_no_session(web, app, db)
     async with browser(app) as stranger:
         assert (await stranger.get("/admin/subscribers/list")).status_code == 303
         assert (await stranger.post("/admin/subscribers/list", data={})).status_code in (303, 403)
-
-
-def test_like_prefix_escapes_the_pattern_characters() -> None:
-    assert like_prefix("a_b%c\\") == "a\\_b\\%c\\\\%"
 
 
 async def test_list_uses_the_address_index(db) -> None:

@@ -25,10 +25,30 @@ STATUSES = ("active", "pending")
 MAX_ID = 2**63 - 1
 
 
-def like_prefix(prefix: str) -> str:
-    """A LIKE pattern matching addresses that start with `prefix` (its % and _ literal)."""
-    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + "%"
+LAST_CODE_POINT = chr(0x10FFFF)
+SURROGATES = range(0xD800, 0xE000)  # not characters: PostgreSQL text never holds them
+
+
+def prefix_successor(prefix: str) -> str | None:
+    """The first key past every key starting with `prefix`, in code point order (the "C"
+    collation of UTF-8 text); None when nothing comes after them (no prefix, or only
+    the last code point). `%`, `_` and `\\` are plain characters here."""
+    kept = prefix.rstrip(LAST_CODE_POINT)
+    if not kept:
+        return None
+    following = ord(kept[-1]) + 1
+    if following in SURROGATES:
+        following = SURROGATES.stop
+    return kept[:-1] + chr(following)
+
+
+def search_bounds(prefix: str, after_key: str, after_id: int) -> tuple[str, int, str | None]:
+    """A page's start (exclusive) and end for a prefix search: the cursor, raised to the
+    prefix when it lies before it (ids start at 1, so `(prefix, 0)` comes before every
+    match), and the prefix's successor."""
+    if after_key < prefix:
+        after_key, after_id = prefix, 0
+    return after_key, after_id, prefix_successor(prefix)
 
 
 def _filters(form: dict[str, str]) -> dict[str, Any] | str:
@@ -51,16 +71,33 @@ def _filters(form: dict[str, str]) -> dict[str, Any] | str:
     }
 
 
+# One statement per combination of filters, each bounded by an index in a generic plan
+# too (sql/queries/subscriber_list.sql): (one status?, a prefix?) -> statement.
+STATEMENTS = {
+    (False, False): q.list_subscribers,
+    (True, False): q.list_subscribers_in_status,
+    (False, True): q.search_subscribers,
+    (True, True): q.search_subscribers_in_status,
+}
+
+
+async def fetch_page(con: Any, filters: dict[str, Any], limit: int) -> list[Any]:
+    """Up to `limit` rows after the filters' cursor, in address order."""
+    after_key, after_id, below = search_bounds(
+        filters["prefix"], filters["after_key"], filters["after_id"]
+    )
+    page_of: dict[str, Any] = {"after_key": after_key, "after_id": after_id, "limit": limit}
+    if below is not None:  # else no prefix, or nothing can follow it: no end
+        page_of["below"] = below
+    if filters["status"]:
+        page_of["status"] = filters["status"]
+    statement = STATEMENTS[bool(filters["status"]), below is not None]
+    return await statement.fetch(con, **page_of)
+
+
 async def _page(request: Request, session: Session, filters: dict[str, Any]) -> Response:
     async with request.app.state.pool.acquire() as con:
-        rows = await q.list_subscribers.fetch(
-            con,
-            status=filters["status"] or None,
-            pattern=like_prefix(filters["prefix"]),
-            after_key=filters["after_key"],
-            after_id=filters["after_id"],
-            limit=PAGE_SIZE + 1,
-        )
+        rows = await fetch_page(con, filters, PAGE_SIZE + 1)
     more = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]
     return page(
