@@ -11,6 +11,11 @@ WITH wanted AS (
 ),
 gone AS (
     DELETE FROM event_endpoints e WHERE e.url NOT IN (SELECT url FROM wanted)
+),
+orphans AS (  -- a receiver taken out of the settings gets nothing more: no address waits
+    DELETE FROM event_outbox o
+    WHERE o.id IN (SELECT id FROM event_outbox WHERE endpoint NOT IN (SELECT url FROM wanted)
+                   FOR UPDATE SKIP LOCKED)
 )
 INSERT INTO event_endpoints (url, types)
 SELECT url, types FROM wanted
@@ -49,6 +54,7 @@ refreshed AS (
 INSERT INTO event_outbox (endpoint, type, subscriber_id, address, webhook_id, data)
 SELECT t.url, :type, :subscriber_id, lower(:address), :webhook_id, :data::jsonb
 FROM targets t
+CROSS JOIN LATERAL (SELECT pg_notify('newsletter_events', '')) AS wake  -- one, at commit
 WHERE t.url NOT IN (SELECT endpoint FROM refreshed);
 
 -- name: forget_person
