@@ -99,7 +99,7 @@ class EventSender:
         number claimed."""
         async with self.pool.acquire() as con:
             for row in await q.drop_expired.fetch(con, max_age=self.settings.events_max_age):
-                self._dropped(row["endpoint"], "max_age")
+                self._dropped(row["endpoint"], row["reason"])
             async with con.transaction():
                 jobs = await q.claim.fetch(con, limit=BATCH)
                 if not jobs:

@@ -105,14 +105,16 @@ WHERE o.id = j.id;
 -- name: drop_expired
 -- Events older than EVENTS_MAX_AGE, and those for a receiver no longer configured: no
 -- address lingers for a receiver that is gone or never answers. Not those in flight.
-DELETE FROM event_outbox
-WHERE id IN (
-    SELECT id FROM event_outbox
+WITH doomed AS (
+    SELECT id, endpoint, occurred_at < now() - make_interval(secs => :max_age) AS old
+    FROM event_outbox
     WHERE occurred_at < now() - make_interval(secs => :max_age)
        OR endpoint NOT IN (SELECT url FROM event_endpoints)
     FOR UPDATE SKIP LOCKED
 )
-RETURNING endpoint;
+DELETE FROM event_outbox o USING doomed d
+WHERE o.id = d.id
+RETURNING d.endpoint, CASE WHEN d.old THEN 'max_age' ELSE 'unconfigured' END AS reason;
 
 -- name: next_due_in
 SELECT extract(epoch FROM min(run_at) - now())::float8 FROM event_outbox;
