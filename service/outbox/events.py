@@ -99,7 +99,7 @@ class EventSender:
         number claimed."""
         async with self.pool.acquire() as con:
             for row in await q.drop_expired.fetch(con, max_age=self.settings.events_max_age):
-                self._dropped(row["endpoint"], row["reason"])
+                self._dropped(row["endpoint"], "max_age")
             async with con.transaction():
                 jobs = await q.claim.fetch(con, limit=BATCH)
                 if not jobs:
@@ -205,7 +205,8 @@ async def running(app: Starlette) -> AsyncIterator[EventSender | None]:
     """Delivers events for the app's lifetime when receivers are configured; on exit the
     batch in flight finishes (each request within EVENTS_TIMEOUT)."""
     state = app.state
-    if not state.settings.event_endpoints:
+    # OUTBOX_CONCURRENCY=0: this process sends nothing, events neither.
+    if not state.settings.event_endpoints or state.settings.outbox_concurrency == 0:
         state.events = None
         yield None
         return

@@ -252,3 +252,19 @@ async def test_a_receiver_taken_out_of_the_settings_leaves_no_address_behind(
         assert await db.fetchval("SELECT count(*) FROM event_outbox") == 1
         async with app_factory() as (_app, _client):  # EVENTS_URL unset now
             assert await db.fetchval("SELECT count(*) FROM event_outbox") == 0
+
+
+async def test_the_access_export_lists_queued_events_by_the_receivers_host_only(
+    app_factory, db, admin_headers
+) -> None:
+    await people.add_subscriber(db, "meitner@example.org", name="Lise")
+    async with receiving({"/hooks/t0ken-in-path": SECRET}, start=False) as receiver:
+        settings = events_settings(receiver, "/hooks/t0ken-in-path")
+        async with app_factory(**settings) as (_app, client):
+            await rename(client, "meitner@example.org", "Lise M.", admin_headers)
+            export = await client.get(
+                "/admin/api/subscribers/meitner@example.org", headers=admin_headers
+            )
+    [event] = export.json()["queued_events"]
+    assert (event["receiver"], event["type"]) == ("127.0.0.1", "subscriber.updated")
+    assert "t0ken" not in export.text
