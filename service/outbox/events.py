@@ -6,7 +6,8 @@ transaction, each the oldest queued for its person and receiver (sql/queries/eve
 `claim`: a later event of a person waits while an earlier one is in flight anywhere or
 waiting for its retry), posts them side by side, and in the same transaction deletes the
 delivered ones and sets the others' retry (OUTBOX_BACKOFF_BASE, doubling up to
-OUTBOX_BACKOFF_MAX). A row goes only after a 2xx, so a restart loses nothing; a process
+OUTBOX_BACKOFF_MAX; the person's later events wait with it), or drops one that failed
+while the person's erasure was queued behind it. A row goes only after a 2xx, so a restart loses nothing; a process
 killed between a receiver's answer and the commit sends that event again under the same
 `webhook-id` (at least once: receivers deduplicate by it).
 
@@ -118,10 +119,17 @@ class EventSender:
                 if delivered or dropped:
                     await q.delivered.execute(con, ids=delivered + dropped)
                 if retries:
+                    superseded = await q.drop_superseded.fetch(con, ids=[r[0] for r in retries])
+                    for row in superseded:
+                        self._dropped(row["endpoint"], "erased")
+                    gone = {row["id"] for row in superseded}
+                    retries = [r for r in retries if r[0] not in gone]
+                if retries:
                     ids, delays, errors = zip(*retries, strict=True)
                     await q.retry_later.execute(
                         con, ids=list(ids), delays=list(delays), errors=list(errors)
                     )
+                    await q.hold_followers.execute(con, ids=list(ids))
             return len(jobs)
 
     async def _deliver(self, job: asyncpg.Record) -> str | None:

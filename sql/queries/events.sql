@@ -51,8 +51,14 @@ refreshed AS (
       AND e.type IN ('subscriber.confirmed', 'subscriber.updated')
     RETURNING e.endpoint
 )
-INSERT INTO event_outbox (endpoint, type, subscriber_id, address, webhook_id, data)
-SELECT t.url, :type, :subscriber_id, lower(:address), :webhook_id, :data::jsonb
+INSERT INTO event_outbox (endpoint, type, subscriber_id, address, webhook_id, data, run_at)
+SELECT t.url, :type, :subscriber_id, lower(:address), :webhook_id, :data::jsonb,
+       -- Not due before the person's earlier event (waiting for its retry): the claim's
+       -- scan of due events meets few that must wait behind another.
+       greatest(now(), (SELECT max(p.run_at) FROM event_outbox p
+                        WHERE p.endpoint = t.url AND p.subscriber_id = :subscriber_id),
+                       (SELECT max(p.run_at) FROM event_outbox p
+                        WHERE p.endpoint = t.url AND p.address = lower(:address)))
 FROM targets t
 CROSS JOIN LATERAL (SELECT pg_notify('newsletter_events', '')) AS wake  -- one, at commit
 WHERE t.url NOT IN (SELECT endpoint FROM refreshed);
@@ -84,10 +90,15 @@ SELECT e.id, e.endpoint, e.type, e.webhook_id, e.occurred_at, e.data::text AS da
        e.attempts, extract(epoch FROM now() - e.occurred_at)::float8 AS age
 FROM event_outbox e
 WHERE e.run_at <= now()
+  -- Two tests, not one with OR: each is one probe of its index (with OR the planner walks
+  -- every earlier id).
   AND NOT EXISTS (
       SELECT 1 FROM event_outbox p
-      WHERE p.endpoint = e.endpoint AND p.id < e.id
-        AND (p.subscriber_id = e.subscriber_id OR p.address = e.address)
+      WHERE p.endpoint = e.endpoint AND p.subscriber_id = e.subscriber_id AND p.id < e.id
+  )
+  AND NOT EXISTS (
+      SELECT 1 FROM event_outbox p
+      WHERE p.endpoint = e.endpoint AND p.address = e.address AND p.id < e.id
   )
 ORDER BY e.run_at, e.id
 LIMIT :limit
@@ -103,6 +114,38 @@ SET attempts = o.attempts + 1,
     last_error = j.error
 FROM unnest(:ids::bigint[], :delays::float8[], :errors::text[]) AS j (id, delay, error)
 WHERE o.id = j.id;
+
+-- name: drop_superseded
+-- Of :ids (deliveries that just failed), those the person's erasure follows: they were in
+-- flight when the erasure deleted the person's other events, and carry the name.
+DELETE FROM event_outbox o
+WHERE o.id = ANY (:ids::bigint[])
+  AND o.type <> 'subscriber.erased'
+  AND EXISTS (
+      SELECT 1 FROM event_outbox e
+      WHERE e.endpoint = o.endpoint AND e.subscriber_id = o.subscriber_id
+        AND e.type = 'subscriber.erased' AND e.id > o.id
+  )
+RETURNING o.id, o.endpoint;
+
+-- name: hold_followers
+-- After :ids were put off for a retry: the later events of their people (for the same
+-- receiver) are not due before them either (see `queue`).
+UPDATE event_outbox f SET run_at = h.run_at
+FROM (
+    SELECT later.id, o.run_at
+    FROM event_outbox o
+    JOIN event_outbox later ON later.endpoint = o.endpoint
+        AND later.subscriber_id = o.subscriber_id AND later.id > o.id
+    WHERE o.id = ANY (:ids::bigint[])
+    UNION ALL
+    SELECT later.id, o.run_at
+    FROM event_outbox o
+    JOIN event_outbox later ON later.endpoint = o.endpoint
+        AND later.address = o.address AND later.id > o.id
+    WHERE o.id = ANY (:ids::bigint[])
+) h
+WHERE f.id = h.id AND f.run_at < h.run_at;
 
 -- name: drop_expired
 -- Events older than EVENTS_MAX_AGE, not those in flight: no address lingers for a
