@@ -36,6 +36,8 @@ CREATE TABLE event_outbox (
     last_error     text
 );
 CREATE INDEX event_outbox_due ON event_outbox (run_at, id);
-CREATE INDEX event_outbox_subscriber ON event_outbox (endpoint, subscriber_id, id);
-CREATE INDEX event_outbox_address ON event_outbox (endpoint, address, id);
+-- The person first: the claim's ordering probes give both columns, an erasure and an
+-- access request only the subscriber.
+CREATE INDEX event_outbox_subscriber ON event_outbox (subscriber_id, endpoint, id);
+CREATE INDEX event_outbox_address ON event_outbox (address, endpoint, id);
 CREATE INDEX event_outbox_occurred ON event_outbox (occurred_at);
