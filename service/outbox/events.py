@@ -7,9 +7,11 @@ transaction, each the oldest queued for its person and receiver (sql/queries/eve
 waiting for its retry), posts them side by side, and in the same transaction deletes the
 delivered ones and sets the others' retry (OUTBOX_BACKOFF_BASE, doubling up to
 OUTBOX_BACKOFF_MAX; the person's later events wait with it), or drops one that failed
-while the person's erasure was queued behind it. A row goes only after a 2xx, so a restart loses nothing; a process
-killed between a receiver's answer and the commit sends that event again under the same
-`webhook-id` (at least once: receivers deduplicate by it).
+while the person's erasure was queued behind it. A row goes only after a 2xx, so a
+restart loses nothing; a process killed between a receiver's answer and the commit sends
+that event again under the same `webhook-id` (at least once: receivers deduplicate by
+it). The batch's transaction stays open through its requests (each within
+EVENTS_TIMEOUT), which is what keeps a person's later events behind one in flight.
 
 The loop sleeps on `LISTEN newsletter_events` (the queueing statement notifies at commit)
 and polls every OUTBOX_POLL_INTERVAL anyway. Logs and metrics name the receiver by its
