@@ -11,7 +11,10 @@ import time
 
 import httpx
 
+from service.events import queue as events_queue
 from service.privacy import erasure
+from service.privacy.evidence import Evidence
+from service.topics import membership
 from tests import people
 from tests.events.receiver import new_secret, receiving
 
@@ -273,3 +276,70 @@ async def test_the_access_export_lists_queued_events_by_the_receivers_host_only(
     [event] = export.json()["queued_events"]
     assert (event["receiver"], event["type"]) == ("127.0.0.1", "subscriber.updated")
     assert "t0ken" not in export.text
+
+
+async def test_the_tracking_link_and_the_footer_link_announce_an_update_and_an_unsubscribe(
+    app_factory, db
+) -> None:
+    sid = await people.add_subscriber(db, "franklin@example.org", name="R", tracking_consent=True)
+    async with receiving({HOOK: SECRET}) as receiver:
+        async with app_factory(**events_settings(receiver)) as (app, client):
+            tokens = app.state.tokens
+            withdrawn = await client.post(f"/tracking/{tokens.tracking(sid)}")
+            assert withdrawn.status_code == 200
+            await until(lambda: receiver.accepted())
+            left = await client.post(
+                f"/unsubscribe/{tokens.unsubscribe(sid)}",
+                content=b"List-Unsubscribe=One-Click",
+                headers={"content-type": "application/x-www-form-urlencoded"},
+            )
+            assert left.status_code == 200
+            await until(lambda: len(receiver.accepted()) == 2)
+    updated, erased = (d.event for d in receiver.deliveries)
+    assert (updated["type"], updated["data"]["tracking"]) == ("subscriber.updated", False)
+    assert erased == {
+        "type": "subscriber.erased",
+        "timestamp": erased["timestamp"],
+        "data": {"email": "franklin@example.org", "cause": "unsubscribe"},
+    }
+
+
+async def test_topic_changes_in_one_transaction_are_one_update_with_the_topics_after_it(
+    app_factory, db
+) -> None:
+    sid = await people.add_subscriber(db, "shannon@example.org", name="C")
+    insert = "INSERT INTO topics (slug, name) VALUES ($1, $1) RETURNING id"
+    weekly = await db.fetchval(insert, "weekly")
+    offers = await db.fetchval(insert, "offers")
+    who = Evidence(ip=None, user_agent=None, source="test", consent_text_version="v1")
+    async with receiving({HOOK: SECRET}) as receiver:
+        async with app_factory(**events_settings(receiver)) as (app, _client):
+            async with app.state.pool.acquire() as con, con.transaction():
+                await db_lock(con, sid)
+                await membership.join(con, sid, [weekly, offers], who)
+                await membership.leave(con, sid, [weekly], who)
+            await until(lambda: receiver.accepted())
+            await asyncio.sleep(0.5)  # nothing else comes
+    [delivery] = receiver.deliveries
+    assert delivery.event["type"] == "subscriber.updated"
+    assert delivery.event["data"]["topics"] == ["offers"]
+
+
+async def db_lock(con, subscriber_id: int) -> None:
+    """The subscriber row, as membership's callers hold it (sql/131)."""
+    await con.execute("SELECT 1 FROM subscribers WHERE id = $1 FOR UPDATE", subscriber_id)
+
+
+def test_the_persons_data_passes_a_language_column_on_where_the_schema_has_one() -> None:
+    row = {
+        "id": 1,
+        "email": "a@example.org",
+        "name": None,
+        "topics": [],
+        "tracking_consent": False,
+        "tracking_withdrawn_at": None,
+        "extra": '{"id": 1}',
+    }
+    assert "language" not in events_queue.person_data(row)
+    row["extra"] = '{"id": 1, "language": "de"}'
+    assert events_queue.person_data(row)["language"] == "de"
