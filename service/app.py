@@ -21,8 +21,10 @@ from service.admin import api, dashboard, importer, topics_api
 from service.bounces import imap, signatures, webhooks
 from service.campaigns import schedule
 from service.db import connections
+from service.events import queue as events_queue
 from service.manage import page, unsubscribe
 from service.observability import Metrics, ObservabilityMiddleware, observed, route_template
+from service.outbox import events as event_sender
 from service.outbox import sender
 from service.privacy import retention
 from service.settings import Settings
@@ -256,15 +258,17 @@ def create_app(settings: Settings, role: str = "all") -> Starlette:
                 await stack.enter_async_context(devmode.mail_catcher(app))
             app.state.pool = await connections.create_pool(settings)
             stack.push_async_callback(connections.close_pool, app.state.pool)
+            await events_queue.sync_endpoints(app.state.pool, settings)  # EVENTS_URL
             if role != "worker":
                 await stack.enter_async_context(recorder.running(app))
             if role != "web":
                 await stack.enter_async_context(sender.running(app))
+                await stack.enter_async_context(event_sender.running(app))
                 await stack.enter_async_context(imap.running(app))  # the bounce mailbox
                 await stack.enter_async_context(retention.running(app))
                 await stack.enter_async_context(schedule.running(app))  # scheduled sends
             else:
-                app.state.outbox = None
+                app.state.outbox = app.state.events = None
             log.info("started")
             yield
             log.info("stopping")

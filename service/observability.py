@@ -38,6 +38,20 @@ class Metrics:
         self.emails_failed = Counter(
             "emails_failed", "Email attempts that failed", ["kind", "outcome"], registry=r
         )
+        # Events for other systems, by receiver host (from the settings; never a path,
+        # which may hold a token) and event type.
+        self.events_sent = Counter(
+            "events_sent", "Events a receiver accepted (2xx)", ["receiver", "type"], registry=r
+        )
+        self.events_failed = Counter(
+            "events_failed",
+            "Event deliveries that failed (retried)",
+            ["receiver", "type"],
+            registry=r,
+        )
+        self.events_dropped = Counter(
+            "events_dropped", "Events dropped undelivered", ["receiver", "reason"], registry=r
+        )
         # Issue 24: what relays answer, by category only (service/bounces/send_hooks.py).
         self.send_refusals = Counter(
             "send_refusals", "Relay refusals at send time", ["category"], registry=r

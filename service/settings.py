@@ -6,6 +6,8 @@ deployment sees every wrong variable in one go, one line each, with no traceback
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import ipaddress
 import os
@@ -102,6 +104,23 @@ def parse_smtp_url(url: str) -> SmtpTarget:
         start_tls=False if implicit else flag("starttls"),
         validate_certs=flag("verify") is not False,
     )
+
+
+# Events for the shop's other systems (docs/guides/events.md).
+EVENT_TYPES = ("subscriber.confirmed", "subscriber.updated", "subscriber.erased")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One receiver of events: its URL, the key of its `whsec_` secret, and the event
+    types it wants (None: all)."""
+
+    url: str
+    key: bytes = dataclasses.field(repr=False)
+    types: frozenset[str] | None = None
+
+    def wants(self, event_type: str) -> bool:
+        return self.types is None or event_type in self.types
 
 
 @dataclass(frozen=True)
@@ -212,6 +231,12 @@ class Settings:
     webhook_sendgrid_public_key: str = ""  # base64 DER, "Signed Event Webhook" page
     webhook_mailgun_signing_key: str = ""
     webhook_postmark_ips: tuple[str, ...] = ()  # networks Postmark may call from; () = any
+    # -- events for the shop's other systems (docs/guides/events.md) --------------
+    events_url: tuple[str, ...] = ()  # one entry per receiver
+    events_secret: tuple[str, ...] = ()  # in step with events_url
+    events_types: tuple[str, ...] = ()  # in step; "" = every type
+    events_max_age: float = 3 * 86400  # an undeliverable event is dropped after it
+    events_timeout: float = 10.0
     # -- process -----------------------------------------------------------------
     log_level: str = "info"
     dev: bool = False
@@ -229,6 +254,15 @@ class Settings:
     @property
     def public_base(self) -> str:
         return self.public_url.rstrip("/")
+
+    @property
+    def event_endpoints(self) -> tuple[Endpoint, ...]:
+        """The receivers of EVENTS_URL, EVENTS_SECRET and EVENTS_TYPES, taken in step."""
+        types = self.events_types or ("",) * len(self.events_url)
+        return tuple(
+            Endpoint(url, _secret_key(secret), frozenset(kinds.split()) if kinds else None)
+            for url, secret, kinds in zip(self.events_url, self.events_secret, types, strict=True)
+        )
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -486,6 +520,66 @@ def _basic_auth(text: str) -> str:
     return text
 
 
+def _event_urls(text: str) -> tuple[str, ...]:
+    urls = _split(text)
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"entry {_host_of(url)!r} must be an https:// URL")
+        if parts.scheme == "http" and not _loopback(parts.hostname):
+            raise ValueError(
+                f"entry for {parts.hostname} must use https://: events carry addresses and"
+                " names, so plain http:// is allowed only to a loopback host"
+            )
+    if len(set(urls)) != len(urls):
+        raise ValueError("names a URL twice")
+    return urls
+
+
+def _host_of(url: str) -> str:
+    """A URL's host, for messages and metric labels (a path may hold a token)."""
+    return urlsplit(url).hostname or "?"
+
+
+def _secret_key(secret: str) -> bytes:
+    """The key of a Standard Webhooks secret: the base64 after `whsec_`, 24 to 64 bytes."""
+    if not secret.startswith("whsec_"):
+        raise ValueError("must start with whsec_")
+    try:
+        encoded = secret.removeprefix("whsec_")
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (ValueError, binascii.Error):
+        raise ValueError("must be whsec_ followed by base64") from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError(f"must hold 24 to 64 bytes after whsec_ (holds {len(key)})")
+    return key
+
+
+def _event_secrets(text: str) -> tuple[str, ...]:
+    secrets = _split(text)
+    for number, secret in enumerate(secrets, 1):
+        try:
+            _secret_key(secret)
+        except ValueError as exc:  # the message never shows the secret
+            raise ValueError(f"entry {number} {exc}") from None
+    return secrets
+
+
+def _event_types(text: str) -> tuple[str, ...]:
+    """One entry per URL, comma-separated: `*` (or nothing) for every type, else the
+    types wanted separated by spaces."""
+    if not text.strip():
+        return ()
+    entries = tuple(entry.strip() for entry in text.split(","))
+    for entry in entries:
+        unknown = set(entry.split()) - set(EVENT_TYPES) - {"*"}
+        if unknown:
+            raise ValueError(
+                f"names unknown types {sorted(unknown)} (known: {', '.join(EVENT_TYPES)}, *)"
+            )
+    return tuple("" if entry in ("", "*") else " ".join(entry.split()) for entry in entries)
+
+
 def _public_key(text: str) -> str:
     if text:
         keys.ecdsa_public_key(text)
@@ -580,6 +674,11 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("WEBHOOK_SENDGRID_PUBLIC_KEY", "webhook_sendgrid_public_key", _public_key),
     ("WEBHOOK_MAILGUN_SIGNING_KEY", "webhook_mailgun_signing_key", _text(200)),
     ("WEBHOOK_POSTMARK_IPS", "webhook_postmark_ips", _networks),
+    ("EVENTS_URL", "events_url", _event_urls),
+    ("EVENTS_SECRET", "events_secret", _event_secrets),
+    ("EVENTS_TYPES", "events_types", _event_types),
+    ("EVENTS_MAX_AGE", "events_max_age", _seconds(60, 30 * _DAY)),
+    ("EVENTS_TIMEOUT", "events_timeout", _seconds(1, 60)),
     ("LOG_LEVEL", "log_level", _choice(("debug", "info", "warning", "error"))),
 )
 
@@ -737,6 +836,18 @@ MEANINGS: dict[str, str] = {
     " is off.",
     "WEBHOOK_POSTMARK_IPS": "IP addresses or networks `/webhooks/postmark` is taken from"
     " (Postmark's published webhook IPs); empty: any.",
+    "EVENTS_URL": "Where signed events go (Standard Webhooks; docs/guides/events.md):"
+    " comma-separated URLs, each its own receiver (`https://`; `http://` only to a loopback"
+    " host); empty: no events are queued. Every process of a deployment needs the same value.",
+    "EVENTS_SECRET": "The `whsec_…` secret of each URL of `EVENTS_URL`, comma-separated in"
+    " the same order (base64 of 24 to 64 random bytes after `whsec_`).",
+    "EVENTS_TYPES": "The event types each URL of `EVENTS_URL` gets, comma-separated in the"
+    " same order: `*` (or nothing) for all, else types separated by spaces, e.g."
+    " `*,subscriber.erased subscriber.confirmed`; empty: every URL gets every type.",
+    "EVENTS_MAX_AGE": "An event not delivered by then is dropped (and counted), so no"
+    " address waits longer for a receiver that is gone; retries back off as"
+    " `OUTBOX_BACKOFF_BASE` and `OUTBOX_BACKOFF_MAX` say.",
+    "EVENTS_TIMEOUT": "Timeout of each event delivery (connecting, sending, the answer).",
     "LOG_LEVEL": "`debug`, `info`, `warning` or `error`.",
 }
 
@@ -780,4 +891,16 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
         problems.append("OUTBOX_BACKOFF_BASE must not be larger than OUTBOX_BACKOFF_MAX")
     if values.get("send_breaker_min_sends", 20) > values.get("send_breaker_window", 200):
         problems.append("SEND_BREAKER_MIN_SENDS must not be larger than SEND_BREAKER_WINDOW")
+    urls, secrets = values.get("events_url", ()), values.get("events_secret", ())
+    if len(secrets) != len(urls):
+        problems.append(
+            f"EVENTS_SECRET must hold one whsec_ secret per URL of EVENTS_URL"
+            f" ({len(urls)} URLs, {len(secrets)} secrets)"
+        )
+    types = values.get("events_types", ())
+    if types and len(types) != len(urls):
+        problems.append(
+            f"EVENTS_TYPES must hold one entry per URL of EVENTS_URL ({len(urls)} URLs,"
+            f" {len(types)} entries; `*` for every type)"
+        )
     return problems

@@ -30,6 +30,7 @@ FLOORS = {
     "web": 3,
     "mail": 3,
     "health": 3,
+    "events": 3,
     "privacy": 4,
     "topics": 5,
     "tracking": 5,

@@ -22,6 +22,7 @@ from service.campaigns import check, schedule, store
 from service.campaigns.mail import Links
 from service.campaigns.stats import campaign_stats
 from service.mail.messages import MailContext
+from service.events import queue as events
 from service.manage import address_change
 from service.outbox import breaker
 from service.privacy import erasure
@@ -431,7 +432,7 @@ async def erase_subscriber(request: Request) -> Response:
     """Erases the address as an unsubscribe does; `204` whether or not it existed."""
     email = request.path_params["email"]
     if 0 < len(email) <= erasure.MAX_EMAIL_LENGTH:
-        if await erasure.erase(request.app.state.pool, email=email):
+        if await erasure.erase(request.app.state.pool, email=email, cause="operator"):
             request.app.state.metrics.unsubscribes.labels("admin").inc()
             log.info("subscriber erased", extra={"kind": "admin"})
     return Response(status_code=204, headers=NO_STORE)
@@ -456,7 +457,9 @@ async def correct_subscriber(request: Request) -> Response:
         if subscriber_id is None:
             return _not_found("subscriber")
         if "name" in fields:
-            await address_change.q.set_name.execute(con, id=subscriber_id, name=fields["name"])
+            async with con.transaction():
+                await address_change.q.set_name.execute(con, id=subscriber_id, name=fields["name"])
+                await events.updated(con, subscriber_id)
         outcome = None
         if "email" in fields:
             day_key = await state.day_keys.today(con)

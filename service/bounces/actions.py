@@ -104,7 +104,8 @@ async def apply_on(
         ):
             return "unknown"  # gone, or the email went to an address it no longer has
         if event in (HARD, COMPLAINT):
-            if not await erasure.erase_subscriber(con, target.subscriber_id):
+            cause = "complaint" if event == COMPLAINT else "bounce"
+            if not await erasure.erase_subscriber(con, target.subscriber_id, cause):
                 return "unknown"
             await q.count_event.execute(
                 con, campaign_id=target.campaign_id, event=event, source=source, reason=reason
@@ -125,7 +126,7 @@ async def apply_on(
         )
         recent = await q.recent_soft_bounces.fetchval(con, id=target.subscriber_id, window=window)
         if recent >= settings.bounce_soft_limit:
-            await erasure.erase_subscriber(con, target.subscriber_id)
+            await erasure.erase_subscriber(con, target.subscriber_id, "bounce")
             return "erased"
         return "counted"
 

@@ -38,6 +38,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.db.queries import queries
+from service.events import queue as events
 from service.mail.messages import MailContext
 from service.manage import links
 from service.privacy import erasure, evidence
@@ -143,6 +144,7 @@ async def apply_change(
                 await q.drop_address_change.execute(con, id=subscriber_id)
                 return "taken", new_email
             await q.apply_address_change.execute(con, id=subscriber_id, new_email=new_email)
+            await events.updated(con, subscriber_id)
             await erasure.q.delete_address_rate_limits.execute(
                 con, keys=await ratelimit.address_keys(con, row["old_email"])
             )

@@ -33,6 +33,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.db.queries import queries
+from service.events import queue as events
 from service.manage import address_change, links, view
 from service.privacy import erasure, evidence
 from service.settings import Settings
@@ -163,7 +164,7 @@ async def act(request: Request) -> Response:
     action = form.get("action", "")
     state = request.app.state
     if action == "unsubscribe":
-        if await erasure.erase(state.pool, subscriber_id=subscriber_id):
+        if await erasure.erase(state.pool, subscriber_id=subscriber_id, cause="unsubscribe"):
             state.metrics.unsubscribes.labels("manage").inc()
             log.info("unsubscribed", extra={"kind": "manage"})
         return pages.render(request, "unsubscribed.html")
@@ -234,7 +235,7 @@ async def _leave_topics(request: Request, subscriber_id: int, slugs: list[str]) 
         row = await q.subscriber.fetchrow(con, id=subscriber_id)
         topics = await _all_topics(con)
     if left and not remaining:
-        if await erasure.erase(state.pool, subscriber_id=subscriber_id):
+        if await erasure.erase(state.pool, subscriber_id=subscriber_id, cause="unsubscribe"):
             state.metrics.unsubscribes.labels("manage").inc()
             log.info("unsubscribed", extra={"kind": "manage_topics"})
         return pages.render(request, "unsubscribed.html")
@@ -365,7 +366,7 @@ async def data_post(request: Request) -> Response:
         if action == "download":
             return await _download(con, subscriber_id)
         if action == "unsubscribe":
-            if await erasure.erase(state.pool, subscriber_id=subscriber_id):
+            if await erasure.erase(state.pool, subscriber_id=subscriber_id, cause="unsubscribe"):
                 state.metrics.unsubscribes.labels("manage").inc()
                 log.info("unsubscribed", extra={"kind": "manage"})
             return pages.render(request, "unsubscribed.html")
@@ -397,6 +398,7 @@ async def _name(con: Any, request: Request, subscriber_id: int, form: dict) -> d
     async with con.transaction():
         if await q.lock_subscriber.fetchrow(con, id=subscriber_id) is not None:
             await q.set_name.execute(con, id=subscriber_id, name=name)
+            await events.updated(con, subscriber_id)
     return {"message": "Your name is saved." if name else "Your name is deleted."}
 
 

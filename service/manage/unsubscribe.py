@@ -108,7 +108,7 @@ async def unsubscribe(request: Request) -> Response:
     if staying:
         log.info("left topics", extra={"kind": channel, "count": len(left)})
         return pages.render(request, "unsubscribed.html", left=left, staying=staying)
-    erased = await erasure.erase(state.pool, subscriber_id=subscriber_id)
+    erased = await erasure.erase(state.pool, subscriber_id=subscriber_id, cause="unsubscribe")
     if erased:
         state.metrics.unsubscribes.labels(channel).inc()
         log.info("unsubscribed", extra={"kind": channel})

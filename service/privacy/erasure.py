@@ -3,7 +3,7 @@
 Deleting the subscriber row deletes consent evidence (a foreign key `ON DELETE CASCADE`),
 deliveries, outbox jobs (row triggers, sql/130) and open events (sql/060), in one statement,
 which also leaves the row's id and creation time in the erasure journal (no personal
-data; `reapply_erasures` replays it after a backup restore). Two things need doing by
+data; `reapply_erasures` replays it after a backup restore). Three things need doing by
 hand, in this order, in the same transaction:
 
 1. the subscriber's outbox jobs, first: the outbox worker keeps a job row locked while
@@ -11,7 +11,10 @@ hand, in this order, in the same transaction:
    email can leave (the worker's next claim finds no job, its composer no subscriber);
 2. after the subscriber row, the rate-limit rows keyed by an HMAC of the address (and of
    the new address of a pending address change) under each day key still held (no
-   foreign key can reach them).
+   foreign key can reach them);
+3. when the erasure has a cause and the person was active, its event for the other
+   systems (service/events/queue.py), which first deletes the person's queued events that
+   are not in flight (skipping locked rows: it never waits on a receiver).
 
 Locks are taken in the order outbox job, subscriber, rate limit, list_daily: the order
 of the outbox worker (job, then the subscriber's `confirm_sent_at`) and of a sign-up
@@ -30,6 +33,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from service.db import retry
 from service.db.queries import queries
+from service.events import queue as events
 from service.web import ratelimit
 
 q = queries("erasure")
@@ -37,8 +41,12 @@ q = queries("erasure")
 MAX_EMAIL_LENGTH = 320
 
 
-async def erase_subscriber(con: asyncpg.Connection, subscriber_id: int) -> bool:
-    """Deletes every row about the subscriber in one transaction; True if it existed."""
+async def erase_subscriber(
+    con: asyncpg.Connection, subscriber_id: int, cause: str | None = None
+) -> bool:
+    """Deletes every row about the subscriber in one transaction; True if it existed.
+    With a `cause` (service/events/queue.py, CAUSES), an active subscriber's erasure is
+    announced to the other systems in the same transaction (GDPR Art. 17(2), 19)."""
     async with con.transaction():
         await q.delete_outbox.execute(con, id=subscriber_id)
         pending = await q.pending_addresses.fetch(con, id=subscriber_id)
@@ -51,6 +59,8 @@ async def erase_subscriber(con: asyncpg.Connection, subscriber_id: int) -> bool:
             )
         if gone["status"] == "active":
             await q.count_unsubscribe.execute(con)
+            if cause is not None:
+                await events.erased(con, subscriber_id, gone["email"], cause)
         return True
 
 
@@ -59,15 +69,16 @@ async def erase(
     *,
     subscriber_id: int | None = None,
     email: str | None = None,
+    cause: str | None = None,
 ) -> bool:
     """`erase_subscriber` (by id) or `erase_by_email` on a pooled connection, run again
     (`retry.run`) when PostgreSQL broke a deadlock with a concurrent sign-up of the same
     address."""
     if email is not None:
-        return await retry.run(pool, lambda con: erase_by_email(con, email))
+        return await retry.run(pool, lambda con: erase_by_email(con, email, cause))
     if subscriber_id is None:
         raise TypeError("erase needs subscriber_id or email")
-    return await retry.run(pool, lambda con: erase_subscriber(con, subscriber_id))
+    return await retry.run(pool, lambda con: erase_subscriber(con, subscriber_id, cause))
 
 
 def _candidates(email: str) -> list[str]:
@@ -91,7 +102,7 @@ async def find_subscriber(con: asyncpg.Connection, email: str) -> int | None:
     return None
 
 
-async def erase_by_email(con: asyncpg.Connection, email: str) -> bool:
+async def erase_by_email(con: asyncpg.Connection, email: str, cause: str | None = None) -> bool:
     """Erasure request for an address; True if a subscriber was deleted. Also deletes
     the address's rate-limit rows when no subscriber is left (e.g. a cancelled sign-up)."""
     if len(email) > MAX_EMAIL_LENGTH:
@@ -101,7 +112,7 @@ async def erase_by_email(con: asyncpg.Connection, email: str) -> bool:
         for candidate in _candidates(email):
             subscriber_id = await q.find_subscriber.fetchval(con, email=candidate)
             if subscriber_id is not None:
-                erased |= await erase_subscriber(con, subscriber_id)
+                erased |= await erase_subscriber(con, subscriber_id, cause)
             await q.delete_address_rate_limits.execute(
                 con, keys=await ratelimit.address_keys(con, candidate)
             )
@@ -148,6 +159,7 @@ async def export_subscriber(con: asyncpg.Connection, email: str) -> dict[str, An
             "manage_links": [],
             "soft_bounces": [],
             "held_refusals": [],
+            "queued_events": [],
             "rate_limits": rate_limits,
         }
         if subscriber is not None:
@@ -162,6 +174,7 @@ async def export_subscriber(con: asyncpg.Connection, email: str) -> dict[str, An
             export["manage_links"] = _rows(await q.export_manage_links.fetch(con, id=sid))
             export["soft_bounces"] = _rows(await q.export_soft_bounces.fetch(con, id=sid))
             export["held_refusals"] = _rows(await q.export_held_refusals.fetch(con, id=sid))
+            export["queued_events"] = _rows(await events.export(con, sid))
         return export
 
 

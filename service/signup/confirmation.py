@@ -42,6 +42,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from service.db.queries import queries
+from service.events import queue as events
 from service.privacy import erasure, evidence
 from service.settings import Settings
 from service.signup import fields
@@ -275,6 +276,7 @@ async def _activate(
             con, id=subscriber_id, max_age=settings.confirm_max_age, scanner_window=0.0
         )
         return "already" if again is not None and again["status"] == "active" else "invalid"
+    await events.confirmed(con, subscriber_id)  # what follows folds into it
     # The confirmation's evidence carries no source (the method says how it came).
     who = evidence.Evidence.of(request, settings, None)
     await evidence.record(con, subscriber_id, evidence.CONFIRM, who, method)
@@ -301,6 +303,7 @@ async def _apply(
     if row is None:
         return
     await q.set_choices.execute(con, id=subscriber_id, name=choices.name)
+    await events.updated(con, subscriber_id)
     topic_ids = await membership.known(con, choices.topics)
     who = evidence.Evidence.of(request, settings, "confirmation")
     await membership.set_topics(con, subscriber_id, topic_ids, who)
@@ -342,7 +345,9 @@ async def cancel_post(request: Request) -> Response:
     if subscriber_id is None:
         return _invalid(request)
     if form.get("action") == "unsubscribe":
-        if await erasure.erase(request.app.state.pool, subscriber_id=subscriber_id):
+        if await erasure.erase(
+            request.app.state.pool, subscriber_id=subscriber_id, cause="unsubscribe"
+        ):
             request.app.state.metrics.unsubscribes.labels("cancel").inc()
             log.info("unsubscribed", extra={"kind": "cancel"})
         return pages.render(request, "unsubscribed.html", left=[], staying=[])

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import asyncpg
 
 from service.db.queries import queries
+from service.events import queue as events
 from service.privacy import evidence
 
 q = queries("topics")
@@ -70,6 +71,8 @@ async def join(
     rows = await q.join_topics.fetch(con, subscriber_id=subscriber_id, topic_ids=list(topic_ids))
     for row in rows:
         await evidence.record(con, subscriber_id, evidence.TOPIC_JOINED, who, topic=row["slug"])
+    if rows:
+        await events.updated(con, subscriber_id)
     welcomes = [row["welcome_campaign_id"] for row in rows if row["welcome_campaign_id"]]
     if welcomes:
         await q.queue_welcome.fetchval(con, subscriber_id=subscriber_id, campaign_ids=welcomes)
@@ -86,6 +89,8 @@ async def leave(
     rows = await q.leave_topics.fetch(con, subscriber_id=subscriber_id, topic_ids=list(topic_ids))
     for row in rows:
         await evidence.record(con, subscriber_id, evidence.TOPIC_LEFT, who, topic=row["slug"])
+    if rows:
+        await events.updated(con, subscriber_id)
     return [row["slug"] for row in rows]
 
 

@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from service.db import retry
 from service.db.queries import queries
+from service.events import queue as events
 from service.privacy.evidence import Evidence
 from service.web import clientinfo, pages, token_path
 
@@ -56,6 +57,7 @@ async def withdraw(
                 version=consent_text_version,
                 source=source,
             )
+            await events.updated(con, subscriber_id)
         await q.delete_opens.execute(con, subscriber_id=subscriber_id)
         await q.forget_first_opens.execute(con, subscriber_id=subscriber_id)
         return changed
@@ -76,6 +78,8 @@ async def grant(
         version=evidence.consent_text_version,
         method=method,
     )
+    if written:
+        await events.updated(con, subscriber_id)
     return bool(written)
 
 

@@ -714,7 +714,7 @@ async def erase(request: Request, session: Session) -> Response:
     email, form = posted
     if form.get("confirm") != "yes":
         return page(request, "erase_confirm.html", csrf=session.csrf, email=email)
-    erased = await erasure.erase(request.app.state.pool, email=email)
+    erased = await erasure.erase(request.app.state.pool, email=email, cause="operator")
     if erased:
         request.app.state.metrics.unsubscribes.labels(channel="dashboard").inc()
         log.info("subscriber erased from dashboard")
