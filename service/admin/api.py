@@ -21,8 +21,8 @@ from service.admin.auth import bearer, require_admin
 from service.campaigns import check, schedule, store
 from service.campaigns.mail import Links
 from service.campaigns.stats import campaign_stats
-from service.mail.messages import MailContext
 from service.events import queue as events
+from service.mail.messages import MailContext
 from service.manage import address_change
 from service.outbox import breaker
 from service.privacy import erasure
