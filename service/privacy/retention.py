@@ -54,7 +54,7 @@ DDL_LOCK_TIMEOUT = "1s"
 # Time slices (opens, deliveries) start an hour wide, grow while they find few rows and
 # shrink when they find many, so that one holds about BATCH rows.
 FIRST_SLICE = dt.timedelta(hours=1)
-WIDEST_SLICE = dt.timedelta(days=1)
+WIDEST_SLICE = dt.timedelta(days=31)
 NARROWEST_SLICE = dt.timedelta(seconds=1)
 # The keyset's start: before every timestamp, and before every ctid.
 _START = (dt.datetime.min.replace(tzinfo=dt.UTC), (0, 0))
@@ -79,15 +79,25 @@ Slice = Callable[[dt.datetime, dt.datetime], Awaitable[tuple[int, dt.datetime | 
 
 
 async def _slices(
-    con: asyncpg.Connection, what: str, start: dt.datetime, cutoff: dt.datetime, delete: Slice
+    con: asyncpg.Connection,
+    what: str,
+    start: dt.datetime,
+    cutoff: dt.datetime,
+    delete: Slice,
+    count: Query,
 ) -> int:
     """Deletes [start, cutoff) slice by slice, each slice with its progress in one
     transaction; `delete` returns the rows it deleted and the earliest it had to keep
-    (the progress stays there, and the next pass goes over that part again)."""
+    (the progress stays there, and the next pass goes over that part again). A slice
+    wider than FIRST_SLICE (grown over sparse rows) is counted before it is deleted, so
+    that rows that turn dense again do not make one huge delete."""
     total, width, held = 0, FIRST_SLICE, None
     lo = start
     while lo < cutoff:
         hi = min(lo + width, cutoff)
+        if width > FIRST_SLICE and await count.fetchval(con, lo=lo, hi=hi) > 2 * BATCH:
+            width = max(width / 4, FIRST_SLICE)
+            continue
         async with con.transaction():
             deleted, kept_from = await delete(lo, hi)
             if held is None and kept_from is not None:
@@ -132,7 +142,7 @@ async def _purge_opens(con: asyncpg.Connection, settings: Settings) -> int:
             status = await q.delete_opens.execute(con, lo=lo, hi=hi)
             return int(status.split()[-1]), None
 
-        total += await _slices(con, "opens", min(starts), cutoff, delete)
+        total += await _slices(con, "opens", min(starts), cutoff, delete, q.count_opens)
     await _ensure_months(con, now)
     return total
 
@@ -164,7 +174,7 @@ async def _purge_deliveries(con: asyncpg.Connection, settings: Settings) -> int:
         row = await q.delete_deliveries.fetchrow(con, lo=lo, hi=hi)
         return row["deleted"], row["kept_from"]
 
-    return await _slices(con, "deliveries", start, cutoff, delete)
+    return await _slices(con, "deliveries", start, cutoff, delete, q.count_deliveries)
 
 
 async def _purge_signups(con: asyncpg.Connection, settings: Settings) -> int:

@@ -71,8 +71,15 @@ SELECT min(at) FROM opens_default;
 -- One slice of time; the BRIN index on `at` finds its pages.
 DELETE FROM opens WHERE at >= :lo AND at < :hi;
 
+-- name: count_opens
+-- Rows in a slice about to be deleted, when it is wide (service/privacy/retention.py).
+SELECT count(*) FROM opens WHERE at >= :lo AND at < :hi;
+
 -- name: first_delivery
 SELECT min(queued_at) FROM deliveries WHERE queued_at < :cutoff;
+
+-- name: count_deliveries
+SELECT count(*) FROM deliveries WHERE queued_at >= :lo AND queued_at < :hi;
 
 -- name: delete_deliveries
 -- One slice of time (BRIN index deliveries_queued_at), never a delivery whose email is
