@@ -2,7 +2,8 @@
 before (one table, one transaction, `LIMIT 5000` batches by id) and now (monthly
 partitions, keyset slices committed one by one), and the online migration between them.
 
-For each size (BENCH_RETENTION_SIZES, default "1000000,5000000") it starts a PostgreSQL
+For each size (BENCH_RETENTION_SIZES; by default 1 M, and 5 M too with `--big`, as
+`make bench` runs it) it starts a PostgreSQL
 of its own (pgserver, shared_buffers per BENCH_SHARED_BUFFERS), builds the opens of 1 M
 subscribers over SPAN_DAYS in time order (generate_series, as the pixel writes them) and
 measures, for the schema before (migrations up to 147) and now:
@@ -16,7 +17,7 @@ measures, for the schema before (migrations up to 147) and now:
 - the migration 148-151 of the table as it was: seconds per file, the lock each holds,
   and the longest an insert (one a 20 ms, on another connection) waited meanwhile.
 
-Run: `python -m bench bench_retention` (not part of a plain `make bench` run's targets).
+Run: `python -m bench bench_retention [--big]`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -245,7 +247,8 @@ def main() -> list[dict]:
 
     from bench.bench_pixel import _tune
 
-    sizes = [int(s) for s in os.environ.get("BENCH_RETENTION_SIZES", "1000000,5000000").split(",")]
+    default = "1000000,5000000" if "--big" in sys.argv else "1000000"
+    sizes = [int(s) for s in os.environ.get("BENCH_RETENTION_SIZES", default).split(",")]
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-retention-") as tmp:
         workdir = Path(tmp)
