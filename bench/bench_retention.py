@@ -3,17 +3,17 @@ before (one table, one transaction, `LIMIT 5000` batches by id) and now (monthly
 partitions, keyset slices committed one by one), and the online migration between them.
 
 For each size (BENCH_RETENTION_SIZES; by default 1 M, and 5 M too with `--big`, as
-`make bench` runs it) it starts a PostgreSQL
-of its own (pgserver, shared_buffers per BENCH_SHARED_BUFFERS), builds the opens of 1 M
-subscribers over SPAN_DAYS in time order (generate_series, as the pixel writes them) and
-measures, for the schema before (migrations up to 147) and now:
+`make bench` runs it) and side (BENCH_RETENTION_SIDES, default "before,now,migration") it
+starts a PostgreSQL of its own (pgserver, shared_buffers per BENCH_SHARED_BUFFERS), builds
+the opens of 1 M subscribers over SPAN_DAYS in time order (generate_series, as the pixel
+writes them) and measures, for the schema before (migrations up to 147) and now:
 
 - the retention pass with OPEN_RETENTION = 2/3 of the span: seconds, WAL bytes
   (pg_current_wal_lsn before and after, a CHECKPOINT first, so full-page writes count),
   microseconds per deleted open;
 - bytes per open: the table with its indexes (all partitions) over the rows;
-- an erasure (service.privacy.erasure.erase_subscriber) of subscribers with opens: p50
-  and max in ms, WAL per erasure;
+- an erasure (service.privacy.erasure.erase_subscriber, which finds the person's opens
+  in every partition): p50 and max in ms, WAL per erasure;
 - the migration 148-151 of the table as it was: seconds per file, the lock each holds,
   and the longest an insert (one a 20 ms, on another connection) waited meanwhile.
 
@@ -249,6 +249,7 @@ def main() -> list[dict]:
 
     default = "1000000,5000000" if "--big" in sys.argv else "1000000"
     sizes = [int(s) for s in os.environ.get("BENCH_RETENTION_SIZES", default).split(",")]
+    sides = os.environ.get("BENCH_RETENTION_SIDES", "before,now,migration").split(",")
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-retention-") as tmp:
         workdir = Path(tmp)
@@ -257,7 +258,7 @@ def main() -> list[dict]:
             rows.append({"bench": "retention", "name": "postgres", "shared_buffers": _tune(server)})
             base = server.get_uri()
             for n in sizes:
-                for side in ("before", "now", "migration"):
+                for side in sides:
                     name = f"r_{side}_{n}"
                     server.psql(f"CREATE DATABASE {name};")
                     url = urlunsplit(urlsplit(base)._replace(path=f"/{name}"))

@@ -222,7 +222,9 @@ async def purge(con: asyncpg.Connection, settings: Settings) -> dict[str, int]:
             ),
         }
     finally:
-        if not con.is_closed():
+        # A connection left mid-statement (a cancelled pass) cannot run it; closing that
+        # connection, which the caller does, releases the lock as well.
+        with contextlib.suppress(asyncpg.InterfaceError):
             await q.unlock.fetchval(con, lock_id=ADVISORY_LOCK_ID)
 
 
