@@ -235,8 +235,9 @@ async def _migration(url: str, n: int, workdir: Path) -> list[dict]:
                     "longest_insert_ms": round(max(waits) * 1000, 1),
                 }
             )
+        per_open = await _bytes_per_open(con, n)  # the old heap keeps its dropped `id`
         deleted, seconds, wal = await _pass(con, url, False)
-        rows.append(_row("now, after migrating", n, deleted, seconds, wal, 0))
+        rows.append(_row("now, after migrating", n, deleted, seconds, wal, per_open))
     finally:
         await con.close()
     return rows
