@@ -3,6 +3,7 @@ partition that keeps an open whose month has no partition, and whole months drop
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
@@ -178,3 +179,29 @@ async def test_a_second_migration_run_finds_nothing_to_do_and_the_function_refus
         await db.fetchval("SELECT opens_drop_month('opens_default')")
     with pytest.raises(asyncpg.RaiseError, match="not a month partition"):
         await db.fetchval("SELECT opens_drop_month('subscribers')")
+
+
+async def test_a_month_whose_lock_is_busy_is_left_for_the_next_pass(
+    db, database_url, settings, caplog
+) -> None:
+    """DROP waits at most DDL_LOCK_TIMEOUT behind a long reader of `opens` (the pixel's
+    inserts would queue behind the waiting DROP), then the pass goes on without it."""
+    caplog.set_level(logging.WARNING, logger="newsletter.retention")
+    assert await db.fetchval("SELECT opens_ensure_month('2020-01-01')")
+    await db.execute(
+        "INSERT INTO opens (subscriber_id, campaign_id, at) VALUES (1, 1, '2020-01-15')"
+    )
+    reader = await asyncpg.connect(database_url)
+    try:
+        async with reader.transaction():
+            await reader.fetchval("SELECT count(*) FROM opens")  # holds ACCESS SHARE
+            counts = await retention.purge(db, settings)
+            assert await db.fetchval("SELECT to_regclass('opens_y2020m01')") is not None
+            assert any("partition not dropped" in r.getMessage() for r in caplog.records)
+            # Its rows went all the same, row by row (a lock the reader does not block).
+            assert counts["opens"] == 1
+            assert await db.fetchval("SELECT count(*) FROM opens") == 0
+    finally:
+        await reader.close()
+    assert (await retention.purge(db, settings))["opens"] == 0
+    assert await db.fetchval("SELECT to_regclass('opens_y2020m01')") is None
