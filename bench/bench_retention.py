@@ -15,7 +15,11 @@ writes them) and measures, for the schema before (migrations up to 147) and now:
 - an erasure (service.privacy.erasure.erase_subscriber, which finds the person's opens
   in every partition): p50 and max in ms, WAL per erasure;
 - the migration 148-151 of the table as it was: seconds per file, the lock each holds,
-  and the longest an insert (one a 20 ms, on another connection) waited meanwhile.
+  and the longest an insert (one a 20 ms, on another connection) waited meanwhile;
+- side `narrow` (not by default; issue 31's point 3, not built): heap bytes per open of
+  today's row against a narrower one (a lookup table of user agents, small codes, `inet`),
+  user agents drawn from the 17,000 distinct strings of tests/data/user_agents.csv.gz,
+  skewed (a few very common, a long tail) as a mailing list's clients are.
 
 Run: `python -m bench bench_retention [--big]`.
 """
@@ -243,6 +247,78 @@ async def _migration(url: str, n: int, workdir: Path) -> list[dict]:
     return rows
 
 
+UA_TABLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "user_agents.csv.gz"
+WIDE = """CREATE TABLE wide (
+    subscriber_id bigint NOT NULL, campaign_id bigint NOT NULL, at timestamptz NOT NULL,
+    ip text, user_agent text, client text, os text, country text, machine_reason text)"""
+# Eight-byte columns first, then four and two, the variable-length address last: no
+# alignment padding between them.
+NARROW = """CREATE TABLE narrow (
+    at timestamptz NOT NULL, subscriber_id bigint NOT NULL, campaign_id bigint NOT NULL,
+    agent_id integer, client smallint, os smallint, country smallint,
+    machine_reason smallint, ip inet)"""
+
+
+def _agents() -> list[str]:
+    import csv
+    import gzip
+
+    with gzip.open(UA_TABLE, "rt", encoding="utf-8") as f:
+        return sorted({row["user_agent"].strip("'") for row in csv.DictReader(f)})
+
+
+async def _narrow(url: str, n: int) -> list[dict]:
+    con = await asyncpg.connect(url, command_timeout=3600)
+    try:
+        await con.execute(WIDE)
+        await con.execute(NARROW)
+        await con.execute("CREATE TABLE agents (id integer PRIMARY KEY, user_agent text UNIQUE)")
+        agents = _agents()
+        await con.executemany(
+            "INSERT INTO agents VALUES ($1, $2)", list(enumerate(agents, start=1))
+        )
+        # The agent of open n: a power of a uniform number, so a few are very common.
+        pick = f"1 + floor({len(agents)} * power(random(), 4))::int"
+        await con.execute(
+            f"""INSERT INTO wide
+                SELECT 1 + (hashint8(g) & 2147483647) % {SUBSCRIBERS}, 1 + g * 100 / $1,
+                       now() - make_interval(secs => g), '198.51.' || (g % 200) || '.0',
+                       a.user_agent,
+                       (ARRAY['apple_mail', 'gmail', 'outlook', 'thunderbird'])[1 + g % 4],
+                       (ARRAY['ios', 'windows', 'android', 'macos'])[1 + g % 4],
+                       (ARRAY['DE', 'FR', 'US', 'NL', NULL])[1 + g % 5],
+                       CASE WHEN g % 7 = 0 THEN 'apple_mpp' END
+                FROM (SELECT g, {pick} AS agent FROM generate_series(1, $1) g) s
+                JOIN agents a ON a.id = s.agent""",
+            n,
+        )
+        await con.execute(
+            """INSERT INTO narrow
+               SELECT w.at, w.subscriber_id, w.campaign_id, a.id, 1 + (w.campaign_id % 4),
+                      1 + (w.campaign_id % 4), NULLIF(w.campaign_id % 5, 0),
+                      CASE WHEN w.machine_reason IS NOT NULL THEN 1 END, w.ip::inet
+               FROM wide w JOIN agents a ON a.user_agent = w.user_agent"""
+        )
+        await con.execute("VACUUM ANALYZE wide, narrow, agents")
+        used = await con.fetchval("SELECT count(DISTINCT user_agent) FROM wide")
+        heap = {
+            t: await con.fetchval("SELECT pg_relation_size($1::regclass)", t)
+            for t in ("wide", "narrow")
+        }
+        lookup = await con.fetchval("SELECT pg_total_relation_size('agents')")
+        return [
+            {
+                "bench": "retention",
+                "name": f"heap bytes per open, {n:,} opens, {used:,} distinct user agents",
+                "today": round(heap["wide"] / n),
+                "narrow": round(heap["narrow"] / n),
+                "narrow_with_lookup": round((heap["narrow"] + lookup) / n),
+            }
+        ]
+    finally:
+        await con.close()
+
+
 def main() -> list[dict]:
     import pgserver
 
@@ -265,6 +341,8 @@ def main() -> list[dict]:
                     url = urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
                     if side == "migration":
                         found = asyncio.run(_migration(url, n, workdir))
+                    elif side == "narrow":
+                        found = asyncio.run(_narrow(url, n))
                     else:
                         found = [asyncio.run(_side(url, n, side, workdir))]
                     for row in found:
