@@ -153,10 +153,13 @@ async def address_key_today(db: asyncpg.Connection, email: str) -> bytes:
 
 async def base_tables(db: asyncpg.Connection) -> list[str]:
     """Every table of the schema, as it is now: a table added by a future migration is
-    searched too."""
+    searched too. A partitioned table counts once (reading it reads its partitions)."""
     rows = await db.fetch(
         "SELECT table_name FROM information_schema.tables"
-        " WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY table_name"
+        " WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+        " AND NOT EXISTS (SELECT 1 FROM pg_class p WHERE p.relname = table_name"
+        "                 AND p.relnamespace = 'public'::regnamespace AND p.relispartition)"
+        " ORDER BY table_name"
     )
     return [row["table_name"] for row in rows]
 
@@ -178,6 +181,9 @@ async def subscriber_id_columns(db: asyncpg.Connection) -> list[tuple[str, str]]
            JOIN information_schema.tables t
              ON t.table_schema = c.table_schema AND t.table_name = c.table_name
            WHERE c.table_schema = 'public' AND t.table_type = 'BASE TABLE'
+             AND NOT EXISTS (SELECT 1 FROM pg_class p  -- read through its parent
+                             WHERE p.relname = c.table_name AND p.relispartition
+                               AND p.relnamespace = 'public'::regnamespace)
              AND (c.column_name = 'subscriber_id'
                   OR (c.table_name = 'subscribers' AND c.column_name = 'id'))
            UNION

@@ -160,17 +160,21 @@ async def close_pool(pool: asyncpg.Pool, grace: float = POOL_CLOSE_GRACE) -> Non
 LONG_COMMAND_TIMEOUT = 300.0
 
 
-async def connect(settings: Settings) -> asyncpg.Connection:
-    """A single connection for one-shot commands (migrate, purge) and for queueing a
-    scheduled send (service/campaigns/schedule.py), which may outlast DB_COMMAND_TIMEOUT.
+async def connect(settings: Settings, command_timeout: float | None = None) -> asyncpg.Connection:
+    """A single connection for one-shot commands (migrate, purge), the periodic retention
+    pass, and for queueing a scheduled send (service/campaigns/schedule.py), which may
+    outlast DB_COMMAND_TIMEOUT (the default `command_timeout` is the longer of the two).
 
-    It goes to DATABASE_DIRECT_URL when set: migrations hold a session-level advisory
-    lock, which a transaction-mode pooler would not keep on one server connection.
+    It goes to DATABASE_DIRECT_URL when set: migrations and the retention pass hold a
+    session-level advisory lock, which a transaction-mode pooler would not keep on one
+    server connection.
     """
+    if command_timeout is None:
+        command_timeout = max(settings.db_command_timeout, LONG_COMMAND_TIMEOUT)
     con = await open_connection(
         settings.direct_database_url,
         statement_cache_size=settings.db_statement_cache_size,
-        command_timeout=max(settings.db_command_timeout, LONG_COMMAND_TIMEOUT),
+        command_timeout=command_timeout,
         server_settings={"application_name": "newsletter-cli", "timezone": "UTC"},
     )
     await _init_connection(con)

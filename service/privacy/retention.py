@@ -8,24 +8,35 @@
   confirmed within CONFIRM_MAX_AGE (the new address goes with them).
 - soft bounces older than BOUNCE_SOFT_WINDOW (they no longer count towards an erasure).
 
-One pass is one transaction under `pg_try_advisory_xact_lock`: with several replicas (and
-the `newsletter purge` CronJob) exactly one runs at a time and the others skip; the lock
-goes with the transaction, so it also works behind PgBouncer in transaction mode. Each
-delete works in batches so that no statement runs long.
+The work of a pass grows with what it deletes, never with the table. `opens` has a
+partition per month (sql/151_opens_partitioned.sql): months wholly past the retention are
+dropped, the month the boundary falls in is deleted from in slices of time, and the pass
+makes the partitions of the coming months. Every other delete is a keyset batch that
+starts where the last ended. Each batch commits on its own, so a pass that is killed keeps
+what it did (the time-sliced ones record how far they got in `retention_progress`) and no
+transaction is held open for long enough to hold back vacuum.
+
+With several replicas (and the `newsletter purge` CronJob) exactly one pass runs at a
+time: it holds a session-level advisory lock, and the others skip. A session lock needs a
+connection of its own to the server, so a pass runs on a direct connection
+(DATABASE_DIRECT_URL when set), never through the transaction-mode pooler.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import random
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from starlette.applications import Starlette
 
 from service import background
-from service.db.queries import queries
+from service.db import connections
+from service.db.queries import Query, queries
 from service.settings import Settings
 from service.web import ratelimit
 
@@ -36,45 +47,186 @@ q = queries("retention")
 ADVISORY_LOCK_ID = 0x6E6C_7075
 BATCH = 5000
 SKIPPED = "skipped"
+# Months of `opens` partitions made ahead of the current one.
+MONTHS_AHEAD = 3
+# How long dropping or attaching a partition may wait for its lock (the pixel's inserts
+# queue behind it meanwhile); the next pass tries again.
+DDL_LOCK_TIMEOUT = "1s"
+# Time slices (opens, deliveries) start an hour wide, grow while they find few rows and
+# shrink when they find many, so that one holds about BATCH rows.
+FIRST_SLICE = dt.timedelta(hours=1)
+WIDEST_SLICE = dt.timedelta(days=31)
+NARROWEST_SLICE = dt.timedelta(seconds=1)
+# The keyset's start: before every timestamp, and before every ctid.
+_START = (dt.datetime.min.replace(tzinfo=dt.UTC), (0, 0))
 
 
-async def _in_batches(delete, con: asyncpg.Connection, **params: object) -> int:
+async def _keyset(delete: Query, con: asyncpg.Connection, **params: object) -> int:
+    """Batches of a query that deletes the next BATCH rows after (after_t, after_tid) and
+    returns deleted, seen, last_t and last_tid; each batch its own transaction."""
     total = 0
+    after_t, after_tid = _START
     while True:
-        status = await delete.execute(con, batch=BATCH, **params)
-        deleted = int(status.split()[-1])
-        total += deleted
-        if deleted < BATCH:
+        row = await delete.fetchrow(
+            con, batch=BATCH, after_t=after_t, after_tid=after_tid, **params
+        )
+        total += row["deleted"]
+        if row["seen"] < BATCH:
             return total
+        after_t, after_tid = row["last_t"], row["last_tid"]
+
+
+Slice = Callable[[dt.datetime, dt.datetime], Awaitable[tuple[int, dt.datetime | None]]]
+
+
+async def _slices(
+    con: asyncpg.Connection,
+    what: str,
+    start: dt.datetime,
+    cutoff: dt.datetime,
+    delete: Slice,
+    count: Query,
+) -> int:
+    """Deletes [start, cutoff) slice by slice, each slice with its progress in one
+    transaction; `delete` returns the rows it deleted and the earliest it had to keep
+    (the progress stays there, and the next pass goes over that part again). A slice
+    wider than FIRST_SLICE (grown over sparse rows) is counted before it is deleted, so
+    that rows that turn dense again do not make one huge delete."""
+    total, width, held = 0, FIRST_SLICE, None
+    lo = start
+    while lo < cutoff:
+        hi = min(lo + width, cutoff)
+        if width > FIRST_SLICE and await count.fetchval(con, lo=lo, hi=hi) > 2 * BATCH:
+            width = max(width / 4, FIRST_SLICE)
+            continue
+        async with con.transaction():
+            deleted, kept_from = await delete(lo, hi)
+            if held is None and kept_from is not None:
+                held = kept_from
+            await q.set_progress.execute(con, what=what, done_before=held or hi)
+        total += deleted
+        if deleted > 2 * BATCH:
+            width = max(width / 2, NARROWEST_SLICE)
+        elif deleted < BATCH // 2:
+            width = min(width * 2, WIDEST_SLICE)
+        lo = hi
+    return total
+
+
+async def _purge_opens(con: asyncpg.Connection, settings: Settings) -> int:
+    """Drops the months past the retention, deletes the rest in slices, and makes sure
+    the coming months have their partitions."""
+    now = await con.fetchval("SELECT now()")
+    cutoff = now - dt.timedelta(seconds=settings.open_retention)
+    total = 0
+    for part in await q.opens_partitions.fetch(con):
+        if part["until"] is None or part["until"] > cutoff:
+            continue
+        try:
+            async with con.transaction():
+                await q.lock_timeout.fetchval(con, timeout=DDL_LOCK_TIMEOUT)
+                total += await q.drop_month.fetchval(
+                    con, part=part["name"], time_limit=connections.LONG_COMMAND_TIMEOUT
+                )
+        except asyncpg.LockNotAvailableError:
+            log.warning("partition not dropped: its lock was busy; the next pass tries again")
+    done_before = await q.progress.fetchval(con, what="opens")
+    if done_before is None:
+        done_before = await q.first_open.fetchval(
+            con, cutoff=cutoff, time_limit=connections.LONG_COMMAND_TIMEOUT
+        )
+    in_default = await q.first_default_open.fetchval(con)
+    starts = [t for t in (done_before, in_default) if t is not None]
+    if starts and min(starts) < cutoff:
+
+        async def delete(lo: dt.datetime, hi: dt.datetime) -> tuple[int, None]:
+            status = await q.delete_opens.execute(con, lo=lo, hi=hi)
+            return int(status.split()[-1]), None
+
+        total += await _slices(con, "opens", min(starts), cutoff, delete, q.count_opens)
+    await _ensure_months(con, now)
+    return total
+
+
+async def _ensure_months(con: asyncpg.Connection, now: dt.datetime) -> None:
+    month = now.astimezone(dt.UTC).date().replace(day=1)
+    for _ in range(MONTHS_AHEAD + 1):
+        try:
+            async with con.transaction():
+                await q.lock_timeout.fetchval(con, timeout=DDL_LOCK_TIMEOUT)
+                await q.ensure_month.fetchval(con, month=month)
+        except asyncpg.LockNotAvailableError:
+            log.warning("partition not made: its lock was busy; the next pass tries again")
+        month = (month + dt.timedelta(days=32)).replace(day=1)
+
+
+async def _purge_deliveries(con: asyncpg.Connection, settings: Settings) -> int:
+    now = await con.fetchval("SELECT now()")
+    cutoff = now - dt.timedelta(seconds=settings.open_retention)
+    start = await q.progress.fetchval(con, what="deliveries")
+    if start is None:
+        start = await q.first_delivery.fetchval(
+            con, cutoff=cutoff, time_limit=connections.LONG_COMMAND_TIMEOUT
+        )
+    if start is None or start >= cutoff:
+        return 0
+
+    async def delete(lo: dt.datetime, hi: dt.datetime) -> tuple[int, dt.datetime | None]:
+        row = await q.delete_deliveries.fetchrow(con, lo=lo, hi=hi)
+        return row["deleted"], row["kept_from"]
+
+    return await _slices(con, "deliveries", start, cutoff, delete, q.count_deliveries)
+
+
+async def _purge_signups(con: asyncpg.Connection, settings: Settings) -> int:
+    total = 0
+    after_t, after_tid = _START
+    while True:
+        async with con.transaction():
+            batch = await q.expired_signups.fetch(
+                con,
+                max_age=settings.confirm_max_age,
+                after_t=after_t,
+                after_tid=after_tid,
+                batch=BATCH,
+            )
+            ids = [r["id"] for r in batch]
+            await q.delete_signup_jobs.execute(con, ids=ids)
+            status = await q.delete_signups.execute(con, ids=ids, max_age=settings.confirm_max_age)
+        total += int(status.split()[-1])
+        if len(batch) < BATCH:
+            return total
+        after_t, after_tid = batch[-1]["t"], batch[-1]["tid"]
 
 
 async def purge(con: asyncpg.Connection, settings: Settings) -> dict[str, int]:
     """One retention pass; counts of deleted rows by kind, or `{"skipped": 1}` when
-    another replica is running a pass right now."""
-    async with con.transaction():
-        if not await q.try_lock.fetchval(con, lock_id=ADVISORY_LOCK_ID):
-            return {SKIPPED: 1}
-        await q.delete_expired_signup_jobs.execute(con, max_age=settings.confirm_max_age)
+    another replica is running a pass right now. `con` must be a session of its own on
+    the server (not in a transaction, not through a transaction-mode pooler)."""
+    if not await q.try_lock.fetchval(con, lock_id=ADVISORY_LOCK_ID):
+        return {SKIPPED: 1}
+    try:
         return {
-            "pending_signups": await _in_batches(
-                q.delete_expired_signups, con, max_age=settings.confirm_max_age
-            ),
-            "opens": await _in_batches(q.delete_old_opens, con, max_age=settings.open_retention),
-            "deliveries": await _in_batches(
-                q.delete_old_deliveries, con, max_age=settings.open_retention
-            ),
+            "pending_signups": await _purge_signups(con, settings),
+            "opens": await _purge_opens(con, settings),
+            "deliveries": await _purge_deliveries(con, settings),
             "rate_limits": await ratelimit.purge_expired(con),
-            "erasure_journal": await _in_batches(
+            "erasure_journal": await _keyset(
                 q.delete_old_journal, con, max_age=settings.erasure_journal_retention
             ),
-            "manage_links": await _in_batches(q.delete_old_manage_links, con),
-            "address_changes": await _in_batches(
+            "manage_links": await _keyset(q.delete_old_manage_links, con),
+            "address_changes": await _keyset(
                 q.delete_expired_address_changes, con, max_age=settings.confirm_max_age
             ),
-            "soft_bounces": await _in_batches(
+            "soft_bounces": await _keyset(
                 q.delete_old_soft_bounces, con, window=settings.bounce_soft_window
             ),
         }
+    finally:
+        # A connection left mid-statement (a cancelled pass) cannot run it; closing that
+        # connection, which the caller does, releases the lock as well.
+        with contextlib.suppress(asyncpg.InterfaceError):
+            await q.unlock.fetchval(con, lock_id=ADVISORY_LOCK_ID)
 
 
 def _next_delay(interval: float, first: bool) -> float:
@@ -85,6 +237,16 @@ def _next_delay(interval: float, first: bool) -> float:
     return interval * random.uniform(0.9, 1.1)
 
 
+async def _one_pass(settings: Settings) -> dict[str, int]:
+    """A pass on a connection of its own: the pool may be behind PgBouncer, which does not
+    keep a session lock; statements keep DB_COMMAND_TIMEOUT (the long ones say so)."""
+    con = await connections.connect(settings, command_timeout=settings.db_command_timeout)
+    try:
+        return await purge(con, settings)
+    finally:
+        await con.close()
+
+
 async def _loop(app: Starlette) -> None:
     settings: Settings = app.state.settings
     metrics = app.state.metrics
@@ -93,8 +255,7 @@ async def _loop(app: Starlette) -> None:
         await asyncio.sleep(_next_delay(settings.purge_interval, first))
         first = False
         try:
-            async with app.state.pool.acquire() as con:
-                counts = await purge(con, settings)
+            counts = await _one_pass(settings)
         except Exception as exc:  # the next pass tries again; the class says why
             log.warning("purge failed", extra={"error": exc.__class__.__name__})
             continue

@@ -62,7 +62,7 @@ WHERE st.subscriber_id = :id ORDER BY t.slug;
 SELECT o.campaign_id, c.name AS campaign_name, o.at, o.ip, o.user_agent, o.client, o.os,
        o.country, o.machine_reason
 FROM opens o JOIN campaigns c ON c.id = o.campaign_id
-WHERE o.subscriber_id = :id ORDER BY o.at, o.id;
+WHERE o.subscriber_id = :id ORDER BY o.at, o.campaign_id;
 
 -- name: export_deliveries
 SELECT d.campaign_id, c.name AS campaign_name, d.queued_at, d.sent_at, d.first_open_at

@@ -119,7 +119,7 @@ async def test_every_address_ip_and_user_agent_column_has_no_statistics(db) -> N
     columns = await db.fetch(
         "SELECT c.relname, a.attname, a.attstattarget FROM pg_attribute a"
         " JOIN pg_class c ON c.oid = a.attrelid"
-        " WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'"
+        " WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')"
         " AND a.attnum > 0 AND NOT a.attisdropped"
         " AND (a.attname IN ('email', 'ip', 'user_agent') OR a.attname LIKE '%\\_email'"
         "      OR a.attname LIKE '%\\_ip')"

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -265,3 +266,93 @@ def test_newsletter_purge_command_runs_one_pass_and_prints_the_counts(database_u
         "address_changes",
         "soft_bounces",
     }
+
+
+async def add_expired_signups(db, settings, count: int) -> list[int]:
+    ids = []
+    for n in range(count):
+        sid = await people.add_subscriber(db, f"expired{n}@example.org", status="pending")
+        await backdate_signup(db, sid, settings.confirm_max_age + 3600 - n)  # oldest first
+        ids.append(sid)
+    return ids
+
+
+async def test_a_pass_that_fails_half_way_keeps_the_batches_it_committed(
+    db, settings, monkeypatch
+) -> None:
+    """Per-batch commits: a killed or failing pass keeps its progress, and the next pass
+    does only what is left (one transaction per pass lost all of it, every time)."""
+    monkeypatch.setattr(retention, "BATCH", 10)
+    ids = await add_expired_signups(db, settings, 25)
+    await db.execute(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN RAISE EXCEPTION 'refused'; END $$"
+    )
+    await db.execute(
+        "CREATE TRIGGER refuse BEFORE DELETE ON subscribers FOR EACH ROW"
+        f" WHEN (OLD.id = {ids[-1]}) EXECUTE FUNCTION refuse()"
+    )
+    with pytest.raises(asyncpg.RaiseError, match="refused"):
+        await retention.purge(db, settings)
+    assert await db.fetchval("SELECT count(*) FROM subscribers") == 5  # 2 batches of 10 gone
+
+    await db.execute("DROP TRIGGER refuse ON subscribers")
+    assert (await retention.purge(db, settings))["pending_signups"] == 5
+
+
+async def test_a_failing_pass_keeps_the_slices_of_opens_it_deleted(db, settings) -> None:
+    campaign = await people.add_campaign(db)
+    reader = await people.add_subscriber(db, "sliced@example.org")
+    for days in (420, 410, 400):
+        await db.execute(
+            "INSERT INTO opens (subscriber_id, campaign_id, at, os)"
+            " SELECT $1, $2, now() - make_interval(days => $3), $4 FROM generate_series(1, 3)",
+            reader,
+            campaign,
+            days,
+            str(days),
+        )
+    await db.execute(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN RAISE EXCEPTION 'refused'; END $$"
+    )
+    await db.execute(
+        "CREATE TRIGGER refuse BEFORE DELETE ON opens_default FOR EACH ROW"
+        " WHEN (OLD.os = '400') EXECUTE FUNCTION refuse()"
+    )
+    with pytest.raises(asyncpg.RaiseError, match="refused"):
+        await retention.purge(db, settings)
+    assert sorted(r["os"] for r in await db.fetch("SELECT os FROM opens")) == ["400"] * 3
+    progress = await db.fetchval("SELECT done_before FROM retention_progress WHERE what = 'opens'")
+    assert await db.fetchval("SELECT now() - $1::timestamptz", progress) > timedelta(days=400)
+
+    await db.execute("DROP TRIGGER refuse ON opens_default")
+    assert (await retention.purge(db, settings))["opens"] == 3
+
+
+async def test_a_second_pass_skips_while_the_first_is_between_its_commits(
+    db, database_url, settings, monkeypatch
+) -> None:
+    """The pass commits batch by batch, and the lock that keeps a second replica out must
+    outlast each of those transactions: a session lock."""
+    monkeypatch.setattr(retention, "BATCH", 10)
+    ids = await add_expired_signups(db, settings, 25)
+    first, second, blocker = [await asyncpg.connect(database_url) for _ in range(3)]
+    try:
+        blocking = blocker.transaction()
+        await blocking.start()
+        await blocker.execute("SELECT 1 FROM subscribers WHERE id = $1 FOR UPDATE", ids[15])
+        running = asyncio.ensure_future(retention.purge(first, settings))
+        await support.lock_waited_on(db, first.get_server_pid())
+        assert await db.fetchval("SELECT count(*) FROM subscribers") == 15  # batch 1 committed
+
+        assert await retention.purge(second, settings) == {"skipped": 1}
+
+        await blocking.commit()
+        counts = await running
+        assert counts["pending_signups"] == 25
+        assert await db.fetchval("SELECT count(*) FROM subscribers") == 0
+        assert (await retention.purge(second, settings))["pending_signups"] == 0
+    finally:
+        for con in (first, second, blocker):
+            await con.close()

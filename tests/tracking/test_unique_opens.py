@@ -78,6 +78,8 @@ async def test_migration_140_gives_back_the_unique_opens_machines_spent(db) -> N
     C opened it themselves. The migration moves A's unique open to A's own open, takes
     B's away, and leaves C's."""
     campaign_id, (a, b, c) = await seed(db, 3)
+    # The schema 140 ran on: opens had an id then (sql/151 dropped it).
+    await db.execute("ALTER TABLE opens ADD COLUMN id bigserial")
     sent = await db.fetchval("SELECT first_sent_at FROM campaigns WHERE id = $1", campaign_id)
     events = [  # (subscriber, seconds after the send, client, country, machine_reason)
         (a, 60, None, None, "apple_mpp"),
