@@ -7,6 +7,7 @@
 - fresh links to the subscriber's page that no longer work, and address changes not
   confirmed within CONFIRM_MAX_AGE (the new address goes with them).
 - soft bounces older than BOUNCE_SOFT_WINDOW (they no longer count towards an erasure).
+- spent bot-check challenges past their expiry (ALTCHA_MAX_AGE).
 
 The work of a pass grows with what it deletes, never with the table. `opens` has a
 partition per month (sql/151_opens_partitioned.sql): months wholly past the retention are
@@ -42,6 +43,7 @@ from service.web import ratelimit
 
 log = logging.getLogger("newsletter.retention")
 q = queries("retention")
+botcheck_q = queries("botcheck")
 
 # Any constant unique to this service; "nl" "pu" in ASCII.
 ADVISORY_LOCK_ID = 0x6E6C_7075
@@ -221,6 +223,9 @@ async def purge(con: asyncpg.Connection, settings: Settings) -> dict[str, int]:
             "soft_bounces": await _keyset(
                 q.delete_old_soft_bounces, con, window=settings.bounce_soft_window
             ),
+            # Spent bot-check challenges past their expiry (sql/159): a table of at most
+            # one ALTCHA_MAX_AGE of sign-ups, so one statement.
+            "altcha_spent": int((await botcheck_q.purge_spent.execute(con)).split()[-1]),
         }
     finally:
         # A connection left mid-statement (a cancelled pass) cannot run it; closing that

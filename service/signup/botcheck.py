@@ -117,9 +117,8 @@ async def spend(con: asyncpg.Connection, proof: Proof) -> bool:
 
 async def purge_spent(con: asyncpg.Connection) -> int:
     """Deletes the rows of expired challenges; the count. `spend` clears a few on every
-    insert; a retention pass can clear the rest. service/privacy/retention.py sits on a
-    lower floor than this module, so it runs the same named query itself:
-    `queries("botcheck").purge_spent.execute(con)`."""
+    insert and each retention pass the rest (service/privacy/retention.py sits on a lower
+    floor than this module, so it runs the same named query itself)."""
     status = await q.purge_spent.execute(con)
     return int(status.split()[-1])
 
