@@ -21,6 +21,7 @@ SERVICE = support.ROOT / "service"
 # only parts on lower floors. The ground holds what every capability may use.
 FLOORS = {
     "keys": 0,
+    "i18n": 0,
     "logs": 0,
     "settings": 1,
     "tokens": 1,

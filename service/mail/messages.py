@@ -16,6 +16,7 @@ from email.utils import formatdate, make_msgid, parseaddr
 import jinja2
 from email_validator import EmailNotValidError, validate_email
 
+from service import i18n
 from service.mail import wire
 from service.mail.wire import HeaderInjection, OutgoingEmail
 from service.settings import Settings
@@ -104,6 +105,13 @@ class MailContext:
     tokens: Tokens
     templates: jinja2.Environment
     skeletons: dict[int, wire.Skeleton] = field(default_factory=dict, compare=False)
+
+    def language(self, stored: str | None) -> str:
+        """The language an email to a subscriber speaks: theirs (kept even if LANGUAGES
+        shrank since they chose it), else the first of LANGUAGES."""
+        if stored in i18n.SHIPPED:
+            return stored  # type: ignore[return-value]
+        return self.settings.languages[0] if self.settings.languages else i18n.SOURCE
 
     def skeleton(self, campaign_id: int) -> wire.Skeleton:
         """The campaign's skeleton, made on its first email (campaigns never change)."""

@@ -38,6 +38,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.db.queries import queries
+from service.i18n import N_
 from service.mail.messages import MailContext
 from service.manage import links
 from service.privacy import erasure, evidence
@@ -47,7 +48,7 @@ from service.web import pages, ratelimit
 log = logging.getLogger("newsletter.manage")
 q = queries("manage")
 
-ADDRESS_SUBJECT = "Please confirm your new address"
+ADDRESS_SUBJECT = N_("Please confirm your new address")
 FORM_MAX_BYTES = 2048
 EMAIL_MAX = 320
 
@@ -122,7 +123,7 @@ async def compose(
         "hours": round(max_age / 3600),
     }
     return links.mail(
-        ctx, row["new_email"], row["name"], ADDRESS_SUBJECT, "address_confirm", values
+        ctx, row["new_email"], row["name"], ADDRESS_SUBJECT, "address_confirm", values, row["lang"]
     )
 
 

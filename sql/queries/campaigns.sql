@@ -140,7 +140,7 @@ ORDER BY s.id;
 -- name: mail_for_jobs
 -- The batch composer's view of many claimed campaign jobs at once: one row per job
 -- whose subscriber is still active and whose delivery has not gone out.
-SELECT d.campaign_id, d.subscriber_id, s.email, s.name, s.tracking_consent,
+SELECT d.campaign_id, d.subscriber_id, s.email, s.name, s.tracking_consent, s.lang,
        s.tracking_withdrawn_at IS NOT NULL AS tracking_withdrawn
 FROM unnest(:campaign_ids::bigint[], :subscriber_ids::bigint[]) AS j (campaign_id, subscriber_id)
 JOIN deliveries d ON d.campaign_id = j.campaign_id AND d.subscriber_id = j.subscriber_id
@@ -150,7 +150,8 @@ WHERE d.sent_at IS NULL
 
 -- name: campaign_templates
 -- `list_id`: the slug of the campaign's first topic (RFC 2919's List-Id), NULL for none.
-SELECT id, subject, html, text, topic_ids IS NOT NULL AS has_topics,
+SELECT id, subject, html, text, translations::text AS translations,
+       topic_ids IS NOT NULL AS has_topics,
        (SELECT t.slug FROM topics t WHERE t.id = ANY(campaigns.topic_ids)
         ORDER BY t.slug LIMIT 1) AS list_id
 FROM campaigns WHERE id = ANY(:ids::bigint[]);
