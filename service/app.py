@@ -17,11 +17,11 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from service import health
-from service.i18n import N_
 from service.admin import api, dashboard, importer, topics_api
 from service.bounces import imap, signatures, webhooks
 from service.campaigns import schedule
 from service.db import connections
+from service.i18n import N_
 from service.manage import page, unsubscribe
 from service.observability import Metrics, ObservabilityMiddleware, observed, route_template
 from service.outbox import sender

@@ -36,7 +36,7 @@ HEADER_MAX = 512  # longer Accept-Language headers are read only this far
 TAG_MAX = 35  # RFC 5646 section 4.4.1 advises 35 characters at least; more is not a tag
 
 
-def N_(message: str) -> str:  # noqa: N802 (gettext's name for "mark for extraction only")
+def N_(message: str) -> str:
     """Marks a text for extraction where it is defined; it is translated where shown."""
     return message
 
@@ -60,7 +60,9 @@ def parse_languages(text: str) -> tuple[str, ...]:
         if lang is None:
             raise ValueError(f"entry {tag[:40]!r} is not a BCP 47 language tag")
         if lang not in SHIPPED:
-            raise ValueError(f"entry {tag!r}: no catalog ships for it (shipped: {', '.join(SHIPPED)})")
+            raise ValueError(
+                f"entry {tag!r}: no catalog ships for it (shipped: {', '.join(SHIPPED)})"
+            )
         if lang not in languages:
             languages.append(lang)
     return tuple(languages)
@@ -139,9 +141,7 @@ def _context_gettext(context: jinja2.runtime.Context, message: str) -> str:
 
 
 @jinja2.pass_context
-def _context_ngettext(
-    context: jinja2.runtime.Context, singular: str, plural: str, n: int
-) -> str:
+def _context_ngettext(context: jinja2.runtime.Context, singular: str, plural: str, n: int) -> str:
     return ngettext(context.get("lang"), singular, plural, n)
 
 
