@@ -25,6 +25,17 @@ import jinja2
 # English first: the source language, and the fallback when nothing else fits.
 SHIPPED: tuple[str, ...] = ("en", "de", "fr", "es", "it", "nl", "pt", "pl")
 SOURCE = "en"
+# Each language in its own words, for the person's choice on their page.
+NAMES: dict[str, str] = {
+    "en": "English",
+    "de": "Deutsch",
+    "fr": "Français",
+    "es": "Español",
+    "it": "Italiano",
+    "nl": "Nederlands",
+    "pt": "Português",
+    "pl": "Polski",
+}
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 DOMAIN = "messages"
 
@@ -115,6 +126,14 @@ def choose(field: Any, header: str | None, offered: tuple[str, ...]) -> str:
     return negotiate(header, offered) or (offered[0] if offered else SOURCE)
 
 
+def spoken(stored: str | None, offered: tuple[str, ...]) -> str:
+    """The language of a subscriber's pages and emails: their stored one (kept even if
+    LANGUAGES shrank since they chose it: a catalog ships for it), else the first offered."""
+    if stored in SHIPPED:
+        return stored  # type: ignore[return-value]
+    return offered[0] if offered else SOURCE
+
+
 @functools.cache
 def translations(lang: str) -> _gettext.NullTranslations:
     """The compiled catalog of a shipped language (English: the texts as written)."""
@@ -126,7 +145,10 @@ def translations(lang: str) -> _gettext.NullTranslations:
 
 
 def gettext(lang: str | None, message: str) -> str:
-    """`message` in `lang` (unknown or untranslated: as written)."""
+    """`message` in `lang` (unknown or untranslated: as written; "" stays "", not the
+    catalog's header)."""
+    if not message or not isinstance(message, str):
+        return message
     return translations(lang or SOURCE).gettext(message)
 
 

@@ -109,9 +109,7 @@ class MailContext:
     def language(self, stored: str | None) -> str:
         """The language an email to a subscriber speaks: theirs (kept even if LANGUAGES
         shrank since they chose it), else the first of LANGUAGES."""
-        if stored in i18n.SHIPPED:
-            return stored  # type: ignore[return-value]
-        return self.settings.languages[0] if self.settings.languages else i18n.SOURCE
+        return i18n.spoken(stored, self.settings.languages)
 
     def skeleton(self, campaign_id: int) -> wire.Skeleton:
         """The campaign's skeleton, made on its first email (campaigns never change)."""

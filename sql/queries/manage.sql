@@ -1,5 +1,9 @@
 -- The subscriber's own page (service/manage/page.py, manage_links.py, manage_address.py).
 
+-- name: set_lang
+-- The language the person chose on their page (one of LANGUAGES, checked by the caller).
+UPDATE subscribers SET lang = :lang WHERE id = :id;
+
 -- name: subscriber
 SELECT id, email, name, status, tracking_consent, tracking_withdrawn_at, lang
 FROM subscribers WHERE id = :id;
