@@ -147,6 +147,7 @@ class Skeleton:
         html: str,
         list_unsubscribe: str | None = None,
         list_id: str | None = None,
+        content_language: str | None = None,
     ) -> bytes:
         """One email: `to` is the To header's value (see `recipient`), which may be
         folded; every other value must be a single line."""
@@ -162,6 +163,8 @@ class Skeleton:
             lines.append(f"List-Unsubscribe: <{_check(list_unsubscribe)}>")
         if list_id is not None:
             lines.append(f"List-Id: {_check(list_id)}")  # RFC 2919
+        if content_language is not None:
+            lines.append(f"Content-Language: {_check(content_language)}")  # RFC 3282
         headers = ("\r\n".join(lines) + "\r\n").encode("utf-8")
         text_qp = quoted_printable(text)
         html_qp = quoted_printable(html)

@@ -1,8 +1,8 @@
 -- Campaigns: storing, listing, queueing a send, rendering one email, recipients export.
 
 -- name: insert_campaign
-INSERT INTO campaigns (name, subject, html, text, topic_ids)
-VALUES (:name, :subject, :html, :text, :topic_ids::bigint[])
+INSERT INTO campaigns (name, subject, html, text, topic_ids, translations)
+VALUES (:name, :subject, :html, :text, :topic_ids::bigint[], :translations::jsonb)
 RETURNING id;
 
 -- name: get_campaign
