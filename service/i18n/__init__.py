@@ -1,8 +1,8 @@
 """The subscriber's language: which languages ship, choosing one, and translated text.
 
 Texts are English in the code and the templates (the msgids); each other shipped language
-has a gettext catalog in service/i18n/locale/{lang}/LC_MESSAGES/messages.po, compiled to
-the .mo beside it and committed, so the wheel and the image carry them without a build
+has a gettext catalog in service/i18n/locale/{lang}.po, compiled to the {lang}.mo beside it
+and committed, so the wheel and the image carry them without a build
 step (`make translations` extracts, updates, compiles and checks them; the suite checks
 that no shipped catalog has a missing or fuzzy entry and that each .mo matches its .po).
 
@@ -37,7 +37,6 @@ NAMES: dict[str, str] = {
     "pl": "Polski",
 }
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
-DOMAIN = "messages"
 
 # RFC 5646 in its common shape: a 2-3 letter language, then subtags of 1-8 letters or
 # digits (script, region, variant...). Grandfathered irregular tags are not accepted.
@@ -139,7 +138,7 @@ def translations(lang: str) -> _gettext.NullTranslations:
     """The compiled catalog of a shipped language (English: the texts as written)."""
     if lang == SOURCE or lang not in SHIPPED:
         return _gettext.NullTranslations()
-    path = LOCALE_DIR / lang / "LC_MESSAGES" / f"{DOMAIN}.mo"
+    path = LOCALE_DIR / f"{lang}.mo"
     with path.open("rb") as catalog:
         return _gettext.GNUTranslations(catalog)
 
@@ -173,6 +172,7 @@ def install(env: jinja2.Environment) -> None:
     New-style gettext: variables are passed by name and HTML-escaped; `trimmed` joins a
     block's lines, so the msgids do not carry the templates' line breaks."""
     env.add_extension("jinja2.ext.i18n")
+    env.globals["lang"] = SOURCE  # a render that names no language speaks English
     env.policies["ext.i18n.trimmed"] = True
     env.install_gettext_callables(  # type: ignore[attr-defined]
         _context_gettext, _context_ngettext, newstyle=True

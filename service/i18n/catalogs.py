@@ -43,7 +43,7 @@ def extracted() -> Catalog:
 
 
 def _po(lang: str) -> Path:
-    return i18n.LOCALE_DIR / lang / "LC_MESSAGES" / f"{i18n.DOMAIN}.po"
+    return i18n.LOCALE_DIR / f"{lang}.po"
 
 
 def problems(lang: str, source: Catalog) -> list[str]:
