@@ -9,3 +9,6 @@ ALTER TABLE subscribers ADD COLUMN lang text;
 -- campaign's own templates when stored (service/campaigns/store.py). NULL: none; each
 -- recipient without a variant in their language gets the campaign's own.
 ALTER TABLE campaigns ADD COLUMN translations jsonb;
+
+-- The import's `lang` field (service/admin/importer.py), staged with the rest of a line.
+ALTER TABLE import_staging ADD COLUMN lang text;
