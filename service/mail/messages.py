@@ -75,12 +75,14 @@ def build_message(
     message["Date"] = formatdate(usegmt=True)
     domain = parseaddr(settings.mail_from)[1].rpartition("@")[2] or "localhost"
     message["Message-ID"] = make_msgid(domain=domain)
-    for name, value in extra.items():
-        message[name] = value
     # Quoted-printable keeps lines short and 7-bit: no relay needs to re-encode the
     # body, which would break a DKIM signature.
     message.set_content(text, cte="quoted-printable")
     message.add_alternative(html, subtype="html", cte="quoted-printable")
+    # After the body: setting content clears (and multipart moves) every Content-* header,
+    # Content-Language among them.
+    for name, value in extra.items():
+        message[name] = value
     return message
 
 
