@@ -169,21 +169,23 @@ async def act(request: Request) -> Response:
         return _render(request, "manage.html", 400, state="invalid", tracking=False)
     action = form.get("action", "")
     state = request.app.state
+    # The answer speaks the person's language (read before an erasure takes it).
+    lang = await q.subscriber_lang.fetchval(state.pool, id=subscriber_id)
     if action == "unsubscribe":
         if await erasure.erase(state.pool, subscriber_id=subscriber_id):
             state.metrics.unsubscribes.labels("manage").inc()
             log.info("unsubscribed", extra={"kind": "manage"})
-        return pages.render(request, "unsubscribed.html")
+        return pages.render(request, "unsubscribed.html", lang=lang)
     if action == "stop_tracking":
         async with state.pool.acquire() as con:
             await _stop_tracking(con, request, subscriber_id)
-        return _render(request, "manage.html", state="tracking_off", tracking=False)
+        return _render(request, "manage.html", state="tracking_off", tracking=False, lang=lang)
     if action == "leave_topics":
         # Leaving is as harmless as unsubscribing: the footer's link may do it. Joining
         # is consent and needs the fresh emailed link (the data page's `topics`).
         return await _leave_topics(request, subscriber_id, await _ticked(request))
     if action != "send_link":
-        return _render(request, "manage.html", 400, state="bad_action", tracking=False)
+        return _render(request, "manage.html", 400, state="bad_action", tracking=False, lang=lang)
     async with state.pool.acquire() as con:
         row = await q.subscriber.fetchrow(con, id=subscriber_id)
         if row is None or row["status"] != "active":
@@ -387,10 +389,11 @@ async def data_post(request: Request) -> Response:
         if action == "download":
             return await _download(con, subscriber_id)
         if action == "unsubscribe":
+            lang = await q.subscriber_lang.fetchval(con, id=subscriber_id)
             if await erasure.erase(state.pool, subscriber_id=subscriber_id):
                 state.metrics.unsubscribes.labels("manage").inc()
                 log.info("unsubscribed", extra={"kind": "manage"})
-            return pages.render(request, "unsubscribed.html")
+            return pages.render(request, "unsubscribed.html", lang=lang)
         handler = _ACTIONS.get(action)
         if handler is None:
             return await _data_page(

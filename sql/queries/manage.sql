@@ -1,5 +1,9 @@
 -- The subscriber's own page (service/manage/page.py, manage_links.py, manage_address.py).
 
+-- name: subscriber_lang
+-- The language of the person's pages (NULL: none stored, or no such subscriber).
+SELECT lang FROM subscribers WHERE id = :id;
+
 -- name: set_lang
 -- The language the person chose on their page (one of LANGUAGES, checked by the caller).
 UPDATE subscribers SET lang = :lang WHERE id = :id;
