@@ -182,7 +182,8 @@ async def confirm_get(request: Request) -> Response:
     )
     if new_email is None:
         return _page(request, "invalid", 400)
-    return _page(request, "ask", new_email=new_email)
+    lang = await q.subscriber_lang.fetchval(request.app.state.pool, id=subscriber_id)
+    return _page(request, "ask", new_email=new_email, lang=lang)
 
 
 async def confirm_post(request: Request) -> Response:
@@ -192,11 +193,14 @@ async def confirm_post(request: Request) -> Response:
         return _page(request, "invalid", 400)
     async with request.app.state.pool.acquire() as con:
         outcome, new_email = await apply_change(con, request, *claim)
+        lang = await q.subscriber_lang.fetchval(con, id=claim[0])
     if outcome == "invalid":
         return _page(request, "invalid", 400)
     if outcome == "changed":
         log.info("address changed")
-    return _page(request, outcome, 409 if outcome == "taken" else 200, new_email=new_email)
+    return _page(
+        request, outcome, 409 if outcome == "taken" else 200, new_email=new_email, lang=lang
+    )
 
 
 def routes() -> list[Route]:
