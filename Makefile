@@ -110,8 +110,8 @@ docs: $(STAMP)
 
 # The subscriber-facing texts (docs/guides/languages.md): extracts them from the templates
 # and the code (babel.cfg) into build/messages.pot, merges that into each language's .po
-# (a changed English text comes back fuzzy, a new one empty; no creation date, so an
-# unchanged catalog stays byte for byte), compiles the .mo files
+# (a changed English text comes back fuzzy, a new one empty; a fixed creation date, so
+# an unchanged catalog and its .mo stay byte for byte), compiles the .mo files
 # (committed: the wheel and the image carry them) and fails on any missing or fuzzy entry,
 # as tests/i18n/test_catalogs.py does in `make test`.
 LOCALE_DIR = service/i18n/locale
@@ -124,7 +124,7 @@ translations: $(STAMP)
 		--project=newsletter-service --omit-header -o build/messages.pot .
 	@for lang in $(LANGS); do \
 	  $(VENV)/bin/pybabel -q update -i build/messages.pot -l $$lang -o $(LOCALE_DIR)/$$lang.po --ignore-obsolete && \
-	  sed -i '/^"POT-Creation-Date: /d' $(LOCALE_DIR)/$$lang.po && \
+	  sed -i 's/^"POT-Creation-Date: .*/"POT-Creation-Date: 2026-01-01 00:00+0000\\n"/' $(LOCALE_DIR)/$$lang.po && \
 	  $(VENV)/bin/pybabel -q compile -l $$lang -i $(LOCALE_DIR)/$$lang.po -o $(LOCALE_DIR)/$$lang.mo || exit 1; \
 	done
 	$(PY) -m service.i18n.catalogs

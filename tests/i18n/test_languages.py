@@ -27,7 +27,7 @@ CONFIRMATION = {
         "Bitte bestätigen Sie Ihre Anmeldung",
         "Anmeldung bestätigen",
         "Anmeldung bestätigen",
-        "Bitte sehen Sie in Ihr Postfach",
+        "Bitte prüfen Sie Ihr Postfach",
     ),
     "fr": (
         "Veuillez confirmer votre abonnement",
