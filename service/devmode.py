@@ -176,6 +176,7 @@ async def demo(request: Request) -> Response:
     return pages.render(
         request,
         "demo.html",
+        lang="en",  # dev and staging pages are English (docs/guides/languages.md)
         honeypot=settings.honeypot_field,
         tracking_mode=settings.tracking_mode,
         topic_choices=await membership.form_choices(request.app.state.pool),
@@ -248,6 +249,7 @@ async def mail_list(request: Request) -> Response:
     return pages.render(
         request,
         "dev_mail.html",
+        lang="en",
         messages=list(request.app.state.mailbox.messages),
         held=await held_back(request),
         held_links=list(request.app.state.held_links),
@@ -268,6 +270,7 @@ async def mail_item(request: Request) -> Response:
     return pages.render(
         request,
         "dev_mail_item.html",
+        lang="en",
         mail=mail,
         mail_headers=headers,
         text=mail.part("plain"),
