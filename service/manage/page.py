@@ -111,6 +111,7 @@ async def lost_post(request: Request) -> Response:
     email, error = address_change.clean_address(raw, "Please enter your email address.")
     if email is None:
         shown = fields.printable(raw.strip(), fields.EMAIL_MAX)
+        error = subscribe.readable(pages.page_language(request), "email", error)
         return _render(request, "manage_lost.html", 400, state="ask", email=shown, error=error)
     async with state.pool.acquire() as con:
         day_key = await state.day_keys.today(con)
@@ -442,9 +443,14 @@ async def _stop(con: Any, request: Request, subscriber_id: int, form: dict) -> d
 
 async def _address(con: Any, request: Request, subscriber_id: int, form: dict) -> dict[str, Any]:
     raw = form.get("new_email", "")
-    new_email, error = address_change.clean_address(raw, "Please enter the new address.")
+    new_email, error = address_change.clean_address(raw, N_("Please enter the new address."))
     if new_email is None:
-        return {"error": error, "new_email": fields.printable(raw.strip(), fields.EMAIL_MAX)}
+        lang = await q.subscriber_lang.fetchval(con, id=subscriber_id)
+        lang = i18n.spoken(lang, request.app.state.settings.languages)
+        return {
+            "error": subscribe.readable(lang, "email", error),
+            "new_email": fields.printable(raw.strip(), fields.EMAIL_MAX),
+        }
     state = request.app.state
     day_key = await state.day_keys.today(con)
     verdict = await _ip_allowed(request, con, day_key)

@@ -281,7 +281,7 @@ def _problem(
             values["lang"] = raw_lang.strip()
         settings = request.app.state.settings
         lang = language(request, {"lang": values.get("lang")})
-        errors = {k: _readable(lang, k, m) for k, m in errors.items()}
+        errors = {k: readable(lang, k, m) for k, m in errors.items()}
         return pages.render(
             request,
             "signup_error.html",
@@ -298,7 +298,7 @@ def _problem(
     return JSONResponse({"errors": errors}, status_code=status, headers=headers)
 
 
-def _readable(lang: str, field: str, message: str) -> str:
+def readable(lang: str, field: str, message: str) -> str:
     """A field's message in the page's language: ours from the catalog; email-validator's
     own (English only) replaced by a translated one where the page is not English."""
     translated = i18n.gettext(lang, message)

@@ -187,6 +187,10 @@ async def test_a_page_about_nobody_follows_the_browser(client) -> None:
     assert "accept-language" in page.headers["vary"].lower()
     missing = await client.get("/no/such/page", headers={"accept-language": "it"})
     assert missing.status_code == 404 and "<h1>Pagina non trovata</h1>" in missing.text
+    # email-validator's own messages are English: the page says it in its language.
+    bad = await client.post("/manage", data={"email": "ada@"}, headers={"accept-language": "de"})
+    assert bad.status_code == 400 and bad.headers["content-language"] == "de"
+    assert "Diese E-Mail-Adresse ist ungültig." in bad.text
 
 
 async def test_the_person_changes_the_language_on_their_page(client, db, smtp) -> None:
