@@ -11,7 +11,7 @@ PORT   ?= 8000
 # The lock files: `make lock` writes them from pyproject.toml (README: "Upgrading dependencies").
 UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --quiet
 
-.PHONY: run test test-fast test-image test-compose image lock lint format bench docs clean system-deps kubectl-from-wheel altcha-widget
+.PHONY: run test test-fast test-image test-compose image lock lint format bench docs translations clean system-deps kubectl-from-wheel altcha-widget
 
 # Installs exactly the locked versions, each checked against its hash; then the project
 # itself (editable, no dependencies of its own).
@@ -113,6 +113,27 @@ lock: $(STAMP)
 docs: $(STAMP)
 	$(PY) docs/generate.py
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# The subscriber-facing texts (docs/guides/languages.md): extracts them from the templates
+# and the code (babel.cfg) into build/messages.pot, merges that into each language's .po
+# (a changed English text comes back fuzzy, a new one empty; a fixed creation date, so
+# an unchanged catalog and its .mo stay byte for byte), compiles the .mo files
+# (committed: the wheel and the image carry them) and fails on any missing or fuzzy entry,
+# as tests/i18n/test_catalogs.py does in `make test`.
+LOCALE_DIR = service/i18n/locale
+# Every shipped language but English (the texts are written in English): SHIPPED in
+# service/i18n/__init__.py; a language added there needs its .po here (docs/guides/languages.md).
+LANGS = $(patsubst $(LOCALE_DIR)/%.po,%,$(wildcard $(LOCALE_DIR)/*.po))
+translations: $(STAMP)
+	@mkdir -p build
+	$(VENV)/bin/pybabel -q extract -F babel.cfg -k N_ --add-location=file --sort-output \
+		--project=newsletter-service --omit-header -o build/messages.pot .
+	@for lang in $(LANGS); do \
+	  $(VENV)/bin/pybabel -q update -i build/messages.pot -l $$lang -o $(LOCALE_DIR)/$$lang.po --ignore-obsolete && \
+	  sed -i 's/^"POT-Creation-Date: .*/"POT-Creation-Date: 2026-01-01 00:00+0000\\n"/' $(LOCALE_DIR)/$$lang.po && \
+	  $(VENV)/bin/pybabel -q compile -l $$lang -i $(LOCALE_DIR)/$$lang.po -o $(LOCALE_DIR)/$$lang.mo || exit 1; \
+	done
+	$(PY) -m service.i18n.catalogs
 
 # Every bench, including the 10-million-row part of the pixel bench (about 10 minutes).
 # bench_scale measures the opens table at BENCH_SCALE_SIZES (comma-separated; 1M by

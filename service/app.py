@@ -22,6 +22,7 @@ from service.bounces import imap, signatures, webhooks
 from service.campaigns import schedule
 from service.db import connections
 from service.events import queue as events_queue
+from service.i18n import N_
 from service.manage import page, unsubscribe
 from service.observability import Metrics, ObservabilityMiddleware, observed, route_template
 from service.outbox import events as event_sender
@@ -160,12 +161,14 @@ async def database_unavailable(request: Request, exc: Exception) -> Response:
 # What an error page says for the usual statuses; a reason the raising code gave is added.
 _ERROR_WORDS = {
     404: (
-        "Page not found",
-        "There is no page at this address. If you followed a link from one of our emails, "
-        "it may have been cut short: try copying the whole link into the address bar.",
+        N_("Page not found"),
+        N_(
+            "There is no page at this address. If you followed a link from one of our emails, "
+            "it may have been cut short: try copying the whole link into the address bar."
+        ),
     ),
-    405: ("Not allowed here", "This page cannot be used that way."),
-    500: ("Something went wrong", "We could not answer this. Please try again later."),
+    405: (N_("Not allowed here"), N_("This page cannot be used that way.")),
+    500: (N_("Something went wrong"), N_("We could not answer this. Please try again later.")),
 }
 
 

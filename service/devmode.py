@@ -177,6 +177,7 @@ async def demo(request: Request) -> Response:
         request,
         "demo.html",
         csp=pages.CSP_WITH_ALTCHA if settings.altcha_hmac_key else pages.CSP,
+        lang="en",  # dev and staging pages are English (docs/guides/languages.md)
         honeypot=settings.honeypot_field,
         tracking_mode=settings.tracking_mode,
         topic_choices=await membership.form_choices(request.app.state.pool),
@@ -249,6 +250,7 @@ async def mail_list(request: Request) -> Response:
     return pages.render(
         request,
         "dev_mail.html",
+        lang="en",
         messages=list(request.app.state.mailbox.messages),
         held=await held_back(request),
         held_links=list(request.app.state.held_links),
@@ -269,6 +271,7 @@ async def mail_item(request: Request) -> Response:
     return pages.render(
         request,
         "dev_mail_item.html",
+        lang="en",
         mail=mail,
         mail_headers=headers,
         text=mail.part("plain"),

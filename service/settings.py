@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from service import keys
+from service import i18n, keys
 
 REQUIRED = ("DATABASE_URL", "SMTP_URL", "PUBLIC_URL", "SECRET_KEYS")
 
@@ -156,6 +156,7 @@ class Settings:
     thank_you_url: str = ""
     confirmed_url: str = ""
     site_url: str = ""  # the website the form is on: the public pages link back to it
+    languages: tuple[str, ...] = i18n.SHIPPED  # offered to subscribers; the first is the fallback
     email_check_deliverability: bool = False
     consent_text_version: str = "v1"
     honeypot_field: str = "website"
@@ -611,6 +612,7 @@ VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("THANK_YOU_URL", "thank_you_url", _optional_url),
     ("CONFIRMED_URL", "confirmed_url", _optional_url),
     ("SITE_URL", "site_url", _optional_url),
+    ("LANGUAGES", "languages", i18n.parse_languages),
     ("EMAIL_CHECK_DELIVERABILITY", "email_check_deliverability", _bool),
     ("CONSENT_TEXT_VERSION", "consent_text_version", _text(64)),
     ("HONEYPOT_FIELD", "honeypot_field", _field_name),
@@ -727,6 +729,10 @@ MEANINGS: dict[str, str] = {
     "SITE_URL": "The website the form is on: the public pages link back to it. Empty: the"
     " site of `CONFIRMED_URL` or `THANK_YOU_URL`, else the demo page when it is served,"
     " else no link.",
+    "LANGUAGES": "The languages offered to subscribers, BCP 47 tags, comma-separated, each"
+    f" a shipped one ({', '.join(i18n.SHIPPED)}). A sign-up's `lang` field, else its"
+    " `Accept-Language`, picks one; nothing matching: the first listed. Every page and email"
+    " about a subscriber is in their language (docs/guides/languages.md).",
     "EMAIL_CHECK_DELIVERABILITY": "Also ask DNS whether an address's domain accepts mail.",
     "CONSENT_TEXT_VERSION": "Version of the consent text in force, stored with every consent"
     " event; change it when the form's wording changes.",

@@ -22,6 +22,7 @@ SERVICE = support.ROOT / "service"
 FLOORS = {
     "keys": 0,
     "background": 0,
+    "i18n": 0,
     "logs": 0,
     "settings": 1,
     "tokens": 1,

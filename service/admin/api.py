@@ -87,14 +87,20 @@ async def create_campaign(request: Request) -> Response:
     payload, problem = await _json_body(request, store.MAX_REQUEST_BYTES)
     if problem is not None:
         return problem
+    # Variants per language (issue 29), checked apart from the campaign's own fields.
+    raw_translations = payload.pop("translations", None) if isinstance(payload, dict) else None
     clean, errors = store.validate_campaign(payload)
+    translations, translation_errors = store.validate_translations(raw_translations)
+    errors.update(translation_errors)
     async with request.app.state.pool.acquire() as con:
         topic_ids, topics_error = await store.campaign_topics(con, payload)
         if topics_error:
             errors["topics"] = topics_error
         if errors:
             return _invalid(errors)
-        campaign_id = await store.create_campaign(con, **clean, topic_ids=topic_ids)
+        campaign_id = await store.create_campaign(
+            con, **clean, topic_ids=topic_ids, translations=translations
+        )
     log.info("campaign created", extra={"campaign_id": campaign_id})
     return _json({"id": campaign_id}, 201)
 
@@ -175,6 +181,11 @@ async def edit_campaign(request: Request) -> Response:
         return problem
     clean, errors = store.validate_campaign(payload, partial=True)
     changes: dict[str, Any] = dict(clean)
+    if isinstance(payload, dict) and "translations" in payload:
+        # null: no variants any more, everyone gets the campaign's own texts
+        translations, translation_errors = store.validate_translations(payload["translations"])
+        errors.update(translation_errors)
+        changes["translations"] = translations
     try:
         async with request.app.state.pool.acquire() as con:
             if isinstance(payload, dict) and "topics" in payload:

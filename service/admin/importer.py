@@ -1,8 +1,8 @@
 """`POST /admin/api/subscribers/import`: an existing list, one JSON object per line (NDJSON).
 
 Each line: `email`, optional `name`, `consented_at` (ISO 8601 with a time zone) with
-`consent_source` (where and how the person consented), and `tracking` (they agreed to
-open measurement). A line with consent evidence becomes an active subscriber, its
+`consent_source` (where and how the person consented), `tracking` (they agreed to
+open measurement), `topics` and `lang` (BCP 47: the language of their emails and pages). A line with consent evidence becomes an active subscriber, its
 evidence recorded as a `confirm` consent event with method `import`, at `consented_at`,
 with the source. A line without evidence becomes a pending subscriber who gets the
 double opt-in email, as after a sign-up: a re-permission campaign, paced by giving the
@@ -37,6 +37,7 @@ from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, valida
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from service import i18n
 from service.admin.auth import require_admin
 from service.db.queries import queries
 from service.settings import Settings
@@ -45,7 +46,9 @@ from service.signup.fields import EMAIL_MAX, NAME_MAX, SOURCE_MAX, clean_name, h
 log = logging.getLogger("newsletter.importer")
 q = queries("importer")
 
-FIELDS = frozenset({"email", "name", "consented_at", "consent_source", "tracking", "topics"})
+FIELDS = frozenset(
+    {"email", "name", "consented_at", "consent_source", "tracking", "topics", "lang"}
+)
 MAX_ERRORS = 1000  # reported in the answer; later ones are counted in skipped only
 CHUNK_LINES = 100_000  # parsed while the chunk before is written
 # A plain ASCII address whose normal form email-validator would give as it is (domain
@@ -76,6 +79,7 @@ class Row:
     source: str | None
     tracking: bool
     topic_ids: tuple[int, ...] | None = None  # None: the line named no topic
+    lang: str | None = None  # one of LANGUAGES; None: the first of them
 
 
 @dataclass
@@ -170,7 +174,20 @@ def parse_line(
     if not isinstance(tracking, bool):
         raise LineError("tracking must be true or false")
     topic_ids = _topic_ids(item.get("topics"), topics or {})
-    return Row(number, email, name, consented_at, source or None, tracking, topic_ids)
+    lang = _lang(item.get("lang"), settings)
+    return Row(number, email, name, consented_at, source or None, tracking, topic_ids, lang)
+
+
+def _lang(raw: object, settings: Settings) -> str | None:
+    """A line's `lang` (BCP 47): its language when offered (LANGUAGES), else None (the
+    first offered: a list from elsewhere may name languages this service does not speak,
+    which is no reason to drop the person); a value that is no language tag is an error."""
+    if raw is None or raw == "":
+        return None
+    lang = i18n.primary(raw) if isinstance(raw, str) else None
+    if lang is None:
+        raise LineError("lang must be a BCP 47 language tag such as de or pt-BR")
+    return lang if lang in settings.languages else None
 
 
 @dataclass
@@ -218,6 +235,7 @@ STAGING_COLUMNS = (
     "source",
     "tracking",
     "topic_ids",
+    "lang",
 )
 
 
@@ -233,7 +251,17 @@ def staging_csv(import_id: uuid.UUID, rows: list[Row], personal_tracking: bool) 
         tracking = "t" if r.tracking and personal_tracking else "f"
         topic_ids = None if r.topic_ids is None else "{" + ",".join(map(str, r.topic_ids)) + "}"
         writer.writerow(
-            (str(import_id), r.line, r.email, r.name, consented_at, r.source, tracking, topic_ids)
+            (
+                str(import_id),
+                r.line,
+                r.email,
+                r.name,
+                consented_at,
+                r.source,
+                tracking,
+                topic_ids,
+                r.lang,
+            )
         )
     return out.getvalue().encode()
 

@@ -48,22 +48,22 @@ class Preview:
     pixel_url: str  # in `html` ('' when none): the dashboard shows it without fetching it
 
 
-async def _campaign(con: asyncpg.Connection, campaign_id: int) -> asyncpg.Record:
+async def _campaign(con: asyncpg.Connection, campaign_id: int) -> mail.Campaign:
     campaign = await q.campaign_for_mail.fetchrow(con, id=campaign_id)
     if campaign is None:
         raise store.CampaignNotFound(campaign_id)
-    return campaign
+    return mail.Campaign.of(campaign)
 
 
-def sample_links(ctx: MailContext, campaign: asyncpg.Record) -> mail.Links:
+def sample_links(ctx: MailContext, campaign: mail.Campaign) -> mail.Links:
     """The sample person's links: those of a reader who allows open tracking."""
     return mail.Links.mint(
         ctx.settings,
         ctx.tokens,
         SAMPLE_ID,
-        campaign["id"],
+        campaign.id,
         tracking_consent=True,
-        topics=campaign["has_topics"],
+        topics=campaign.has_topics,
     )
 
 
@@ -76,6 +76,7 @@ async def preview(
     if email is None:
         links = sample_links(ctx, campaign)
         address, name = store.SAMPLE_VARIABLES["email"], store.SAMPLE_VARIABLES["name"]
+        lang = None  # the campaign's own texts, in the first of LANGUAGES
     else:
         row = None
         if 0 < len(email) <= EMAIL_MAX:
@@ -89,10 +90,10 @@ async def preview(
             campaign_id,
             row["tracking_consent"],
             row["tracking_withdrawn"],
-            topics=campaign["has_topics"],
+            topics=campaign.has_topics,
         )
-        address, name = row["email"], row["name"]
-    subject, html, text = mail.personalise(ctx, campaign, address, name, links)
+        address, name, lang = row["email"], row["name"], row["lang"]
+    _spoken, subject, html, text = mail.personalise(ctx, campaign, address, name, links, lang)
     return Preview(subject, html, text, links.pixel_url)
 
 
@@ -147,9 +148,10 @@ async def compose_test(
     row = await q.test_job.fetchrow(con, id=job["id"])
     if row is None:
         return None
-    campaign = await q.campaign_for_mail.fetchrow(con, id=row["test_campaign_id"])
-    if campaign is None:
+    found = await q.campaign_for_mail.fetchrow(con, id=row["test_campaign_id"])
+    if found is None:
         return None
+    campaign = mail.Campaign.of(found)
     links = dataclasses.replace(sample_links(ctx, campaign), pixel_url="")
     return mail.write(
         ctx,

@@ -13,6 +13,7 @@ campaign's own pixel, which names nobody; none at all in TRACKING_MODE=off.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ import asyncpg
 import jinja2
 import markupsafe
 
+from service import i18n
 from service.campaigns.store import VARIABLES, compile_template
 from service.db.queries import queries
 from service.mail import wire
@@ -94,12 +96,17 @@ _STAND_INS = {
 }
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=128)
 def _footer_templates(
-    templates: jinja2.Environment, tracking_mode: str, ip_mode: str, pixel: bool, tracking: bool
+    templates: jinja2.Environment,
+    tracking_mode: str,
+    ip_mode: str,
+    pixel: bool,
+    tracking: bool,
+    lang: str = i18n.SOURCE,
 ) -> tuple[str, str]:
     """Both footers rendered once for one kind of links (pixel or not, tracking link or
-    not), with stand-ins where each subscriber's links go."""
+    not) in one language, with stand-ins where each subscriber's links go."""
     links = Links(
         unsubscribe_url=_STAND_INS["unsubscribe_url"],
         manage_url=_STAND_INS["manage_url"],
@@ -107,23 +114,24 @@ def _footer_templates(
         tracking_url=_STAND_INS["tracking_url"] if tracking else "",
         personal=tracking,
     )
-    values = {"links": links, "tracking_mode": tracking_mode, "ip_mode": ip_mode}
+    values = {"links": links, "tracking_mode": tracking_mode, "ip_mode": ip_mode, "lang": lang}
     return (
         templates.get_template("campaign_footer.html").render(**values),
         templates.get_template("campaign_footer.txt").render(**values),
     )
 
 
-def footers(ctx: MailContext, links: Links) -> tuple[str, str]:
-    """(HTML footer, text footer) of one email: a template render costs more than the
-    rest of the email, so each variant is rendered once and the links are put in (HTML
-    escaped as the template would escape them)."""
+def footers(ctx: MailContext, links: Links, lang: str = i18n.SOURCE) -> tuple[str, str]:
+    """(HTML footer, text footer) of one email in `lang`: a template render costs more
+    than the rest of the email, so each variant is rendered once and the links are put in
+    (HTML escaped as the template would escape them)."""
     html, text = _footer_templates(
         ctx.templates,
         ctx.settings.tracking_mode,
         ctx.settings.ip_mode,
         bool(links.pixel_url),
         bool(links.tracking_url),
+        lang,
     )
     for field, stand_in in _STAND_INS.items():
         url = getattr(links, field)
@@ -141,12 +149,14 @@ def render(
     text: str,
     variables: dict[str, Any],
     links: Links,
+    lang: str = i18n.SOURCE,
 ) -> tuple[str, str, str]:
-    """(subject, html, text) of one email: the operator's templates and our footer."""
+    """(subject, html, text) of one email: the operator's templates and our footer in
+    the email's language."""
     rendered_subject = compile_template(subject, False).render(**variables)
     rendered_html = compile_template(html, True).render(**variables)
     rendered_text = compile_template(text, False).render(**variables)
-    html_footer, text_footer = footers(ctx, links)
+    html_footer, text_footer = footers(ctx, links, lang)
     # The footer and pixel go just before </body> when the operator wrote a whole
     # document, else at the very end.
     ends = list(_BODY_END.finditer(rendered_html))
@@ -172,7 +182,7 @@ async def compose_batch(
     )
     recipients = {(r["campaign_id"], r["subscriber_id"]): r for r in rows}
     wanted = sorted({r["campaign_id"] for r in rows})
-    campaigns = {c["id"]: c for c in await q.campaign_templates.fetch(con, ids=wanted)}
+    campaigns = {c["id"]: Campaign.of(c) for c in await q.campaign_templates.fetch(con, ids=wanted)}
     emails: dict[int, OutgoingEmail | Exception | None] = {}
     for job in jobs:
         row = recipients.get((job["campaign_id"], job["subscriber_id"]))
@@ -186,8 +196,43 @@ async def compose_batch(
     return emails
 
 
+@dataclass(frozen=True)
+class Campaign:
+    """A campaign as its emails need it: its own templates, its variants by language."""
+
+    id: int
+    subject: str
+    html: str
+    text: str
+    has_topics: bool
+    list_id: str | None
+    translations: dict[str, dict[str, str]]
+
+    @classmethod
+    def of(cls, row: asyncpg.Record) -> Campaign:
+        return cls(
+            id=row["id"],
+            subject=row["subject"],
+            html=row["html"],
+            text=row["text"],
+            has_topics=row["has_topics"],
+            list_id=row["list_id"],
+            translations=json.loads(row["translations"]) if row["translations"] else {},
+        )
+
+    def variant(self, settings: Settings, stored_lang: str | None) -> tuple[str, dict[str, str]]:
+        """(the email's language, its subject/html/text) for a recipient: their language's
+        variant when the campaign has one, else the campaign's own texts, which are in the
+        first language of LANGUAGES (docs/guides/languages.md)."""
+        own = settings.languages[0] if settings.languages else i18n.SOURCE
+        lang = i18n.spoken(stored_lang, settings.languages)
+        if lang != own and lang in self.translations:
+            return lang, self.translations[lang]
+        return own, {"subject": self.subject, "html": self.html, "text": self.text}
+
+
 def build(
-    ctx: MailContext, job: asyncpg.Record, campaign: asyncpg.Record, row: asyncpg.Record
+    ctx: MailContext, job: asyncpg.Record, campaign: Campaign, row: asyncpg.Record
 ) -> OutgoingEmail:
     """One subscriber's email: their links minted, the templates rendered, the bytes
     written into the campaign's skeleton."""
@@ -199,51 +244,62 @@ def build(
         campaign_id,
         row["tracking_consent"],
         row["tracking_withdrawn"],
-        topics=campaign["has_topics"],
+        topics=campaign.has_topics,
     )
-    return write(ctx, campaign, row["email"], row["name"], links)
+    return write(ctx, campaign, row["email"], row["name"], links, lang=row["lang"])
 
 
 def personalise(
-    ctx: MailContext, campaign: asyncpg.Record, email: str, name: str | None, links: Links
-) -> tuple[str, str, str]:
-    """(subject, html, text) of the campaign as the person with these links gets it: what
-    a send, a preview and a test send all render (service/campaigns/check.py)."""
-    return render(
+    ctx: MailContext,
+    campaign: Campaign,
+    email: str,
+    name: str | None,
+    links: Links,
+    lang: str | None = None,
+) -> tuple[str, str, str, str]:
+    """(language, subject, html, text) of the campaign as the person with these links and
+    this stored language gets it: what a send, a preview and a test send all render
+    (service/campaigns/check.py)."""
+    spoken, texts = campaign.variant(ctx.settings, lang)
+    subject, html, text = render(
         ctx,
-        subject=campaign["subject"],
-        html=campaign["html"],
-        text=campaign["text"],
+        subject=texts["subject"],
+        html=texts["html"],
+        text=texts["text"],
         variables=template_variables(ctx.settings, email, name, links),
         links=links,
+        lang=spoken,
     )
+    return spoken, subject, html, text
 
 
 def write(
     ctx: MailContext,
-    campaign: asyncpg.Record,
+    campaign: Campaign,
     email: str,
     name: str | None,
     links: Links,
     *,
+    lang: str | None = None,
     to: str | None = None,
     test: bool = False,
 ) -> OutgoingEmail:
     """The email of the campaign for the person `email`, to `to` (default: `email`); a
     test (service/campaigns/check.py) says so in its subject and a header."""
-    subject, html, text = personalise(ctx, campaign, email, name, links)
+    spoken, subject, html, text = personalise(ctx, campaign, email, name, links, lang)
     address = email if to is None else to
     envelope, utf8 = (address, False) if address.isascii() else smtp_address(address)
     if test:
         subject = TEST_SUBJECT_PREFIX + subject
-    data = ctx.skeleton(campaign["id"]).render(
+    data = ctx.skeleton(campaign.id).render(
         to=wire.recipient(envelope, utf8, None if test else name),
         subject=subject,
         text=text,
         html=html,
         list_unsubscribe=links.unsubscribe_url,
-        list_id=list_id(ctx.settings, campaign["list_id"]),
+        list_id=list_id(ctx.settings, campaign.list_id),
         extra_headers=(TEST_HEADER,) if test else (),
+        content_language=spoken,
     )
     return OutgoingEmail(recipients=(envelope,), smtputf8=utf8, data=data)
 

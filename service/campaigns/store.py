@@ -9,6 +9,7 @@ queue in about a second, and nobody is mailed twice because `deliveries` has one
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import asyncpg
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
+from service import i18n
 from service.db.connections import LONG_COMMAND_TIMEOUT
 from service.db.queries import queries
 from service.topics import membership
@@ -65,7 +67,7 @@ VARIABLES: tuple[Variable, ...] = (
 SAMPLE_VARIABLES: dict[str, Any] = {v.name: v.sample for v in VARIABLES}
 # The fields an edit may change (PATCH): those creation takes. One more creation field
 # is one more name here and one more line in update_campaign (sql/queries/campaigns.sql).
-EDITABLE = (*FIELDS, "topics")
+EDITABLE = (*FIELDS, "topics", "translations")
 
 
 @functools.cache
@@ -156,6 +158,39 @@ async def campaign_topics(con: asyncpg.Connection, payload: Any) -> tuple[list[i
         return None, f"unknown topics: {exc}"
 
 
+def validate_translations(raw: Any) -> tuple[dict[str, dict[str, str]] | None, dict[str, str]]:
+    """A campaign's `translations` (`{"de": {"subject", "html", "text"}}`, keys BCP 47 tags
+    of shipped languages, stored by their primary subtag), each variant checked as the
+    campaign's own templates are; None when absent. Errors are keyed
+    `translations.{tag}.{field}`."""
+    if raw is None:
+        return None, {}
+    if not isinstance(raw, dict) or len(raw) > len(i18n.SHIPPED):
+        return None, {"translations": "must be an object of language tag -> {subject, html, text}"}
+    clean: dict[str, dict[str, str]] = {}
+    errors: dict[str, str] = {}
+    for tag, variant in raw.items():
+        where = f"translations.{str(tag)[:20]}"
+        lang = i18n.primary(tag)
+        if lang is None or lang not in i18n.SHIPPED:
+            errors[where] = f"must be a language tag of {', '.join(i18n.SHIPPED)}"
+            continue
+        if lang in clean:
+            errors[where] = f"names {lang} a second time"
+            continue
+        if not isinstance(variant, dict):
+            errors[where] = "must be an object with subject, html and text"
+            continue
+        for field in sorted(set(variant) - {"subject", "html", "text"}):
+            errors[f"{where}.{str(field)[:50]}"] = "unknown field"
+        # The campaign's own rules for each field; the name is the campaign's.
+        values, problems = validate_campaign({**variant, "name": "-"})
+        errors.update({f"{where}.{field}": message for field, message in problems.items()})
+        if not problems:
+            clean[lang] = {field: values[field] for field in ("subject", "html", "text")}
+    return (clean or None), errors
+
+
 async def create_campaign(
     con: asyncpg.Connection,
     *,
@@ -164,9 +199,16 @@ async def create_campaign(
     html: str,
     text: str,
     topic_ids: list[int] | None = None,
+    translations: dict[str, dict[str, str]] | None = None,
 ) -> int:
     return await q.insert_campaign.fetchval(
-        con, name=name, subject=subject, html=html, text=text, topic_ids=topic_ids
+        con,
+        name=name,
+        subject=subject,
+        html=html,
+        text=text,
+        topic_ids=topic_ids,
+        translations=None if translations is None else json.dumps(translations),
     )
 
 
@@ -236,11 +278,13 @@ async def update_campaign(
     async with con.transaction():
         await q.lock_campaign_send.execute(con, time_limit=LONG_COMMAND_TIMEOUT, id=campaign_id)
         values = {field: changes.get(field) for field in FIELDS}
+        translations = changes.get("translations")
         updated = await q.update_campaign.fetchval(
             con,
             id=campaign_id,
             fields=sorted(changes),
             topic_ids=changes.get("topics"),
+            translations=None if translations is None else json.dumps(translations),
             **values,
         )
         if updated is not None:

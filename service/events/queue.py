@@ -46,18 +46,17 @@ async def sync_endpoints(pool: asyncpg.Pool, settings: Settings) -> None:
 def person_data(row: asyncpg.Record) -> dict[str, Any]:
     """What `subscriber.confirmed` and `subscriber.updated` say about a person (the `person`
     query's row); the one place that decides it. `id` lets a receiver follow an address
-    change; `tracking` is whether the person agreed to have their opens measured. A
-    `language` column, where the schema has one, is passed on as it is."""
+    change; `tracking` is whether the person agreed to have their opens measured;
+    `language` the one they chose (a primary subtag, `de`; null: none chosen, so the first
+    of LANGUAGES)."""
     data: dict[str, Any] = {
         "id": row["id"],
         "email": row["email"],
         "name": row["name"],
         "topics": list(row["topics"]),
         "tracking": bool(row["tracking_consent"]) and row["tracking_withdrawn_at"] is None,
+        "language": row["lang"],
     }
-    extra = json.loads(row["extra"]) if isinstance(row["extra"], str) else row["extra"]
-    if "language" in extra:
-        data["language"] = extra["language"]
     return data
 
 

@@ -16,6 +16,7 @@ from email.utils import formatdate, make_msgid, parseaddr
 import jinja2
 from email_validator import EmailNotValidError, validate_email
 
+from service import i18n
 from service.mail import wire
 from service.mail.wire import HeaderInjection, OutgoingEmail
 from service.settings import Settings
@@ -74,12 +75,14 @@ def build_message(
     message["Date"] = formatdate(usegmt=True)
     domain = parseaddr(settings.mail_from)[1].rpartition("@")[2] or "localhost"
     message["Message-ID"] = make_msgid(domain=domain)
-    for name, value in extra.items():
-        message[name] = value
     # Quoted-printable keeps lines short and 7-bit: no relay needs to re-encode the
     # body, which would break a DKIM signature.
     message.set_content(text, cte="quoted-printable")
     message.add_alternative(html, subtype="html", cte="quoted-printable")
+    # After the body: setting content clears (and multipart moves) every Content-* header,
+    # Content-Language among them.
+    for name, value in extra.items():
+        message[name] = value
     return message
 
 
@@ -104,6 +107,11 @@ class MailContext:
     tokens: Tokens
     templates: jinja2.Environment
     skeletons: dict[int, wire.Skeleton] = field(default_factory=dict, compare=False)
+
+    def language(self, stored: str | None) -> str:
+        """The language an email to a subscriber speaks: theirs (kept even if LANGUAGES
+        shrank since they chose it), else the first of LANGUAGES."""
+        return i18n.spoken(stored, self.settings.languages)
 
     def skeleton(self, campaign_id: int) -> wire.Skeleton:
         """The campaign's skeleton, made on its first email (campaigns never change)."""

@@ -148,6 +148,7 @@ class Skeleton:
         list_unsubscribe: str | None = None,
         list_id: str | None = None,
         extra_headers: tuple[str, ...] = (),
+        content_language: str | None = None,
     ) -> bytes:
         """One email: `to` is the To header's value (see `recipient`), which may be
         folded; every other value must be a single line (`extra_headers`: whole
@@ -165,6 +166,8 @@ class Skeleton:
         if list_id is not None:
             lines.append(f"List-Id: {_check(list_id)}")  # RFC 2919
         lines.extend(_check(header) for header in extra_headers)
+        if content_language is not None:
+            lines.append(f"Content-Language: {_check(content_language)}")  # RFC 3282
         headers = ("\r\n".join(lines) + "\r\n").encode("utf-8")
         text_qp = quoted_printable(text)
         html_qp = quoted_printable(html)

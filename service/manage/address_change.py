@@ -39,6 +39,7 @@ from starlette.routing import Route
 
 from service.db.queries import queries
 from service.events import queue as events
+from service.i18n import N_
 from service.mail.messages import MailContext
 from service.manage import links
 from service.privacy import erasure, evidence
@@ -48,7 +49,7 @@ from service.web import pages, ratelimit
 log = logging.getLogger("newsletter.manage")
 q = queries("manage")
 
-ADDRESS_SUBJECT = "Please confirm your new address"
+ADDRESS_SUBJECT = N_("Please confirm your new address")
 FORM_MAX_BYTES = 2048
 EMAIL_MAX = 320
 
@@ -123,7 +124,7 @@ async def compose(
         "hours": round(max_age / 3600),
     }
     return links.mail(
-        ctx, row["new_email"], row["name"], ADDRESS_SUBJECT, "address_confirm", values
+        ctx, row["new_email"], row["name"], ADDRESS_SUBJECT, "address_confirm", values, row["lang"]
     )
 
 
@@ -183,7 +184,8 @@ async def confirm_get(request: Request) -> Response:
     )
     if new_email is None:
         return _page(request, "invalid", 400)
-    return _page(request, "ask", new_email=new_email)
+    lang = await q.subscriber_lang.fetchval(request.app.state.pool, id=subscriber_id)
+    return _page(request, "ask", new_email=new_email, lang=lang)
 
 
 async def confirm_post(request: Request) -> Response:
@@ -193,11 +195,14 @@ async def confirm_post(request: Request) -> Response:
         return _page(request, "invalid", 400)
     async with request.app.state.pool.acquire() as con:
         outcome, new_email = await apply_change(con, request, *claim)
+        lang = await q.subscriber_lang.fetchval(con, id=claim[0])
     if outcome == "invalid":
         return _page(request, "invalid", 400)
     if outcome == "changed":
         log.info("address changed")
-    return _page(request, outcome, 409 if outcome == "taken" else 200, new_email=new_email)
+    return _page(
+        request, outcome, 409 if outcome == "taken" else 200, new_email=new_email, lang=lang
+    )
 
 
 def routes() -> list[Route]:

@@ -25,14 +25,16 @@ from typing import Any
 import asyncpg
 from starlette.requests import Request
 
+from service import i18n
 from service.db.queries import queries
+from service.i18n import N_
 from service.mail.messages import MailContext, build_message, recipient_header
 from service.settings import Settings
 from service.web import ratelimit, token_path
 
 q = queries("manage")
 
-LINK_SUBJECT = "Your link to see or change your data"
+LINK_SUBJECT = N_("Your link to see or change your data")
 
 
 def verified(request: Request, method: str) -> Any:
@@ -105,15 +107,25 @@ async def next_email_at(
 
 
 def mail(
-    ctx: MailContext, to: str, name: str | None, subject: str, template: str, values: dict
+    ctx: MailContext,
+    to: str,
+    name: str | None,
+    subject: str,
+    template: str,
+    values: dict,
+    lang: str | None = None,
 ) -> EmailMessage:
-    """An email of the subscriber's page from `email/{template}.txt` and `.html`."""
+    """An email of the subscriber's page from `email/{template}.txt` and `.html`, in the
+    subscriber's language (`subject` is the English msgid)."""
+    lang = ctx.language(lang)
+    values = {**values, "lang": lang}
     return build_message(
         ctx.settings,
         to=recipient_header(to, name),
-        subject=subject,
+        subject=i18n.gettext(lang, subject),
         text=ctx.templates.get_template(f"email/{template}.txt").render(values),
         html=ctx.templates.get_template(f"email/{template}.html").render(values),
+        headers={"Content-Language": lang},
     )
 
 
@@ -133,7 +145,7 @@ async def compose_link(
         f"{ctx.tokens.manage_link(row['id'], link_id)}",
         "minutes": round(max_age / 60),
     }
-    return mail(ctx, row["email"], row["name"], LINK_SUBJECT, "manage_link", values)
+    return mail(ctx, row["email"], row["name"], LINK_SUBJECT, "manage_link", values, row["lang"])
 
 
 async def open_link(

@@ -32,8 +32,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service import i18n
 from service.db.queries import queries
 from service.events import queue as events
+from service.i18n import N_
 from service.manage import address_change, links, view
 from service.privacy import erasure, evidence
 from service.settings import Settings
@@ -110,6 +112,7 @@ async def lost_post(request: Request) -> Response:
     email, error = address_change.clean_address(raw, "Please enter your email address.")
     if email is None:
         shown = fields.printable(raw.strip(), fields.EMAIL_MAX)
+        error = subscribe.readable(pages.page_language(request), "email", error)
         return _render(request, "manage_lost.html", 400, state="ask", email=shown, error=error)
     async with state.pool.acquire() as con:
         day_key = await state.day_keys.today(con)
@@ -135,7 +138,12 @@ async def page(request: Request) -> Response:
     if row is None:
         return _render(request, "manage.html", state="gone", tracking=False)
     return _render(
-        request, "manage.html", state="ask", tracking=_tracked(request, row), topics=topics
+        request,
+        "manage.html",
+        state="ask",
+        tracking=_tracked(request, row),
+        topics=topics,
+        lang=row["lang"],
     )
 
 
@@ -163,21 +171,23 @@ async def act(request: Request) -> Response:
         return _render(request, "manage.html", 400, state="invalid", tracking=False)
     action = form.get("action", "")
     state = request.app.state
+    # The answer speaks the person's language (read before an erasure takes it).
+    lang = await q.subscriber_lang.fetchval(state.pool, id=subscriber_id)
     if action == "unsubscribe":
         if await erasure.erase(state.pool, subscriber_id=subscriber_id, cause="unsubscribe"):
             state.metrics.unsubscribes.labels("manage").inc()
             log.info("unsubscribed", extra={"kind": "manage"})
-        return pages.render(request, "unsubscribed.html")
+        return pages.render(request, "unsubscribed.html", lang=lang)
     if action == "stop_tracking":
         async with state.pool.acquire() as con:
             await _stop_tracking(con, request, subscriber_id)
-        return _render(request, "manage.html", state="tracking_off", tracking=False)
+        return _render(request, "manage.html", state="tracking_off", tracking=False, lang=lang)
     if action == "leave_topics":
         # Leaving is as harmless as unsubscribing: the footer's link may do it. Joining
         # is consent and needs the fresh emailed link (the data page's `topics`).
         return await _leave_topics(request, subscriber_id, await _ticked(request))
     if action != "send_link":
-        return _render(request, "manage.html", 400, state="bad_action", tracking=False)
+        return _render(request, "manage.html", 400, state="bad_action", tracking=False, lang=lang)
     async with state.pool.acquire() as con:
         row = await q.subscriber.fetchrow(con, id=subscriber_id)
         if row is None or row["status"] != "active":
@@ -207,16 +217,20 @@ async def act(request: Request) -> Response:
             tracking=_tracked(request, row),
             next_at=next_at,
             wait=wait_in_words((next_at - datetime.now(UTC)).total_seconds()),
+            lang=row["lang"],
         )
-    return _render(request, "manage.html", state="link_sent", tracking=_tracked(request, row))
+    return _render(
+        request, "manage.html", state="link_sent", tracking=_tracked(request, row), lang=row["lang"]
+    )
 
 
-def wait_in_words(seconds: float) -> str:
-    """A wait as a person reads it: minutes under two hours, else hours (rounded up)."""
+def wait_in_words(seconds: float) -> tuple[int, str]:
+    """A wait as a person reads it, (count, "minutes" or "hours"): minutes under two
+    hours, else hours (rounded up); the page words it in the person's language."""
     minutes = max(1, math.ceil(seconds / 60))
     if minutes < 120:
-        return "1 minute" if minutes == 1 else f"{minutes} minutes"
-    return f"{math.ceil(minutes / 60)} hours"
+        return minutes, "minutes"
+    return math.ceil(minutes / 60), "hours"
 
 
 async def _leave_topics(request: Request, subscriber_id: int, slugs: list[str]) -> Response:
@@ -330,6 +344,11 @@ async def _data_page(
     settings: Settings = request.app.state.settings
     context: dict[str, Any] = {"message": "", "error": "", "name_error": "", "new_email": ""}
     context.update(extra)
+    lang = i18n.spoken(row["lang"], settings.languages)
+    # Our own messages in the person's language, with their values put in afterwards.
+    values = context.pop("message_values", {})
+    if context["message"]:
+        context["message"] = i18n.gettext(lang, context["message"]) % values
     return _render(
         request,
         "manage_data.html",
@@ -337,9 +356,15 @@ async def _data_page(
         session=secret,
         subscriber=export["subscriber"],
         facts=view.subscription(
-            export["subscriber"], settings.tracking_mode, row["tracking_withdrawn_at"] is not None
+            export["subscriber"],
+            settings.tracking_mode,
+            row["tracking_withdrawn_at"] is not None,
+            lang,
+            i18n.NAMES[lang],
         ),
-        sections=view.sections(export),
+        sections=view.sections(export, lang),
+        lang=lang,
+        languages=[(code, i18n.NAMES[code]) for code in settings.languages],
         pending=export["address_changes"],
         topics=await membership.choices(con, subscriber_id),
         tracking_on=bool(export["subscriber"]["tracking_consent"]),
@@ -366,14 +391,15 @@ async def data_post(request: Request) -> Response:
         if action == "download":
             return await _download(con, subscriber_id)
         if action == "unsubscribe":
+            lang = await q.subscriber_lang.fetchval(con, id=subscriber_id)
             if await erasure.erase(state.pool, subscriber_id=subscriber_id, cause="unsubscribe"):
                 state.metrics.unsubscribes.labels("manage").inc()
                 log.info("unsubscribed", extra={"kind": "manage"})
-            return pages.render(request, "unsubscribed.html")
+            return pages.render(request, "unsubscribed.html", lang=lang)
         handler = _ACTIONS.get(action)
         if handler is None:
             return await _data_page(
-                request, con, subscriber_id, secret, 400, error="Unknown action."
+                request, con, subscriber_id, secret, 400, error=N_("Unknown action.")
             )
         extra = await handler(con, request, subscriber_id, form)
         status = 400 if extra.get("error") or extra.get("name_error") else 200
@@ -399,44 +425,52 @@ async def _name(con: Any, request: Request, subscriber_id: int, form: dict) -> d
         if await q.lock_subscriber.fetchrow(con, id=subscriber_id) is not None:
             await q.set_name.execute(con, id=subscriber_id, name=name)
             await events.updated(con, subscriber_id)
-    return {"message": "Your name is saved." if name else "Your name is deleted."}
+    return {"message": N_("Your name is saved.") if name else N_("Your name is deleted.")}
 
 
 async def _allow(con: Any, request: Request, subscriber_id: int, form: dict) -> dict[str, Any]:
     if request.app.state.settings.tracking_mode != "consent":
-        return {"error": "Open tracking needs no consent here."}
+        return {"error": N_("Open tracking needs no consent here.")}
     who = evidence.Evidence.of(request, request.app.state.settings, "manage")
     async with con.transaction():
         if await q.lock_subscriber.fetchrow(con, id=subscriber_id) is not None:
             await consent.grant(con, subscriber_id, who)
-    return {"message": "We measure when you open our emails from the next one on."}
+    return {"message": N_("We measure when you open our emails from the next one on.")}
 
 
 async def _stop(con: Any, request: Request, subscriber_id: int, form: dict) -> dict[str, Any]:
     await _stop_tracking(con, request, subscriber_id)
-    return {"message": "Open tracking is off; we deleted the opens we had recorded for you."}
+    return {"message": N_("Open tracking is off; we deleted the opens we had recorded for you.")}
 
 
 async def _address(con: Any, request: Request, subscriber_id: int, form: dict) -> dict[str, Any]:
     raw = form.get("new_email", "")
-    new_email, error = address_change.clean_address(raw, "Please enter the new address.")
+    new_email, error = address_change.clean_address(raw, N_("Please enter the new address."))
     if new_email is None:
-        return {"error": error, "new_email": fields.printable(raw.strip(), fields.EMAIL_MAX)}
+        lang = await q.subscriber_lang.fetchval(con, id=subscriber_id)
+        lang = i18n.spoken(lang, request.app.state.settings.languages)
+        return {
+            "error": subscribe.readable(lang, "email", error),
+            "new_email": fields.printable(raw.strip(), fields.EMAIL_MAX),
+        }
     state = request.app.state
     day_key = await state.day_keys.today(con)
     verdict = await _ip_allowed(request, con, day_key)
     if not verdict.allowed:
-        return {"error": "Too many requests from your network. Please try again later."}
+        return {"error": N_("Too many requests from your network. Please try again later.")}
     outcome = await address_change.request_change(
         con, state.settings, day_key, subscriber_id, new_email
     )
     if outcome == "same":
-        return {"message": "That is your address already."}
+        return {"message": N_("That is your address already.")}
     # queued, taken, limited: one answer, which tells nobody whether the address is
     # someone's subscription.
     return {
-        "message": f"We emailed {new_email} a link to confirm it. Until it is confirmed, "
-        "the newsletter keeps coming to your current address."
+        "message": N_(
+            "We emailed %(email)s a link to confirm it. Until it is confirmed, "
+            "the newsletter keeps coming to your current address."
+        ),
+        "message_values": {"email": new_email},
     }
 
 
@@ -449,7 +483,18 @@ async def _topics(con: Any, request: Request, subscriber_id: int, form: dict) ->
             return {}
         wanted = await membership.known(con, await _ticked(request))
         await membership.set_topics(con, subscriber_id, wanted, who)
-    return {"message": "Your topics are saved."}
+    return {"message": N_("Your topics are saved.")}
+
+
+async def _language(con: Any, request: Request, subscriber_id: int, form: dict) -> dict[str, Any]:
+    """The language of the person's pages and emails, among LANGUAGES."""
+    lang = i18n.primary(form.get("lang", ""))
+    if lang not in request.app.state.settings.languages:
+        return {"error": N_("Choose one of the languages offered.")}
+    async with con.transaction():
+        await q.set_lang.execute(con, id=subscriber_id, lang=lang)
+        await events.updated(con, subscriber_id)
+    return {"message": N_("Your language is saved.")}
 
 
 _ACTIONS = {
@@ -459,6 +504,7 @@ _ACTIONS = {
     "allow_tracking": _allow,
     "stop_tracking": _stop,
     "change_address": _address,
+    "language": _language,
 }
 
 

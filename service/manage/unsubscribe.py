@@ -61,6 +61,7 @@ async def page(request: Request) -> Response:
     subscriber_id, campaign_id = claim
     async with request.app.state.pool.acquire() as con:
         exists = await erasure.q.subscriber_email.fetchval(con, id=subscriber_id) is not None
+        lang = await q.subscriber_lang.fetchval(con, subscriber_id=subscriber_id)
         topic_ids = await _topics_of(con, campaign_id)
         leaving: list[str] = []
         staying: list[str] = []
@@ -75,7 +76,7 @@ async def page(request: Request) -> Response:
             staying = [r["name"] for r in every if r["name"] not in leaving]
     if not exists:
         return pages.render(request, "unsubscribed.html", left=[], staying=[])
-    return pages.render(request, "unsubscribe.html", leaving=leaving, staying=staying)
+    return pages.render(request, "unsubscribe.html", leaving=leaving, staying=staying, lang=lang)
 
 
 async def unsubscribe(request: Request) -> Response:
@@ -91,6 +92,8 @@ async def unsubscribe(request: Request) -> Response:
     left: list[str] = []
     staying: list[str] = []
     async with state.pool.acquire() as con:
+        # Read before an erasure takes it: the answer speaks the person's language.
+        lang = await q.subscriber_lang.fetchval(con, subscriber_id=subscriber_id)
         topic_ids = await _topics_of(con, campaign_id)
         if topic_ids is not None:
             who = Evidence.of(request, state.settings, "unsubscribe")
@@ -107,9 +110,9 @@ async def unsubscribe(request: Request) -> Response:
                     staying = [r["name"] for r in remaining]
     if staying:
         log.info("left topics", extra={"kind": channel, "count": len(left)})
-        return pages.render(request, "unsubscribed.html", left=left, staying=staying)
+        return pages.render(request, "unsubscribed.html", left=left, staying=staying, lang=lang)
     erased = await erasure.erase(state.pool, subscriber_id=subscriber_id, cause="unsubscribe")
     if erased:
         state.metrics.unsubscribes.labels(channel).inc()
         log.info("unsubscribed", extra={"kind": channel})
-    return pages.render(request, "unsubscribed.html", left=[], staying=[])
+    return pages.render(request, "unsubscribed.html", left=[], staying=[], lang=lang)

@@ -7,92 +7,97 @@ keys get a plain-language title and column names, unknown ones their own key.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
+from service import i18n
+from service.i18n import N_
 from service.tracking.policy import personal_tracking
 
-STATUS = {"active": "subscribed", "pending": "waiting for your confirmation"}
+STATUS = {"active": N_("subscribed"), "pending": N_("waiting for your confirmation")}
 EVENTS = {
-    "signup": "Sign-up form sent",
-    "confirm": "Subscription confirmed",
-    "tracking_granted": "Open tracking allowed",
-    "tracking_withdrawn": "Open tracking stopped",
-    "address_changed": "Address changed",
-    "topic_joined": "Topic joined",
-    "topic_left": "Topic left",
+    "signup": N_("Sign-up form sent"),
+    "confirm": N_("Subscription confirmed"),
+    "tracking_granted": N_("Open tracking allowed"),
+    "tracking_withdrawn": N_("Open tracking stopped"),
+    "address_changed": N_("Address changed"),
+    "topic_joined": N_("Topic joined"),
+    "topic_left": N_("Topic left"),
 }
-METHODS = {"button": "by pressing the button", "auto": "automatically when the page opened"}
+METHODS = {"button": N_("by pressing the button"), "auto": N_("automatically when the page opened")}
 EMAIL_KINDS = {
-    "confirm": "confirmation of your subscription",
-    "campaign": "newsletter",
-    "welcome": "welcome to a topic",
-    "manage_link": "link to this page",
-    "address_confirm": "confirmation of your new address",
+    "confirm": N_("confirmation of your subscription"),
+    "campaign": N_("newsletter"),
+    "welcome": N_("welcome to a topic"),
+    "manage_link": N_("link to this page"),
+    "address_confirm": N_("confirmation of your new address"),
 }
 
 # key of the export -> (title, {column: label}); columns not listed are left out of the
 # page (ids, internals) but stay in the download.
 SECTIONS: dict[str, tuple[str, dict[str, str]]] = {
     "consent_events": (
-        "Your consent, step by step",
+        N_("Your consent, step by step"),
         {
-            "at": "When",
-            "kind": "What",
-            "topic": "Topic",
-            "method": "How",
-            "ip": "From IP address",
-            "user_agent": "Browser",
-            "source": "Page",
-            "consent_text_version": "Text version",
+            "at": N_("When"),
+            "kind": N_("What"),
+            "topic": N_("Topic"),
+            "method": N_("How"),
+            "ip": N_("From IP address"),
+            "user_agent": N_("Browser"),
+            "source": N_("Page"),
+            "consent_text_version": N_("Text version"),
         },
     ),
     "topics": (
-        "The topics you receive",
-        {"name": "Topic", "joined_at": "Since"},
+        N_("The topics you receive"),
+        {"name": N_("Topic"), "joined_at": N_("Since")},
     ),
     "opens": (
-        "When you opened our emails",
+        N_("When you opened our emails"),
         {
-            "at": "When",
-            "campaign_name": "Newsletter",
-            "client": "Email program",
-            "os": "System",
-            "country": "Country",
-            "ip": "IP address",
-            "machine_reason": "Automatic fetch",
+            "at": N_("When"),
+            "campaign_name": N_("Newsletter"),
+            "client": N_("Email program"),
+            "os": N_("System"),
+            "country": N_("Country"),
+            "ip": N_("IP address"),
+            "machine_reason": N_("Automatic fetch"),
         },
     ),
     "deliveries": (
-        "Newsletters we sent you",
+        N_("Newsletters we sent you"),
         {
-            "campaign_name": "Newsletter",
-            "queued_at": "Queued",
-            "sent_at": "Sent",
-            "first_open_at": "First opened",
+            "campaign_name": N_("Newsletter"),
+            "queued_at": N_("Queued"),
+            "sent_at": N_("Sent"),
+            "first_open_at": N_("First opened"),
         },
     ),
-    "queued_emails": ("Emails waiting to be sent", {"kind": "What", "run_at": "Due"}),
+    "queued_emails": (N_("Emails waiting to be sent"), {"kind": N_("What"), "run_at": N_("Due")}),
     "address_changes": (
-        "Address change waiting for confirmation",
-        {"new_email": "New address", "requested_at": "Requested"},
+        N_("Address change waiting for confirmation"),
+        {"new_email": N_("New address"), "requested_at": N_("Requested")},
     ),
     "manage_links": (
-        "Links to this page we emailed you",
-        {"created_at": "Sent", "expires_at": "Expires", "used_at": "Opened"},
+        N_("Links to this page we emailed you"),
+        {"created_at": N_("Sent"), "expires_at": N_("Expires"), "used_at": N_("Opened")},
     ),
     "soft_bounces": (
-        "Emails to you that came back undelivered for a while (kept a few days to tell a "
-        "full mailbox from a closed one)",
-        {"at": "When", "campaign_name": "Newsletter"},
+        N_(
+            "Emails to you that came back undelivered for a while (kept a few days to tell a "
+            "full mailbox from a closed one)"
+        ),
+        {"at": N_("When"), "campaign_name": N_("Newsletter")},
     ),
     "held_refusals": (
-        "Emails to you that your mail provider refused, being checked before we act on it",
-        {"held_at": "When", "campaign_name": "Newsletter", "reason": "Code"},
+        N_("Emails to you that your mail provider refused, being checked before we act on it"),
+        {"held_at": N_("When"), "campaign_name": N_("Newsletter"), "reason": N_("Code")},
     ),
     "rate_limits": (
-        "Counters against abuse (emails to your address per day)",
-        {"window_start": "Day", "hits": "Emails", "last_at": "Last"},
+        N_("Counters against abuse (emails to your address per day)"),
+        {"window_start": N_("Day"), "hits": N_("Emails"), "last_at": N_("Last")},
     ),
 }
 
@@ -106,58 +111,77 @@ def when(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _cell(column: str, value: Any) -> str:
+def _cell(column: str, value: Any, lang: str | None = None) -> str:
     if value is None or value == "":
         return "\u2014"
     if column == "kind":
-        return EVENTS.get(value) or EMAIL_KINDS.get(value) or str(value)
+        word = EVENTS.get(value) or EMAIL_KINDS.get(value)
+        return i18n.gettext(lang, word) if word else str(value)
     if column == "method":
-        return METHODS.get(value, str(value))
+        return i18n.gettext(lang, METHODS[value]) if value in METHODS else str(value)
     if column.endswith("_at") or column in ("at", "window_start", "run_at"):
         return when(value)
     return str(value)
 
 
 def subscription(
-    subscriber: dict[str, Any], tracking_mode: str, withdrawn: bool = False
+    subscriber: dict[str, Any],
+    tracking_mode: str,
+    withdrawn: bool = False,
+    lang: str | None = None,
+    language_name: str = "",
 ) -> list[tuple[str, str]]:
-    """The subscriber row as label/value pairs; whether opens are measured as theirs is
-    the pixel's own rule (service/tracking/policy.py), with or without consent."""
+    """The subscriber row as label/value pairs in `lang`; whether opens are measured as
+    theirs is the pixel's own rule (service/tracking/policy.py), with or without consent."""
+    _ = functools.partial(i18n.gettext, lang)
+    status = subscriber["status"]
     rows = [
-        ("Address", subscriber["email"]),
-        ("Name", subscriber.get("name") or "\u2014"),
-        ("Status", STATUS.get(subscriber["status"], subscriber["status"])),
-        ("First signed up", when(subscriber.get("created_at"))),
-        ("Latest sign-up form", when(subscriber.get("signup_at"))),
-        ("Confirmation email sent", when(subscriber.get("confirm_sent_at")) or "\u2014"),
-        ("Confirmed", when(subscriber.get("confirmed_at")) or "\u2014"),
+        (_("Address"), subscriber["email"]),
+        (_("Name"), subscriber.get("name") or "\u2014"),
+        (_("Status"), _(STATUS[status]) if status in STATUS else status),
+        (_("First signed up"), when(subscriber.get("created_at"))),
+        (_("Latest sign-up form"), when(subscriber.get("signup_at"))),
+        (_("Confirmation email sent"), when(subscriber.get("confirm_sent_at")) or "\u2014"),
+        (_("Confirmed"), when(subscriber.get("confirmed_at")) or "\u2014"),
     ]
+    if language_name:
+        rows.append((_("Language"), language_name))
     if subscriber.get("topics_requested"):
         rows.append(
-            ("Topics asked for on the sign-up form", ", ".join(subscriber["topics_requested"]))
+            (_("Topics asked for on the sign-up form"), ", ".join(subscriber["topics_requested"]))
         )
     if tracking_mode != "off":
         measured = personal_tracking(
             tracking_mode, bool(subscriber.get("tracking_consent")), withdrawn
         )
-        why = "with your consent" if tracking_mode == "consent" else "until you object"
-        rows.append((f"Opens measured as yours ({why})", "yes" if measured else "no"))
+        label = (
+            _("Opens measured as yours (with your consent)")
+            if tracking_mode == "consent"
+            else _("Opens measured as yours (until you object)")
+        )
+        rows.append((label, _("yes") if measured else _("no")))
         if subscriber.get("tracking_withdrawn_at"):
-            rows.append(("Open tracking stopped", when(subscriber["tracking_withdrawn_at"])))
+            rows.append((_("Open tracking stopped"), when(subscriber["tracking_withdrawn_at"])))
         if subscriber.get("tracking_requested"):
             rows.append(
-                ("Asked on the sign-up form to have opens measured", "yes (not yet answered)")
+                (
+                    _("Asked on the sign-up form to have opens measured"),
+                    _("yes (not yet answered)"),
+                )
             )
     return rows
 
 
-def sections(export: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every list of the export as a titled table (empty ones say "None")."""
+def sections(export: dict[str, Any], lang: str | None = None) -> list[dict[str, Any]]:
+    """Every list of the export as a titled table in `lang` (empty ones say "None")."""
     found = []
     for key, value in export.items():
         if key == "subscriber" or not isinstance(value, list):
             continue
         title, columns = SECTIONS.get(key, (key.replace("_", " ").capitalize(), {}))
+        if key in SECTIONS:
+            title = i18n.gettext(lang, title)
+            columns = {c: i18n.gettext(lang, label) for c, label in columns.items()}
         if not columns:
             columns = {c: c.replace("_", " ") for row in value for c in row}
         found.append(
@@ -165,7 +189,7 @@ def sections(export: dict[str, Any]) -> list[dict[str, Any]]:
                 "id": key.replace("_", "-"),
                 "title": title,
                 "columns": list(columns.values()),
-                "rows": [[_cell(c, row.get(c)) for c in columns] for row in value],
+                "rows": [[_cell(c, row.get(c), lang) for c in columns] for row in value],
             }
         )
     return found

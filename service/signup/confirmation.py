@@ -116,7 +116,7 @@ def _confirm_page(
     nonce = secrets.token_urlsafe(18) if auto else None
     if nonce:
         csp += f"; script-src 'nonce-{nonce}'"
-    context = {**_page_context(settings, row), **extra}
+    context = {**_page_context(settings, row), "lang": row["lang"], **extra}
     return pages.render(
         request,
         "confirm.html",
@@ -140,7 +140,8 @@ def _done_page(
     request that confirmed, or to its form) also the choices form and its secret. Without
     it, nothing personal: the link may be a forwarded email's."""
     settings: Settings = request.app.state.settings
-    context = {**_page_context(settings, row if choosing else None), **extra}
+    # The page speaks the subscriber's language, which tells nothing personal.
+    context = {**_page_context(settings, row if choosing else None), "lang": row["lang"], **extra}
     session = _choices_secret(settings.secret_keys[0], row) if choosing else ""
     return pages.render(
         request,
@@ -332,7 +333,8 @@ async def cancel_get(request: Request) -> Response:
         request.app.state.pool, id=subscriber_id, max_age=0.0, scanner_window=0.0
     )
     status = None if row is None else row["status"]
-    return pages.render(request, "cancel.html", status=status, done=False)
+    lang = None if row is None else row["lang"]
+    return pages.render(request, "cancel.html", status=status, done=False, lang=lang)
 
 
 async def cancel_post(request: Request) -> Response:
@@ -364,7 +366,8 @@ async def cancel_post(request: Request) -> Response:
     if deleted:
         log.info("pending sign-up cancelled", extra={"subscriber_id": subscriber_id})
     status = "active" if row is not None and row["status"] == "active" else None
-    return pages.render(request, "cancel.html", status=status, done=True)
+    lang = None if row is None else row["lang"]
+    return pages.render(request, "cancel.html", status=status, done=True, lang=lang)
 
 
 def routes() -> list[Route]:

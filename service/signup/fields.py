@@ -7,6 +7,8 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
+from service.i18n import N_
+
 NAME_MAX = 100
 SOURCE_MAX = 200
 EMAIL_MAX = 320  # RFC 5321's 64-character local part, "@" and 255-character domain
@@ -35,10 +37,10 @@ def clean_name(value: Any) -> tuple[str | None, str | None]:
     if value is None:
         return None, None
     if not isinstance(value, str):
-        return None, "The name must be text."
+        return None, N_("The name must be text.")
     name = value.strip() or None
     if name and len(name) > NAME_MAX:
         return None, f"The name may have at most {NAME_MAX} characters."
     if name and has_control(name):
-        return None, "The name must not contain line breaks or control characters."
+        return None, N_("The name must not contain line breaks or control characters.")
     return name, None

@@ -11,10 +11,12 @@ from email.message import EmailMessage
 
 import asyncpg
 
+from service import i18n
 from service.db.queries import queries
+from service.i18n import N_
 from service.mail.messages import MailContext, build_message, recipient_header
 
-SUBJECT = "Please confirm your subscription"
+SUBJECT = N_("Please confirm your subscription")
 
 
 async def compose(
@@ -27,7 +29,9 @@ async def compose(
     if row is None or row["status"] != "pending":
         return None
     base = ctx.settings.public_base
+    lang = ctx.language(row["lang"])
     values = {
+        "lang": lang,
         "name": row["name"],
         "confirm_url": f"{base}/confirm/{ctx.tokens.confirm(job['subscriber_id'])}",
         "cancel_url": f"{base}/cancel/{ctx.tokens.cancel(job['subscriber_id'])}",
@@ -39,7 +43,8 @@ async def compose(
     return build_message(
         ctx.settings,
         to=recipient_header(row["email"], row["name"]),
-        subject=SUBJECT,
+        subject=i18n.gettext(lang, SUBJECT),
         text=ctx.templates.get_template("email/confirm.txt").render(values),
         html=ctx.templates.get_template("email/confirm.html").render(values),
+        headers={"Content-Language": lang},
     )

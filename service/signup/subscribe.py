@@ -15,6 +15,7 @@ the person, and only the person's confirming request sets them (service/signup/c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -30,8 +31,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from service import i18n
 from service.db import connections
 from service.db.queries import queries
+from service.i18n import N_
 from service.privacy.evidence import Evidence
 from service.settings import Settings
 from service.signup import botcheck
@@ -57,6 +60,7 @@ class Signup:
     tracking: bool
     source: str | None
     topics: tuple[str, ...] = ()  # slugs; none: the default topics
+    lang: str = i18n.SOURCE  # one of LANGUAGES: the pending sign-up's pages and emails
 
 
 # -- reading and validating --------------------------------------------------------
@@ -100,6 +104,22 @@ def _topics(raw: Any) -> tuple[tuple[str, ...], str | None]:
     return tuple(sorted(set(raw))), None
 
 
+def language(request: Request, fields: dict[str, Any]) -> str:
+    """The sign-up's language among LANGUAGES: the `lang` field, else Accept-Language,
+    else the first offered (a malformed `lang` is a field error, found by `validate`)."""
+    offered = request.app.state.settings.languages
+    return i18n.choose(fields.get("lang"), request.headers.get("accept-language"), offered)
+
+
+def _lang_error(raw: Any) -> str | None:
+    """A `lang` field that is there but is no BCP 47 tag (`de`, `de-AT`, `pt-BR`)."""
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str) or i18n.primary(raw) is None:
+        return N_("The language must be a BCP 47 tag such as de or pt-BR.")
+    return None
+
+
 def _referer_source(request: Request) -> str | None:
     """The page the form was on, without its query (which may hold personal data)."""
     referer = request.headers.get("referer")
@@ -119,9 +139,9 @@ async def validate(
     raw_email = fields.get("email")
     email = ""
     if not isinstance(raw_email, str) or not raw_email.strip():
-        errors["email"] = "Please enter your email address."
+        errors["email"] = N_("Please enter your email address.")
     elif len(raw_email) > EMAIL_MAX:
-        errors["email"] = "This email address is too long."
+        errors["email"] = N_("This email address is too long.")
     else:
         check = settings.email_check_deliverability
         # strict: a local part of at most 64 characters (RFC 5321 section 4.5.3.1.1).
@@ -151,11 +171,15 @@ async def validate(
     topics, topics_error = _topics(fields.get("topics"))
     if topics_error:
         errors["topics"] = topics_error
+    lang_error = _lang_error(fields.get("lang"))
+    if lang_error:
+        errors["lang"] = lang_error
     # Only a wish: the person grants or refuses it on the confirmation page.
     tracking = settings.tracking_mode == "consent" and truthy(fields.get("tracking"))
     if errors:
         return None, errors
-    return Signup(email=email, name=name, tracking=tracking, source=source, topics=topics), {}
+    signup = Signup(email=email, name=name, tracking=tracking, source=source, topics=topics)
+    return dataclasses.replace(signup, lang=language(request, fields)), {}
 
 
 # -- storing -------------------------------------------------------------------------
@@ -181,6 +205,7 @@ async def register(
         name=signup.name,
         tracking=signup.tracking,
         topics=topic_ids,
+        lang=signup.lang,
         ip=evidence.ip,
         user_agent=evidence.user_agent,
         source=evidence.source,
@@ -207,15 +232,21 @@ async def answer_no_sooner(started: float, settings: Settings) -> None:
 
 
 # -- answers -------------------------------------------------------------------------
-def _accepted(request: Request, kind: str) -> Response:
-    """The one answer for new, pending, subscribed and honeypot sign-ups."""
+def _accepted(request: Request, kind: str, fields: dict[str, Any] | None = None) -> Response:
+    """The one answer for new, pending, subscribed and honeypot sign-ups (a form's page in
+    the sign-up's language)."""
     if kind == "json":
         return JSONResponse({"status": "pending"}, status_code=202)
     thank_you = request.app.state.settings.thank_you_url
     if thank_you:
         return RedirectResponse(thank_you, status_code=303)
     # In dev the email goes to the mail catcher: the page says where to read it.
-    return pages.render(request, "signup_thanks.html", dev=request.app.state.settings.dev)
+    return pages.render(
+        request,
+        "signup_thanks.html",
+        dev=request.app.state.settings.dev,
+        lang=language(request, fields or {}),
+    )
 
 
 def _problem(
@@ -246,7 +277,12 @@ def _problem(
         values["source"] = (
             printable(source, SOURCE_MAX) if isinstance(source, str) else _referer_source(request)
         )
+        raw_lang = fields.get("lang")
+        if isinstance(raw_lang, str) and i18n.primary(raw_lang):
+            values["lang"] = raw_lang.strip()
         settings = request.app.state.settings
+        lang = language(request, {"lang": values.get("lang")})
+        errors = {k: readable(lang, k, m) for k, m in errors.items()}
         return pages.render(
             request,
             "signup_error.html",
@@ -259,8 +295,21 @@ def _problem(
             honeypot=settings.honeypot_field,
             tracking_mode=settings.tracking_mode,
             topic_choices=topic_choices or [],
+            lang=lang,
         )
     return JSONResponse({"errors": errors}, status_code=status, headers=headers)
+
+
+def readable(lang: str, field: str, message: str) -> str:
+    """A field's message in the page's language: ours from the catalog; email-validator's
+    own (English only) replaced by a translated one where the page is not English."""
+    translated = i18n.gettext(lang, message)
+    if field == "email" and translated == message and lang != i18n.SOURCE:
+        return i18n.gettext(lang, INVALID_EMAIL)
+    return translated
+
+
+INVALID_EMAIL = N_("This email address is not valid. Please check it for typing errors.")
 
 
 async def subscribe(request: Request) -> Response:
@@ -281,7 +330,7 @@ async def subscribe(request: Request) -> Response:
     if fields.get(settings.honeypot_field) not in (None, "", False):
         count("honeypot").inc()
         await answer_no_sooner(started, settings)
-        return _accepted(request, kind)
+        return _accepted(request, kind, fields)
 
     signup, errors = await validate(fields, settings, request)
     # The bot check (off unless ALTCHA_HMAC_KEY is set): a field error like any other.
@@ -330,7 +379,7 @@ async def subscribe(request: Request) -> Response:
         return _unavailable(request, kind, fields)
     count(outcome).inc()
     await answer_no_sooner(started, settings)
-    return _accepted(request, kind)
+    return _accepted(request, kind, fields)
 
 
 UNSUPPORTED = "Send application/json or a form (application/x-www-form-urlencoded)."
@@ -343,7 +392,7 @@ def _too_many(
     fields: dict[str, Any],
     topic_choices: list[Any],
 ) -> Response:
-    message = "Too many sign-ups from your network. Please try again later."
+    message = N_("Too many sign-ups from your network. Please try again later.")
     headers = {"Retry-After": str(retry_after)}
     return _problem(
         request,
@@ -386,7 +435,7 @@ def _unavailable(request: Request, kind: str, fields: dict[str, Any]) -> Respons
     """The one place that answers a lost database itself rather than through the app's
     handler: the form comes back with what the person typed, so nothing is lost. Same
     definition, same Retry-After; any other database error is a bug and a 500."""
-    message = "Sign-up is briefly unavailable. Please try again in a minute."
+    message = N_("Sign-up is briefly unavailable. Please try again in a minute.")
     headers = {"Retry-After": connections.RETRY_AFTER, "Cache-Control": "no-store"}
     return _problem(request, kind, 503, {"service": message}, headers=headers, fields=fields)
 

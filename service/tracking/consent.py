@@ -28,8 +28,15 @@ def _subscriber_id(request: Request) -> int | None:
     return token_path.verified(request, request.app.state.tokens.verify_tracking)
 
 
-def _page(request: Request, state: str, status_code: int = 200) -> Response:
-    return pages.render(request, "tracking.html", status_code=status_code, state=state)
+def _page(
+    request: Request, state: str, status_code: int = 200, lang: str | None = None
+) -> Response:
+    return pages.render(request, "tracking.html", status_code=status_code, state=state, lang=lang)
+
+
+async def _lang(request: Request, subscriber_id: int) -> str | None:
+    """The subscriber's language for the page (None: the browser's)."""
+    return await q.subscriber_lang.fetchval(request.app.state.pool, subscriber_id=subscriber_id)
 
 
 async def withdraw(
@@ -84,9 +91,10 @@ async def grant(
 
 
 async def show(request: Request) -> Response:
-    if _subscriber_id(request) is None:
+    subscriber_id = _subscriber_id(request)
+    if subscriber_id is None:
         return _page(request, "invalid", 400)
-    return _page(request, "ask")
+    return _page(request, "ask", lang=await _lang(request, subscriber_id))
 
 
 async def post(request: Request) -> Response:
@@ -94,6 +102,7 @@ async def post(request: Request) -> Response:
     if subscriber_id is None:
         return _page(request, "invalid", 400)
     settings = request.app.state.settings
+    lang = await _lang(request, subscriber_id)
     ip = clientinfo.reduce_ip(clientinfo.client_ip(request), settings.ip_mode)
     user_agent = clientinfo.user_agent(request)
     result = await retry.run(
@@ -106,4 +115,4 @@ async def post(request: Request) -> Response:
             consent_text_version=settings.consent_text_version,
         ),
     )
-    return _page(request, "gone" if result is None else "done")
+    return _page(request, "gone" if result is None else "done", lang=lang)

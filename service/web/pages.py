@@ -11,6 +11,8 @@ import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from service import i18n
+
 # The templates and static files of every capability sit beside the packages, in service/.
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -42,6 +44,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["plural"] = plural
+    i18n.install(env)
     return env
 
 
@@ -69,6 +72,13 @@ async def favicon(request: Request) -> Response:
     )
 
 
+def page_language(request: Request) -> str:
+    """The language of a page about nobody in particular: the browser's choice among
+    LANGUAGES (a page about a subscriber passes theirs to `render` as `lang`)."""
+    offered = request.app.state.settings.languages
+    return i18n.choose(None, request.headers.get("accept-language"), offered)
+
+
 def render(
     request: Request,
     template: str,
@@ -78,14 +88,22 @@ def render(
     **context: Any,
 ) -> HTMLResponse:
     env: jinja2.Environment = request.app.state.templates
-    context.setdefault("site_url", site_link(request.app.state.settings))
+    settings = request.app.state.settings
+    context.setdefault("site_url", site_link(settings))
+    # A subscriber's stored language stays theirs even if LANGUAGES shrank since.
+    negotiated = context.get("lang") not in i18n.SHIPPED
+    if negotiated:
+        context["lang"] = page_language(request)
     html = env.get_template(template).render(**context)
     all_headers = {
+        "Content-Language": context["lang"],
         "Content-Security-Policy": csp,
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
         "Cache-Control": "no-store",
     }
+    if negotiated:
+        all_headers["Vary"] = "Accept-Language"
     all_headers.update(headers or {})
     return HTMLResponse(html, status_code=status_code, headers=all_headers)
 

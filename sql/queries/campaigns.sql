@@ -1,8 +1,8 @@
 -- Campaigns: storing, listing, queueing a send, rendering one email, recipients export.
 
 -- name: insert_campaign
-INSERT INTO campaigns (name, subject, html, text, topic_ids)
-VALUES (:name, :subject, :html, :text, :topic_ids::bigint[])
+INSERT INTO campaigns (name, subject, html, text, topic_ids, translations)
+VALUES (:name, :subject, :html, :text, :topic_ids::bigint[], :translations::jsonb)
 RETURNING id;
 
 -- name: get_campaign
@@ -145,7 +145,7 @@ ORDER BY s.id;
 -- name: mail_for_jobs
 -- The batch composer's view of many claimed campaign jobs at once: one row per job
 -- whose subscriber is still active and whose delivery has not gone out.
-SELECT d.campaign_id, d.subscriber_id, s.email, s.name, s.tracking_consent,
+SELECT d.campaign_id, d.subscriber_id, s.email, s.name, s.tracking_consent, s.lang,
        s.tracking_withdrawn_at IS NOT NULL AS tracking_withdrawn
 FROM unnest(:campaign_ids::bigint[], :subscriber_ids::bigint[]) AS j (campaign_id, subscriber_id)
 JOIN deliveries d ON d.campaign_id = j.campaign_id AND d.subscriber_id = j.subscriber_id
@@ -155,7 +155,8 @@ WHERE d.sent_at IS NULL
 
 -- name: campaign_templates
 -- `list_id`: the slug of the campaign's first topic (RFC 2919's List-Id), NULL for none.
-SELECT id, subject, html, text, topic_ids IS NOT NULL AS has_topics,
+SELECT id, subject, html, text, translations::text AS translations,
+       topic_ids IS NOT NULL AS has_topics,
        (SELECT t.slug FROM topics t WHERE t.id = ANY(campaigns.topic_ids)
         ORDER BY t.slug LIMIT 1) AS list_id
 FROM campaigns WHERE id = ANY(:ids::bigint[]);
@@ -171,7 +172,9 @@ UPDATE campaigns SET
     html = CASE WHEN 'html' = ANY(:fields::text[]) THEN :html ELSE html END,
     text = CASE WHEN 'text' = ANY(:fields::text[]) THEN :text ELSE text END,
     topic_ids = CASE WHEN 'topics' = ANY(:fields::text[]) THEN :topic_ids::bigint[]
-                     ELSE topic_ids END
+                     ELSE topic_ids END,
+    translations = CASE WHEN 'translations' = ANY(:fields::text[]) THEN :translations::jsonb
+                        ELSE translations END
 WHERE id = :id AND first_sent_at IS NULL AND NOT welcome
 RETURNING id;
 
@@ -181,14 +184,15 @@ SELECT first_sent_at IS NOT NULL AS started, welcome FROM campaigns WHERE id = :
 
 -- name: campaign_for_mail
 -- One campaign as the composer renders it (campaign_templates for one id).
-SELECT id, subject, html, text, topic_ids IS NOT NULL AS has_topics,
+SELECT id, subject, html, text, translations::text AS translations,
+       topic_ids IS NOT NULL AS has_topics,
        (SELECT t.slug FROM topics t WHERE t.id = ANY(campaigns.topic_ids)
         ORDER BY t.slug LIMIT 1) AS list_id
 FROM campaigns WHERE id = :id;
 
 -- name: preview_subscriber
 -- The subscriber a preview renders for, by address (case-insensitive like the unique index).
-SELECT id, email, name, tracking_consent,
+SELECT id, email, name, lang, tracking_consent,
        tracking_withdrawn_at IS NOT NULL AS tracking_withdrawn
 FROM subscribers WHERE lower(email) = lower(:email);
 

@@ -43,7 +43,7 @@ ON CONFLICT (day) DO UPDATE SET unsubscribes = list_daily.unsubscribes + 1;
 -- name: export_subscriber
 -- Every column of the row (tests/privacy/test_erasure.py holds it to the table).
 SELECT id, email, name, status, tracking_consent, tracking_requested, tracking_withdrawn_at,
-       created_at, signup_at, confirm_sent_at, confirmed_at, email_since,
+       created_at, signup_at, confirm_sent_at, confirmed_at, email_since, lang,
        (SELECT array_agg(t.slug ORDER BY t.slug) FROM topics t
         WHERE t.id = ANY(subscribers.topics_requested)) AS topics_requested
 FROM subscribers

@@ -25,14 +25,12 @@ WHERE event_endpoints.types IS DISTINCT FROM excluded.types;
 -- name: person
 -- What the events say about a subscriber (service/events/outbox.py, person_data), locked
 -- for the rest of the transaction: the events of one person are queued (and numbered) in
--- the order their transactions commit. `extra` is the whole row as JSON, for columns
--- another release may add (the subscriber's language) without a change here. No row when
--- no receiver is configured: then nothing is locked or read.
-SELECT s.id, s.email, s.name, s.status, s.tracking_consent, s.tracking_withdrawn_at,
+-- the order their transactions commit. No row when no receiver is configured: then
+-- nothing is locked or read.
+SELECT s.id, s.email, s.name, s.status, s.tracking_consent, s.tracking_withdrawn_at, s.lang,
        coalesce((SELECT array_agg(t.slug ORDER BY t.slug)
                  FROM subscriber_topics st JOIN topics t ON t.id = st.topic_id
-                 WHERE st.subscriber_id = s.id), '{}') AS topics,
-       to_jsonb(s) AS extra
+                 WHERE st.subscriber_id = s.id), '{}') AS topics
 FROM subscribers s
 WHERE s.id = :subscriber_id AND EXISTS (SELECT 1 FROM event_endpoints)
 FOR NO KEY UPDATE OF s;

@@ -9,13 +9,14 @@
 -- the outbox paces the re-permission mail.
 WITH added AS (
     INSERT INTO subscribers (email, name, status, tracking_consent, tracking_requested,
-                             confirmed_at, topics_requested)
+                             confirmed_at, topics_requested, lang)
     SELECT email, name,
            CASE WHEN consented_at IS NULL THEN 'pending' ELSE 'active' END,
            consented_at IS NOT NULL AND tracking,
            consented_at IS NULL AND tracking,
            consented_at,
-           CASE WHEN consented_at IS NULL THEN topic_ids END
+           CASE WHEN consented_at IS NULL THEN topic_ids END,
+           lang
     FROM import_staging
     WHERE import_id = :import_id
     ORDER BY line

@@ -1,7 +1,15 @@
 -- The subscriber's own page (service/manage/page.py, manage_links.py, manage_address.py).
 
+-- name: subscriber_lang
+-- The language of the person's pages (NULL: none stored, or no such subscriber).
+SELECT lang FROM subscribers WHERE id = :id;
+
+-- name: set_lang
+-- The language the person chose on their page (one of LANGUAGES, checked by the caller).
+UPDATE subscribers SET lang = :lang WHERE id = :id;
+
 -- name: subscriber
-SELECT id, email, name, status, tracking_consent, tracking_withdrawn_at
+SELECT id, email, name, status, tracking_consent, tracking_withdrawn_at, lang
 FROM subscribers WHERE id = :id;
 
 -- name: link_target
@@ -119,7 +127,7 @@ FROM subscribers s
 WHERE c.subscriber_id = :subscriber_id AND s.id = c.subscriber_id AND s.status = 'active'
   AND c.requested_at > now() - make_interval(secs => :max_age) AND NOT c.unmailed
   AND (c.mailed_by_job IS NULL OR c.mailed_by_job = :job_id)
-RETURNING c.id, c.new_email, s.name;
+RETURNING c.id, c.new_email, s.name, s.lang;
 
 -- name: change_state
 SELECT c.new_email

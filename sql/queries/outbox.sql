@@ -66,4 +66,4 @@ WHERE c.id = j.id;
 
 -- name: confirm_recipient
 -- The confirmation composer's view of the subscriber (never locked).
-SELECT email, name, status, tracking_requested FROM subscribers WHERE id = :subscriber_id;
+SELECT email, name, status, tracking_requested, lang FROM subscribers WHERE id = :subscriber_id;

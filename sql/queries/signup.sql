@@ -6,7 +6,8 @@
 -- was new, pending or subscribed (service/signup/subscribe.py also answers no sooner than
 -- SIGNUP_MIN_DURATION):
 -- 1. a new address becomes a pending row; a pending one is refreshed (its purge clock
---    restarts; the name, the tracking wish and the topics are proposals that the confirmation page
+--    restarts; the latest sign-up's language is the one its emails and pages speak;
+--    the name, the tracking wish and the topics are proposals that the confirmation page
 --    shows to the person, who confirms or changes them); an active one is left alone.
 --    Consent to tracking is never set here.
 -- 2. the sign-up's evidence row (`record_consent`, sql/139); a new address counted in
@@ -18,12 +19,12 @@
 --    every replica's outbox worker (delivered at commit). A subscribed address spends
 --    its allowance too, which is what keeps the three cases writing the same rows.
 WITH upserted AS (
-    INSERT INTO subscribers AS s (email, name, tracking_requested, topics_requested)
-    VALUES (:email, :name, :tracking, :topics::bigint[])
+    INSERT INTO subscribers AS s (email, name, tracking_requested, topics_requested, lang)
+    VALUES (:email, :name, :tracking, :topics::bigint[], :lang)
     ON CONFLICT (lower(email)) DO UPDATE
         SET signup_at = now(), name = EXCLUDED.name,
             tracking_requested = EXCLUDED.tracking_requested,
-            topics_requested = EXCLUDED.topics_requested
+            topics_requested = EXCLUDED.topics_requested, lang = EXCLUDED.lang
         WHERE s.status = 'pending'
     RETURNING id, (xmax = 0) AS created
 ),
@@ -70,7 +71,7 @@ ON CONFLICT (day) DO UPDATE SET confirmations = list_daily.confirmations + 1;
 -- than the confirmation period (never activated, purged later).
 -- `topic_choices`: every topic, ticked where the subscriber is in it (active) or asked for
 -- it (pending; the default topics when the sign-up named none), as JSON.
-SELECT id, status, confirm_sent_at, name, tracking_requested, tracking_consent, confirmed_at,
+SELECT id, status, confirm_sent_at, name, tracking_requested, tracking_consent, confirmed_at, lang,
        topics_requested,
        extract(epoch FROM now() - confirmed_at)::float8 AS confirmed_age,
        (status = 'pending' AND signup_at < now() - make_interval(secs => :max_age)) AS expired,

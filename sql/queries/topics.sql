@@ -135,3 +135,7 @@ ORDER BY t.name;
 -- name: form_choices
 -- The sign-up form's checkboxes: every topic, the default ones ticked.
 SELECT slug, name, is_default FROM topics ORDER BY name, slug;
+
+-- name: subscriber_lang
+-- The language of the unsubscribe pages (the subscriber's; NULL when there is none).
+SELECT lang FROM subscribers WHERE id = :subscriber_id;

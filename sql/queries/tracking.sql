@@ -39,3 +39,7 @@ DELETE FROM opens WHERE subscriber_id = :subscriber_id;
 UPDATE deliveries
 SET first_open_at = NULL
 WHERE subscriber_id = :subscriber_id AND first_open_at IS NOT NULL;
+
+-- name: subscriber_lang
+-- The language of the tracking page (the subscriber's; NULL when there is none).
+SELECT lang FROM subscribers WHERE id = :subscriber_id;

@@ -81,6 +81,9 @@ async def test_the_wheel_alone_installs_and_migrates_an_empty_database(
     # pyproject.toml's list is missing from the wheel and the image).
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "service").rglob("*.py")}
     assert modules - set(names) == set()
+    # The compiled catalogs of the languages (committed .mo files, package data).
+    catalogs = {p.relative_to(ROOT).as_posix() for p in (ROOT / "service/i18n/locale").glob("*.mo")}
+    assert len(catalogs) == 7 and catalogs - set(names) == set()
 
     venv = work / "venv"
     shutil.copytree(locked_venv(), venv, symlinks=True)
@@ -106,6 +109,14 @@ async def test_the_wheel_alone_installs_and_migrates_an_empty_database(
             env=env,
         )
         assert Path(where.stdout.strip()).is_relative_to(venv)
+        german = _run(
+            venv / "bin" / "python",
+            "-c",
+            "from service import i18n; print(i18n.gettext('de', 'Subscribe'))",
+            cwd=work,
+            env=env,
+        )
+        assert german.stdout.strip() == "Anmelden"
         _run(venv / "bin" / "newsletter", "migrate", cwd=work, env=env)
         con = await asyncpg.connect(env["DATABASE_URL"])
         try:

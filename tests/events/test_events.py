@@ -11,11 +11,10 @@ import time
 
 import httpx
 
-from service.events import queue as events_queue
 from service.privacy import erasure
 from service.privacy.evidence import Evidence
 from service.topics import membership
-from tests import people
+from tests import manage_support, people
 from tests.events.receiver import new_secret, receiving
 
 SECRET = new_secret(7)
@@ -330,16 +329,17 @@ async def db_lock(con, subscriber_id: int) -> None:
     await con.execute("SELECT 1 FROM subscribers WHERE id = $1 FOR UPDATE", subscriber_id)
 
 
-def test_the_persons_data_passes_a_language_column_on_where_the_schema_has_one() -> None:
-    row = {
-        "id": 1,
-        "email": "a@example.org",
-        "name": None,
-        "topics": [],
-        "tracking_consent": False,
-        "tracking_withdrawn_at": None,
-        "extra": '{"id": 1}',
-    }
-    assert "language" not in events_queue.person_data(row)
-    row["extra"] = '{"id": 1, "language": "de"}'
-    assert events_queue.person_data(row)["language"] == "de"
+async def test_a_language_chosen_on_the_persons_page_is_announced(app_factory, db, smtp) -> None:
+    """The person's language (issue 29) is part of what an update says about them."""
+    email = "lang@example.org"
+    sid = await people.add_subscriber(db, email, name="Ada")
+    async with receiving({HOOK: SECRET}) as receiver:
+        async with app_factory(**events_settings(receiver)) as (_app, client):
+            link = await manage_support.fresh_link(client, smtp, sid, email, db)
+            _page, session = await manage_support.open_data(client, link)
+            changed = await manage_support.act(client, session, "language", lang="de-AT")
+            assert changed.status_code == 200
+            await until(lambda: receiver.accepted())
+    [delivery] = receiver.deliveries
+    assert delivery.event["type"] == "subscriber.updated"
+    assert (delivery.event["data"]["email"], delivery.event["data"]["language"]) == (email, "de")

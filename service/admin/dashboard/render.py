@@ -35,6 +35,7 @@ def page(
         csrf=csrf,
         signed_in=bool(csrf),
         path=request.url.path,
+        lang="en",  # the dashboard is in English only (docs/guides/languages.md)
         **context,
     )
 
