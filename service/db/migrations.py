@@ -2,7 +2,8 @@
 
 Each file runs in its own transaction together with its record row (file name and
 sha256). The whole run holds a session-level advisory lock, so replicas that start
-at the same moment queue behind each other and the later ones find nothing to do.
+at the same moment queue behind each other (polling: see `_take_lock`) and the later ones
+find nothing to do.
 A file whose first line is `-- migrate: no-transaction` (for `CREATE INDEX
 CONCURRENTLY`) runs outside a transaction. An applied file that has changed since
 is an error: migrations are history, never edited.
@@ -10,6 +11,7 @@ is an error: migrations are history, never edited.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -68,10 +70,30 @@ def discover(directory: Traversable = SQL_DIR) -> list[Migration]:
     return migrations
 
 
+# Seconds between two tries of a replica that waits for another's migrations.
+LOCK_POLL = 0.2
+
+
+async def _take_lock(con: asyncpg.Connection) -> None:
+    """The migrations' advisory lock, waited for by polling, not by `pg_advisory_lock`.
+
+    A backend blocked in `pg_advisory_lock` is inside a statement and holds its snapshot.
+    `CREATE INDEX CONCURRENTLY` (a no-transaction migration) waits for every transaction
+    with an older snapshot to end, so the replica running it waited for the replicas
+    waiting for its lock: PostgreSQL found the cycle and aborted one (40P01; seen when
+    replicas started together on an empty database). Between two tries a waiting
+    replica holds no snapshot.
+    """
+    while True:  # the lock is another process's: no event to wait on
+        if await con.fetchval("SELECT pg_try_advisory_lock($1)", ADVISORY_LOCK_ID):
+            return
+        await asyncio.sleep(LOCK_POLL)
+
+
 async def migrate(con: asyncpg.Connection, directory: Traversable = SQL_DIR) -> list[str]:
     """Apply pending migrations; returns the names applied by this call."""
     migrations = discover(directory)
-    await con.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_ID)
+    await _take_lock(con)
     try:
         await con.execute(
             """
