@@ -94,6 +94,10 @@ class Pool(asyncpg.Pool):
     which every endpoint answers as "unavailable" (503 + Retry-After).
     """
 
+    # The bound is DB_COMMAND_TIMEOUT, but never under this: an acquire may open a new
+    # connection (TLS, a pooler's login), which a short statement limit says nothing about.
+    MIN_ACQUIRE_TIMEOUT = 2.0
+
     def __init__(self, *args: Any, acquire_timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.acquire_timeout = acquire_timeout
@@ -107,7 +111,7 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
 
     With `DB_STATEMENT_CACHE_SIZE=0` asyncpg uses unnamed prepared statements only, which
     PgBouncer's transaction pooling requires. Waiting for a free connection takes at most
-    DB_COMMAND_TIMEOUT, as a statement does.
+    DB_COMMAND_TIMEOUT (at least Pool.MIN_ACQUIRE_TIMEOUT), as a statement does.
     """
     # asyncpg.create_pool's own defaults, spelt out: Pool's constructor has none.
     return await Pool(
@@ -123,7 +127,7 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         loop=None,
         connection_class=asyncpg.Connection,
         record_class=asyncpg.Record,
-        acquire_timeout=settings.db_command_timeout,
+        acquire_timeout=max(settings.db_command_timeout, Pool.MIN_ACQUIRE_TIMEOUT),
         statement_cache_size=settings.db_statement_cache_size,
         command_timeout=settings.db_command_timeout,
         # In the startup packet, UTC is also the session default RESET ALL returns to.

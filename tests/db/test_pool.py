@@ -28,6 +28,18 @@ async def test_a_request_that_finds_every_connection_busy_answers_503(
         assert again.status_code == 404
 
 
+async def test_the_bound_is_the_command_timeout_but_not_under_a_connects_time(
+    make_settings,
+) -> None:
+    for command_timeout, bound in ((10.0, 10.0), (0.1, connections.Pool.MIN_ACQUIRE_TIMEOUT)):
+        settings = make_settings(db_pool_min=0, db_command_timeout=command_timeout)
+        pool = await connections.create_pool(settings)
+        try:
+            assert pool.acquire_timeout == bound
+        finally:
+            await connections.close_pool(pool)
+
+
 async def test_an_explicit_timeout_still_wins(make_settings) -> None:
     pool = await connections.create_pool(make_settings(db_pool_min=1, db_pool_max=1))
     try:
@@ -40,7 +52,7 @@ async def test_an_explicit_timeout_still_wins(make_settings) -> None:
             except TimeoutError:
                 pass
             waited = asyncio.get_running_loop().time() - started
-        assert waited < pool.acquire_timeout  # 0.2 s, not DB_COMMAND_TIMEOUT's 10 s
+        assert waited < pool.acquire_timeout  # 0.2 s, not the pool's own bound
         assert await pool.fetchval("SELECT 1") == 1
     finally:
         await connections.close_pool(pool)
