@@ -64,12 +64,67 @@ ranked AS (
                               ORDER BY e.at) AS nth
     FROM events e
 ),
+-- The row of an open is narrow (sql/161): its user agent a number into user_agents, its
+-- client, os, country and machine reason numbers into open_labels, found by their unique
+-- indexes. A string not found in this statement's snapshot is inserted; should another
+-- replica have inserted it since, the no-op DO UPDATE still returns its id (DO NOTHING
+-- would return none). A user agent's last_seen moves to this month once a month.
+agent_strings AS (
+    SELECT DISTINCT e.user_agent AS agent FROM events e
+    WHERE e.tracked AND e.user_agent IS NOT NULL
+),
+known_agents AS (
+    SELECT ua.id, ua.agent, ua.last_seen FROM user_agents ua
+    WHERE ua.agent IN (SELECT agent FROM agent_strings)
+),
+new_agents AS (
+    INSERT INTO user_agents AS ua (agent, last_seen)
+    SELECT s.agent, date_trunc('month', now() AT TIME ZONE 'UTC')::date
+    FROM agent_strings s
+    WHERE NOT EXISTS (SELECT FROM known_agents k WHERE k.agent = s.agent)
+    ORDER BY s.agent
+    ON CONFLICT (agent) DO UPDATE SET last_seen = excluded.last_seen
+    RETURNING ua.id, ua.agent
+),
+seen_agents AS (
+    UPDATE user_agents ua SET last_seen = date_trunc('month', now() AT TIME ZONE 'UTC')::date
+    FROM known_agents k
+    WHERE ua.id = k.id AND k.last_seen < date_trunc('month', now() AT TIME ZONE 'UTC')::date
+    RETURNING 1
+),
+agents AS (
+    SELECT id, agent FROM known_agents UNION ALL SELECT id, agent FROM new_agents
+),
+words AS (
+    SELECT DISTINCT w.word FROM events e
+    CROSS JOIN LATERAL (VALUES (e.client), (e.os), (e.country), (e.machine_reason)) AS w (word)
+    WHERE e.tracked AND w.word IS NOT NULL
+),
+known_labels AS (
+    SELECT l.id, l.label FROM open_labels l WHERE l.label IN (SELECT word FROM words)
+),
+new_labels AS (
+    INSERT INTO open_labels AS l (label)
+    SELECT w.word FROM words w
+    WHERE NOT EXISTS (SELECT FROM known_labels k WHERE k.label = w.word)
+    ORDER BY w.word
+    ON CONFLICT (label) DO UPDATE SET label = excluded.label
+    RETURNING l.id, l.label
+),
+labels AS (
+    SELECT id, label FROM known_labels UNION ALL SELECT id, label FROM new_labels
+),
 inserted AS (
-    INSERT INTO opens (subscriber_id, campaign_id, at, ip, user_agent, client, os, country,
-                       machine_reason)
-    SELECT subscriber_id, campaign_id, at, ip, user_agent, client, os, country, machine_reason
-    FROM events
-    WHERE tracked
+    INSERT INTO opens (subscriber_id, campaign_id, at, addr, user_agent_id, client_id, os_id,
+                       country_id, reason_id)
+    SELECT e.subscriber_id, e.campaign_id, e.at, e.ip::inet,
+           (SELECT a.id FROM agents a WHERE a.agent = e.user_agent),
+           (SELECT l.id FROM labels l WHERE l.label = e.client),
+           (SELECT l.id FROM labels l WHERE l.label = e.os),
+           (SELECT l.id FROM labels l WHERE l.label = e.country),
+           (SELECT l.id FROM labels l WHERE l.label = e.machine_reason)
+    FROM events e
+    WHERE e.tracked
     RETURNING 1
 ),
 firsts AS (

@@ -265,6 +265,7 @@ def test_newsletter_purge_command_runs_one_pass_and_prints_the_counts(database_u
         "manage_links",
         "address_changes",
         "soft_bounces",
+        "altcha_spent",
     }
 
 
