@@ -375,6 +375,14 @@ def database_figures() -> dict[str, tuple[str, tuple]]:
     }
 
 
+async def _bytes_per_open(url: str) -> dict[str, int]:
+    con = await _connect(url)
+    try:
+        return await scale_data.bytes_per_open(con)
+    finally:
+        await con.close()
+
+
 def measure(url: str, count: int, paths: list[str], workdir: Path) -> list[dict]:
     rows: list[dict] = []
     opens = label(count)
@@ -385,19 +393,12 @@ def measure(url: str, count: int, paths: list[str], workdir: Path) -> list[dict]
 
     loaded = asyncio.run(fill(url, count))
     add("load", seconds=round(loaded, 1), rows_per_s=round(count / loaded))
-    size = asyncio.run(
-        facts(
-            url,
-            """SELECT pg_relation_size('opens') AS heap, pg_indexes_size('opens') AS indexes,
-                      (SELECT count(*) FROM opens) AS n,
-                      (SELECT count(DISTINCT user_agent) FROM opens) AS user_agents""",
-        )
-    )
+    size = asyncio.run(_bytes_per_open(url))
     add(
         "bytes per open",
-        bytes=round((size["heap"] + size["indexes"]) / size["n"]),
-        heap=round(size["heap"] / size["n"]),
-        indexes=round(size["indexes"] / size["n"]),
+        bytes=size["bytes"],
+        heap=size["heap"],
+        indexes=size["indexes"],
         user_agents=size["user_agents"],
     )
     with ServiceProcess(service_env(url), ["serve", "--no-migrate", "--no-worker"]) as service:
