@@ -19,11 +19,12 @@ WITH batch AS MATERIALIZED (
     -- the few rows it is, and its joins stay index look-ups (inlined, the pixel bench
     -- lost a fifth of its throughput).
     SELECT e.subscriber_id, e.campaign_id, to_timestamp(e.epoch) AS at, e.ip, e.user_agent,
-           e.client, e.os, e.country, e.reason
+           e.agent_id, e.client, e.os, e.country, e.reason
     FROM unnest(:subscriber_ids::bigint[], :campaign_ids::bigint[], :ats::float8[],
-                :ips::text[], :user_agents::text[], :clients::text[], :oses::text[],
-                :countries::text[], :reasons::text[])
-         AS e (subscriber_id, campaign_id, epoch, ip, user_agent, client, os, country, reason)
+                :ips::text[], :user_agents::text[], :user_agent_ids::int[], :clients::text[],
+                :oses::text[], :countries::text[], :reasons::text[])
+         AS e (subscriber_id, campaign_id, epoch, ip, user_agent, agent_id, client, os, country,
+               reason)
 ),
 live AS (
     SELECT s.id,
@@ -43,7 +44,7 @@ live_campaigns AS (
     FOR KEY SHARE
 ),
 events AS (
-    SELECT b.subscriber_id, b.campaign_id, b.at, b.ip, b.user_agent, b.client, b.os,
+    SELECT b.subscriber_id, b.campaign_id, b.at, b.ip, b.user_agent, b.agent_id, b.client, b.os,
            b.country, coalesce(l.tracked, false) AS tracked, c.first_sent_at,
            d.subscriber_id IS NOT NULL AS delivered,
            COALESCE(b.reason,
@@ -69,9 +70,12 @@ ranked AS (
 -- indexes. A string not found in this statement's snapshot is inserted; should another
 -- replica have inserted it since, the no-op DO UPDATE still returns its id (DO NOTHING
 -- would return none). A user agent's last_seen moves to this month once a month.
+-- :user_agent_ids holds the ids the recorder already knows (it learns them from `agents`,
+-- returned below, and forgets them when the month turns), NULL for the others: only those
+-- are looked up here, which spares the pixel most of the look-ups' cost.
 agent_strings AS (
     SELECT DISTINCT e.user_agent AS agent FROM events e
-    WHERE e.tracked AND e.user_agent IS NOT NULL
+    WHERE e.tracked AND e.user_agent IS NOT NULL AND e.agent_id IS NULL
 ),
 known_agents AS (
     SELECT ua.id, ua.agent, ua.last_seen FROM user_agents ua
@@ -118,7 +122,7 @@ inserted AS (
     INSERT INTO opens (subscriber_id, campaign_id, at, addr, user_agent_id, client_id, os_id,
                        country_id, reason_id)
     SELECT e.subscriber_id, e.campaign_id, e.at, e.ip::inet,
-           (SELECT a.id FROM agents a WHERE a.agent = e.user_agent),
+           coalesce(e.agent_id, (SELECT a.id FROM agents a WHERE a.agent = e.user_agent)),
            (SELECT l.id FROM labels l WHERE l.label = e.client),
            (SELECT l.id FROM labels l WHERE l.label = e.os),
            (SELECT l.id FROM labels l WHERE l.label = e.country),
@@ -174,4 +178,6 @@ counts AS (
 SELECT (SELECT count(*) FROM events) AS live,
        (SELECT count(*) FROM inserted) AS personal,
        (SELECT count(*) FROM firsts) AS uniques,
-       (SELECT count(*) FROM counts) AS count_rows;
+       (SELECT count(*) FROM counts) AS count_rows,
+       ARRAY(SELECT agent FROM agents ORDER BY id) AS agents,
+       ARRAY(SELECT id FROM agents ORDER BY id) AS agent_ids;

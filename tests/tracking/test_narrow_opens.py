@@ -152,3 +152,30 @@ async def test_retention_forgets_user_agents_no_open_within_the_retention_used(
     assert [r["agent"] for r in await db.fetch("SELECT agent FROM user_agents")] == [CHROME]
     shown = await db.fetchval("SELECT user_agent FROM opens_readable")
     assert shown == CHROME
+
+
+async def test_the_recorder_reuses_the_ids_it_learnt_and_forgets_them_when_the_month_turns(
+    make_settings, db
+) -> None:
+    campaign_id, (a,) = await seed(db, 1)
+    settings = make_settings()
+    pool = await service_db.create_pool(settings)
+    try:
+        rec = Recorder(pool, settings, Metrics())
+        rec.start()
+        for second in range(2):
+            done = rec.submit(Open(a, campaign_id, time.time() + second, None, CHROME))
+            assert done is not None and await done is True
+        [learnt] = rec._agent_ids.values()
+        # A string last seen long ago: the cache keeps it until the month turns, then the
+        # statement looks it up again and moves last_seen on.
+        await db.execute("UPDATE user_agents SET last_seen = '2000-01-01'")
+        rec._agent_month = "2000-01"
+        done = rec.submit(Open(a, campaign_id, time.time() + 2, None, CHROME))
+        assert done is not None and await done is True
+        await rec.stop()
+    finally:
+        await pool.close()
+    ids = [r["user_agent_id"] for r in await db.fetch("SELECT user_agent_id FROM opens")]
+    assert ids == [learnt] * 3
+    assert await db.fetchval("SELECT last_seen > '2000-01-01' FROM user_agents")

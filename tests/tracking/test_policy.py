@@ -69,6 +69,7 @@ async def test_the_recorder_statement_records_opens_of_whom_the_rule_names(db) -
             ats=[time.time()] * n,
             ips=[None] * n,
             user_agents=[None] * n,
+            user_agent_ids=[None] * n,
             clients=[None] * n,
             oses=[None] * n,
             countries=[None] * n,
