@@ -124,6 +124,7 @@ class Recorder:
         )
         self._con: asyncpg.Connection | None = None
         self._agent_ids: dict[str, int] = {}
+        self._label_ids: dict[str, int] = {}  # open_labels: a few hundred, never deleted
         self._agent_month = ""
         self.wait = settings.pixel_mode == "wait"
         self._query = queries("pixel").record_opens
@@ -211,9 +212,10 @@ class Recorder:
         month = time.strftime("%Y-%m", time.gmtime())
         if month != self._agent_month or len(self._agent_ids) > AGENT_CACHE_SIZE:
             self._agent_ids, self._agent_month = {}, month
-        agent_id = self._agent_ids.get
+        agent_id, label_id = self._agent_ids.get, self._label_ids.get
         subscriber_ids, campaign_ids, ats, ips, user_agents = [], [], [], [], []
         user_agent_ids: list[int | None] = []
+        client_ids, os_ids, country_ids, reason_ids = [], [], [], []
         clients, oses, countries, reasons = [], [], [], []
         for event in chunk:
             ua = user_agent(event.user_agent)
@@ -229,6 +231,10 @@ class Recorder:
             oses.append(found.os)
             countries.append(country if found.country_known else None)
             reasons.append(found.machine_reason)
+            client_ids.append(label_id(found.client))
+            os_ids.append(label_id(found.os))
+            country_ids.append(label_id(countries[-1]))
+            reason_ids.append(label_id(found.machine_reason))
         return {
             "subscriber_ids": subscriber_ids,
             "campaign_ids": campaign_ids,
@@ -237,9 +243,13 @@ class Recorder:
             "user_agents": user_agents,
             "user_agent_ids": user_agent_ids,
             "clients": clients,
+            "client_ids": client_ids,
             "oses": oses,
+            "os_ids": os_ids,
             "countries": countries,
+            "country_ids": country_ids,
             "reasons": reasons,
+            "reason_ids": reason_ids,
             "tracking_mode": self.settings.tracking_mode,
             "machine_window": self.settings.machine_open_window,
         }
@@ -307,6 +317,7 @@ class Recorder:
             assert row is not None
             personal, live = row["personal"], row["live"]
             self._agent_ids.update(zip(row["agents"], row["agent_ids"], strict=True))
+            self._label_ids.update(zip(row["labels"], row["label_ids"], strict=True))
             if personal:
                 self.metrics.opens_recorded.labels("personal").inc(personal)
             if live - personal:

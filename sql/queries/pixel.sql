@@ -19,12 +19,15 @@ WITH batch AS MATERIALIZED (
     -- the few rows it is, and its joins stay index look-ups (inlined, the pixel bench
     -- lost a fifth of its throughput).
     SELECT e.subscriber_id, e.campaign_id, to_timestamp(e.epoch) AS at, e.ip, e.user_agent,
-           e.agent_id, e.client, e.os, e.country, e.reason
+           e.agent_id, e.client, e.client_id, e.os, e.os_id, e.country, e.country_id, e.reason,
+           e.reason_id
     FROM unnest(:subscriber_ids::bigint[], :campaign_ids::bigint[], :ats::float8[],
                 :ips::text[], :user_agents::text[], :user_agent_ids::int[], :clients::text[],
-                :oses::text[], :countries::text[], :reasons::text[])
-         AS e (subscriber_id, campaign_id, epoch, ip, user_agent, agent_id, client, os, country,
-               reason)
+                :client_ids::smallint[], :oses::text[], :os_ids::smallint[],
+                :countries::text[], :country_ids::smallint[], :reasons::text[],
+                :reason_ids::smallint[])
+         AS e (subscriber_id, campaign_id, epoch, ip, user_agent, agent_id, client, client_id,
+               os, os_id, country, country_id, reason, reason_id)
 ),
 live AS (
     SELECT s.id,
@@ -45,7 +48,8 @@ live_campaigns AS (
 ),
 events AS (
     SELECT b.subscriber_id, b.campaign_id, b.at, b.ip, b.user_agent, b.agent_id, b.client, b.os,
-           b.country, coalesce(l.tracked, false) AS tracked, c.first_sent_at,
+           b.country, b.client_id, b.os_id, b.country_id, b.reason_id,
+           coalesce(l.tracked, false) AS tracked, c.first_sent_at,
            d.subscriber_id IS NOT NULL AS delivered,
            COALESCE(b.reason,
                     CASE WHEN b.at >= d.sent_at
@@ -72,7 +76,10 @@ ranked AS (
 -- would return none). A user agent's last_seen moves to this month once a month.
 -- :user_agent_ids holds the ids the recorder already knows (it learns them from `agents`,
 -- returned below, and forgets them when the month turns), NULL for the others: only those
--- are looked up here, which spares the pixel most of the look-ups' cost.
+-- are looked up here, which spares the pixel most of the look-ups' cost. The same for
+-- the labels' ids (:client_ids and the rest; `labels` returned below; a label is never
+-- deleted, so its id never changes); the machine reason this statement decides
+-- (soon_after_send) is looked up here.
 agent_strings AS (
     SELECT DISTINCT e.user_agent AS agent FROM events e
     WHERE e.tracked AND e.user_agent IS NOT NULL AND e.agent_id IS NULL
@@ -101,8 +108,10 @@ agents AS (
 ),
 words AS (
     SELECT DISTINCT w.word FROM events e
-    CROSS JOIN LATERAL (VALUES (e.client), (e.os), (e.country), (e.machine_reason)) AS w (word)
-    WHERE e.tracked AND w.word IS NOT NULL
+    CROSS JOIN LATERAL (VALUES (e.client, e.client_id), (e.os, e.os_id),
+                               (e.country, e.country_id),
+                               (e.machine_reason, e.reason_id)) AS w (word, id)
+    WHERE e.tracked AND w.word IS NOT NULL AND w.id IS NULL
 ),
 known_labels AS (
     SELECT l.id, l.label FROM open_labels l WHERE l.label IN (SELECT word FROM words)
@@ -123,10 +132,10 @@ inserted AS (
                        country_id, reason_id)
     SELECT e.subscriber_id, e.campaign_id, e.at, e.ip::inet,
            coalesce(e.agent_id, (SELECT a.id FROM agents a WHERE a.agent = e.user_agent)),
-           (SELECT l.id FROM labels l WHERE l.label = e.client),
-           (SELECT l.id FROM labels l WHERE l.label = e.os),
-           (SELECT l.id FROM labels l WHERE l.label = e.country),
-           (SELECT l.id FROM labels l WHERE l.label = e.machine_reason)
+           coalesce(e.client_id, (SELECT l.id FROM labels l WHERE l.label = e.client)),
+           coalesce(e.os_id, (SELECT l.id FROM labels l WHERE l.label = e.os)),
+           coalesce(e.country_id, (SELECT l.id FROM labels l WHERE l.label = e.country)),
+           coalesce(e.reason_id, (SELECT l.id FROM labels l WHERE l.label = e.machine_reason))
     FROM events e
     WHERE e.tracked
     RETURNING 1
@@ -180,4 +189,6 @@ SELECT (SELECT count(*) FROM events) AS live,
        (SELECT count(*) FROM firsts) AS uniques,
        (SELECT count(*) FROM counts) AS count_rows,
        ARRAY(SELECT agent FROM agents ORDER BY id) AS agents,
-       ARRAY(SELECT id FROM agents ORDER BY id) AS agent_ids;
+       ARRAY(SELECT id FROM agents ORDER BY id) AS agent_ids,
+       ARRAY(SELECT label FROM labels ORDER BY id) AS labels,
+       ARRAY(SELECT id FROM labels ORDER BY id) AS label_ids;

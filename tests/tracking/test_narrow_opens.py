@@ -167,6 +167,7 @@ async def test_the_recorder_reuses_the_ids_it_learnt_and_forgets_them_when_the_m
             done = rec.submit(Open(a, campaign_id, time.time() + second, None, CHROME))
             assert done is not None and await done is True
         [learnt] = rec._agent_ids.values()
+        assert {"Chrome", "Windows"} <= set(rec._label_ids)
         # A string last seen long ago: the cache keeps it until the month turns, then the
         # statement looks it up again and moves last_seen on.
         await db.execute("UPDATE user_agents SET last_seen = '2000-01-01'")
@@ -178,4 +179,6 @@ async def test_the_recorder_reuses_the_ids_it_learnt_and_forgets_them_when_the_m
         await pool.close()
     ids = [r["user_agent_id"] for r in await db.fetch("SELECT user_agent_id FROM opens")]
     assert ids == [learnt] * 3
+    clients = await db.fetch("SELECT client FROM opens_readable")
+    assert [r["client"] for r in clients] == ["Chrome"] * 3
     assert await db.fetchval("SELECT last_seen > '2000-01-01' FROM user_agents")

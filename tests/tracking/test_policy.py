@@ -71,9 +71,13 @@ async def test_the_recorder_statement_records_opens_of_whom_the_rule_names(db) -
             user_agents=[None] * n,
             user_agent_ids=[None] * n,
             clients=[None] * n,
+            client_ids=[None] * n,
             oses=[None] * n,
+            os_ids=[None] * n,
             countries=[None] * n,
+            country_ids=[None] * n,
             reasons=[None] * n,
+            reason_ids=[None] * n,
             tracking_mode=mode,
             machine_window=0.0,
         )
