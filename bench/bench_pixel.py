@@ -136,12 +136,23 @@ async def _big_load(url: str) -> float:
         per = OPENS_PER_BIG_SUBSCRIBER
         subscribers = BIG_ROWS // per
         # Interleaved like real traffic: one subscriber's opens spread over the table.
+        # The narrow row the recorder writes (sql/161): strings as ids of lookup tables.
         await con.execute(
-            """INSERT INTO opens (subscriber_id, campaign_id, at, ip, user_agent, client, os,
-                                  country, machine_reason)
+            """INSERT INTO user_agents (agent, last_seen) VALUES ('Mozilla/5.0', current_date)
+               ON CONFLICT (agent) DO NOTHING;
+               INSERT INTO open_labels (label) VALUES ('Apple Mail'), ('Mac OS X'), ('DE')
+               ON CONFLICT (label) DO NOTHING"""
+        )
+        await con.execute(
+            """INSERT INTO opens (subscriber_id, campaign_id, at, addr, user_agent_id,
+                                  client_id, os_id, country_id)
                SELECT (g % $2) + 1, $1, now() - interval '30 days' + g * interval '1 ms',
-                      '203.0.113.0', 'Mozilla/5.0', 'Apple Mail', 'Mac OS X', 'DE', NULL
-               FROM generate_series(0, $3 - 1) g""",
+                      '203.0.113.0', ua.id, cl.id, os.id, co.id
+               FROM generate_series(0, $3 - 1) g,
+                    (SELECT id FROM user_agents WHERE agent = 'Mozilla/5.0') ua,
+                    (SELECT id FROM open_labels WHERE label = 'Apple Mail') cl,
+                    (SELECT id FROM open_labels WHERE label = 'Mac OS X') os,
+                    (SELECT id FROM open_labels WHERE label = 'DE') co""",
             campaign_id,
             subscribers,
             BIG_ROWS,

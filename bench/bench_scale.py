@@ -375,6 +375,14 @@ def database_figures() -> dict[str, tuple[str, tuple]]:
     }
 
 
+async def _bytes_per_open(url: str) -> dict[str, int]:
+    con = await _connect(url)
+    try:
+        return await scale_data.bytes_per_open(con)
+    finally:
+        await con.close()
+
+
 def measure(url: str, count: int, paths: list[str], workdir: Path) -> list[dict]:
     rows: list[dict] = []
     opens = label(count)
@@ -385,23 +393,12 @@ def measure(url: str, count: int, paths: list[str], workdir: Path) -> list[dict]
 
     loaded = asyncio.run(fill(url, count))
     add("load", seconds=round(loaded, 1), rows_per_s=round(count / loaded))
-    size = asyncio.run(
-        facts(
-            url,
-            # `opens` is partitioned by month (sql/151): its own sizes are 0, the
-            # partitions hold the rows and the indexes.
-            """SELECT sum(pg_relation_size(relid)) AS heap,
-                      sum(pg_indexes_size(relid)) AS indexes,
-                      (SELECT count(*) FROM opens) AS n,
-                      (SELECT count(DISTINCT user_agent) FROM opens) AS user_agents
-               FROM pg_partition_tree('opens') WHERE isleaf""",
-        )
-    )
+    size = asyncio.run(_bytes_per_open(url))
     add(
         "bytes per open",
-        bytes=round((size["heap"] + size["indexes"]) / size["n"]),
-        heap=round(size["heap"] / size["n"]),
-        indexes=round(size["indexes"] / size["n"]),
+        bytes=size["bytes"],
+        heap=size["heap"],
+        indexes=size["indexes"],
         user_agents=size["user_agents"],
     )
     with ServiceProcess(service_env(url), ["serve", "--no-migrate", "--no-worker"]) as service:

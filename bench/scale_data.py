@@ -13,7 +13,8 @@ place to adapt.
   clients, scanners and proxies, a few bots), classified by the service's own classifier
   (client, system, machine reason), picked with a skew so that a few dominate as in real
   traffic (Apple's proxy, Gmail's, Outlook) and a long tail stays;
-- countries from a short weighted list, addresses as IP_MODE=truncated stores them.
+- countries from a short weighted list, addresses as IP_MODE=truncated stores them;
+- the narrow row of sql/161: strings into user_agents and open_labels, their ids in opens.
 """
 
 from __future__ import annotations
@@ -48,12 +49,12 @@ OPEN_COLUMNS = (
     "subscriber_id",
     "campaign_id",
     "at",
-    "ip",
-    "user_agent",
-    "client",
-    "os",
-    "country",
-    "machine_reason",
+    "addr",
+    "user_agent_id",
+    "client_id",
+    "os_id",
+    "country_id",
+    "reason_id",
 )
 
 
@@ -111,6 +112,35 @@ async def load_opens(
         " os text, machine_reason text)"
     )
     await con.copy_records_to_table("bench_ua", records=[(i, *row) for i, row in enumerate(uas)])
+    # The lookup tables as the recorder fills them (sql/queries/pixel.sql), and their ids.
+    await con.execute(
+        """INSERT INTO user_agents (agent, last_seen)
+           SELECT DISTINCT user_agent, date_trunc('month', now())::date FROM bench_ua
+           WHERE user_agent IS NOT NULL ON CONFLICT (agent) DO NOTHING"""
+    )
+    await con.execute(
+        """INSERT INTO open_labels (label)
+           SELECT DISTINCT w FROM (SELECT unnest(array[client, os, machine_reason]) AS w
+                                   FROM bench_ua UNION ALL SELECT unnest($1::text[])) x
+           WHERE w IS NOT NULL ON CONFLICT (label) DO NOTHING""",
+        COUNTRIES,
+    )
+    await con.execute(
+        """CREATE TEMPORARY TABLE bench_ua_ids AS
+           SELECT b.n, ua.id AS user_agent_id, c.id AS client_id, o.id AS os_id,
+                  r.id AS reason_id
+           FROM bench_ua b
+           LEFT JOIN user_agents ua ON ua.agent = b.user_agent
+           LEFT JOIN open_labels c ON c.label = b.client
+           LEFT JOIN open_labels o ON o.label = b.os
+           LEFT JOIN open_labels r ON r.label = b.machine_reason"""
+    )
+    await con.execute("ALTER TABLE bench_ua_ids ADD PRIMARY KEY (n)")
+    countries = await con.fetchval(
+        "SELECT array_agg(l.id ORDER BY c.i) FROM unnest($1::text[]) WITH ORDINALITY c (w, i)"
+        " JOIN open_labels l ON l.label = c.w",
+        COUNTRIES,
+    )
     # Indexes built once after the load, not row by row (several times faster); whatever
     # indexes the table has, as their definitions say.
     indexes = await con.fetch(
@@ -143,13 +173,13 @@ async def load_opens(
                        $1,
                        c.first_sent_at + make_interval(secs => least(
                            -ln(1 - (k + 0.5) / $3) * $4 * 3600, $5 * 3600)),
-                       '198.51.' || (k % 250) || '.0',
-                       ua.user_agent, ua.client, ua.os,
-                       ($6::text[])[1 + (k * 31 % array_length($6::text[], 1))],
-                       ua.machine_reason
+                       ('198.51.' || (k % 250) || '.0')::inet,
+                       ua.user_agent_id, ua.client_id, ua.os_id,
+                       ($6::smallint[])[1 + (k * 31 % array_length($6::smallint[], 1))],
+                       ua.reason_id
                 FROM (SELECT k, floor($7 * power(random(), 6))::int AS u
                       FROM generate_series(0, $3 - 1) k OFFSET 0) g
-                JOIN bench_ua ua ON ua.n = g.u
+                JOIN bench_ua_ids ua ON ua.n = g.u
                 CROSS JOIN campaigns c
                 WHERE c.id = $1""",
             campaign_id,
@@ -157,11 +187,30 @@ async def load_opens(
             rows,
             DECAY_HOURS,
             MAX_DELAY_HOURS,
-            COUNTRIES,
+            countries,
             len(uas),
         )
-    await con.execute("DROP TABLE bench_ua")
+    await con.execute("DROP TABLE bench_ua, bench_ua_ids")
     for index in indexes:
-        # A partitioned table's index reads "ON ONLY opens": as written it would make the
-        # parent's index alone (invalid, no partition indexed).
-        await con.execute(index["indexdef"].replace(" ON ONLY ", " ON ", 1))
+        # ON ONLY (how pg_indexes shows an index of a partitioned table) would build none
+        # of the partitions' indexes.
+        await con.execute(index["indexdef"].replace(" ON ONLY ", " ON "))
+
+
+async def bytes_per_open(con: asyncpg.Connection) -> dict[str, int]:
+    """Heap and index bytes of every partition of `opens` (the partitioned parent itself
+    has none), the number of opens and of distinct user agents among them."""
+    row = await con.fetchrow(
+        """SELECT sum(pg_relation_size(relid)) AS heap, sum(pg_indexes_size(relid)) AS indexes,
+                  (SELECT count(*) FROM opens) AS n,
+                  (SELECT count(DISTINCT user_agent_id) FROM opens) AS user_agents
+           FROM pg_partition_tree('opens') WHERE isleaf"""
+    )
+    n = max(row["n"], 1)
+    return {
+        "bytes": round((row["heap"] + row["indexes"]) / n),
+        "heap": round(row["heap"] / n),
+        "indexes": round(row["indexes"] / n),
+        "user_agents": row["user_agents"],
+        "n": row["n"],
+    }

@@ -169,6 +169,13 @@ async def base_tables(db: asyncpg.Connection) -> list[str]:
 # after a backup restore. Every other table must hold no id of an erased subscriber.
 KEEPS_ERASED_IDS = frozenset({"erasure_journal"})
 
+# user_agents (sql/161) holds each user-agent string once, shared by every open that sent
+# it, with no id, time or count of anyone: a string alone is what every device of one
+# model and version sends. The erasure deletes the person's opens, the only link to it;
+# the retention pass deletes the strings no open within OPEN_RETENTION has used.
+# find_anywhere therefore does not look for a person's user agents there.
+SHARED_USER_AGENTS = "user_agents"
+
 
 async def subscriber_id_columns(db: asyncpg.Connection) -> list[tuple[str, str]]:
     """(table, column) of every column that holds a subscriber's id, from the catalogue:
@@ -207,6 +214,8 @@ async def find_anywhere(
     texts = [n for n in needles if isinstance(n, str)]
     ids = [n for n in needles if isinstance(n, int)]
     for table in await base_tables(db):
+        if table == SHARED_USER_AGENTS:
+            continue
         quoted = '"' + table.replace('"', '""') + '"'
         for needle in texts:
             hit = await db.fetchval(

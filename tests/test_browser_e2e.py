@@ -429,7 +429,7 @@ async def test_signup_confirm_send_open_and_unsubscribe_in_a_real_browser(
     await run(browser.wait_text, "Hello Rea Der")
     user_agent = await run(browser.driver.execute_script, "return navigator.userAgent")
     deadline = time.monotonic() + WAIT
-    while (recorded := await db.fetchval("SELECT user_agent FROM opens")) is None:
+    while (recorded := await db.fetchval("SELECT user_agent FROM opens_readable")) is None:
         assert time.monotonic() < deadline, "the pixel fetch was not recorded"
         await asyncio.sleep(0.05)
     assert recorded == user_agent

@@ -147,6 +147,8 @@ async def _purge_opens(con: asyncpg.Connection, settings: Settings) -> int:
 
         total += await _slices(con, "opens", min(starts), cutoff, delete, q.count_opens)
     await _ensure_months(con, now)
+    # After the opens: a user-agent string no open within the retention uses goes too.
+    await q.delete_unused_user_agents.execute(con, cutoff=cutoff)
     return total
 
 

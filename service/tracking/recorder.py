@@ -53,6 +53,9 @@ RETRY_FOR = 30.0  # seconds a failing batch is retried before its opens are drop
 SHUTDOWN_FLUSH_MAX = 15.0
 IP_CACHE_SIZE = 16384
 IP_CACHE_SECONDS = 60.0  # the longest a full client address stays in the cache
+# Ids of user-agent strings (sql/161) this process has learnt: forgotten whole when full
+# and when the UTC month turns, so that every string in use gets its last_seen moved on.
+AGENT_CACHE_SIZE = 20_000
 _BACKOFF = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 # A lost database (db.UNAVAILABLE, which includes asyncpg's "cannot switch to state …"
@@ -120,6 +123,9 @@ class Recorder:
             self._ip_facts_uncached, self._ip_cache_seconds, IP_CACHE_SIZE
         )
         self._con: asyncpg.Connection | None = None
+        self._agent_ids: dict[str, int] = {}
+        self._label_ids: dict[str, int] = {}  # open_labels: a few hundred, never deleted
+        self._agent_month = ""
         self.wait = settings.pixel_mode == "wait"
         self._query = queries("pixel").record_opens
         self._loop = asyncio.get_running_loop()
@@ -203,7 +209,13 @@ class Recorder:
     def _arguments(self, chunk: list[Open]) -> dict[str, object]:
         """Classify, locate and reduce each open; personal fields stay in memory only."""
         user_agent, ip_facts = self.classifier.user_agent, self._ip_facts
+        month = time.strftime("%Y-%m", time.gmtime())
+        if month != self._agent_month or len(self._agent_ids) > AGENT_CACHE_SIZE:
+            self._agent_ids, self._agent_month = {}, month
+        agent_id, label_id = self._agent_ids.get, self._label_ids.get
         subscriber_ids, campaign_ids, ats, ips, user_agents = [], [], [], [], []
+        user_agent_ids: list[int | None] = []
+        client_ids, os_ids, country_ids, reason_ids = [], [], [], []
         clients, oses, countries, reasons = [], [], [], []
         for event in chunk:
             ua = user_agent(event.user_agent)
@@ -214,20 +226,30 @@ class Recorder:
             ats.append(event.at)
             ips.append(reduced)
             user_agents.append(ua.text)
+            user_agent_ids.append(agent_id(ua.text) if ua.text is not None else None)
             clients.append(found.client)
             oses.append(found.os)
             countries.append(country if found.country_known else None)
             reasons.append(found.machine_reason)
+            client_ids.append(label_id(found.client))
+            os_ids.append(label_id(found.os))
+            country_ids.append(label_id(countries[-1]))
+            reason_ids.append(label_id(found.machine_reason))
         return {
             "subscriber_ids": subscriber_ids,
             "campaign_ids": campaign_ids,
             "ats": ats,
             "ips": ips,
             "user_agents": user_agents,
+            "user_agent_ids": user_agent_ids,
             "clients": clients,
+            "client_ids": client_ids,
             "oses": oses,
+            "os_ids": os_ids,
             "countries": countries,
+            "country_ids": country_ids,
             "reasons": reasons,
+            "reason_ids": reason_ids,
             "tracking_mode": self.settings.tracking_mode,
             "machine_window": self.settings.machine_open_window,
         }
@@ -294,6 +316,8 @@ class Recorder:
                 continue
             assert row is not None
             personal, live = row["personal"], row["live"]
+            self._agent_ids.update(zip(row["agents"], row["agent_ids"], strict=True))
+            self._label_ids.update(zip(row["labels"], row["label_ids"], strict=True))
             if personal:
                 self.metrics.opens_recorded.labels("personal").inc(personal)
             if live - personal:

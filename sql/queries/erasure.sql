@@ -59,9 +59,10 @@ FROM subscriber_topics st JOIN topics t ON t.id = st.topic_id
 WHERE st.subscriber_id = :id ORDER BY t.slug;
 
 -- name: export_opens
+-- Through opens_readable (sql/161): the text of each value, whichever shape its row has.
 SELECT o.campaign_id, c.name AS campaign_name, o.at, o.ip, o.user_agent, o.client, o.os,
        o.country, o.machine_reason
-FROM opens o JOIN campaigns c ON c.id = o.campaign_id
+FROM opens_readable o JOIN campaigns c ON c.id = o.campaign_id
 WHERE o.subscriber_id = :id ORDER BY o.at, o.campaign_id;
 
 -- name: export_deliveries

@@ -19,11 +19,15 @@ WITH batch AS MATERIALIZED (
     -- the few rows it is, and its joins stay index look-ups (inlined, the pixel bench
     -- lost a fifth of its throughput).
     SELECT e.subscriber_id, e.campaign_id, to_timestamp(e.epoch) AS at, e.ip, e.user_agent,
-           e.client, e.os, e.country, e.reason
+           e.agent_id, e.client, e.client_id, e.os, e.os_id, e.country, e.country_id, e.reason,
+           e.reason_id
     FROM unnest(:subscriber_ids::bigint[], :campaign_ids::bigint[], :ats::float8[],
-                :ips::text[], :user_agents::text[], :clients::text[], :oses::text[],
-                :countries::text[], :reasons::text[])
-         AS e (subscriber_id, campaign_id, epoch, ip, user_agent, client, os, country, reason)
+                :ips::text[], :user_agents::text[], :user_agent_ids::int[], :clients::text[],
+                :client_ids::smallint[], :oses::text[], :os_ids::smallint[],
+                :countries::text[], :country_ids::smallint[], :reasons::text[],
+                :reason_ids::smallint[])
+         AS e (subscriber_id, campaign_id, epoch, ip, user_agent, agent_id, client, client_id,
+               os, os_id, country, country_id, reason, reason_id)
 ),
 live AS (
     SELECT s.id,
@@ -43,8 +47,9 @@ live_campaigns AS (
     FOR KEY SHARE
 ),
 events AS (
-    SELECT b.subscriber_id, b.campaign_id, b.at, b.ip, b.user_agent, b.client, b.os,
-           b.country, coalesce(l.tracked, false) AS tracked, c.first_sent_at,
+    SELECT b.subscriber_id, b.campaign_id, b.at, b.ip, b.user_agent, b.agent_id, b.client, b.os,
+           b.country, b.client_id, b.os_id, b.country_id, b.reason_id,
+           coalesce(l.tracked, false) AS tracked, c.first_sent_at,
            d.subscriber_id IS NOT NULL AS delivered,
            COALESCE(b.reason,
                     CASE WHEN b.at >= d.sent_at
@@ -64,12 +69,75 @@ ranked AS (
                               ORDER BY e.at) AS nth
     FROM events e
 ),
+-- The row of an open is narrow (sql/161): its user agent a number into user_agents, its
+-- client, os, country and machine reason numbers into open_labels, found by their unique
+-- indexes. A string not found in this statement's snapshot is inserted; should another
+-- replica have inserted it since, the no-op DO UPDATE still returns its id (DO NOTHING
+-- would return none). A user agent's last_seen moves to this month once a month.
+-- :user_agent_ids holds the ids the recorder already knows (it learns them from `agents`,
+-- returned below, and forgets them when the month turns), NULL for the others: only those
+-- are looked up here, which spares the pixel most of the look-ups' cost. The same for
+-- the labels' ids (:client_ids and the rest; `labels` returned below; a label is never
+-- deleted, so its id never changes); the machine reason this statement decides
+-- (soon_after_send) is looked up here.
+agent_strings AS (
+    SELECT DISTINCT e.user_agent AS agent FROM events e
+    WHERE e.tracked AND e.user_agent IS NOT NULL AND e.agent_id IS NULL
+),
+known_agents AS (
+    SELECT ua.id, ua.agent, ua.last_seen FROM user_agents ua
+    WHERE ua.agent IN (SELECT agent FROM agent_strings)
+),
+new_agents AS (
+    INSERT INTO user_agents AS ua (agent, last_seen)
+    SELECT s.agent, date_trunc('month', now() AT TIME ZONE 'UTC')::date
+    FROM agent_strings s
+    WHERE NOT EXISTS (SELECT FROM known_agents k WHERE k.agent = s.agent)
+    ORDER BY s.agent
+    ON CONFLICT (agent) DO UPDATE SET last_seen = excluded.last_seen
+    RETURNING ua.id, ua.agent
+),
+seen_agents AS (
+    UPDATE user_agents ua SET last_seen = date_trunc('month', now() AT TIME ZONE 'UTC')::date
+    FROM known_agents k
+    WHERE ua.id = k.id AND k.last_seen < date_trunc('month', now() AT TIME ZONE 'UTC')::date
+    RETURNING 1
+),
+agents AS (
+    SELECT id, agent FROM known_agents UNION ALL SELECT id, agent FROM new_agents
+),
+words AS (
+    SELECT DISTINCT w.word FROM events e
+    CROSS JOIN LATERAL (VALUES (e.client, e.client_id), (e.os, e.os_id),
+                               (e.country, e.country_id),
+                               (e.machine_reason, e.reason_id)) AS w (word, id)
+    WHERE e.tracked AND w.word IS NOT NULL AND w.id IS NULL
+),
+known_labels AS (
+    SELECT l.id, l.label FROM open_labels l WHERE l.label IN (SELECT word FROM words)
+),
+new_labels AS (
+    INSERT INTO open_labels AS l (label)
+    SELECT w.word FROM words w
+    WHERE NOT EXISTS (SELECT FROM known_labels k WHERE k.label = w.word)
+    ORDER BY w.word
+    ON CONFLICT (label) DO UPDATE SET label = excluded.label
+    RETURNING l.id, l.label
+),
+labels AS (
+    SELECT id, label FROM known_labels UNION ALL SELECT id, label FROM new_labels
+),
 inserted AS (
-    INSERT INTO opens (subscriber_id, campaign_id, at, ip, user_agent, client, os, country,
-                       machine_reason)
-    SELECT subscriber_id, campaign_id, at, ip, user_agent, client, os, country, machine_reason
-    FROM events
-    WHERE tracked
+    INSERT INTO opens (subscriber_id, campaign_id, at, addr, user_agent_id, client_id, os_id,
+                       country_id, reason_id)
+    SELECT e.subscriber_id, e.campaign_id, e.at, e.ip::inet,
+           coalesce(e.agent_id, (SELECT a.id FROM agents a WHERE a.agent = e.user_agent)),
+           coalesce(e.client_id, (SELECT l.id FROM labels l WHERE l.label = e.client)),
+           coalesce(e.os_id, (SELECT l.id FROM labels l WHERE l.label = e.os)),
+           coalesce(e.country_id, (SELECT l.id FROM labels l WHERE l.label = e.country)),
+           coalesce(e.reason_id, (SELECT l.id FROM labels l WHERE l.label = e.machine_reason))
+    FROM events e
+    WHERE e.tracked
     RETURNING 1
 ),
 firsts AS (
@@ -119,4 +187,8 @@ counts AS (
 SELECT (SELECT count(*) FROM events) AS live,
        (SELECT count(*) FROM inserted) AS personal,
        (SELECT count(*) FROM firsts) AS uniques,
-       (SELECT count(*) FROM counts) AS count_rows;
+       (SELECT count(*) FROM counts) AS count_rows,
+       ARRAY(SELECT agent FROM agents ORDER BY id) AS agents,
+       ARRAY(SELECT id FROM agents ORDER BY id) AS agent_ids,
+       ARRAY(SELECT label FROM labels ORDER BY id) AS labels,
+       ARRAY(SELECT id FROM labels ORDER BY id) AS label_ids;

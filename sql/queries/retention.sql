@@ -170,3 +170,10 @@ SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT count(*) FROM batch) AS s
        b.t AS last_t, b.tid AS last_tid
 FROM (SELECT NULL) AS one LEFT JOIN LATERAL (
     SELECT t, tid FROM batch ORDER BY t DESC, tid DESC LIMIT 1) b ON true;
+
+-- name: delete_unused_user_agents
+-- User-agent strings (sql/161) last seen in a month wholly before the retention cutoff:
+-- every open that used one was older than the cutoff and is gone (the recorder moves
+-- last_seen to the month of the write). At most one month's new strings per pass.
+DELETE FROM user_agents
+WHERE last_seen < date_trunc('month', :cutoff::timestamptz AT TIME ZONE 'UTC')::date;

@@ -42,7 +42,9 @@ async def test_valid_open_answers_the_gif_and_is_recorded_before_the_answer(
             pixel_path(subscriber_id, campaign_id), headers={"User-Agent": CHROME}
         )
         assert_gif(response)
-        row = await db.fetchrow("SELECT * FROM opens")  # no polling: wait mode committed it
+        row = await db.fetchrow(
+            "SELECT * FROM opens_readable"
+        )  # no polling: wait mode committed it
     assert row["subscriber_id"] == subscriber_id and row["campaign_id"] == campaign_id
     assert (row["client"], row["os"], row["machine_reason"]) == ("Chrome", "Windows", None)
     assert row["user_agent"] == CHROME
@@ -150,7 +152,7 @@ async def test_open_within_seconds_of_the_send_is_a_machine_open(app_factory, db
     campaign_id, (subscriber_id,) = await seed(db, 1, sent_seconds_ago=1)
     async with app_factory(machine_open_window=10.0) as (_app, client):
         await client.get(pixel_path(subscriber_id, campaign_id), headers={"User-Agent": CHROME})
-    assert await db.fetchval("SELECT machine_reason FROM opens") == "soon_after_send"
+    assert await db.fetchval("SELECT machine_reason FROM opens_readable") == "soon_after_send"
     reason = await db.fetchrow("SELECT * FROM campaign_counts WHERE dimension = 'reason'")
     assert (reason["key"], reason["opens"], reason["machine_opens"]) == ("soon_after_send", 1, 1)
 
@@ -161,7 +163,7 @@ async def test_apple_privacy_prefetch_is_a_machine_open_without_country(app_fact
         await client.get(
             pixel_path(subscriber_id, campaign_id), headers={"User-Agent": "Mozilla/5.0"}
         )
-    row = await db.fetchrow("SELECT machine_reason, country FROM opens")
+    row = await db.fetchrow("SELECT machine_reason, country FROM opens_readable")
     assert (row["machine_reason"], row["country"]) == ("apple_mpp", None)
 
 
@@ -183,7 +185,7 @@ async def test_ip_is_stored_per_ip_mode_and_country_comes_from_the_full_address(
     campaign_id, (subscriber_id,) = await seed(db, 1)
     async with app_factory(ip_mode=mode) as (app, _client), client_from(app, ip) as client:
         await client.get(pixel_path(subscriber_id, campaign_id), headers={"User-Agent": CHROME})
-    row = await db.fetchrow("SELECT ip, country FROM opens")
+    row = await db.fetchrow("SELECT ip, country FROM opens_readable")
     assert row["ip"] == stored
     if "81.2.69.160" in ip:  # a documented GB address (MaxMind's test data uses it too)
         assert row["country"] == "GB"
@@ -195,7 +197,7 @@ async def test_ipv6_open_gets_a_country(app_factory, db) -> None:
     campaign_id, (subscriber_id,) = await seed(db, 1)
     async with app_factory() as (app, _c), client_from(app, "2a00:1450:4001:82a::2003") as client:
         await client.get(pixel_path(subscriber_id, campaign_id), headers={"User-Agent": CHROME})
-    row = await db.fetchrow("SELECT ip, country FROM opens")
+    row = await db.fetchrow("SELECT ip, country FROM opens_readable")
     assert row["ip"] == "2a00:1450:4001::"
     assert row["country"] is not None and len(row["country"]) == 2
 
@@ -283,7 +285,7 @@ async def test_forwarded_for_is_believed_only_from_trusted_proxies(database_url,
             assert_gif(await client.get(pixel_path(second, campaign_id), headers=headers))
     finally:
         untrusted.stop()
-    rows = {r["subscriber_id"]: r["ip"] for r in await db.fetch("SELECT * FROM opens")}
+    rows = {r["subscriber_id"]: r["ip"] for r in await db.fetch("SELECT * FROM opens_readable")}
     assert rows == {first: "81.2.69.160", second: "127.0.0.1"}
 
 

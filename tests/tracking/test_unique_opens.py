@@ -44,7 +44,7 @@ async def test_the_persons_own_open_after_a_machine_open_is_their_unique_open(
     assert (stats["opens"], stats["machine_opens"], stats["unique_opens"]) == (3, 1, 1)
     assert stats["unique_open_rate"] == 1.0
     assert {c["client"]: c["unique_opens"] for c in stats["by_client"]}["Chrome"] == 1
-    human_at = await db.fetchval("SELECT min(at) FROM opens WHERE machine_reason IS NULL")
+    human_at = await db.fetchval("SELECT min(at) FROM opens_readable WHERE machine_reason IS NULL")
     assert await db.fetchval("SELECT first_open_at FROM deliveries") == human_at
 
 
@@ -135,5 +135,7 @@ async def test_migration_140_gives_back_the_unique_opens_machines_spent(db) -> N
         ("tracking", "personal"): 2,
     }
     firsts = dict(await db.fetch("SELECT subscriber_id, first_open_at FROM deliveries"))
-    own = dict(await db.fetch("SELECT subscriber_id, at FROM opens WHERE machine_reason IS NULL"))
+    own = dict(
+        await db.fetch("SELECT subscriber_id, at FROM opens_readable WHERE machine_reason IS NULL")
+    )
     assert firsts == {a: own[a], b: None, c: own[c]}
