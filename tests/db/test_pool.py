@@ -41,18 +41,22 @@ async def test_the_bound_is_the_command_timeout_but_not_under_a_connects_time(
 
 
 async def test_an_explicit_timeout_still_wins(make_settings) -> None:
-    pool = await connections.create_pool(make_settings(db_pool_min=1, db_pool_max=1))
+    """With the pool's own bound at 600 s, a waiting acquire given 0.2 s gives up: were
+    the pool's bound used, the wait would outlast the hang guard."""
+    settings = make_settings(db_pool_min=1, db_pool_max=1, db_command_timeout=600)
+    pool = await connections.create_pool(settings)
     try:
-        assert isinstance(pool, connections.Pool)
+        assert isinstance(pool, connections.Pool) and pool.acquire_timeout == 600
         async with pool.acquire():
-            started = asyncio.get_running_loop().time()
-            try:
+
+            async def second() -> None:
                 async with pool.acquire(timeout=0.2):
                     raise AssertionError("the pool's one connection was given twice")
-            except TimeoutError:
-                pass
-            waited = asyncio.get_running_loop().time() - started
-        assert waited < pool.acquire_timeout  # 0.2 s, not the pool's own bound
+
+            waiting = asyncio.ensure_future(second())
+            done, _ = await asyncio.wait({waiting}, timeout=HANG)
+            assert waiting in done, "the acquire waited for the pool's bound"
+            assert isinstance(waiting.exception(), TimeoutError)
         assert await pool.fetchval("SELECT 1") == 1
     finally:
         await connections.close_pool(pool)
