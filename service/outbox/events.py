@@ -37,6 +37,7 @@ from service.db.queries import queries
 from service.events import signing
 from service.observability import Metrics
 from service.outbox.sender import STOP_GRACE_S, backoff
+from service.outbox.wakeup import Wakeup
 from service.settings import Endpoint, Settings
 
 CHANNEL = "newsletter_events"
@@ -76,26 +77,24 @@ class EventSender:
             follow_redirects=False,
             headers={"user-agent": "newsletter-events"},
         )
-        self._wake = asyncio.Event()
+        self.wakeup = Wakeup(settings, CHANNEL, "event")
         self._stopping = False
-        self._listener: asyncpg.Connection | None = None
-        self._listen_retry_at = 0.0
 
     async def run(self) -> None:
         while not self._stopping:
-            await self._ensure_listener()
+            await self.wakeup.listen()
             try:
                 claimed = await self.process_batch()
             except DB_ERRORS as exc:
                 log.warning("event outbox database error", extra={"error": exc.__class__.__name__})
-                await self._sleep(self.settings.outbox_poll_interval)
+                await self.wakeup.sleep(self.settings.outbox_poll_interval)
                 continue
             except Exception as exc:  # keep delivering; the class says what broke
                 log.error("event outbox error", extra={"error": exc.__class__.__name__})
-                await self._sleep(self.settings.outbox_poll_interval)
+                await self.wakeup.sleep(self.settings.outbox_poll_interval)
                 continue
             if claimed == 0:
-                await self._sleep(await self._idle_delay())
+                await self.wakeup.sleep(await self._idle_delay())
 
     async def process_batch(self) -> int:
         """Drops expired events, then claims and delivers up to BATCH due ones; the
@@ -179,35 +178,13 @@ class EventSender:
         poll = self.settings.outbox_poll_interval
         return poll if due_in is None else min(poll, max(due_in, 0.0))
 
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=max(seconds, 0.01))
-        self._wake.clear()
-
-    async def _ensure_listener(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        if time.monotonic() < self._listen_retry_at:
-            return
-        try:
-            con = await connections.open_connection(self.settings.direct_database_url, timeout=5)
-            await con.add_listener(CHANNEL, lambda *_: self._wake.set())
-        except DB_ERRORS as exc:
-            self._listen_retry_at = time.monotonic() + max(self.settings.outbox_poll_interval, 1)
-            log.warning("event listener unavailable", extra={"error": exc.__class__.__name__})
-            return
-        self._listener = con
-
     async def stop(self) -> None:
         self._stopping = True
-        self._wake.set()
+        self.wakeup.set()
 
     async def close(self) -> None:
         await self.client.aclose()
-        if self._listener is not None:
-            with contextlib.suppress(*DB_ERRORS):
-                await self._listener.close(timeout=2)
-            self._listener = None
+        await self.wakeup.close()
 
 
 @contextlib.asynccontextmanager

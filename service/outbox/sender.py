@@ -53,6 +53,7 @@ from service.observability import Metrics
 from service.outbox.breaker import Breaker, Outcome
 from service.outbox.kinds import CONFIRM_SENT, DELIVERY, KINDS
 from service.outbox.send_rate import Bucket
+from service.outbox.wakeup import Wakeup
 from service.settings import Settings
 
 CHANNEL = "newsletter_outbox"
@@ -173,10 +174,8 @@ class Worker:
         self.signer = dkim.signer(
             settings.dkim_private_key_file, settings.dkim_selector, settings.dkim_domain
         )
-        self._wake = asyncio.Event()
+        self.wakeup = Wakeup(settings, CHANNEL, "outbox")
         self._stopping = False
-        self._listener: asyncpg.Connection | None = None
-        self._listen_retry_at = 0.0
         self._resume: dict[Mailer, Resume] = {}  # one per lane
         self.breaker = Breaker(pool, settings, metrics)
         self.bucket = Bucket.of(settings)  # None: no cap, nothing to ask
@@ -190,30 +189,30 @@ class Worker:
         relay_failures = 0
         while not self._stopping:
             if lane == 0:
-                await self._ensure_listener()
+                await self.wakeup.listen()
             try:
                 outcome = await self.process_batch(mailer)
             except DB_ERRORS as exc:
                 log.warning("outbox database error", extra={"error": exc.__class__.__name__})
-                await self._sleep(self.settings.outbox_poll_interval)
+                await self.wakeup.sleep(self.settings.outbox_poll_interval)
                 continue
             except Exception as exc:  # keep sending the other jobs; the class says what broke
                 log.error("outbox worker error", extra={"error": exc.__class__.__name__})
-                await self._sleep(self.settings.outbox_poll_interval)
+                await self.wakeup.sleep(self.settings.outbox_poll_interval)
                 continue
             if outcome in ("relay_down", "throttled"):  # the lane slows down, jobs keep attempts
                 relay_failures += 1
-                await self._sleep(backoff(self.settings, relay_failures))
+                await self.wakeup.sleep(backoff(self.settings, relay_failures))
             elif outcome == "capped":  # SMTP_MAX_RATE and friends: wait for a token
                 await self._wait_for_tokens(self._capped_for.get(mailer, 0.0))
             elif outcome == "idle":
                 await mailer.close_if_idle()
-                await self._sleep(await self._idle_delay())
+                await self.wakeup.sleep(await self._idle_delay())
             else:
                 relay_failures = 0
                 # One NOTIFY wakes one lane; a lane that found work wakes the others, so a
                 # queued campaign fans out to every lane without waiting for their poll.
-                self._wake.set()
+                self.wakeup.set()
 
     async def _idle_delay(self) -> float:
         try:
@@ -229,40 +228,16 @@ class Worker:
         if seconds <= 1.0:
             await asyncio.sleep(max(seconds, 0.001))
         else:
-            await self._sleep(min(seconds, self.settings.outbox_poll_interval))
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=max(seconds, 0.01))
-        self._wake.clear()
+            await self.wakeup.sleep(min(seconds, self.settings.outbox_poll_interval))
 
     async def stop(self) -> None:
         self._stopping = True
-        self._wake.set()
+        self.wakeup.set()
 
     async def close(self) -> None:
         for mailer in self.mailers:
             await mailer.close()
-        if self._listener is not None:
-            with contextlib.suppress(*DB_ERRORS):
-                await self._listener.close(timeout=2)
-            self._listener = None
-
-    # -- LISTEN/NOTIFY -------------------------------------------------------------
-    async def _ensure_listener(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        if time.monotonic() < self._listen_retry_at:
-            return
-        try:
-            con = await connections.open_connection(self.settings.direct_database_url, timeout=5)
-            await con.add_listener(CHANNEL, lambda *_: self._wake.set())
-        except DB_ERRORS as exc:
-            self._listen_retry_at = time.monotonic() + max(self.settings.outbox_poll_interval, 1)
-            log.warning("outbox listener unavailable", extra={"error": exc.__class__.__name__})
-            return
-        self._listener = con
-        self._wake.set()  # jobs may have been queued while nobody listened
+        await self.wakeup.close()
 
     # -- one batch -----------------------------------------------------------------
     async def process_batch(self, mailer: Mailer | None = None) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from service.campaigns import mail, store
 from service.mail import messages
-from service.outbox import kinds, sender
+from service.outbox import kinds, sender, wakeup
 from tests import people, support
 from tests.conftest import running
 from tests.signup_helpers import outbox_empty, subscribe, wait_until
@@ -212,13 +212,13 @@ async def test_an_idle_worker_sleeps_for_the_poll_interval_not_in_a_tight_loop(
     """An empty outbox once read as "a job is due now" (greatest(0, NULL) is 0), so every
     lane of every replica polled the database without pause."""
     naps: list[float] = []
-    sleep = sender.Worker._sleep
+    sleep = wakeup.Wakeup.sleep
 
     async def recorded(self, seconds: float) -> None:
         naps.append(seconds)
         await sleep(self, seconds)
 
-    monkeypatch.setattr(sender.Worker, "_sleep", recorded)
+    monkeypatch.setattr(wakeup.Wakeup, "sleep", recorded)  # no event receivers here
     async with app_factory(outbox_poll_interval=30, outbox_concurrency=2) as (app, _client):
         worker = app.state.outbox
         assert await worker._idle_delay() == 30
