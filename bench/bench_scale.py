@@ -1,15 +1,21 @@
 """Scale: a year of opens for a list of a million, measured through the service's own code.
 
 For each size of `opens` (`--scale-sizes=1M,5M,20M`, or BENCH_SCALE_SIZES; `make bench`
-runs BENCH_SCALE_SIZES, default 1M, about 4 minutes; 5 M took another 11; 20 M would
-take over an hour on the shared 2-core bench machine, most of it the retention pass,
-which grows with the square of the table), with BENCH_SCALE_SUBSCRIBERS (1 M)
-subscribers and a year of weekly campaigns (bench/scale_data.py makes the data), on a
-PostgreSQL started with the parameters of k8s/postgres/cluster.yaml:
+runs BENCH_SCALE_SIZES, default 1M, a few minutes; 20 M takes about a quarter of an hour
+more on the 2-core bench machine, most of it loading the rows), with
+BENCH_SCALE_SUBSCRIBERS (1 M) subscribers and a year of weekly campaigns
+(bench/scale_data.py makes the data), on a PostgreSQL started with the parameters of
+k8s/postgres/cluster.yaml:
 
 - the retention pass deleting the oldest third (`newsletter purge` with OPEN_RETENTION
   set to the age of the oldest third): seconds, WAL, and the pixel's p50/p99 under wrk
-  meanwhile;
+  meanwhile, at PASS_RPS requests a second (a pace, not the ceiling). Each real pass is paired with a no-op pass run just before it (OPEN_RETENTION
+  far in the past: the same process start, the same month checks, nothing deleted), and
+  the pixel's p99 during the two compared: on one shared machine that ratio is what the
+  deleting costs the pixel, where a comparison with a window minutes earlier would measure
+  the machine's mood. PASSES pairs, the first deleting the oldest third, each later one a
+  month more (what the monthly pass does); the seconds net of the no-op pass give the
+  cost per deleted row;
 - erasure through the admin API (`DELETE /admin/api/subscribers/{email}`): p50, max and
   WAL per erasure;
 - bytes per open (heap and indexes);
@@ -17,7 +23,10 @@ PostgreSQL started with the parameters of k8s/postgres/cluster.yaml:
   prefix search without a match, the campaign list: median of REQUESTS requests, and the
   overview's and the search's statements in the database alone (with the overview's
   `count(*)` from before issue 31 beside them);
-- the pixel's throughput with the table empty and full (`wrk`, as bench/bench_pixel.py).
+- the pixel's throughput on the full table against an empty one: a second database, a
+  copy of the first made before any open was loaded, served by a second `newsletter
+  serve`; PAIRS rounds of wrk on each, alternating which goes first (ABBA), so each pair
+  ran under the same load of the machine; the median of the pairs' ratios.
 """
 
 from __future__ import annotations
@@ -57,6 +66,16 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 REQUESTS = 30
 ERASURES = 20
+PAIRS = int(os.environ.get("BENCH_SCALE_PAIRS", "4"))  # wrk rounds on each side
+PASSES = int(os.environ.get("BENCH_SCALE_PASSES", "5"))  # no-op and real passes
+EMPTY_DB = "bench_empty"
+NO_OP_RETENTION = f"{19 * 365 * 86400}s"  # older than any open: a pass that deletes nothing
+LEAD_SECONDS = 1.0  # wrk runs this long before a pass starts
+# The pixel's pace while a pass runs: a busy list's evening, well below the one process's
+# ceiling. At the ceiling (wrk without a pause) every CPU second the pass takes on the
+# bench machine's two shared cores comes out of the pixel's queue, which says how big
+# the machine is, not whether the pass holds the pixel up.
+PASS_RPS = int(os.environ.get("BENCH_SCALE_PASS_RPS", "2000"))
 NO_MATCH = "zz-nobody"  # sorts after every scale{i}@ address: the search's worst case
 # Server parameters this build cannot take (pgserver's PostgreSQL has no lz4), or that
 # only matter to a cluster (replication, logging).
@@ -137,6 +156,17 @@ async def seed(url: str) -> list[str]:
         await con.close()
 
 
+async def copy_database(server: Any, url: str) -> str:
+    """A copy of the database at `url` (no one connected to it) as EMPTY_DB; its URL."""
+    source = (await facts(url, "SELECT current_database() AS name"))["name"]
+    con = await _connect(server.get_uri("template1"))
+    try:
+        await con.execute(f'CREATE DATABASE {EMPTY_DB} TEMPLATE "{source}"')
+    finally:
+        await con.close()
+    return server.get_uri(EMPTY_DB)
+
+
 async def fill(url: str, count: int) -> float:
     """`opens` emptied and filled with `count` rows; seconds the load took."""
     con = await _connect(url)
@@ -182,12 +212,15 @@ def service_env(url: str, **extra: str) -> dict[str, str]:
 
 
 def wrk(
-    service: ServiceProcess, paths: list[str], workdir: Path, seconds: float
+    service: ServiceProcess, paths: list[str], workdir: Path, seconds: float, rps: int = 0
 ) -> subprocess.Popen[str]:
+    """wrk on the pixel; at `rps` requests a second in all if given (each connection
+    pausing between its requests), else as fast as the service answers."""
     paths_file = workdir / "paths.txt"
     paths_file.write_text("\n".join(paths) + "\n")
     script = workdir / "pixel.lua"
-    script.write_text(WRK_SCRIPT % {"paths": paths_file})
+    pause = f"function delay() return {CONNECTIONS * 1000 // rps} end\n" if rps else ""
+    script.write_text(WRK_SCRIPT % {"paths": paths_file} + pause)
     return subprocess.Popen(
         [
             *("wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--latency"),
@@ -300,24 +333,19 @@ async def _fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
         await con.close()
 
 
-def retention_pass(
-    url: str, service: ServiceProcess, paths: list[str], workdir: Path
+def timed_pass(
+    url: str, service: ServiceProcess, paths: list[str], workdir: Path, retention: str
 ) -> dict[str, Any]:
-    """`newsletter purge` deleting the oldest third of the opens, wrk on the pixel meanwhile."""
-    row = asyncio.run(
-        facts(
-            url,
-            """SELECT extract(epoch FROM now() - percentile_disc(1.0 / 3) WITHIN GROUP (ORDER BY at))
-                      AS age, count(*) AS n, pg_current_wal_lsn() AS lsn
-               FROM opens""",
-        )
-    )
-    load = wrk(service, paths, workdir, 3600)
-    time.sleep(1)  # wrk connected and running before the pass starts
+    """One `newsletter purge` with OPEN_RETENTION=`retention`, wrk on the pixel from
+    LEAD_SECONDS before it starts until it ends: its seconds, what it deleted, its WAL and
+    the pixel's latencies over that window."""
+    lsn = asyncio.run(facts(url, "SELECT pg_current_wal_lsn() AS lsn"))["lsn"]
+    load = wrk(service, paths, workdir, 3600, rps=PASS_RPS)
+    time.sleep(LEAD_SECONDS)  # wrk connected and running before the pass starts
     started = time.monotonic()
     purge = subprocess.run(
         [sys.executable, "-m", "service", "purge"],
-        env=service_env(url, OPEN_RETENTION=f"{int(row['age'])}s"),
+        env=service_env(url, OPEN_RETENTION=retention),
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -327,16 +355,84 @@ def retention_pass(
     pixel = _parse_wrk(load.communicate()[0])
     assert purge.returncode == 0, purge.stderr[-2000:]
     deleted = json.loads(purge.stdout.strip().splitlines()[-1])["opens"]
-    after = asyncio.run(facts(url, "SELECT pg_current_wal_lsn() - $1::pg_lsn AS wal", row["lsn"]))
+    after = asyncio.run(facts(url, "SELECT pg_current_wal_lsn() - $1::pg_lsn AS wal", lsn))
     return {
         "seconds": round(seconds, 2),
         "deleted": deleted,
-        "us_per_row": round(seconds * 1e6 / max(deleted, 1), 2),
-        "of_rows": row["n"],
         "wal_mb": round(float(after["wal"]) / 2**20, 1),
         "pixel_p50_ms": pixel["p50_ms"],
         "pixel_p99_ms": pixel["p99_ms"],
         "pixel_rps": pixel["rps"],
+        "pixel_pace_rps": PASS_RPS,
+    }
+
+
+def retention_passes(
+    url: str, service: ServiceProcess, paths: list[str], workdir: Path
+) -> list[dict[str, Any]]:
+    """PASSES pairs of a no-op pass and a real one: the first real pass deletes the
+    oldest third, each later one a month more."""
+    row = asyncio.run(
+        facts(
+            url,
+            """SELECT extract(epoch FROM now() - percentile_disc(1.0 / 3) WITHIN GROUP (ORDER BY at))
+                      AS age, count(*) AS n FROM opens""",
+        )
+    )
+    pairs = []
+    for index in range(PASSES):
+        of_rows = asyncio.run(facts(url, "SELECT count(*) AS n FROM opens"))["n"]
+        control = timed_pass(url, service, paths, workdir, NO_OP_RETENTION)
+        assert control["deleted"] == 0, control
+        age = int(row["age"]) - index * 30 * 86400
+        real = timed_pass(url, service, paths, workdir, f"{age}s")
+        net = max(real["seconds"] - control["seconds"], 0.0)
+        pairs.append(
+            {
+                **real,
+                "of_rows": of_rows,
+                "us_per_row": round(real["seconds"] * 1e6 / max(real["deleted"], 1), 2),
+                "no_op_seconds": control["seconds"],
+                "net_us_per_row": round(net * 1e6 / max(real["deleted"], 1), 3),
+                "no_op_pixel_p50_ms": control["pixel_p50_ms"],
+                "no_op_pixel_p99_ms": control["pixel_p99_ms"],
+                "p99_ratio": _ratio(real["pixel_p99_ms"], control["pixel_p99_ms"]),
+            }
+        )
+    return pairs
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def pixel_side_by_side(
+    full: ServiceProcess, empty: ServiceProcess, paths: list[str], workdir: Path
+) -> dict[str, Any]:
+    """PAIRS wrk rounds on the full and the empty table, alternating which goes first."""
+    pixel_load(full, paths, workdir)  # warm-up
+    pixel_load(empty, paths, workdir)
+    rounds: dict[str, list[dict]] = {"full": [], "empty": []}
+    for index in range(PAIRS):
+        order = (("empty", empty), ("full", full))
+        for side, service in order if index % 2 == 0 else order[::-1]:
+            rounds[side].append(pixel_load(service, paths, workdir))
+
+    def median(side: str, key: str) -> float:
+        return round(statistics.median(r[key] for r in rounds[side]), 2)
+
+    rps = [f["rps"] / e["rps"] for f, e in zip(rounds["full"], rounds["empty"], strict=True)]
+    p99 = [f["p99_ms"] / e["p99_ms"] for f, e in zip(rounds["full"], rounds["empty"], strict=True)]
+    return {
+        "pairs": PAIRS,
+        **{
+            f"{side}_{key}": median(side, key)
+            for side in rounds
+            for key in ("rps", "p50_ms", "p99_ms")
+        },
+        "rps_ratio": round(statistics.median(rps), 3),
+        "rps_ratios": [round(r, 3) for r in rps],
+        "p99_ratio": round(statistics.median(p99), 3),
     }
 
 
@@ -383,7 +479,7 @@ async def _bytes_per_open(url: str) -> dict[str, int]:
         await con.close()
 
 
-def measure(url: str, count: int, paths: list[str], workdir: Path) -> list[dict]:
+def measure(url: str, empty_url: str, count: int, paths: list[str], workdir: Path) -> list[dict]:
     rows: list[dict] = []
     opens = label(count)
 
@@ -401,10 +497,32 @@ def measure(url: str, count: int, paths: list[str], workdir: Path) -> list[dict]
         indexes=size["indexes"],
         user_agents=size["user_agents"],
     )
-    with ServiceProcess(service_env(url), ["serve", "--no-migrate", "--no-worker"]) as service:
-        pixel_load(service, paths, workdir)  # warm-up
-        full = pixel_load(service, paths, workdir)
-        add("pixel, full table", rps=full["rps"], p50_ms=full["p50_ms"], p99_ms=full["p99_ms"])
+    serve = ["serve", "--no-migrate", "--no-worker"]
+    with (
+        ServiceProcess(service_env(url), serve) as service,
+        ServiceProcess(service_env(empty_url), serve) as empty,
+    ):
+        both = pixel_side_by_side(service, empty, paths, workdir)
+        add(
+            "pixel, full table",
+            rps=both["full_rps"],
+            p50_ms=both["full_p50_ms"],
+            p99_ms=both["full_p99_ms"],
+        )
+        add(
+            "pixel, empty table, same run",
+            rps=both["empty_rps"],
+            p50_ms=both["empty_p50_ms"],
+            p99_ms=both["empty_p99_ms"],
+        )
+        add(
+            "pixel, full against empty",
+            pairs=both["pairs"],
+            rps_ratio=both["rps_ratio"],
+            rps_ratios=both["rps_ratios"],
+            p99_ratio=both["p99_ratio"],
+        )
+    with ServiceProcess(service_env(url), serve) as service:
         admin = Admin(service.url)
         try:
             alone = {
@@ -431,7 +549,17 @@ def measure(url: str, count: int, paths: list[str], workdir: Path) -> list[dict]
             add("erasure via the admin API", **erasures(url, admin))
         finally:
             admin.close()
-        add("retention pass, oldest third", **retention_pass(url, service, paths, workdir))
+        passes = retention_passes(url, service, paths, workdir)
+        add("retention pass, oldest third", **passes[0])
+        for index, later in enumerate(passes[1:], 2):
+            add(f"retention pass {index}, a month more", **later)
+        ratios = [p["p99_ratio"] for p in passes if p["p99_ratio"] is not None]
+        add(
+            "pixel p99 during a pass against a no-op pass",
+            passes=len(passes),
+            p99_ratio=round(statistics.median(ratios), 3) if ratios else None,
+            p99_ratios=ratios,
+        )
     return rows
 
 
@@ -452,21 +580,10 @@ def main() -> list[dict]:
         try:
             url = server.get_uri()
             paths = asyncio.run(seed(url))
-            with ServiceProcess(service_env(url), ["serve", "--no-migrate", "--no-worker"]) as s:
-                pixel_load(s, paths, workdir)  # warm-up
-                empty = pixel_load(s, paths, workdir)
-            rows.append(
-                {
-                    "bench": "scale",
-                    "name": "pixel, empty table",
-                    "opens": "0",
-                    "rps": empty["rps"],
-                    "p50_ms": empty["p50_ms"],
-                    "p99_ms": empty["p99_ms"],
-                }
-            )
+            # The empty side: a copy of the database before any open is loaded.
+            empty_url = asyncio.run(copy_database(server, url))
             for count in wanted:
-                rows += measure(url, count, paths, workdir)
+                rows += measure(url, empty_url, count, paths, workdir)
         finally:
             server.cleanup()
     return rows

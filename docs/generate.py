@@ -413,9 +413,22 @@ SCALE_ROWS: tuple[tuple[str, str, Callable[[dict[str, Any]], str]], ...] = (
         lambda r: f"{r['seconds']} s for {r['deleted']:,} rows, {r['wal_mb']} MB WAL",
     ),
     (
-        "pixel p50/p99 during that pass (before it: the full table's row below)",
+        "the same, net of a no-op pass run just before it: µs per deleted row",
         "retention pass, oldest third",
-        lambda r: f"{r['pixel_p50_ms']}/{r['pixel_p99_ms']} ms",
+        lambda r: f"{r['net_us_per_row']} µs ({r['no_op_seconds']} s for the no-op pass)",
+    ),
+    (
+        "pixel p50/p99 during that pass, paced (during the no-op pass)",
+        "retention pass, oldest third",
+        lambda r: (
+            f"{r['pixel_p50_ms']}/{r['pixel_p99_ms']} ms at {r['pixel_pace_rps']:,}/s"
+            f" ({r['no_op_pixel_p50_ms']}/{r['no_op_pixel_p99_ms']} ms)"
+        ),
+    ),
+    (
+        "pixel p99 during a pass ÷ during a no-op pass, median of the pairs (each pair)",
+        "pixel p99 during a pass against a no-op pass",
+        lambda r: f"{r['p99_ratio']} ({', '.join(map(str, r['p99_ratios']))})",
     ),
     (
         "erasure via the admin API, p50 / max",
@@ -448,9 +461,19 @@ SCALE_ROWS: tuple[tuple[str, str, Callable[[dict[str, Any]], str]], ...] = (
         lambda r: f"{r['p50_ms']} ms",
     ),
     (
-        "pixel opens/s, full table, p50/p99",
+        "pixel opens/s, full table, p50/p99 (medians of the rounds)",
         "pixel, full table",
         lambda r: f"{r['rps']:,.0f}, {r['p50_ms']}/{r['p99_ms']} ms",
+    ),
+    (
+        "pixel opens/s, empty table in the same run, p50/p99",
+        "pixel, empty table, same run",
+        lambda r: f"{r['rps']:,.0f}, {r['p50_ms']}/{r['p99_ms']} ms",
+    ),
+    (
+        "pixel throughput, full ÷ empty, median of the ABBA pairs (each pair)",
+        "pixel, full against empty",
+        lambda r: f"{r['rps_ratio']} ({', '.join(map(str, r['rps_ratios']))})",
     ),
     ("loading the opens (generate_series)", "load", lambda r: f"{r['seconds']} s"),
 )
@@ -469,12 +492,15 @@ def scale_table(rows: list[dict[str, Any]]) -> str:
         return ""
     by = {(r["name"], r.get("opens")): r for r in rows}
     lines = []
+
+    def cell(name: str, size: str, figure: Callable[[dict[str, Any]], str]) -> str:
+        try:
+            return figure(by[name, size])
+        except KeyError:  # not measured at that size, or by an older version of the bench
+            return ""
+
     for what, name, figure in SCALE_ROWS:
-        lines.append([what, *(figure(by[name, s]) if (name, s) in by else "" for s in sizes)])
-    empty = by.get(("pixel, empty table", "0"))
-    if empty:
-        figure = f"{empty['rps']:,.0f}, {empty['p50_ms']}/{empty['p99_ms']} ms"
-        lines.append(["pixel opens/s, empty table, p50/p99", figure, *[""] * (len(sizes) - 1)])
+        lines.append([what, *(cell(name, s, figure) for s in sizes)])
     subscribers = next((r["subscribers"] for r in rows if r["name"] == "setup"), 0)
     head = ["opens / subscribers", *(f"{s} / {subscribers / 1e6:g} M" for s in sizes)]
     return _table(head, lines)
@@ -486,10 +512,17 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:,.1f} h" if seconds >= 3600 else f"{seconds:,.0f} s"
 
 
+def _net(row: dict[str, Any]) -> float:
+    """A pass's seconds without the process start and the checks every pass makes (the
+    no-op pass run just before it), which do not grow with the table."""
+    return max(row["seconds"] - row.get("no_op_seconds", 0.0), 0.01)
+
+
 def scale_projection(rows: list[dict[str, Any]]) -> str:
     """Storage, retention pass and its WAL at PROJECTED sizes, from the measured ones: bytes
     per open as at the largest size; the pass's time fitted as c·n^p through the two
-    largest sizes (p = 1 when only one was measured), its WAL per deleted row as measured."""
+    largest sizes (p = 1 when only one was measured) net of the no-op pass, its WAL per
+    deleted row as measured."""
     passes = sorted(
         (_opens(r["opens"]), r) for r in rows if r["name"] == "retention pass, oldest third"
     )
@@ -501,11 +534,11 @@ def scale_projection(rows: list[dict[str, Any]]) -> str:
     exponent = 1.0
     if len(passes) > 1:
         (n1, before) = passes[-2]
-        exponent = math.log(last["seconds"] / before["seconds"]) / math.log(n2 / n1)
+        exponent = math.log(_net(last) / _net(before)) / math.log(n2 / n1)
     wal_per_row = last["wal_mb"] / max(last["deleted"], 1)
     lines = []
     for n in PROJECTED:
-        seconds = last["seconds"] * (n / n2) ** exponent
+        seconds = _net(last) * (n / n2) ** exponent
         lines.append(
             [
                 f"{n / 1e9:g} B" if n >= 1e9 else f"{n / 1e6:g} M",
