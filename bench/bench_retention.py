@@ -227,7 +227,7 @@ async def _migration(url: str, n: int, workdir: Path) -> list[dict]:
             writer = asyncio.ensure_future(_inserter(url, stop, waits))
             await asyncio.sleep(0.2)
             started = time.perf_counter()
-            await migrations._apply(con, migration)
+            await migrations.apply(con, migration)
             seconds = time.perf_counter() - started
             stop.set()
             await writer

@@ -100,6 +100,73 @@ async def test_no_transaction_marker_allows_concurrent_index(empty_db: str, tmp_
         await con.close()
 
 
+async def _lock_requested(con: asyncpg.Connection, table: str) -> None:
+    """Until some session waits for a lock on `table` (the migration's ALTER)."""
+    for _ in range(600):  # a hang guard, not a timing: 60 s
+        waiting = await con.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE relation = to_regclass($1) AND NOT granted",
+            table,
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"nobody waited for a lock on {table}")
+
+
+async def test_a_migration_waiting_for_a_lock_does_not_hold_up_writers(
+    empty_db: str, tmp_path
+) -> None:
+    # PostgreSQL queues lock requests in order: an ALTER waiting behind a long reader
+    # used to make every later INSERT wait behind the ALTER, for as long as the reader ran.
+    directory = write(tmp_path / "sql", {"001_t.sql": "CREATE TABLE t (x int);"})
+    con, reader, writer = [await asyncpg.connect(empty_db) for _ in range(3)]
+    try:
+        await migrations.migrate(con, directory)
+        write(directory, {"002_alter.sql": "ALTER TABLE t ADD COLUMN y int;"})
+        reading = reader.transaction()
+        await reading.start()
+        await reader.fetch("SELECT * FROM t")  # its ACCESS SHARE lock lasts until it ends
+        migrating = asyncio.ensure_future(
+            migrations.migrate(con, directory, lock_timeout=0.3, lock_wait=120)
+        )
+        await _lock_requested(writer, "t")
+        await writer.execute("SET statement_timeout = '30s'")
+        await writer.execute("INSERT INTO t VALUES (1)")  # before: cancelled after 30 s
+        assert not migrating.done()
+        await reading.commit()
+        assert await migrating == ["002_alter.sql"]
+        assert await writer.fetchval("SELECT count(*) FROM t WHERE y IS NULL") == 1
+    finally:
+        for c in (con, reader, writer):
+            await c.close()
+
+
+async def test_a_migration_that_cannot_take_its_lock_says_who_holds_it(
+    empty_db: str, tmp_path
+) -> None:
+    directory = write(tmp_path / "sql", {"001_t.sql": "CREATE TABLE t (x int);"})
+    con, reader = [await asyncpg.connect(empty_db) for _ in range(2)]
+    try:
+        await migrations.migrate(con, directory)
+        write(directory, {"002_alter.sql": "ALTER TABLE t ADD COLUMN y int;"})
+        reading = reader.transaction()
+        await reading.start()
+        await reader.fetch("SELECT * FROM t")
+        await asyncio.sleep(1.1)  # a transaction over a second old is named as a holder
+        pid = reader.get_server_pid()
+        with pytest.raises(MigrationError) as raised:
+            await migrations.migrate(con, directory, lock_timeout=0.2, lock_wait=1.0)
+        message = str(raised.value)
+        assert "002_alter.sql could not take its locks within 1s" in message
+        assert f"pid {pid} (idle in transaction" in message
+        assert await con.fetchval("SELECT count(*) FROM schema_migrations") == 1
+        await reading.commit()
+        assert await migrations.migrate(con, directory) == ["002_alter.sql"]
+    finally:
+        for c in (con, reader):
+            await c.close()
+
+
 @pytest.mark.parametrize(
     ("files", "message"),
     [
