@@ -21,6 +21,10 @@ writes them) and measures, for the schema before (migrations up to 147) and now:
   row against a narrower one (a lookup table of user agents, small codes, `inet`),
   user agents drawn from the 17,000 distinct strings of tests/data/user_agents.csv.gz,
   skewed (a few very common, a long tail) as a mailing list's clients are.
+- side `deliveries` (not by default): the same pass over `n` deliveries of weekly
+  campaigns (each campaign's rows queued by one statement, so they share one `queued_at`
+  and a time slice cannot be narrower than a campaign): the oldest third, then the next
+  week's pass, which deletes one campaign's rows, the steady state of a weekly list.
 
 Run: `python -m bench bench_retention [--big]`.
 """
@@ -320,6 +324,61 @@ async def _narrow(url: str, n: int) -> list[dict]:
         await con.close()
 
 
+async def _deliveries(url: str, n: int) -> list[dict]:
+    """`n` deliveries of weekly campaigns over SPAN_DAYS, each campaign's rows queued by one
+    statement (one `queued_at`, as the service queues them): the pass deleting the oldest
+    third, then the next week's pass (one campaign: a weekly list's steady state)."""
+    con = await asyncpg.connect(url, command_timeout=3600)
+    try:
+        await con.execute("SET TIME ZONE 'UTC'")
+        await migrations.migrate(con)
+        weeks = SPAN_DAYS // 7
+        per = n // weeks
+        await con.execute(
+            "INSERT INTO subscribers (id, email, status) OVERRIDING SYSTEM VALUE"
+            " SELECT v, 'd' || v || '@example.org', 'active' FROM generate_series(1, $1) v",
+            per,
+        )
+        for week in range(weeks):
+            campaign = await con.fetchval(
+                """INSERT INTO campaigns (name, subject, html, text, first_sent_at)
+                   VALUES ('w', 's', 'h', 't', now() - make_interval(days => $1))
+                   RETURNING id""",
+                SPAN_DAYS - 7 * week,
+            )
+            await con.execute(
+                """INSERT INTO deliveries (campaign_id, subscriber_id, queued_at, sent_at)
+                   SELECT c.id, s, c.first_sent_at, c.first_sent_at
+                   FROM campaigns c, generate_series(1, $2) s WHERE c.id = $1""",
+                campaign,
+                per,
+            )
+        await con.execute("VACUUM ANALYZE deliveries")
+        size = await con.fetchval("SELECT pg_total_relation_size('deliveries')")
+        rows = []
+        for name, days in (("oldest third", RETENTION_DAYS), ("a week later", RETENTION_DAYS - 7)):
+            await con.execute("CHECKPOINT")
+            start, started = await _wal(con), time.perf_counter()
+            settings = _settings(url).replace(open_retention=days * 86400.0)
+            deleted = (await retention.purge(con, settings))["deliveries"]
+            seconds, wal = time.perf_counter() - started, await _wal_since(con, start)
+            rows.append(
+                {
+                    "bench": "retention",
+                    "name": f"deliveries, {name}, {weeks * per:,} deliveries",
+                    "deleted": deleted,
+                    "pass_s": round(seconds, 2),
+                    "wal_mb": round(wal / 2**20, 1),
+                    "us_per_row": round(seconds / max(deleted, 1) * 1e6, 2),
+                    "bytes_per_delivery": round(size / (weeks * per)),
+                    "rows_per_campaign": per,
+                }
+            )
+        return rows
+    finally:
+        await con.close()
+
+
 def main() -> list[dict]:
     import pgserver
 
@@ -344,6 +403,8 @@ def main() -> list[dict]:
                         found = asyncio.run(_migration(url, n, workdir))
                     elif side == "narrow":
                         found = asyncio.run(_narrow(url, n))
+                    elif side == "deliveries":
+                        found = asyncio.run(_deliveries(url, n))
                     else:
                         found = [asyncio.run(_side(url, n, side, workdir))]
                     for row in found:
