@@ -367,24 +367,29 @@ def timed_pass(
     }
 
 
-def retention_passes(
-    url: str, service: ServiceProcess, paths: list[str], workdir: Path
-) -> list[dict[str, Any]]:
-    """PASSES pairs of a no-op pass and a real one: the first real pass deletes the
-    oldest third, each later one a month more."""
-    row = asyncio.run(
+def oldest_third(url: str) -> float:
+    """Seconds since the newest of the oldest third of the opens (taken before the pixel
+    rounds add their opens of today)."""
+    return asyncio.run(
         facts(
             url,
             """SELECT extract(epoch FROM now() - percentile_disc(1.0 / 3) WITHIN GROUP (ORDER BY at))
-                      AS age, count(*) AS n FROM opens""",
+                      AS age FROM opens""",
         )
-    )
+    )["age"]
+
+
+def retention_passes(
+    url: str, service: ServiceProcess, paths: list[str], workdir: Path, third: float
+) -> list[dict[str, Any]]:
+    """PASSES pairs of a no-op pass and a real one: the first real pass deletes the
+    opens older than `third` seconds, each later one a month more."""
     pairs = []
     for index in range(PASSES):
         of_rows = asyncio.run(facts(url, "SELECT count(*) AS n FROM opens"))["n"]
         control = timed_pass(url, service, paths, workdir, NO_OP_RETENTION)
         assert control["deleted"] == 0, control
-        age = int(row["age"]) - index * 30 * 86400
+        age = int(third) - index * 30 * 86400
         real = timed_pass(url, service, paths, workdir, f"{age}s")
         net = max(real["seconds"] - control["seconds"], 0.0)
         pairs.append(
@@ -488,6 +493,7 @@ def measure(url: str, empty_url: str, count: int, paths: list[str], workdir: Pat
         print(rows[-1], flush=True)
 
     loaded = asyncio.run(fill(url, count))
+    third = oldest_third(url)
     add("load", seconds=round(loaded, 1), rows_per_s=round(count / loaded))
     size = asyncio.run(_bytes_per_open(url))
     add(
@@ -549,7 +555,7 @@ def measure(url: str, empty_url: str, count: int, paths: list[str], workdir: Pat
             add("erasure via the admin API", **erasures(url, admin))
         finally:
             admin.close()
-        passes = retention_passes(url, service, paths, workdir)
+        passes = retention_passes(url, service, paths, workdir, third)
         add("retention pass, oldest third", **passes[0])
         for index, later in enumerate(passes[1:], 2):
             add(f"retention pass {index}, a month more", **later)
