@@ -125,11 +125,12 @@ END
 $$;
 
 -- The rebuild and the backfill (sql/163), without blocking any writer: the triggers must
--- be in place (committed) already. Holding the fold's lock (no fold runs meanwhile), one
--- statement, with one snapshot, deletes the deltas that snapshot sees (their writes are
--- in the count it takes) and inserts the counts as of that snapshot. The deltas of
--- transactions still running are invisible to it, stay, and add their writes when they
--- commit.
+-- be in place (committed) already. Holding the fold's lock (no fold runs meanwhile; a
+-- writer's fold is tried and skipped, and the rebuild waits, blocking nobody, for a
+-- transaction that folded to commit), one statement, with one snapshot, deletes the
+-- deltas that snapshot sees (their writes are in the count it takes) and inserts the
+-- counts as of that snapshot. The deltas of transactions still running are invisible to
+-- it, stay, and add their writes when they commit.
 CREATE FUNCTION topic_member_counts_rebuild() RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN

@@ -282,10 +282,9 @@ async def test_the_topics_page_and_api_read_the_counters_not_the_memberships(
     assert row and re.search(r">1,?234<", row.group(1)), page
     # Neither query reads a membership or a subscriber, however many there are.
     topics = queries("topics")
-    for sql, args in ((topics.list_topics.sql, ""), (topics.get_topic.sql, "('weekly')")):
-        await db.execute("DEALLOCATE ALL")
-        await db.execute(f"PREPARE q AS {sql}")
-        [plan] = json.loads(await db.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE q{args}"))
+    for name, args in (("list_topics", ""), ("get_topic", "('weekly')")):
+        await db.execute(f"PREPARE {name} AS {getattr(topics, name).sql}")
+        [plan] = json.loads(await db.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE {name}{args}"))
         scanned = re.findall(r'"Relation Name": "(\w+)"', json.dumps(plan))
         assert set(scanned) == {"topics", "campaigns", "topic_member_counts"}, scanned
 
