@@ -11,11 +11,11 @@
 -- * memberships joined or left (subscriber_topics INSERT, DELETE, UPDATE): statement
 --   triggers with transition tables (an import joins thousands in one statement). Each
 --   locks the members' subscriber rows FOR SHARE before reading their status, so a
---   concurrent confirmation or unsubscribe (which updates that row) either commits
+--   concurrent change of that status (a confirmation updates the row) either commits
 --   first and is read, or waits and then sees the membership: no change is counted
 --   twice or missed. The service's callers hold those rows already (sql/131);
--- * a subscriber's status into or out of 'active' (a confirmation, an unsubscribe, a
---   bounce): a row trigger adds +1 or -1 for each of the person's topics;
+-- * a subscriber's status into or out of 'active' (a confirmation; unsubscribes and
+--   bounces erase): a row trigger adds +1 or -1 for each of the person's topics;
 -- * an erasure: its ON DELETE CASCADE deletes the memberships only after the subscriber
 --   row is gone, when their status can no longer be read. A BEFORE DELETE row trigger,
 --   for active subscribers only (an expired sign-up's purge does not call it), takes
@@ -26,6 +26,10 @@
 --   drops them;
 -- * TRUNCATE of subscriber_topics (also through TRUNCATE subscribers/topics CASCADE):
 --   the counts become empty.
+--
+-- This file only creates: its CREATE TRIGGERs hold subscribers and subscriber_topics
+-- against writes (SHARE ROW EXCLUSIVE) for milliseconds, after the writes under way
+-- (a running import) finish. The counting is sql/163's, online.
 --
 -- No personal data here: topic ids and numbers. Writers that bypass triggers
 -- (session_replication_role = replica) would make the counts drift; the service never
