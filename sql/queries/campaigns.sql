@@ -49,6 +49,8 @@ SELECT coalesce(sum(n), 0)::bigint FROM subscriber_counts WHERE status = 'active
 
 -- name: count_topic_recipients
 -- count_active for a campaign naming topics: the active subscribers of any of them.
+-- Counted, not read from topic_member_counts (sql/162): someone in two of the topics
+-- is one recipient, which per-topic counts cannot tell; asked once per send.
 SELECT count(*) FROM subscribers s
 WHERE s.status = 'active'
   AND EXISTS (

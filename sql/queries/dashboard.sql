@@ -61,7 +61,9 @@ WHERE c.id = :id;
 -- subscribers of any of them it goes to (each once, however many of the topics they are
 -- in) and how many of those were queued it already (a second send skips them).
 -- It reads every recipient, as the send it precedes writes a row for each: shown once
--- per send, not on a page that is viewed often (issue 31).
+-- per send, not on a page that is viewed often (issue 31). The topics' member counts
+-- (sql/162) cannot replace it: a person in two of the topics is one recipient, and
+-- `already` needs each recipient's delivery.
 WITH recipients AS (
     SELECT s.id FROM subscribers s
     WHERE s.status = 'active'

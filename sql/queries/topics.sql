@@ -1,24 +1,24 @@
 -- Topics and who is in them (service/topics/).
 
 -- name: list_topics
--- With the count of active subscribers of each (the dashboard and GET /admin/api/topics).
--- The count reads every membership of each topic (the primary key's topic part) and its
--- subscriber: a default topic's is the whole list. Not yet kept with the writes like the
--- overview's (sql/153): it counts memberships of active subscribers, which writes to two
--- tables change (a confirmation, a topic joined or left, an erasure whose cascade deletes
--- the memberships after the subscriber row is gone): triggers on both, a follow-up of issue 31.
+-- With the count of active subscribers of each (the dashboard and GET /admin/api/topics),
+-- from the counts kept with the writes (sql/162): a few dozen rows, however many
+-- memberships there are, instead of reading every membership of each topic and its
+-- subscriber (a default topic's count was the whole list).
 SELECT t.id, t.slug, t.name, t.description, t.is_default, t.welcome_campaign_id,
        c.subject AS welcome_subject, c.html AS welcome_html, c.text AS welcome_text,
-       (SELECT count(*) FROM subscriber_topics st JOIN subscribers s ON s.id = st.subscriber_id
-        WHERE st.topic_id = t.id AND s.status = 'active') AS subscribers
-FROM topics t LEFT JOIN campaigns c ON c.id = t.welcome_campaign_id
+       coalesce(m.n, 0)::bigint AS subscribers
+FROM topics t
+LEFT JOIN campaigns c ON c.id = t.welcome_campaign_id
+LEFT JOIN (SELECT topic_id, sum(n) AS n FROM topic_member_counts GROUP BY topic_id) m
+       ON m.topic_id = t.id
 ORDER BY t.slug;
 
 -- name: get_topic
 SELECT t.id, t.slug, t.name, t.description, t.is_default, t.welcome_campaign_id,
        c.subject AS welcome_subject, c.html AS welcome_html, c.text AS welcome_text,
-       (SELECT count(*) FROM subscriber_topics st JOIN subscribers s ON s.id = st.subscriber_id
-        WHERE st.topic_id = t.id AND s.status = 'active') AS subscribers
+       (SELECT coalesce(sum(m.n), 0) FROM topic_member_counts m
+        WHERE m.topic_id = t.id)::bigint AS subscribers
 FROM topics t LEFT JOIN campaigns c ON c.id = t.welcome_campaign_id
 WHERE t.slug = :slug;
 
