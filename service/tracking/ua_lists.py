@@ -1,18 +1,24 @@
 """Maintained user-agent lists, compiled once into ua-parser's Rust matcher.
 
-Two libraries carry the lists: `device-detector` (the Python port of Matomo's Device
-Detector: bots with their categories, HTTP libraries, mail and PIM clients) and
-`crawler-user-agents` (crawler patterns). Their own parsers are too slow for the pixel's
-recorder (device-detector takes 15 to 25 ms per new user agent in pure Python, and seconds
-to compile on first use), so only their rule files are read and compiled into one
-`ua_parser_rs` regex set (the engine `ua-parser` already uses): one pass per user agent,
-first rule wins. The few rules the Rust engine refuses (look-arounds) run through `re`.
+Four collections carry the lists, in this order: `device-detector` (the Python port of
+Matomo's Device Detector: bots with their categories, HTTP libraries, mail and PIM
+clients), `crawler-user-agents` (crawler patterns), `crawlerdetect` (JayBizzle's
+Crawler-Detect: crawler patterns and the browser tokens it strips first) and isbot's
+pattern list (vendored: `data/isbot_patterns.json`). Their own parsers are too slow for
+the pixel's recorder (device-detector takes 15 to 25 ms per new user agent in pure
+Python, and seconds to compile on first use), so only their rule files are read and
+compiled into one `ua_parser_rs` regex set (the engine `ua-parser` already uses): one
+pass per user agent, first rule wins. The few rules the Rust engine refuses
+(look-arounds) run through `re`, one alternation first so a string none of them match
+costs one search. Entries that make a person of the labelled table a machine are left
+out, each with its reason: `data/list_exclusions.json`.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +26,8 @@ from pathlib import Path
 import crawleruseragents
 import ua_parser_rs
 import yaml_rs
+from crawlerdetect.providers.crawlers import data as crawler_detect_patterns
+from crawlerdetect.providers.exclusions import data as crawler_detect_exclusions
 
 # device-detector anchors every rule like this and matches without case. The Rust form
 # keeps the anchor in Unicode mode and reads the rule itself ASCII-only (user agents
@@ -28,12 +36,15 @@ _BOUNDED = r"(?i:^|[^A-Z0-9_-]|[^A-Z0-9-]_|sprd-|MZ-)(?i-u:{})"
 _BOUNDED_UNICODE = r"(?i)(?:^|[^A-Z0-9_-]|[^A-Z0-9-]_|sprd-|MZ-)(?:{})"
 # For the few rules only Python's `re` reads (look-arounds): the anchor as a look-behind,
 # which lets `re` skip ahead (five times faster; it drops the rare `sprd-`/`MZ-` cases).
-_BOUNDED_PYTHON = r"(?i)(?<![A-Z0-9_-])(?:{})"
+_BOUNDED_PYTHON = r"(?i:(?<![A-Z0-9_-])(?:{}))"
 # Only device-detector's data files are read: importing its parser would cost 0.5 s.
 _SPEC = importlib.util.find_spec("device_detector")
 _REGEXES = Path(next(iter(_SPEC.submodule_search_locations or ()))) / "regexes"
 # Mail apps among device-detector's mobile apps (its PIM list holds the desktop ones).
 _MAIL_APP = re.compile(r"mail\b|\b(?:outlook|spark|newton|canary|spike|e-?mail)\b", re.I)
+_DATA = Path(__file__).resolve().parent / "data"
+ISBOT_FILE = _DATA / "isbot_patterns.json"
+EXCLUSIONS_FILE = _DATA / "list_exclusions.json"
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,7 @@ class Match:
     kind: str  # "bot", "client" (mail or PIM), "library", "crawler", "family" (own rules)
     name: str
     category: str = ""  # device-detector's bot category
+    source: str = ""  # the collection (of SOURCES) the rule comes from
 
 
 def _load(relative: str) -> list[dict]:
@@ -51,18 +63,60 @@ def _load(relative: str) -> list[dict]:
 # evaluation can leave one out to see the rules on strings they were not written against.
 DEVICE_DETECTOR = "matomo-org/device-detector"
 CRAWLER_USER_AGENTS = "monperrus/crawler-user-agents"
-SOURCES = (DEVICE_DETECTOR, CRAWLER_USER_AGENTS)
+CRAWLER_DETECT = "JayBizzle/Crawler-Detect"
+ISBOT = "omrilotan/isbot"
+SOURCES = (DEVICE_DETECTOR, CRAWLER_USER_AGENTS, CRAWLER_DETECT, ISBOT)
 
 
 def _rules(leave_out: frozenset[str] = frozenset()) -> list[tuple[str, Match]]:
-    """(regex, what it means), in the order device-detector tries them."""
+    """(regex, what it means): device-detector's in the order it tries them, then the
+    crawler lists; entries excluded for people's sake (`exclusions()`) left out."""
     rules: list[tuple[str, Match]] = []
     if DEVICE_DETECTOR not in leave_out:
         rules += _device_detector_rules()
     if CRAWLER_USER_AGENTS not in leave_out:
         for entry in crawleruseragents.CRAWLER_USER_AGENTS_DATA:
             rules.append((entry["pattern"], Match("crawler", entry["pattern"])))
+    excluded = exclusions()
+    for source, patterns, form in (
+        (CRAWLER_DETECT, crawler_detect_patterns, "(?i:{})"),  # both match without case
+        (ISBOT, isbot_patterns(), "(?i:{})"),
+    ):
+        if source in leave_out:
+            continue
+        for pattern in patterns:
+            if pattern not in excluded.get(source, {}):
+                rules.append(
+                    (form.format(_python_form(pattern)), Match("crawler", pattern, "", source))
+                )
     return rules
+
+
+def isbot_patterns() -> list[str]:
+    """isbot's list as vendored (its npm package's `list`)."""
+    return json.loads(ISBOT_FILE.read_text(encoding="utf-8"))["patterns"]
+
+
+@functools.cache
+def exclusions() -> dict[str, dict[str, str]]:
+    """{source: {pattern: why}}: list entries left out because they fire on people."""
+    data = json.loads(EXCLUSIONS_FILE.read_text(encoding="utf-8"))
+    return {
+        source: {item["pattern"]: item["why"] for item in items}
+        for source, items in data.items()
+        if not source.startswith("_")
+    }
+
+
+# A look-behind with alternatives of different lengths (`(?<! channel/|google/)`, from
+# JavaScript): Python's `re` reads it as one look-behind per alternative.
+_LOOK_BEHIND = re.compile(r"\(\?<!((?:[^()\\|]|\\.)+(?:\|(?:[^()\\|]|\\.)+)+)\)")
+
+
+def _python_form(pattern: str) -> str:
+    return _LOOK_BEHIND.sub(
+        lambda m: "".join(f"(?<!{part})" for part in m.group(1).split("|")), pattern
+    )
 
 
 def _device_detector_rules() -> list[tuple[str, Match]]:
@@ -82,9 +136,17 @@ def _device_detector_rules() -> list[tuple[str, Match]]:
     return rules
 
 
+# Crawler-Detect deletes the browser and system tokens it lists (`Safari/…`, `; M bot`,
+# `cubot`, …) before it matches: one of its rules counts only if it still matches then.
+_STRIPPED_FIRST = {
+    CRAWLER_DETECT: re.compile("|".join(crawler_detect_exclusions), re.IGNORECASE),
+}
+
+
 class ListMatcher:
     def __init__(self, rules: list[tuple[str, Match]]) -> None:
         self._meanings = [meaning for _, meaning in rules]
+        self._regexes = [regex for regex, _ in rules]
         fast: list[tuple[str, str, None, None, None, None]] = []
         self._slow: list[tuple[int, re.Pattern[str]]] = []
         for index, (regex, meaning) in enumerate(rules):
@@ -100,17 +162,27 @@ class ListMatcher:
                 continue
             fast.append((compiled, str(index), None, None, None, None))
         self._fast = ua_parser_rs.UserAgentExtractor(fast)
+        # All the slow rules as one alternation: a string none of them match (most)
+        # costs one search; only a string one of them matches looks for which.
+        self._any_slow = re.compile("|".join(f"(?:{p.pattern})" for _, p in self._slow) or "(?!)")
 
     def __call__(self, user_agent: str) -> Match | None:
         found = self._fast.extract(user_agent)
         first = int(found.family) if found else len(self._meanings)
-        for index, pattern in self._slow:
-            if index >= first:
-                break
-            if pattern.search(user_agent):
-                first = index
-                break
-        return self._meanings[first] if first < len(self._meanings) else None
+        if self._slow and self._slow[0][0] < first and self._any_slow.search(user_agent):
+            for index, pattern in self._slow:
+                if index >= first:
+                    break
+                if pattern.search(user_agent):
+                    first = index
+                    break
+        if first >= len(self._meanings):
+            return None
+        meaning = self._meanings[first]
+        strip = _STRIPPED_FIRST.get(meaning.source)
+        if strip is not None and not re.search(self._regexes[first], strip.sub("", user_agent)):
+            return None  # the rules after it are not tried: a person, as Crawler-Detect says
+        return meaning
 
 
 def _rust_form(regex: str, bounded: bool) -> str | None:
