@@ -143,6 +143,9 @@ _STRIPPED_FIRST = {
 }
 
 
+_PLAIN = ("crawler", "family")  # rules read as they are, without device-detector's anchor
+
+
 class ListMatcher:
     def __init__(self, rules: list[tuple[str, Match]]) -> None:
         self._meanings = [meaning for _, meaning in rules]
@@ -150,8 +153,8 @@ class ListMatcher:
         fast: list[tuple[str, str, None, None, None, None]] = []
         self._slow: list[tuple[int, re.Pattern[str]]] = []
         for index, (regex, meaning) in enumerate(rules):
-            # crawler-user-agents' patterns and the project's family rules are plain
-            bounded = meaning.kind not in ("crawler", "family")
+            # crawler patterns and the project's family rules are plain
+            bounded = meaning.kind not in _PLAIN
             compiled = _rust_form(regex, bounded)
             if compiled is None:
                 try:
@@ -162,14 +165,27 @@ class ListMatcher:
                 continue
             fast.append((compiled, str(index), None, None, None, None))
         self._fast = ua_parser_rs.UserAgentExtractor(fast)
-        # All the slow rules as one alternation: a string none of them match (most)
-        # costs one search; only a string one of them matches looks for which.
-        self._any_slow = re.compile("|".join(f"(?:{p.pattern})" for _, p in self._slow) or "(?!)")
+        # The slow rules without their look-arounds (each then matches a superset of
+        # what it matched) as a second Rust set: a string none of those match (most)
+        # skips `re` altogether.
+        self._prefilter: ua_parser_rs.UserAgentExtractor | None = None
+        relaxed = [
+            _rust_form(_without_look_arounds(rules[index][0]), rules[index][1].kind not in _PLAIN)
+            for index, _ in self._slow
+        ]
+        if self._slow and None not in relaxed:
+            self._prefilter = ua_parser_rs.UserAgentExtractor(
+                [(regex, "x", None, None, None, None) for regex in relaxed]
+            )
 
     def __call__(self, user_agent: str) -> Match | None:
         found = self._fast.extract(user_agent)
         first = int(found.family) if found else len(self._meanings)
-        if self._slow and self._slow[0][0] < first and self._any_slow.search(user_agent):
+        if (
+            self._slow
+            and self._slow[0][0] < first
+            and (self._prefilter is None or self._prefilter.extract(user_agent))
+        ):
             for index, pattern in self._slow:
                 if index >= first:
                     break
@@ -183,6 +199,32 @@ class ListMatcher:
         if strip is not None and not re.search(self._regexes[first], strip.sub("", user_agent)):
             return None  # the rules after it are not tried: a person, as Crawler-Detect says
         return meaning
+
+
+_LOOK_AROUND_START = re.compile(r"\(\?<?[=!]")
+
+
+def _without_look_arounds(regex: str) -> str:
+    """The regex less its look-arounds (group by group, escapes kept): it then matches
+    everything it matched and more."""
+    out, i = [], 0
+    while i < len(regex):
+        start = _LOOK_AROUND_START.match(regex, i)
+        if start is None:
+            step = 2 if regex[i] == "\\" else 1
+            out.append(regex[i : i + step])
+            i += step
+            continue
+        depth, i = 1, start.end()
+        while i < len(regex) and depth:
+            if regex[i] == "\\":
+                i += 1
+            elif regex[i] == "(":
+                depth += 1
+            elif regex[i] == ")":
+                depth -= 1
+            i += 1
+    return "".join(out)
 
 
 def _rust_form(regex: str, bounded: bool) -> str | None:
