@@ -292,7 +292,7 @@ class Classifier:
     def _list_reason(self, match: Match) -> str:
         if match.kind == "library":
             return "http_library"
-        if match.category in self._scanner_categories:
+        if match.kind == "scanner" or match.category in self._scanner_categories:
             return "link_scanner"
         return "bot"
 

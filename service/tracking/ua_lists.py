@@ -44,12 +44,14 @@ _REGEXES = Path(next(iter(_SPEC.submodule_search_locations or ()))) / "regexes"
 _MAIL_APP = re.compile(r"mail\b|\b(?:outlook|spark|newton|canary|spike|e-?mail)\b", re.I)
 _DATA = Path(__file__).resolve().parent / "data"
 ISBOT_FILE = _DATA / "isbot_patterns.json"
+CRS_FILE = _DATA / "crs_scanners.json"
 EXCLUSIONS_FILE = _DATA / "list_exclusions.json"
 
 
 @dataclass(frozen=True)
 class Match:
-    kind: str  # "bot", "client" (mail or PIM), "library", "crawler", "family" (own rules)
+    # "bot", "client" (mail or PIM), "library", "crawler", "scanner", "family" (own rules)
+    kind: str
     name: str
     category: str = ""  # device-detector's bot category
     source: str = ""  # the collection (of SOURCES) the rule comes from
@@ -65,7 +67,8 @@ DEVICE_DETECTOR = "matomo-org/device-detector"
 CRAWLER_USER_AGENTS = "monperrus/crawler-user-agents"
 CRAWLER_DETECT = "JayBizzle/Crawler-Detect"
 ISBOT = "omrilotan/isbot"
-SOURCES = (DEVICE_DETECTOR, CRAWLER_USER_AGENTS, CRAWLER_DETECT, ISBOT)
+CORE_RULE_SET = "coreruleset/coreruleset"  # no labelled rows: never held out
+SOURCES = (DEVICE_DETECTOR, CRAWLER_USER_AGENTS, CRAWLER_DETECT, ISBOT, CORE_RULE_SET)
 
 
 def _rules(leave_out: frozenset[str] = frozenset()) -> list[tuple[str, Match]]:
@@ -89,12 +92,29 @@ def _rules(leave_out: frozenset[str] = frozenset()) -> list[tuple[str, Match]]:
                 rules.append(
                     (form.format(_python_form(pattern)), Match("crawler", pattern, "", source))
                 )
+    if CORE_RULE_SET not in leave_out:
+        for phrase in scanner_phrases():
+            if phrase not in excluded.get(CORE_RULE_SET, {}):
+                rules.append(
+                    (f"(?i:{_literal(phrase)})", Match("scanner", phrase, "", CORE_RULE_SET))
+                )
     return rules
 
 
 def isbot_patterns() -> list[str]:
     """isbot's list as vendored (its npm package's `list`)."""
     return json.loads(ISBOT_FILE.read_text(encoding="utf-8"))["patterns"]
+
+
+def scanner_phrases() -> list[str]:
+    """OWASP CRS's security scanners, as vendored: phrases found anywhere, without case."""
+    return json.loads(CRS_FILE.read_text(encoding="utf-8"))["phrases"]
+
+
+def _literal(phrase: str) -> str:
+    """The phrase as a regex both engines read (`re.escape` also escapes spaces, which
+    the Rust engine refuses)."""
+    return re.sub(r"([\\.^$|?*+()\[\]{}])", r"\\\1", phrase)
 
 
 @functools.cache
@@ -143,7 +163,8 @@ _STRIPPED_FIRST = {
 }
 
 
-_PLAIN = ("crawler", "family")  # rules read as they are, without device-detector's anchor
+# rules read as they are, without device-detector's anchor
+_PLAIN = ("crawler", "scanner", "family")
 
 
 class ListMatcher:
