@@ -69,29 +69,41 @@ CRAWLER_DETECT = "JayBizzle/Crawler-Detect"
 ISBOT = "omrilotan/isbot"
 CORE_RULE_SET = "coreruleset/coreruleset"  # no labelled rows: never held out
 SOURCES = (DEVICE_DETECTOR, CRAWLER_USER_AGENTS, CRAWLER_DETECT, ISBOT, CORE_RULE_SET)
+# Read after the project's family rules, which name a machine's kind more exactly (an
+# HTTP library, a site's bot) than these lists' one verdict: a crawler, a scanner.
+LATE_SOURCES = (CRAWLER_DETECT, ISBOT, CORE_RULE_SET)
 
 
-def _rules(leave_out: frozenset[str] = frozenset()) -> list[tuple[str, Match]]:
-    """(regex, what it means): device-detector's in the order it tries them, then the
-    crawler lists; entries excluded for people's sake (`exclusions()`) left out."""
+def _rules(leave_out: frozenset[str] = frozenset(), late: bool = False) -> list[tuple[str, Match]]:
+    """(regex, what it means): device-detector's in the order it tries them, then
+    crawler-user-agents'; `late`: the lists the classifier reads after its own family
+    rules (LATE_SOURCES), less the entries excluded for people's sake (`exclusions()`)."""
     rules: list[tuple[str, Match]] = []
+    if late:
+        return _late_rules(leave_out)
     if DEVICE_DETECTOR not in leave_out:
         rules += _device_detector_rules()
     if CRAWLER_USER_AGENTS not in leave_out:
         for entry in crawleruseragents.CRAWLER_USER_AGENTS_DATA:
-            rules.append((entry["pattern"], Match("crawler", entry["pattern"])))
+            pattern = entry["pattern"]
+            rules.append((pattern, Match("crawler", pattern, "", CRAWLER_USER_AGENTS)))
+    return rules
+
+
+def _late_rules(leave_out: frozenset[str]) -> list[tuple[str, Match]]:
+    rules: list[tuple[str, Match]] = []
     excluded = exclusions()
-    for source, patterns, form in (
-        (CRAWLER_DETECT, crawler_detect_patterns, "(?i:{})"),  # both match without case
-        (ISBOT, isbot_patterns(), "(?i:{})"),
+    for source, patterns in (
+        (CRAWLER_DETECT, crawler_detect_patterns),
+        (ISBOT, isbot_patterns()),
     ):
         if source in leave_out:
             continue
         for pattern in patterns:
             if pattern not in excluded.get(source, {}):
-                rules.append(
-                    (form.format(_python_form(pattern)), Match("crawler", pattern, "", source))
-                )
+                # both lists match without case
+                regex = f"(?i:{_python_form(pattern)})"
+                rules.append((regex, Match("crawler", pattern, "", source)))
     if CORE_RULE_SET not in leave_out:
         for phrase in scanner_phrases():
             if phrase not in excluded.get(CORE_RULE_SET, {}):
@@ -142,17 +154,22 @@ def _python_form(pattern: str) -> str:
 def _device_detector_rules() -> list[tuple[str, Match]]:
     rules: list[tuple[str, Match]] = []
     for rule in _load("upstream/bots.yml"):
-        rules.append((rule["regex"], Match("bot", rule["name"], rule.get("category") or "")))
+        category = rule.get("category") or ""
+        rules.append((rule["regex"], Match("bot", rule["name"], category, DEVICE_DETECTOR)))
     for path in ("local/client/pim.yml", "upstream/client/pim.yml"):
-        rules += [(r["regex"], Match("client", r["name"])) for r in _load(path)]
+        rules += [
+            (r["regex"], Match("client", r["name"], "", DEVICE_DETECTOR)) for r in _load(path)
+        ]
     for path in ("local/client/mobile_apps.yml", "upstream/client/mobile_apps.yml"):
         rules += [
-            (r["regex"], Match("client", r["name"]))
+            (r["regex"], Match("client", r["name"], "", DEVICE_DETECTOR))
             for r in _load(path)
             if _MAIL_APP.search(r["name"])
         ]
     for path in ("local/client/libraries.yml", "upstream/client/libraries.yml"):
-        rules += [(r["regex"], Match("library", r["name"])) for r in _load(path)]
+        rules += [
+            (r["regex"], Match("library", r["name"], "", DEVICE_DETECTOR)) for r in _load(path)
+        ]
     return rules
 
 
@@ -264,8 +281,9 @@ def _rust_form(regex: str, bounded: bool) -> str | None:
 
 
 @functools.cache
-def matcher(leave_out: frozenset[str] = frozenset()) -> ListMatcher:
+def matcher(leave_out: frozenset[str] = frozenset(), late: bool = False) -> ListMatcher:
     """Built once per process (about 2 s): at start-up, never on the event loop.
 
-    `leave_out`: collections (of SOURCES) to build without, for the held-out evaluation."""
-    return ListMatcher(_rules(leave_out))
+    `leave_out`: collections (of SOURCES) to build without, for the held-out evaluation;
+    `late`: the lists of LATE_SOURCES (read after the family rules) instead of the others."""
+    return ListMatcher(_rules(leave_out, late))

@@ -37,7 +37,7 @@ def test_table_keeps_every_kind_the_targets_name_with_its_source() -> None:
 # naming the product.
 FLOORS = {
     "whole": {},
-    "held out": {"http_library": 0.724, "security_scanner": 0.933},
+    "held out": {"http_library": 0.807, "security_scanner": 0.973},
 }
 
 
