@@ -1,17 +1,19 @@
 """Maintained user-agent lists, compiled once into ua-parser's Rust matcher.
 
-Four collections carry the lists, in this order: `device-detector` (the Python port of
-Matomo's Device Detector: bots with their categories, HTTP libraries, mail and PIM
-clients), `crawler-user-agents` (crawler patterns), `crawlerdetect` (JayBizzle's
-Crawler-Detect: crawler patterns and the browser tokens it strips first) and isbot's
-pattern list (vendored: `data/isbot_patterns.json`). Their own parsers are too slow for
-the pixel's recorder (device-detector takes 15 to 25 ms per new user agent in pure
-Python, and seconds to compile on first use), so only their rule files are read and
-compiled into one `ua_parser_rs` regex set (the engine `ua-parser` already uses): one
-pass per user agent, first rule wins. The few rules the Rust engine refuses
-(look-arounds) run through `re`, one alternation first so a string none of them match
-costs one search. Entries that make a person of the labelled table a machine are left
-out, each with its reason: `data/list_exclusions.json`.
+Two sets of lists. First (read before the project's family rules): `device-detector`
+(the Python port of Matomo's Device Detector: bots with their categories, HTTP
+libraries, mail and PIM clients) and `crawler-user-agents` (crawler patterns). Late
+(after the family rules, which name a machine's kind more exactly): `crawlerdetect`
+(JayBizzle's Crawler-Detect: crawler patterns and the browser tokens it strips first),
+isbot's pattern list and OWASP CRS's security scanners (both vendored in `data/`, see
+its README). Their own parsers are too slow for the pixel's recorder (device-detector
+takes 15 to 25 ms per new user agent in pure Python, and seconds to compile on first
+use), so only their rule files are read and compiled into `ua_parser_rs` regex sets
+(the engine `ua-parser` already uses): one pass per user agent and set, first rule
+wins. The few rules the Rust engine refuses (look-arounds) run through `re`, and only
+when their relaxed forms match in a small Rust set. Late-list entries that make a
+person of the labelled table a machine are left out, each with its reason:
+`data/list_exclusions.json`.
 """
 
 from __future__ import annotations
@@ -78,9 +80,9 @@ def _rules(leave_out: frozenset[str] = frozenset(), late: bool = False) -> list[
     """(regex, what it means): device-detector's in the order it tries them, then
     crawler-user-agents'; `late`: the lists the classifier reads after its own family
     rules (LATE_SOURCES), less the entries excluded for people's sake (`exclusions()`)."""
-    rules: list[tuple[str, Match]] = []
     if late:
         return _late_rules(leave_out)
+    rules: list[tuple[str, Match]] = []
     if DEVICE_DETECTOR not in leave_out:
         rules += _device_detector_rules()
     if CRAWLER_USER_AGENTS not in leave_out:
@@ -244,7 +246,9 @@ _LOOK_AROUND_START = re.compile(r"\(\?<?[=!]")
 
 def _without_look_arounds(regex: str) -> str:
     """The regex less its look-arounds (group by group, escapes kept): it then matches
-    everything it matched and more."""
+    everything it matched and more. A look-around with a character class is kept (its
+    brackets may hold a parenthesis): the Rust engine then refuses the whole, and the
+    rules run through `re` without a prefilter."""
     out, i = [], 0
     while i < len(regex):
         start = _LOOK_AROUND_START.match(regex, i)
@@ -255,6 +259,8 @@ def _without_look_arounds(regex: str) -> str:
             continue
         depth, i = 1, start.end()
         while i < len(regex) and depth:
+            if regex[i] == "[":
+                return regex
             if regex[i] == "\\":
                 i += 1
             elif regex[i] == "(":

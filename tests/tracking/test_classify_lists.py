@@ -76,6 +76,7 @@ def test_look_around_rules_keep_their_meaning_behind_the_rust_prefilter() -> Non
     assert _without_look_arounds(r"(?<!HTC)[ _]Fly/") == "[ _]Fly/"
     assert _without_look_arounds(r"Daum(?!(?:Apps|Device))x") == "Daumx"
     assert _without_look_arounds(r"a\(?!b") == r"a\(?!b"  # an escaped parenthesis stays
+    assert _without_look_arounds(r"a(?![)x])b") == r"a(?![)x])b"  # a class: kept whole
     matcher = ListMatcher(
         [
             (r"zorb(?!lax)", Match("crawler", "zorb")),
