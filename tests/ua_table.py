@@ -308,8 +308,10 @@ def classifiers() -> Callable[[str], Classify]:
 
     built: dict[frozenset[str], Classify] = {}
 
+    sources = getattr(ua_lists, "SOURCES", LIST_SOURCES)
+
     def classify_for(source: str) -> Classify:
-        leave_out = frozenset({source} & set(LIST_SOURCES))
+        leave_out = frozenset({source} & set(sources))
         if leave_out not in built:
             if not leave_out:
                 classifier = Classifier.from_files()
@@ -323,7 +325,8 @@ def classifiers() -> Callable[[str], Classify]:
     return classify_for
 
 
-# The collections the service reads rule lists from (service/tracking/ua_lists.py).
+# The collections the service read rule lists from before it named them itself
+# (`ua_lists.SOURCES`, which also has Crawler-Detect's and isbot's since issue 27).
 LIST_SOURCES = ("matomo-org/device-detector", "monperrus/crawler-user-agents")
 
 

@@ -192,6 +192,7 @@ class Classifier:
             (re.compile(rule["regex"]), rule["client"], rule.get("os")) for rule in rules["clients"]
         ]
         self._lists = ua_lists.matcher(leave_out)  # leave_out: evaluation only
+        self._late_lists = ua_lists.matcher(leave_out, late=True)
         families = rules.get("machine_families", [])
         self._early_families = Families([r for r in families if r.get("early")])
         self._families = Families([r for r in families if not r.get("early")])
@@ -259,6 +260,9 @@ class Classifier:
             reason = self._families(ua, _PLATFORM_COMMENT.sub("", ua, count=1))
             if reason:
                 return UserAgentClass(ua, None, None, reason, False)
+            listed = self._late_lists(ua)
+            if listed is not None and not self._is_browser(parsed, listed):
+                return UserAgentClass(ua, None, None, self._list_reason(listed), False)
         return UserAgentClass(ua, self._client(ua, parsed), os_family, None, False)
 
     def _people_app(self, ua: str) -> bool:
@@ -292,7 +296,7 @@ class Classifier:
     def _list_reason(self, match: Match) -> str:
         if match.kind == "library":
             return "http_library"
-        if match.category in self._scanner_categories:
+        if match.kind == "scanner" or match.category in self._scanner_categories:
             return "link_scanner"
         return "bot"
 

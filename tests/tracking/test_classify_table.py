@@ -34,10 +34,11 @@ def test_table_keeps_every_kind_the_targets_name_with_its_source() -> None:
 # device-detector's HTTP libraries and scanners are judged without device-detector's
 # own lists, and many are bare product names ("Helm/3.9", "Bun/1.2") that no family
 # rule can tell from a mail client's own fetcher ("Balsa/2.6", "Trojita/0.7") without
-# naming the product.
+# naming the product; the third pass's lists (Crawler-Detect, isbot, CRS) name some,
+# and only device-detector names the rest.
 FLOORS = {
     "whole": {},
-    "held out": {"http_library": 0.724, "security_scanner": 0.933},
+    "held out": {"http_library": 0.807, "security_scanner": 0.973},
 }
 
 
