@@ -13,9 +13,11 @@ k8s/postgres/cluster.yaml:
   far in the past: the same process start, the same month checks, nothing deleted), and
   the pixel's p99 during the two compared: on one shared machine that ratio is what the
   deleting costs the pixel, where a comparison with a window minutes earlier would measure
-  the machine's mood. PASSES pairs, the first deleting the oldest third, each later one a
-  month more (what the monthly pass does); the seconds net of the no-op pass give the
-  cost per deleted row;
+  the machine's mood. PASSES pairs, the first deleting the oldest third, each later one
+  STEP_DAYS more (half of them drop a month, the others only delete in the boundary
+  month, as daily passes do); the seconds net of the no-op pass give the cost per deleted
+  row. The window is the pass itself and a second before it, so a stall of a few
+  milliseconds already shows in its p99; wrk's slowest request is given beside it;
 - erasure through the admin API (`DELETE /admin/api/subscribers/{email}`): p50, max and
   WAL per erasure;
 - bytes per open (heap and indexes);
@@ -49,7 +51,7 @@ import httpx
 import yaml
 
 from bench import scale_data
-from bench.bench_pixel import WRK_SCRIPT, _parse_wrk
+from bench.bench_pixel import WRK_SCRIPT, _ms, _parse_wrk
 from bench.processes import ServiceProcess
 from service.admin.dashboard.subscriber_list import prefix_successor
 from service.db import migrations
@@ -67,7 +69,10 @@ CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 REQUESTS = 30
 ERASURES = 20
 PAIRS = int(os.environ.get("BENCH_SCALE_PAIRS", "4"))  # wrk rounds on each side
-PASSES = int(os.environ.get("BENCH_SCALE_PASSES", "5"))  # no-op and real passes
+PASSES = int(os.environ.get("BENCH_SCALE_PASSES", "7"))  # no-op and real passes
+# Each real pass after the first moves the retention boundary this much: every other one
+# drops a month, the others only delete in the boundary month, as daily passes do.
+STEP_DAYS = 15
 EMPTY_DB = "bench_empty"
 NO_OP_RETENTION = f"{19 * 365 * 86400}s"  # older than any open: a pass that deletes nothing
 LEAD_SECONDS = 1.0  # wrk runs this long before a pass starts
@@ -171,7 +176,9 @@ async def fill(url: str, count: int) -> float:
     """`opens` emptied and filled with `count` rows; seconds the load took."""
     con = await _connect(url)
     try:
-        await con.execute("TRUNCATE opens")
+        # The progress of the last size's passes goes with its opens: else the first pass
+        # takes the boundary month as deleted already and leaves its rows.
+        await con.execute("TRUNCATE opens, retention_progress")
         campaigns = [
             r["id"]
             for r in await con.fetch(
@@ -352,7 +359,9 @@ def timed_pass(
     )
     seconds = time.monotonic() - started
     load.send_signal(signal.SIGINT)
-    pixel = _parse_wrk(load.communicate()[0])
+    out = load.communicate()[0]
+    pixel = _parse_wrk(out)
+    slowest = re.search(r"Latency\s+\S+\s+\S+\s+([\d.]+\w+)", out)
     assert purge.returncode == 0, purge.stderr[-2000:]
     deleted = json.loads(purge.stdout.strip().splitlines()[-1])["opens"]
     after = asyncio.run(facts(url, "SELECT pg_current_wal_lsn() - $1::pg_lsn AS wal", lsn))
@@ -363,6 +372,7 @@ def timed_pass(
         "pixel_p50_ms": pixel["p50_ms"],
         "pixel_p99_ms": pixel["p99_ms"],
         "pixel_rps": pixel["rps"],
+        "pixel_max_ms": round(_ms(slowest.group(1)), 1) if slowest else None,
         "pixel_pace_rps": PASS_RPS,
     }
 
@@ -383,13 +393,13 @@ def retention_passes(
     url: str, service: ServiceProcess, paths: list[str], workdir: Path, third: float
 ) -> list[dict[str, Any]]:
     """PASSES pairs of a no-op pass and a real one: the first real pass deletes the
-    opens older than `third` seconds, each later one a month more."""
+    opens older than `third` seconds, each later one STEP_DAYS more."""
     pairs = []
     for index in range(PASSES):
         of_rows = asyncio.run(facts(url, "SELECT count(*) AS n FROM opens"))["n"]
         control = timed_pass(url, service, paths, workdir, NO_OP_RETENTION)
         assert control["deleted"] == 0, control
-        age = int(third) - index * 30 * 86400
+        age = int(third) - index * STEP_DAYS * 86400
         real = timed_pass(url, service, paths, workdir, f"{age}s")
         net = max(real["seconds"] - control["seconds"], 0.0)
         pairs.append(
@@ -401,6 +411,7 @@ def retention_passes(
                 "net_us_per_row": round(net * 1e6 / max(real["deleted"], 1), 3),
                 "no_op_pixel_p50_ms": control["pixel_p50_ms"],
                 "no_op_pixel_p99_ms": control["pixel_p99_ms"],
+                "no_op_pixel_max_ms": control["pixel_max_ms"],
                 "p99_ratio": _ratio(real["pixel_p99_ms"], control["pixel_p99_ms"]),
             }
         )
@@ -558,7 +569,7 @@ def measure(url: str, empty_url: str, count: int, paths: list[str], workdir: Pat
         passes = retention_passes(url, service, paths, workdir, third)
         add("retention pass, oldest third", **passes[0])
         for index, later in enumerate(passes[1:], 2):
-            add(f"retention pass {index}, a month more", **later)
+            add(f"retention pass {index}, {(index - 1) * STEP_DAYS} days more", **later)
         ratios = [p["p99_ratio"] for p in passes if p["p99_ratio"] is not None]
         add(
             "pixel p99 during a pass against a no-op pass",
