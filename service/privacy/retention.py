@@ -51,9 +51,19 @@ BATCH = 5000
 SKIPPED = "skipped"
 # Months of `opens` partitions made ahead of the current one.
 MONTHS_AHEAD = 3
-# How long dropping or attaching a partition may wait for its lock (the pixel's inserts
-# queue behind it meanwhile); the next pass tries again.
+# How long making a month may wait for its locks (ATTACH's SHARE UPDATE EXCLUSIVE, which
+# the pixel's inserts do not wait for); then the next pass tries again.
 DDL_LOCK_TIMEOUT = "1s"
+# How long dropping a month may wait for the ACCESS EXCLUSIVE lock of the `opens` table
+# itself, which the pixel's inserts queue behind meanwhile; then it gives up for now.
+TABLE_LOCK_TIMEOUT = "100ms"
+# How long dropping a month may wait for that month's own partition, which only erasures
+# and exports queue behind; longer than deadlock_timeout (1 s), after which PostgreSQL
+# cancels an autovacuum of the month that holds it (sql/164).
+MONTH_LOCK_TIMEOUT = "2s"
+# Tries at dropping a month within one pass, and the pause between them.
+DROP_TRIES = 2
+DROP_PAUSE = 0.5
 # Time slices (opens, deliveries) start an hour wide, grow while they find few rows and
 # shrink when they find many, so that one holds about BATCH rows.
 FIRST_SLICE = dt.timedelta(hours=1)
@@ -115,6 +125,26 @@ async def _slices(
     return total
 
 
+async def _drop_month(con: asyncpg.Connection, part: str) -> int:
+    """The month's rows, dropped with its partition; 0 if a lock stayed busy."""
+    for attempt in range(DROP_TRIES):
+        if attempt:
+            await asyncio.sleep(DROP_PAUSE)
+        try:
+            async with con.transaction():
+                await q.lock_timeout.fetchval(con, timeout=MONTH_LOCK_TIMEOUT)
+                return await q.drop_month.fetchval(
+                    con,
+                    part=part,
+                    parent_wait=TABLE_LOCK_TIMEOUT,
+                    time_limit=connections.LONG_COMMAND_TIMEOUT,
+                )
+        except asyncpg.LockNotAvailableError:
+            pass
+    log.warning("partition not dropped: its lock was busy; the next pass tries again")
+    return 0
+
+
 async def _purge_opens(con: asyncpg.Connection, settings: Settings) -> int:
     """Drops the months past the retention, deletes the rest in slices, and makes sure
     the coming months have their partitions."""
@@ -124,14 +154,7 @@ async def _purge_opens(con: asyncpg.Connection, settings: Settings) -> int:
     for part in await q.opens_partitions.fetch(con):
         if part["until"] is None or part["until"] > cutoff:
             continue
-        try:
-            async with con.transaction():
-                await q.lock_timeout.fetchval(con, timeout=DDL_LOCK_TIMEOUT)
-                total += await q.drop_month.fetchval(
-                    con, part=part["name"], time_limit=connections.LONG_COMMAND_TIMEOUT
-                )
-        except asyncpg.LockNotAvailableError:
-            log.warning("partition not dropped: its lock was busy; the next pass tries again")
+        total += await _drop_month(con, part["name"])
     done_before = await q.progress.fetchval(con, what="opens")
     if done_before is None:
         done_before = await q.first_open.fetchval(

@@ -47,12 +47,11 @@ ORDER BY until NULLS LAST;
 
 -- name: drop_month
 -- A whole month past the retention: its rows counted, then the partition dropped
--- (sql/151_opens_partitioned.sql says why DROP and which locks).
-SELECT opens_drop_month(:part::regclass);
+-- (sql/151_opens_partitioned.sql says why DROP; sql/164 which locks, in which order).
+SELECT opens_drop_month(:part::regclass, :parent_wait);
 
 -- name: lock_timeout
--- How long the DDL of the pass may wait for its lock (and make the pixel's inserts, which
--- queue behind it, wait) before it gives up until the next pass.
+-- How long the DDL of the pass may wait for a lock before it gives up for now.
 SELECT set_config('lock_timeout', :timeout, true);
 
 -- name: ensure_month

@@ -3,6 +3,7 @@ partition that keeps an open whose month has no partition, and whole months drop
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, date, datetime, timedelta
 
@@ -212,3 +213,65 @@ async def test_a_month_whose_lock_is_busy_is_left_for_the_next_pass(
         await reader.close()
     assert (await retention.purge(db, settings))["opens"] == 0
     assert await db.fetchval("SELECT to_regclass('opens_y2020m01')") is None
+
+
+async def test_a_month_is_dropped_while_the_current_month_is_being_vacuumed(
+    db, database_url, settings, caplog
+) -> None:
+    """Dropping a month locks that month and then the table alone, never the other
+    months: with autovacuum on the month the pixel writes to, the drop used to wait for
+    it (`LOCK TABLE opens` takes every partition), the pixel's inserts queued behind,
+    and after the lock timeout the month was left."""
+    caplog.set_level(logging.WARNING, logger="newsletter.retention")
+    assert await db.fetchval("SELECT opens_ensure_month('2020-01-01')")
+    await db.execute(
+        "INSERT INTO opens (subscriber_id, campaign_id, at) VALUES (1, 1, '2020-01-15')"
+    )
+    current = month_table(month_of(await db.fetchval("SELECT now()")))
+    vacuum = await asyncpg.connect(database_url)  # holds what autovacuum holds
+    try:
+        async with vacuum.transaction():
+            await vacuum.execute(f"LOCK TABLE {current} IN SHARE UPDATE EXCLUSIVE MODE")
+            counts = await retention.purge(db, settings)
+            assert counts["opens"] == 1
+            assert await db.fetchval("SELECT to_regclass('opens_y2020m01')") is None
+            assert not any("not dropped" in r.getMessage() for r in caplog.records)
+    finally:
+        await vacuum.close()
+
+
+async def test_a_drop_waiting_for_the_table_gives_way_to_an_erasure_that_holds_it(
+    db, database_url, settings
+) -> None:
+    """The drop holds its month and waits for the table; an erasure holds the table and
+    waits for every month: the drop gives up after TABLE_LOCK_TIMEOUT, before PostgreSQL's
+    deadlock check could abort the erasure, and the erasure goes through."""
+    assert await db.fetchval("SELECT opens_ensure_month('2020-01-01')")
+    await db.execute(
+        "INSERT INTO opens (subscriber_id, campaign_id, at) VALUES (1, 1, '2020-01-15')"
+    )
+    eraser = await asyncpg.connect(database_url)
+    dropper = await asyncpg.connect(database_url)
+    try:
+        erasing = eraser.transaction()
+        await erasing.start()
+        await eraser.execute("LOCK TABLE ONLY opens IN ROW EXCLUSIVE MODE")  # as a DELETE does
+        dropping = dropper.transaction()
+        await dropping.start()
+        await dropper.execute("SET LOCAL lock_timeout = '2s'")
+        await dropper.execute("LOCK TABLE opens_y2020m01 IN ACCESS EXCLUSIVE MODE")
+        # The erasure's DELETE now waits for the month the drop holds ...
+        delete = asyncio.ensure_future(eraser.execute("DELETE FROM opens WHERE subscriber_id = 1"))
+        await asyncio.sleep(0.2)
+        # ... and the drop's next step waits for the table the erasure holds.
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await dropper.fetchval(
+                "SELECT opens_drop_month('opens_y2020m01'::regclass, $1)",
+                retention.TABLE_LOCK_TIMEOUT,
+            )
+        await dropping.rollback()
+        assert await delete == "DELETE 1"
+        await erasing.commit()
+    finally:
+        await eraser.close()
+        await dropper.close()
