@@ -19,7 +19,7 @@ import ast
 import dataclasses
 import inspect
 import json
-import math
+import statistics
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -479,6 +479,7 @@ SCALE_ROWS: tuple[tuple[str, str, Callable[[dict[str, Any]], str]], ...] = (
     ("loading the opens (generate_series)", "load", lambda r: f"{r['seconds']} s"),
 )
 PROJECTED = (100_000_000, 1_000_000_000)
+RETENTION_DAYS = 395  # OPEN_RETENTION's default
 
 
 def _opens(label: str) -> float:
@@ -510,55 +511,59 @@ def scale_table(rows: list[dict[str, Any]]) -> str:
 def _duration(seconds: float) -> str:
     if seconds >= 2 * 86400:
         return f"{seconds / 86400:,.0f} days"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     return f"{seconds / 3600:,.1f} h" if seconds >= 3600 else f"{seconds:,.0f} s"
 
 
-def _net(row: dict[str, Any]) -> float:
-    """A pass's seconds without the process start and the checks every pass makes (the
-    no-op pass run just before it), which do not grow with the table."""
-    return max(row["seconds"] - row.get("no_op_seconds", 0.0), 0.01)
-
-
 def scale_projection(rows: list[dict[str, Any]]) -> str:
-    """Storage, retention pass and its WAL at PROJECTED sizes, from the measured ones: bytes
-    per open as at the largest size; the pass's time fitted as c·n^p through the two
-    largest sizes (p = 1 when only one was measured) net of the no-op pass, its WAL per
-    deleted row as measured."""
-    passes = sorted(
-        (_opens(r["opens"]), r) for r in rows if r["name"] == "retention pass, oldest third"
-    )
+    """Storage and the retention pass at PROJECTED sizes, from the largest measured size.
+
+    Whole months go by DROP, whose cost does not grow with the rows; what grows is the
+    rows deleted one by one in the month the boundary falls in. Their cost per row (net of
+    the no-op pass) and WAL per row are the medians of the passes after the first, which
+    delete mostly that way. A pass every day deletes a day of opens (OPEN_RETENTION of 395
+    days); a pass that is a month behind deletes at most one month row by row."""
     sizes = [r for r in rows if r["name"] == "bytes per open"]
-    if not passes or not sizes:
+    if not sizes:
         return ""
     size = max(sizes, key=lambda r: _opens(r["opens"]))
-    (n2, last) = passes[-1]
-    exponent = 1.0
-    if len(passes) > 1:
-        (n1, before) = passes[-2]
-        exponent = math.log(_net(last) / _net(before)) / math.log(n2 / n1)
-    wal_per_row = last["wal_mb"] / max(last["deleted"], 1)
+    later = [
+        r
+        for r in rows
+        if r["name"].startswith("retention pass ")
+        and r["name"] != "retention pass, oldest third"
+        and r["opens"] == size["opens"]
+        and r.get("deleted")
+    ]
+    if not later:
+        return ""
+    us_per_row = statistics.median(r["net_us_per_row"] for r in later)
+    wal_per_row = statistics.median(r["wal_mb"] * 2**20 / r["deleted"] for r in later)
     lines = []
     for n in PROJECTED:
-        seconds = _net(last) * (n / n2) ** exponent
+        day, month = n / RETENTION_DAYS, n * 31 / RETENTION_DAYS
         lines.append(
             [
                 f"{n / 1e9:g} B" if n >= 1e9 else f"{n / 1e6:g} M",
                 f"{n * size['bytes'] / 2**30:,.0f} GiB ({n * size['indexes'] / 2**30:,.0f} GiB indexes)",
-                _duration(seconds),
-                f"{wal_per_row * n / 3 / 1024:,.1f} GiB",
+                f"{_duration(day * us_per_row / 1e6)}, {day * wal_per_row / 2**30:,.2f} GiB",
+                f"{_duration(month * us_per_row / 1e6)}, {month * wal_per_row / 2**30:,.1f} GiB",
             ]
         )
     note = (
-        f"Projected from the measured sizes: {size['bytes']} bytes per open (at {size['opens']}),"
-        f" the retention pass's time growing as n^{exponent:.2f}"
-        + (
-            " (fitted through the two largest sizes)"
-            if len(passes) > 1
-            else " (assumed linear: one size measured)"
-        )
-        + f", {wal_per_row * 2**20 / 1024:,.1f} KiB of WAL per deleted row.\n"
+        f"Projected from {size['opens']}: {size['bytes']} bytes per open; whole months are"
+        " dropped, whatever their size, and the rows of the month the boundary falls in are"
+        f" deleted one by one at {us_per_row:.2f} µs and {wal_per_row:,.0f} bytes of WAL"
+        f" each (medians of the {len(later)} passes after the first), with an"
+        f" OPEN_RETENTION of {RETENTION_DAYS} days.\n"
     )
-    head = ("opens", "storage, heap + indexes", "retention pass, oldest third", "its WAL")
+    head = (
+        "opens",
+        "storage, heap + indexes",
+        "a daily pass: time, WAL",
+        "a pass a month behind: time, WAL",
+    )
     return note + "\n" + _table(head, lines)
 
 
