@@ -169,3 +169,16 @@ async def test_requests_after_the_server_ended_pooled_connections_are_never_a_50
         )
         answer = await client.get("/admin/api/campaigns", headers=admin_headers)
         assert answer.status_code in (200, 503), answer.text
+
+
+async def test_a_pool_whose_connections_close_slower_than_the_command_timeout_still_closes(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncpg closes each connection within its command_timeout: a replica with a short
+    DB_COMMAND_TIMEOUT on a busy server used to stop with a TimeoutError out of the
+    pool's close (seen in the suite with 0.1 s)."""
+    caplog.set_level(logging.WARNING)
+    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=2, command_timeout=1e-9)
+    await database.close_pool(pool, grace=30)
+    assert _records(caplog, "database pool closed by terminating: a connection was slow to close")
+    assert pool._closed

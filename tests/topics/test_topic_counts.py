@@ -326,7 +326,10 @@ async def test_the_migration_backfills_the_counts_of_existing_memberships(
             " SELECT t.id, s.id FROM topics t JOIN subscribers s ON s.id % t.id = 0"
         )
         applied = await migrations.migrate(con)
-        assert applied == ["162_topic_member_counts.sql", "163_topic_member_counts_backfill.sql"]
+        assert applied[:2] == [
+            "162_topic_member_counts.sql",
+            "163_topic_member_counts_backfill.sql",
+        ]
         now = await actual(con)
         assert now == {"t1": 2400, "t2": 1200, "t3": 800, "t4": 600}
         assert await counted(con) == now
