@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -167,16 +168,20 @@ async def _pass(con: asyncpg.Connection, url: str, before: bool) -> tuple[int, f
     return deleted, time.perf_counter() - started, await _wal_since(con, start)
 
 
-def _row(side: str, n: int, deleted: int, seconds: float, wal: int, per_open: int) -> dict:
+def _pass_row(name: str, deleted: int, seconds: float, wal: int, **more: Any) -> dict:
     return {
         "bench": "retention",
-        "name": f"{side}, {n:,} opens",
+        "name": name,
         "deleted": deleted,
         "pass_s": round(seconds, 2),
         "wal_mb": round(wal / 2**20, 1),
         "us_per_row": round(seconds / max(deleted, 1) * 1e6, 2),
-        "bytes_per_open": per_open,
+        **more,
     }
+
+
+def _row(side: str, n: int, deleted: int, seconds: float, wal: int, per_open: int) -> dict:
+    return _pass_row(f"{side}, {n:,} opens", deleted, seconds, wal, bytes_per_open=per_open)
 
 
 async def _side(url: str, n: int, side: str, workdir: Path) -> dict:
@@ -363,16 +368,14 @@ async def _deliveries(url: str, n: int) -> list[dict]:
             deleted = (await retention.purge(con, settings))["deliveries"]
             seconds, wal = time.perf_counter() - started, await _wal_since(con, start)
             rows.append(
-                {
-                    "bench": "retention",
-                    "name": f"deliveries, {name}, {weeks * per:,} deliveries",
-                    "deleted": deleted,
-                    "pass_s": round(seconds, 2),
-                    "wal_mb": round(wal / 2**20, 1),
-                    "us_per_row": round(seconds / max(deleted, 1) * 1e6, 2),
-                    "bytes_per_delivery": round(size / (weeks * per)),
-                    "rows_per_campaign": per,
-                }
+                _pass_row(
+                    f"deliveries, {name}, {weeks * per:,} deliveries",
+                    deleted,
+                    seconds,
+                    wal,
+                    bytes_per_delivery=round(size / (weeks * per)),
+                    rows_per_campaign=per,
+                )
             )
         return rows
     finally:

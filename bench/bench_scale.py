@@ -520,18 +520,11 @@ def measure(url: str, empty_url: str, count: int, paths: list[str], workdir: Pat
         ServiceProcess(service_env(empty_url), serve) as empty,
     ):
         both = pixel_side_by_side(service, empty, paths, workdir)
-        add(
-            "pixel, full table",
-            rps=both["full_rps"],
-            p50_ms=both["full_p50_ms"],
-            p99_ms=both["full_p99_ms"],
-        )
-        add(
-            "pixel, empty table, same run",
-            rps=both["empty_rps"],
-            p50_ms=both["empty_p50_ms"],
-            p99_ms=both["empty_p99_ms"],
-        )
+        for side, name in (
+            ("full", "pixel, full table"),
+            ("empty", "pixel, empty table, same run"),
+        ):
+            add(name, **{key: both[f"{side}_{key}"] for key in ("rps", "p50_ms", "p99_ms")})
         add(
             "pixel, full against empty",
             pairs=both["pairs"],
