@@ -46,8 +46,7 @@ def main() -> list[dict]:
 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-classify-") as directory:
-        os.environ["BENCH_RATE_BASE"] = BASE
-        tree, commit = earlier_tree(Path(directory))
+        tree, commit = earlier_tree(Path(directory), BASE)
         load = os.getloadavg()[0]
         for n in range(ROUNDS):
             earlier = subprocess.run(

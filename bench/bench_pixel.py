@@ -395,8 +395,9 @@ def _side_by_side(url: str, paths: dict[str, list[str]], workdir: Path) -> list[
     """The pixel of the earlier code and of this code, alternately, ROUNDS times."""
     from bench.bench_send_rate import earlier_tree
 
-    os.environ["BENCH_RATE_BASE"] = os.environ.get("BENCH_PIXEL_BASE", "main")
-    tree, commit = earlier_tree(workdir)
+    # Passed, not set in the environment: bench_send_rate reads BENCH_RATE_BASE once, when
+    # it is first imported, so BENCH_PIXEL_BASE set there afterwards was ignored.
+    tree, commit = earlier_tree(workdir, os.environ.get("BENCH_PIXEL_BASE", "main"))
     # PYTHONSAFEPATH: `python -m` would put this checkout (its working directory) first.
     earlier = {"PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"}
     rows: list[dict] = []

@@ -58,11 +58,12 @@ async def send(url: str, port: int, count: int, **caps: float) -> float:
     return await service_send(url, port, LANES, None, count, **caps)
 
 
-def earlier_tree(directory: Path) -> tuple[Path, str]:
-    """The code this branch started from, as files: service/, sql/ (also as the package
-    data service/sql, which the editable install maps) and bench/."""
+def earlier_tree(directory: Path, base: str | None = None) -> tuple[Path, str]:
+    """The code this branch started from (its merge base with `base`, by default
+    BENCH_RATE_BASE), as files: service/, sql/ (also as the package data service/sql,
+    which the editable install maps) and bench/."""
     commit = subprocess.run(
-        ["git", "-C", str(ROOT), "merge-base", "HEAD", BASE],
+        ["git", "-C", str(ROOT), "merge-base", "HEAD", base or BASE],
         capture_output=True,
         text=True,
         check=True,
