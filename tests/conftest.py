@@ -72,6 +72,17 @@ def pg_admin_url() -> str:
         return suite_runtime.admin_url()
 
 
+@pytest.fixture
+async def empty_db(pg_admin_url: str):
+    """A database of its own with no schema (the tests of migrations migrate it)."""
+    con = await asyncpg.connect(pg_admin_url)
+    name = "e_" + support.uuid.uuid4().hex[:10]
+    await con.execute(f'CREATE DATABASE "{name}"')
+    await con.close()
+    yield support.with_database(pg_admin_url, name)
+    await support.drop_database(pg_admin_url, name)
+
+
 @pytest.fixture(scope="session")
 def template_db(pg_admin_url: str) -> str:
     return suite_runtime.template_name()

@@ -6,18 +6,6 @@ import pytest
 
 from service.db import migrations
 from service.db.migrations import MigrationError
-from tests import support
-
-
-@pytest.fixture
-async def empty_db(pg_admin_url: str):
-    con = await asyncpg.connect(pg_admin_url)
-    name = "m_" + support.uuid.uuid4().hex[:10]
-    await con.execute(f'CREATE DATABASE "{name}"')
-    await con.close()
-    url = support.with_database(pg_admin_url, name)
-    yield url
-    await support.drop_database(pg_admin_url, name)
 
 
 def write(directory: Path, files: dict[str, str]) -> Path:

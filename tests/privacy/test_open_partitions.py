@@ -12,7 +12,7 @@ import pytest
 
 from service.db import migrations
 from service.privacy import retention
-from tests import people, support
+from tests import people
 
 DAY = 86400
 
@@ -27,17 +27,6 @@ def month_table(month: date) -> str:
 
 async def partition_of(db: asyncpg.Connection, marker: str) -> str:
     return await db.fetchval("SELECT tableoid::regclass::text FROM opens WHERE os = $1", marker)
-
-
-@pytest.fixture
-async def empty_db(pg_admin_url: str):
-    con = await asyncpg.connect(pg_admin_url)
-    name = "p_" + support.uuid.uuid4().hex[:10]
-    await con.execute(f'CREATE DATABASE "{name}"')
-    await con.close()
-    url = support.with_database(pg_admin_url, name)
-    yield url
-    await support.drop_database(pg_admin_url, name)
 
 
 OPENS = (

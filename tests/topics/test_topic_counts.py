@@ -20,7 +20,6 @@ from service.tokens import Tokens
 from tests import people, support
 from tests.admin.test_dashboard import browser, sign_in
 from tests.manage_support import fresh_link, manage_path, open_data
-from tests.privacy.test_open_partitions import empty_db  # noqa: F401 (a fixture)
 
 TOKENS = Tokens((support.TEST_KEY,), 3600)
 RECOUNT = (
@@ -302,7 +301,7 @@ async def test_the_topics_page_and_api_read_the_counters_not_the_memberships(
 
 # -- the backfill -----------------------------------------------------------------------
 async def test_the_migration_backfills_the_counts_of_existing_memberships(
-    empty_db: str,  # noqa: F811
+    empty_db: str,
     tmp_path: Any,
 ) -> None:
     before = tmp_path / "sql"

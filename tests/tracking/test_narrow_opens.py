@@ -15,7 +15,6 @@ from service.privacy import erasure, retention
 from service.tracking.recorder import Open, Recorder
 from tests import people
 from tests.pixel_support import CHROME, seed
-from tests.privacy.test_open_partitions import empty_db  # noqa: F401 (a fixture)
 
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0"
 READABLE = (
@@ -102,7 +101,7 @@ async def test_the_export_shows_a_recorded_open_as_text_and_the_erasure_leaves_n
     assert [r["subscriber_id"] for r in users] == [b]
 
 
-async def test_migrating_keeps_every_row_readable_as_before(empty_db: str, tmp_path) -> None:  # noqa: F811
+async def test_migrating_keeps_every_row_readable_as_before(empty_db: str, tmp_path) -> None:
     before = tmp_path / "sql"
     before.mkdir()
     for migration in migrations.discover():
